@@ -1,0 +1,84 @@
+"""The canonical sample manifest: one JSON object per line, the single description of the data.
+
+Both pipelines' native formats (the reference's metadata folder, the custom ChatML JSON) are
+*generated* from this by `higgs_common.converters`, which is what lets the harness feed both
+pipelines identical raw samples.
+
+Fields of a record (all required unless noted):
+    id          unique sample id
+    speaker     speaker/voice name
+    scene       recording scene, e.g. "a quiet room"
+    text        target transcript
+    audio       target audio, path relative to the manifest's folder (24 kHz mono WAV)
+    ref_text    transcript of the reference clip (same speaker, another utterance)
+    ref_audio   reference audio path, relative to the manifest's folder
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+REQUIRED_FIELDS = ("id", "speaker", "scene", "text", "audio", "ref_text", "ref_audio")
+
+
+class ManifestError(ValueError):
+    """A manifest line that does not parse or lacks a field; names the file, line/sample and field."""
+
+
+@dataclass(frozen=True)
+class CanonicalRecord:
+    id: str
+    speaker: str
+    scene: str
+    text: str
+    audio: Path        # absolute after loading
+    ref_text: str
+    ref_audio: Path    # absolute after loading
+
+    def to_json(self, relative_to: Path | None = None) -> dict:
+        d = asdict(self)
+        for key in ("audio", "ref_audio"):
+            p = Path(d[key])
+            d[key] = str(p.relative_to(relative_to)) if relative_to is not None else str(p)
+        return d
+
+
+def load_manifest(path: Path) -> list[CanonicalRecord]:
+    """Read a manifest; audio paths are resolved against the manifest's folder."""
+    path = Path(path)
+    records: list[CanonicalRecord] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{path}:{lineno}: not valid JSON ({exc.msg}) [field=None]") from exc
+            sid = obj.get("id", f"<line {lineno}>")
+            for key in REQUIRED_FIELDS:
+                if key not in obj or not isinstance(obj[key], str):
+                    raise ManifestError(f"{path}:{lineno}: sample {sid!r} lacks string field {key!r}")
+            if sid in seen:
+                raise ManifestError(f"{path}:{lineno}: sample {sid!r} duplicated [field='id']")
+            seen.add(sid)
+            records.append(CanonicalRecord(
+                id=obj["id"], speaker=obj["speaker"], scene=obj["scene"], text=obj["text"],
+                audio=(path.parent / obj["audio"]).resolve(), ref_text=obj["ref_text"],
+                ref_audio=(path.parent / obj["ref_audio"]).resolve(),
+            ))
+    return records
+
+
+def write_manifest(records: Iterable[CanonicalRecord], path: Path) -> Path:
+    """Write records as JSONL with audio paths relative to the manifest's folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r.to_json(relative_to=path.parent.resolve()), ensure_ascii=False) + "\n")
+    return path

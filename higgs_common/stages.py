@@ -1,0 +1,167 @@
+"""The stage interface both pipelines implement, and the neutral types that cross it.
+
+Why this lives in `higgs_common` and not in `harness`: the two pipelines must never import the
+harness, yet the harness must be able to call *the same function* on either side and feed any
+stage the other side's output (isolated mode).  So the contract sits in the neutral package and
+each pipeline exposes a module `<pipeline>.stages` with exactly these module-level names:
+
+    NAME: str                                        # "reference" | "custom"
+    write_native(records, out_dir) -> Path           # canonical records -> the pipeline's own format
+    dataset(native_path, ctx) -> list[DatasetItem]   # its own loader; one item per record, in order
+    collate(items, ctx) -> batch                     # list[DatasetItem] -> HiggsAudioBatchInput (or subclass)
+    build_model(ctx, train) -> torch.nn.Module        # from ctx.model_path, LoRA as `train` says
+    forward(model, batch, ctx) -> ForwardOutputs
+    loss(outputs, batch, ctx) -> LossBreakdown
+    backward(loss, model) -> dict[str, Tensor]       # grads of trainable params, by name
+    step(model, optimizer, ctx) -> dict[str, Tensor] # trainable params after one optimizer step
+    make_optimizer(model, train) -> (optimizer, scheduler)
+    effective_config(ctx, train) -> dict[str, Any]   # settings for the configuration diff
+
+`ctx.faults` carries named faults (only custom_impl defines any); a pipeline must reject a fault
+name it does not know with `UnknownFaultError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from higgs_common.manifest import CanonicalRecord
+
+
+class HiggsDiffError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class UnknownFaultError(HiggsDiffError, ValueError):
+    """A `--fault` name that the pipeline does not define."""
+
+
+class SampleError(HiggsDiffError, ValueError):
+    """Bad input, naming where it is.
+
+    Every message names the file, the sample id and the field, so that a user can go straight to
+    the offending record; `str(err)` always contains all three.
+    """
+
+    def __init__(self, message: str, *, sample_id: str | None = None, field: str | None = None,
+                 path: str | Path | None = None) -> None:
+        self.sample_id = sample_id
+        self.field = field
+        self.path = str(path) if path is not None else None
+        where = f"sample={sample_id!r} field={field!r} file={self.path!r}"
+        super().__init__(f"{message} [{where}]")
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs besides its direct input; identical for both pipelines.
+
+    The harness builds ONE context and hands it to both sides, which is how it guarantees
+    "same tokenizer, same codec, same weights".
+    """
+
+    model_path: Path                 # checkpoint folder (HiggsAudioModel + text tokenizer)
+    audio_tokenizer_path: Path       # codec folder (config.json + model.pth)
+    text_tokenizer: Any              # transformers.PreTrainedTokenizerFast
+    code_cache: Any                  # higgs_common.code_cache.CodeCache (encodes each wav once)
+    model_config: Any                # HiggsAudioConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    faults: frozenset[str] = frozenset()
+    seed: int = 0
+    # Pipeline-specific knobs (e.g. reference task type); the harness fills both from its config.
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; each pipeline has its own defaults, the harness declares a common one."""
+
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    max_steps: int = 20
+    max_grad_norm: float = 1.0
+    schedule: str = "linear"          # "linear" | "cosine" | "constant"
+    precision: str = "fp32"           # "fp32" | "bf16"
+    seed: int = 0
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class DatasetItem:
+    """One dataset-stage output: the upstream sample plus the bookkeeping the harness diffs.
+
+    `target_audio_index` / `reference_audio_index` index into the sample's audio list
+    (`audio_ids_start`), so projections can pull "the codes this side trains on" and "the
+    reference clip this side shows the model" without knowing the message layout.
+    """
+
+    sample_id: str
+    sample: Any                                  # boson ChatMLDatasetSample
+    target_audio_index: Optional[int]            # which audio is the training target
+    reference_audio_index: Optional[int]         # which audio is the voice prompt (None: none)
+    label_audio_indices: tuple[int, ...] = ()    # every audio the pipeline treats as a label
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ForwardOutputs:
+    """The model outputs both pipelines agree on (upstream `HiggsAudioModel` field names)."""
+
+    logits: torch.Tensor                          # (B, L_exp, vocab)
+    audio_logits: Optional[torch.Tensor]          # (N_audio_out_frames, num_codebooks, codebook_size + 2)
+    expanded_labels: Optional[torch.Tensor]       # (B, L_exp), -100 at every audio position
+    expanded_input_ids: Optional[torch.Tensor]    # (B, L_exp)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossBreakdown:
+    """A loss split into the terms people look at when "audio loss is 0.0".
+
+    `total` keeps the autograd graph; the other tensors are detached summaries.
+    `audio_supervised_tokens == 0` together with `has_target_audio` is exactly the seed report's
+    failure, so both are recorded rather than inferred.
+    """
+
+    total: torch.Tensor                           # scalar, differentiable
+    text: torch.Tensor                            # scalar
+    audio: torch.Tensor                           # scalar
+    per_codebook: torch.Tensor                    # (num_codebooks,)
+    text_supervised_tokens: int
+    audio_supervised_tokens: int                  # frames x codebooks with a label != -100
+    has_target_audio: bool
+    reduction: str = ""                           # human-readable description of the reduction
+    notes: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class PipelineStages(Protocol):
+    """Static description of `<pipeline>.stages` (modules satisfy it structurally)."""
+
+    NAME: str
+
+    def write_native(self, records: Sequence[CanonicalRecord], out_dir: Path) -> Path: ...
+    def dataset(self, native_path: Path, ctx: StageContext) -> list[DatasetItem]: ...
+    def collate(self, items: Sequence[DatasetItem], ctx: StageContext) -> Any: ...
+    def build_model(self, ctx: StageContext, train: TrainConfig) -> torch.nn.Module: ...
+    def forward(self, model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOutputs: ...
+    def loss(self, outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdown: ...
+    def backward(self, loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor]: ...
+    def step(self, model: torch.nn.Module, optimizer: Any, ctx: StageContext) -> dict[str, torch.Tensor]: ...
+    def make_optimizer(self, model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]: ...
+    def effective_config(self, ctx: StageContext, train: TrainConfig) -> dict[str, Any]: ...
