@@ -59,6 +59,8 @@ def load_manifest(path: Path) -> list[CanonicalRecord]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ManifestError(f"{path}:{lineno}: not valid JSON ({exc.msg}) [field=None]") from exc
+            if not isinstance(obj, dict):
+                raise ManifestError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__} [field=None]")
             sid = obj.get("id", f"<line {lineno}>")
             for key in REQUIRED_FIELDS:
                 if key not in obj or not isinstance(obj[key], str):
