@@ -1,0 +1,489 @@
+"""The run report: data model, verdict/first-divergence logic, and the JSON/Markdown/HTML writers.
+
+Determinism contract: `report.json` is byte-identical across two runs with the same inputs
+*apart from the top-level ``"volatile"`` object*, which holds everything that changes from run to
+run (``generated_at`` and the per-stage ``timing``).  Nothing else in the JSON may contain
+wall-clock times, memory addresses or unrounded floats (floats are rounded to 6 significant
+digits by `harness.diff.jsonable`).  To compare two reports: drop ``"volatile"`` and compare the
+rest.  `report.md` follows the same rule (its timing lives in one final "Timing" section);
+`report.html` is for people and carries no such promise.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.diff import FieldDiff, jsonable, round_float
+
+# The order stages run in; `first_divergence` walks stages in this order (unknown stage names
+# keep their listed order, after the known ones).
+PIPELINE_ORDER = ("dataset", "collator", "forward", "loss", "backward", "step")
+STAGE_STATUSES = ("ok", "expected", "diverged", "error", "skipped")
+VOLATILE_KEY = "volatile"
+
+# Markdown tables list every diverged field but at most this many equal ones per stage.
+MAX_EQUAL_ROWS = 40
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str                          # one of STAGE_STATUSES
+    fields: list[FieldDiff] = field(default_factory=list)
+    seconds_compute: float = 0.0
+    seconds_diff: float = 0.0
+    error: str | None = None
+    note: str | None = None
+
+    @property
+    def n_diverged(self) -> int:
+        return sum(1 for f in self.fields if f.diverged and not f.expected)
+
+    @property
+    def n_expected(self) -> int:
+        return sum(1 for f in self.fields if f.diverged and f.expected)
+
+    def first_unexpected(self) -> FieldDiff | None:
+        return next((f for f in self.fields if f.diverged and not f.expected), None)
+
+    def refresh_status(self) -> str:
+        """Recompute `status` from the fields (call after the catalogue marked expected ones).
+
+        "error"/"skipped" are kept: they say the stage did not produce comparable output.
+        """
+        if self.status not in ("error", "skipped"):
+            self.status = stage_status(self.fields)
+        return self.status
+
+    def to_json(self) -> dict:
+        return {
+            "stage": self.stage,
+            "status": self.status,
+            "error": self.error,
+            "note": self.note,
+            "counts": {"fields": len(self.fields), "diverged": self.n_diverged,
+                       "expected": self.n_expected},
+            "fields": [f.to_json() for f in self.fields],
+        }
+
+
+def stage_status(fields: list[FieldDiff]) -> str:
+    """"diverged" if any unexpected divergence, "expected" if only catalogued ones, else "ok"."""
+    if any(f.diverged and not f.expected for f in fields):
+        return "diverged"
+    if any(f.diverged for f in fields):
+        return "expected"
+    return "ok"
+
+
+@dataclass
+class Diagnosis:
+    cause: str
+    evidence: str
+    stage: str | None = None
+    field: str | None = None
+
+    def to_json(self) -> dict:
+        return {"cause": self.cause, "evidence": self.evidence, "stage": self.stage,
+                "field": self.field}
+
+
+@dataclass
+class Report:
+    run_name: str
+    mode: str
+    stages_requested: list[str]
+    stages: list[StageResult]
+    config: dict = field(default_factory=dict)           # device, seed, faults, paths, samples
+    config_diff: list[dict] = field(default_factory=list)  # {"setting","reference","custom","same"}
+    catalogue: list[dict] = field(default_factory=list)  # declared expected differences
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    generated_at: str = field(default_factory=_utc_now)  # the ONLY timestamp
+    extras: dict = field(default_factory=dict)           # e.g. {"per_codebook": {...}}
+
+    def ordered_stages(self) -> list[StageResult]:
+        """Stages in pipeline order (stable for unknown names)."""
+        def key(item: tuple[int, StageResult]) -> tuple[int, int]:
+            pos, st = item
+            rank = PIPELINE_ORDER.index(st.stage) if st.stage in PIPELINE_ORDER else len(PIPELINE_ORDER)
+            return (rank, pos)
+        return [st for _, st in sorted(enumerate(self.stages), key=key)]
+
+    def stage(self, name: str) -> StageResult | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    def _cause_for(self, stage: str, field_name: str) -> str | None:
+        for d in self.diagnoses:
+            if d.stage == stage and d.field == field_name:
+                return d.cause
+        for d in self.diagnoses:
+            if d.stage == stage and d.field is None:
+                return d.cause
+        return self.diagnoses[0].cause if self.diagnoses else None
+
+    def first_divergence(self) -> dict | None:
+        """The first unexpected divergence, walking stages in pipeline order, fields in order."""
+        for st in self.ordered_stages():
+            f = st.first_unexpected()
+            if f is None:
+                continue
+            return {
+                "stage": st.stage,
+                "field": f.field,
+                "status": f.status,
+                "sample": f.sample,
+                "index": f.first_index,
+                "reference": f.reference,
+                "custom": f.custom,
+                "decoded": f.decoded,
+                "cause": self._cause_for(st.stage, f.field),
+            }
+        return None
+
+    @property
+    def verdict(self) -> str:
+        """"pass" | "diverged" | "error".
+
+        "diverged" wins when an unexpected divergence shows up at or before the first stage that
+        errored (the divergence is then the more useful finding); otherwise any error makes the
+        verdict "error"; otherwise "pass" (expected differences do not fail a run).
+        """
+        for st in self.ordered_stages():
+            if st.first_unexpected() is not None or st.status == "diverged":
+                return "diverged"
+            if st.status == "error":
+                return "error"
+        return "pass"
+
+    def timing(self) -> dict:
+        return {st.stage: {"compute_s": round_float(st.seconds_compute),
+                           "diff_s": round_float(st.seconds_diff)} for st in self.stages}
+
+    def to_json(self) -> dict:
+        """Plain JSON; everything run-dependent is under ``"volatile"`` (see module docstring)."""
+        out = {
+            "run_name": self.run_name,
+            "mode": self.mode,
+            "stages_requested": list(self.stages_requested),
+            "verdict": self.verdict,
+            "first_divergence": self.first_divergence(),
+            "stages": [st.to_json() for st in self.ordered_stages()],
+            "config": self.config,
+            "config_diff": self.config_diff,
+            "catalogue": self.catalogue,
+            "diagnoses": [d.to_json() for d in self.diagnoses],
+            "extras": self.extras,
+            VOLATILE_KEY: {"generated_at": self.generated_at, "timing": self.timing()},
+        }
+        return _sorted(jsonable(out))
+
+
+def _sorted(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _sorted(x[k]) for k in sorted(x)}
+    if isinstance(x, list):
+        return [_sorted(v) for v in x]
+    return x
+
+
+def report_json_text(report: Report) -> str:
+    return json.dumps(report.to_json(), sort_keys=True, indent=2) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+
+def _cell(x: Any) -> str:
+    """A Markdown table cell: JSON-ish rendering, pipes escaped, newlines flattened."""
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        x = round_float(x)
+    text = x if isinstance(x, str) else json.dumps(jsonable(x), sort_keys=True)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+FIELD_HEADER = ["field", "status", "expected", "mismatches", "max_abs", "max_rel", "first index",
+                "reference", "custom", "decoded", "sample", "note"]
+
+
+def _field_row(f: FieldDiff) -> list[Any]:
+    expected = f"yes: {f.expected_reason}" if f.expected else ""
+    counts = f"{f.mismatches}/{f.numel}" if f.status in ("equal", "mismatch", "nonfinite") else ""
+    return [f.field, f.status, expected, counts, f.max_abs, f.max_rel, f.first_index,
+            f.reference, f.custom, f.decoded, f.sample, f.note]
+
+
+def _shown_fields(st: StageResult) -> tuple[list[FieldDiff], int]:
+    """Fields to list in a stage table (all diverged ones, the first MAX_EQUAL_ROWS equal ones)."""
+    shown, hidden, shown_equal = [], 0, 0
+    for f in st.fields:
+        if not f.diverged:
+            if shown_equal >= MAX_EQUAL_ROWS:
+                hidden += 1
+                continue
+            shown_equal += 1
+        shown.append(f)
+    return shown, hidden
+
+
+def _first_field(st: StageResult) -> str | None:
+    first = st.first_unexpected()
+    return first.field if first is not None else None
+
+
+def render_markdown(report: Report) -> str:
+    fd = report.first_divergence()
+    lines = [f"# Differential report: {report.run_name}", "",
+             f"- **Verdict:** `{report.verdict}`",
+             f"- **Mode:** {report.mode}",
+             f"- **Stages requested:** {', '.join(report.stages_requested)}", ""]
+
+    lines += ["## First divergence", ""]
+    if fd is None:
+        lines += ["No unexpected divergence.", ""]
+    else:
+        lines += _table(["stage", "field", "status", "sample", "index", "reference", "custom",
+                         "decoded", "cause"],
+                        [[fd["stage"], fd["field"], fd["status"], fd["sample"], fd["index"],
+                          fd["reference"], fd["custom"], fd["decoded"], fd["cause"]]]) + [""]
+
+    lines += ["## Stages", ""]
+    lines += _table(["stage", "status", "fields", "diverged", "expected", "first diverged field",
+                     "error"],
+                    [[st.stage, st.status, len(st.fields), st.n_diverged, st.n_expected,
+                      _first_field(st), st.error] for st in report.ordered_stages()]) + [""]
+
+    for st in report.ordered_stages():
+        lines += [f"### Stage `{st.stage}`: {st.status}", ""]
+        if st.note:
+            lines += [st.note, ""]
+        if st.error:
+            lines += ["```", st.error.rstrip(), "```", ""]
+        if not st.fields:
+            lines += ["(no fields compared)", ""]
+            continue
+        shown, hidden = _shown_fields(st)
+        lines += _table(FIELD_HEADER, [_field_row(f) for f in shown])
+        if hidden:
+            lines += ["", f"... and {hidden} further equal fields."]
+        lines += [""]
+
+    lines += ["## Configuration differences", ""]
+    if report.config_diff:
+        lines += _table(["setting", "reference", "custom", "same"],
+                        [[r.get("setting"), r.get("reference"), r.get("custom"),
+                          "yes" if r.get("same") else "**no**"] for r in report.config_diff])
+    else:
+        lines += ["(none recorded)"]
+    lines += [""]
+
+    lines += ["## Expected differences (catalogue)", ""]
+    if report.catalogue:
+        lines += _table(["id", "field", "reason"],
+                        [[c.get("id"), c.get("field"), c.get("reason")] for c in report.catalogue])
+    else:
+        lines += ["(none declared)"]
+    lines += [""]
+
+    lines += ["## Diagnoses", ""]
+    if report.diagnoses:
+        for d in report.diagnoses:
+            where = ".".join(p for p in (d.stage, d.field) if p)
+            lines += [f"- **{d.cause}**" + (f" (`{where}`)" if where else "") + f": {d.evidence}"]
+    else:
+        lines += ["(none)"]
+    lines += [""]
+
+    if report.extras:
+        lines += ["## Extras", "", "```json",
+                  json.dumps(jsonable(report.extras), sort_keys=True, indent=2), "```", ""]
+
+    lines += ["## Configuration", "", "```json",
+              json.dumps(jsonable(report.config), sort_keys=True, indent=2), "```", ""]
+
+    # Volatile section last, so everything above it is reproducible.
+    lines += ["## Timing (volatile)", "", f"Generated at {report.generated_at}.", ""]
+    lines += _table(["stage", "compute s", "diff s"],
+                    [[st.stage, round_float(st.seconds_compute), round_float(st.seconds_diff)]
+                     for st in report.ordered_stages()])
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:0.5em 0 1.5em 0;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}
+code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:0.9em}
+pre{background:#f7f7f7;padding:0.6em;overflow-x:auto}
+.verdict{font-size:1.3em;font-weight:bold;padding:0.3em 0.6em;border-radius:4px;display:inline-block}
+.pass{background:#d4f5d4}.diverged{background:#f8d0d0}.error{background:#f8e0b0}
+.st-ok{color:#176117}.st-expected{color:#7a5b00}.st-diverged{color:#a31515;font-weight:bold}
+.st-error{color:#a35a00;font-weight:bold}.st-skipped{color:#777}
+tr.expected td{background:#fffbe6}tr.unexpected td{background:#fdecec}
+img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}
+"""
+
+
+def _h(x: Any) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        x = round_float(x)
+    text = x if isinstance(x, str) else json.dumps(jsonable(x), sort_keys=True)
+    return html.escape(text)
+
+
+def _html_table(header: list[str], rows: list[list[Any]], row_classes: list[str] | None = None) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _plots(report: Report) -> list[str]:
+    """Heatmaps of 2-D audio masks and the per-codebook loss bars, as <figure> snippets."""
+    from harness import plots  # matplotlib is only needed for HTML
+
+    out = []
+    for st in report.ordered_stages():
+        for f in st.fields:
+            mask = f.mismatch_mask
+            if mask is None or mask.dim() != 2 or "audio" not in f.field.lower() or not f.diverged:
+                continue
+            title = f"{st.stage}.{f.field}: {f.mismatches}/{f.numel} differ"
+            png = plots.mismatch_heatmap(mask, title)
+            out.append(f"<figure>{_img(png, title)}<figcaption>{html.escape(title)}</figcaption></figure>")
+    pcb = report.extras.get("per_codebook") if isinstance(report.extras, dict) else None
+    if isinstance(pcb, dict) and pcb.get("reference") is not None and pcb.get("custom") is not None:
+        title = "loss per codebook"
+        png = plots.per_codebook_bars(pcb["reference"], pcb["custom"], title)
+        out.append(f"<figure>{_img(png, title)}<figcaption>{title}: reference vs custom</figcaption></figure>")
+    return out
+
+
+def render_html(report: Report) -> str:
+    fd = report.first_divergence()
+    v = report.verdict
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>Differential report: {html.escape(report.run_name)}</title>",
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>Differential report: {html.escape(report.run_name)}</h1>",
+             f'<p><span class="verdict {html.escape(v)}">verdict: {html.escape(v)}</span></p>',
+             f"<p>Mode: {html.escape(report.mode)} &middot; stages requested: "
+             f"{html.escape(', '.join(report.stages_requested))} &middot; generated at "
+             f"{html.escape(report.generated_at)}</p>",
+             "<h2>First divergence</h2>"]
+    if fd is None:
+        parts.append("<p>No unexpected divergence.</p>")
+    else:
+        parts.append(_html_table(["stage", "field", "status", "sample", "index", "reference",
+                                  "custom", "decoded", "cause"],
+                                 [[fd["stage"], fd["field"], fd["status"], fd["sample"], fd["index"],
+                                   fd["reference"], fd["custom"], fd["decoded"], fd["cause"]]]))
+    plots_html = _plots(report)
+    if plots_html:
+        parts += ["<h2>Plots</h2>"] + plots_html
+
+    parts.append("<h2>Stages</h2>")
+    rows, classes = [], []
+    for st in report.ordered_stages():
+        first = st.first_unexpected()
+        rows.append([st.stage, st.status, len(st.fields), st.n_diverged, st.n_expected,
+                     first.field if first else None, round_float(st.seconds_compute),
+                     round_float(st.seconds_diff), st.error])
+        classes.append(f"st-{st.status}")
+    parts.append(_html_table(["stage", "status", "fields", "diverged", "expected",
+                              "first diverged field", "compute s", "diff s", "error"], rows, classes))
+
+    for st in report.ordered_stages():
+        parts.append(f'<h3>Stage <code>{html.escape(st.stage)}</code>: '
+                     f'<span class="st-{html.escape(st.status)}">{html.escape(st.status)}</span></h3>')
+        if st.note:
+            parts.append(f"<p>{html.escape(st.note)}</p>")
+        if st.error:
+            parts.append(f"<pre>{html.escape(st.error)}</pre>")
+        if not st.fields:
+            parts.append("<p>(no fields compared)</p>")
+            continue
+        shown, hidden = _shown_fields(st)
+        classes = ["" if not f.diverged else ("expected" if f.expected else "unexpected")
+                   for f in shown]
+        parts.append(_html_table(FIELD_HEADER, [_field_row(f) for f in shown], classes))
+        if hidden:
+            parts.append(f"<p>... and {hidden} further equal fields.</p>")
+
+    parts.append("<h2>Configuration differences</h2>")
+    if report.config_diff:
+        parts.append(_html_table(["setting", "reference", "custom", "same"],
+                                 [[r.get("setting"), r.get("reference"), r.get("custom"),
+                                   "yes" if r.get("same") else "no"] for r in report.config_diff],
+                                 ["" if r.get("same") else "unexpected" for r in report.config_diff]))
+    else:
+        parts.append("<p>(none recorded)</p>")
+    parts.append("<h2>Expected differences (catalogue)</h2>")
+    if report.catalogue:
+        parts.append(_html_table(["id", "field", "reason"],
+                                 [[c.get("id"), c.get("field"), c.get("reason")]
+                                  for c in report.catalogue]))
+    else:
+        parts.append("<p>(none declared)</p>")
+    parts.append("<h2>Diagnoses</h2>")
+    if report.diagnoses:
+        parts.append("<ul>")
+        for d in report.diagnoses:
+            where = ".".join(p for p in (d.stage, d.field) if p)
+            parts.append(f"<li><b>{html.escape(d.cause)}</b>"
+                         + (f" (<code>{html.escape(where)}</code>)" if where else "")
+                         + f": {html.escape(d.evidence)}</li>")
+        parts.append("</ul>")
+    else:
+        parts.append("<p>(none)</p>")
+    if report.extras:
+        parts += ["<h2>Extras</h2>",
+                  f"<pre>{html.escape(json.dumps(jsonable(report.extras), sort_keys=True, indent=2))}</pre>"]
+    parts += ["<h2>Configuration</h2>",
+              f"<pre>{html.escape(json.dumps(jsonable(report.config), sort_keys=True, indent=2))}</pre>",
+              "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+
+def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
+    """Write report.json, report.md and report.html into `out_dir`; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md",
+             "html": out_dir / "report.html"}
+    paths["json"].write_text(report_json_text(report), encoding="utf-8")
+    paths["md"].write_text(render_markdown(report), encoding="utf-8")
+    paths["html"].write_text(render_html(report), encoding="utf-8")
+    return paths
