@@ -1,0 +1,180 @@
+"""`python -m reference_impl.train`: the train-higgs-audio training run (HF Trainer, optional LoRA).
+
+With no arguments it trains on the embedded default: the tiny offline checkpoint and codec
+(`higgs_common.context.build_context()`) and the shipped `data/manifest.jsonl`, converted into a
+reference metadata folder under `<output-dir>/data`.  Real paths: `--model-path`,
+`--audio-tokenizer-path`, `--data-dir`.  Multi-process: `torchrun --nproc_per_node N -m
+reference_impl.train ...` (HF Trainer handles DDP, `ddp_find_unused_parameters=True`).
+
+Defaults are the reference's (`reference_impl.trainer`), with ONE documented deviation, applied
+only when training the embedded tiny model (no --model-path): learning rate 1e-3 and warmup 0
+(`TINY_DEFAULTS`).  Why: the reference's 5e-5 with 100 warmup steps reaches only 1e-5 by step 20,
+which leaves the random-init tiny model's loss indistinguishable from batch-to-batch noise, so a
+20-step smoke run could not show learning.  Pass --learning-rate/--warmup-steps to override.
+On CPU training runs in fp32 (bf16 is GPU-only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from reference_impl import trainer as tr
+from reference_impl.collator import ExtendedHiggsAudioSampleCollator
+from reference_impl.dataset import TASK_TYPES, ReferenceDataset
+
+logger = logging.getLogger("reference_impl.train")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
+DEFAULT_OUTPUT_DIR = Path("runs") / "reference" / "default"
+TINY_DEFAULTS = {"learning_rate": 1e-3, "warmup_steps": 0}
+
+
+class StepLogCallback(TrainerCallback):
+    """Writes each logged step (loss, text loss, audio loss, lr) to the log and `metrics.jsonl`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
+            return
+        logger.info("step %d/%d  loss %.4f  text %.4f  audio %.4f  lr %.3g", state.global_step, state.max_steps,
+                    logs["loss"], logs.get("llm_loss", float("nan")), logs.get("audio_loss", float("nan")),
+                    logs.get("learning_rate", float("nan")))
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    d = tr.DEFAULT_TRAIN
+    c = tr.CLI_DEFAULTS
+    p = argparse.ArgumentParser(prog="python -m reference_impl.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-path", type=Path, default=None, help="HiggsAudio checkpoint (default: embedded tiny)")
+    p.add_argument("--audio-tokenizer-path", type=Path, default=None, help="codec folder (default: embedded tiny)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="reference metadata folder (default: data/manifest.jsonl converted into <output-dir>/data)")
+    p.add_argument("--task-type", choices=TASK_TYPES, default=c.task_type)
+    p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    p.add_argument("--per-device-train-batch-size", type=int, default=c.per_device_train_batch_size)
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"default {d.learning_rate} (embedded tiny model: {TINY_DEFAULTS['learning_rate']})")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help=f"default {d.warmup_steps} (embedded tiny model: {TINY_DEFAULTS['warmup_steps']})")
+    p.add_argument("--max-steps", type=int, default=None, help="overrides --num-train-epochs")
+    p.add_argument("--num-train-epochs", type=float, default=c.num_train_epochs)
+    p.add_argument("--logging-steps", type=int, default=1, help="reference DDP script: 10; 1 shows every step")
+    p.add_argument("--save-steps", type=int, default=c.save_steps)
+    p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--use-lora", action="store_true", default=c.use_lora)
+    p.add_argument("--lora-rank", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--report-to", default=c.report_to, help="tensorboard | none")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    return p.parse_args(argv)
+
+
+def _setup_logging(output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "train.log", mode="w")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def _local_device(requested: Optional[str]) -> torch.device:
+    import os
+
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Train; returns a summary (first/final loss, wall time, paths), also written to summary.json."""
+    from higgs_common.context import build_context
+    from reference_impl.model import HiggsAudioModelWithLoss
+
+    started = time.perf_counter()
+    args = parse_args(argv)
+    output_dir = args.output_dir.resolve()
+    _setup_logging(output_dir)
+    device = _local_device(args.device)
+    ctx = build_context(args.model_path, args.audio_tokenizer_path, device=device, seed=args.seed)
+    tiny = args.model_path is None
+    lr = args.learning_rate if args.learning_rate is not None else (
+        TINY_DEFAULTS["learning_rate"] if tiny else tr.DEFAULT_TRAIN.learning_rate)
+    warmup = args.warmup_steps if args.warmup_steps is not None else (
+        TINY_DEFAULTS["warmup_steps"] if tiny else tr.DEFAULT_TRAIN.warmup_steps)
+    train = tr.DEFAULT_TRAIN.replace(learning_rate=lr, warmup_steps=warmup, seed=args.seed, use_lora=args.use_lora,
+                                     lora_r=args.lora_rank, lora_alpha=args.lora_alpha,
+                                     lora_dropout=args.lora_dropout,
+                                     max_steps=args.max_steps if args.max_steps is not None else -1)
+    precision = tr.effective_precision(train, device)
+    logger.info("model %s | codec %s | device %s | precision %s | lr %g | warmup %d | lora %s | task %s",
+                ctx.model_path, ctx.audio_tokenizer_path, device, precision, lr, warmup, args.use_lora,
+                args.task_type)
+
+    data_dir = args.data_dir
+    if data_dir is None:
+        from higgs_common.converters import write_reference_folder
+        from higgs_common.manifest import load_manifest
+
+        data_dir = write_reference_folder(load_manifest(DEFAULT_MANIFEST), output_dir / "data")
+    train_dataset = ReferenceDataset(data_dir, ctx.text_tokenizer, ctx.code_cache, task_type=args.task_type)
+
+    torch.manual_seed(args.seed)
+    model = HiggsAudioModelWithLoss.from_pretrained(str(ctx.model_path), torch_dtype=tr.torch_dtype(precision))
+    model.to(device)
+    if args.use_lora:
+        model = tr.apply_lora(model, train)
+        model.print_trainable_parameters()
+
+    training_args = tr.build_training_args(
+        train, output_dir, device=device, per_device_train_batch_size=args.per_device_train_batch_size,
+        num_train_epochs=args.num_train_epochs, max_steps=args.max_steps, logging_steps=args.logging_steps,
+        save_steps=args.save_steps, report_to=[] if args.report_to == "none" else args.report_to,
+        logging_dir=output_dir / "tensorboard")
+    trainer = tr.HiggsAudioTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, processing_class=ctx.text_tokenizer,
+        data_collator=ExtendedHiggsAudioSampleCollator.from_config(ctx.model_config, ctx.text_tokenizer),
+        callbacks=[StepLogCallback(output_dir / "metrics.jsonl")])
+    trainer.train()
+
+    summary: dict[str, Any] = {}
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(output_dir))
+        adapters = tr.save_lora_adapters(trainer.model, output_dir)
+        steps = [h for h in trainer.state.log_history if "loss" in h]
+        summary = {
+            "output_dir": str(output_dir), "data_dir": str(data_dir), "model_path": str(ctx.model_path),
+            "steps": trainer.state.global_step, "learning_rate": lr, "warmup_steps": warmup,
+            "precision": precision, "use_lora": args.use_lora, "task_type": args.task_type,
+            "first_loss": steps[0]["loss"] if steps else math.nan,
+            "final_loss": steps[-1]["loss"] if steps else math.nan,
+            "lora_adapters": str(adapters) if adapters else None,
+            "wall_time_s": round(time.perf_counter() - started, 2),
+        }
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        logger.info("done in %.1f s: loss %.4f -> %.4f; saved to %s", summary["wall_time_s"],
+                    summary["first_loss"], summary["final_loss"], output_dir)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Training machinery of train-higgs-audio: defaults, LoRA, TrainingArguments, the Trainer subclass.
+
+Which script is "the reference": `trainer/trainer_ddp.py` (the one `DDP_training.sh` launches with
+torchrun) — its defaults are the ones documented for the project: lr 5e-5, warmup 100, batch 4,
+logging every 10 steps, saves every 500, bf16 via `--bf16`, `ddp_find_unused_parameters=True`,
+LoRA (opt-in `--use_lora`) on q/k/v/o *and* gate/up/down, which by PEFT's suffix matching also
+hits the dual-FFN audio MLPs.  `trainer/trainer.py` (single process) differs: lr 4e-5, warmup
+2000, batch 2, logging every step, LoRA on q/k/v/o only, an fp16 flag; `SINGLE_SCRIPT_DEFAULTS`
+records those values.
+
+Kept from the reference:
+- LoRA is opt-in: without `use_lora` all parameters train (full fine-tuning).
+- LoRA config: `task_type=CAUSAL_LM`, r 16, alpha 32, dropout 0.1 — CAUSAL_LM is why the model
+  must accept `labels=`/`inputs_embeds=` (reference_impl.model).
+- QUIRK pure bf16: the reference loads the checkpoint with `torch_dtype=torch.bfloat16` and the
+  DDP script casts the model to bf16 again, so weights, gradients and AdamW states are bf16 (no
+  fp32 master copy); here bf16 applies on GPU only, CPU runs fp32.
+- Optimizer and schedule are whatever `transformers.Trainer` creates from TrainingArguments
+  (AdamW torch, decay on all but bias/LayerNorm weights, linear schedule with warmup, clip 1.0);
+  `make_optimizer_and_scheduler` builds them through the Trainer's own helpers.
+
+Deviation: the DDP script saves adapters with `trainer.model.save_pretrained`, where
+`trainer.model` is its plain `nn.Module` wrapper (AttributeError at the very end of a LoRA
+run); we save the PEFT model's adapters to `<output_dir>/lora_adapters` as `trainer.py` intends.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import Trainer, TrainingArguments
+from transformers.optimization import get_scheduler
+from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+from transformers.trainer_pt_utils import get_parameter_names
+
+from higgs_common.stages import TrainConfig
+from reference_impl.collator import ExtendedHiggsAudioBatchInput
+
+logger = logging.getLogger(__name__)
+
+# trainer_ddp.py's LoRA targets (its setup_lora_config default); trainer.py passes only q/v/k/o.
+LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SINGLE_SCRIPT_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj", "k_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class ReferenceCLIDefaults:
+    """Defaults of trainer_ddp.py's argparse / TrainingArguments (values not in TrainConfig)."""
+
+    task_type: str = "single_speaker_smart_voice"
+    per_device_train_batch_size: int = 4
+    num_train_epochs: int = 3
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 3
+    seed: int = 42
+    report_to: str = "tensorboard"
+    use_lora: bool = False
+    bf16: bool = False                  # flag; DDP_training.sh passes --bf16
+    ddp_find_unused_parameters: bool = True
+    dataloader_pin_memory: bool = False
+    remove_unused_columns: bool = False
+
+
+CLI_DEFAULTS = ReferenceCLIDefaults()
+SINGLE_SCRIPT_DEFAULTS: dict[str, Any] = dict(learning_rate=4e-5, warmup_steps=2000, per_device_train_batch_size=2,
+                                               logging_steps=1, save_steps=5000, lora_target_modules=SINGLE_SCRIPT_LORA_TARGET_MODULES)
+
+# TrainingArguments' own defaults, which the reference never overrides (weight decay, betas, eps,
+# clip, schedule) are read from a real TrainingArguments so they cannot drift from transformers.
+_TA = TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True)
+DEFAULT_TRAIN = TrainConfig(
+    use_lora=CLI_DEFAULTS.use_lora,
+    lora_r=16,
+    lora_alpha=32,
+    lora_dropout=0.1,
+    lora_target_modules=LORA_TARGET_MODULES,
+    learning_rate=5e-5,
+    weight_decay=_TA.weight_decay,
+    adam_betas=(_TA.adam_beta1, _TA.adam_beta2),
+    adam_eps=_TA.adam_epsilon,
+    warmup_steps=100,
+    max_steps=20,
+    max_grad_norm=_TA.max_grad_norm,
+    schedule=str(getattr(_TA.lr_scheduler_type, "value", _TA.lr_scheduler_type)),
+    precision="bf16",
+    seed=CLI_DEFAULTS.seed,
+)
+del _TA
+
+
+def effective_precision(train: TrainConfig, device: torch.device | str) -> str:
+    """bf16 only on CUDA (the reference is GPU-only); CPU always trains in fp32."""
+    return "bf16" if train.precision == "bf16" and torch.device(device).type == "cuda" else "fp32"
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+# --------------------------------------------------------------------------- LoRA
+
+def build_lora_config(train: TrainConfig) -> LoraConfig:
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        inference_mode=False,
+        r=train.lora_r,
+        lora_alpha=train.lora_alpha,
+        lora_dropout=train.lora_dropout,
+        target_modules=list(train.lora_target_modules),
+    )
+
+
+def apply_lora(model: torch.nn.Module, train: TrainConfig) -> PeftModel:
+    """Wrap the model with PEFT LoRA adapters (only the adapters stay trainable)."""
+    return get_peft_model(model, build_lora_config(train))
+
+
+# --------------------------------------------------------------------------- arguments / optimizer
+
+def build_training_args(train: TrainConfig, output_dir: Path | str, *, device: torch.device | str = "cpu",
+                        per_device_train_batch_size: int = CLI_DEFAULTS.per_device_train_batch_size,
+                        num_train_epochs: float = CLI_DEFAULTS.num_train_epochs,
+                        max_steps: Optional[int] = None,
+                        logging_steps: int = CLI_DEFAULTS.logging_steps,
+                        save_steps: int = CLI_DEFAULTS.save_steps,
+                        report_to: str | list[str] = CLI_DEFAULTS.report_to,
+                        logging_dir: Optional[Path | str] = None,
+                        disable_tqdm: Optional[bool] = None) -> TrainingArguments:
+    """The reference's TrainingArguments, with the numbers from `train`."""
+    on_cuda = torch.device(device).type == "cuda"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=num_train_epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        per_device_train_batch_size=per_device_train_batch_size,
+        learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_betas[0],
+        adam_beta2=train.adam_betas[1],
+        adam_epsilon=train.adam_eps,
+        max_grad_norm=train.max_grad_norm,
+        lr_scheduler_type=train.schedule,
+        warmup_steps=train.warmup_steps,
+        logging_steps=logging_steps,
+        save_steps=save_steps,
+        save_total_limit=CLI_DEFAULTS.save_total_limit,
+        bf16=effective_precision(train, device) == "bf16",
+        fp16=False,
+        dataloader_pin_memory=CLI_DEFAULTS.dataloader_pin_memory,
+        remove_unused_columns=CLI_DEFAULTS.remove_unused_columns,
+        ddp_find_unused_parameters=CLI_DEFAULTS.ddp_find_unused_parameters,
+        report_to=report_to,
+        logging_dir=str(logging_dir) if logging_dir is not None else None,
+        seed=train.seed,
+        use_cpu=not on_cuda,
+        disable_tqdm=disable_tqdm,
+    )
+
+
+def decay_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Trainer.get_decay_parameter_names: everything except biases and LayerNorm weights."""
+    names = get_parameter_names(model, ALL_LAYERNORM_LAYERS)
+    return [n for n in names if "bias" not in n]
+
+
+def make_optimizer_and_scheduler(model: torch.nn.Module, args: TrainingArguments, num_training_steps: int
+                                 ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer and LR schedule `Trainer.create_optimizer_and_scheduler` would build."""
+    decay = set(decay_parameter_names(model))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if n in decay], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
+    ]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    optimizer = optimizer_cls(groups, **optimizer_kwargs)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer,
+                              num_warmup_steps=args.get_warmup_steps(num_training_steps),
+                              num_training_steps=num_training_steps)
+    return optimizer, scheduler
+
+
+# --------------------------------------------------------------------------- Trainer
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Device of the first parameter (DDP wrappers have no `.device`)."""
+    return next(model.parameters()).device
+
+
+class HiggsAudioTrainer(Trainer):
+    """HF Trainer whose loss is the model's (reference) loss; logs text and audio loss too.
+
+    `compute_loss` moves the batch to the model's device, calls `model(**batch)` and returns
+    `outputs.loss`; the text (`llm_loss`) and audio (`audio_loss`) terms are averaged over each
+    logging window and added to the Trainer's log line (and so to TensorBoard and
+    `trainer_state.json`).  A term dropped from the total (reference QUIRK zero terms dropped) is
+    logged as a warning, never silently.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._term_sums: dict[str, float] = {"llm_loss": 0.0, "audio_loss": 0.0}
+        self._term_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not isinstance(inputs, ExtendedHiggsAudioBatchInput):
+            inputs = ExtendedHiggsAudioBatchInput(**dict(inputs))
+        device = model_device(model)
+        model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                        for k, v in inputs.items() if v is not None}
+        outputs = model(**model_inputs)
+        if model.training:
+            self._term_sums["llm_loss"] += float(outputs.llm_loss.detach())
+            self._term_sums["audio_loss"] += float(outputs.audio_loss.detach())
+            self._term_count += 1
+            dropped = getattr(outputs, "loss_info", {}).get("dropped", ())
+            if dropped:
+                logger.warning("step %d: loss term(s) %s are 0 or NaN and were left out of the total "
+                               "(reference QUIRK zero terms dropped)", self.state.global_step, list(dropped))
+        loss = outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._term_count:
+            for key, total in self._term_sums.items():
+                logs[key] = round(total / self._term_count, 6)
+            self._term_sums = {k: 0.0 for k in self._term_sums}
+            self._term_count = 0
+        super().log(logs, *args, **kwargs)
+
+
+def save_lora_adapters(model: torch.nn.Module, output_dir: Path | str) -> Optional[Path]:
+    """Save PEFT adapters to `<output_dir>/lora_adapters` (the reference's layout); None without LoRA."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, PeftModel):
+        return None
+    out = Path(output_dir) / "lora_adapters"
+    inner.save_pretrained(str(out))
+    return out
