@@ -45,11 +45,21 @@ class Expected:
 
 
 def _delay_audio_out(ref: torch.Tensor, info: dict) -> torch.Tensor:
+    if not info["custom_delayed"]:
+        return ref
     ids, _ = P.delay_segments(ref, info["ref_audio_out_ids_start"], bos=info["bos"], pad=info["eos"])
     return ids
 
 
+def _delay_in(ref_ids: torch.Tensor, info: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    if not info["custom_delayed"]:
+        return ref_ids, info["ref_audio_in_ids_start"]
+    return P.delay_segments(ref_ids, info["ref_audio_in_ids_start"], bos=info["bos"], pad=info["eos"])
+
+
 def _delay_starts(ref: torch.Tensor, info: dict) -> torch.Tensor:
+    if not info["custom_delayed"]:
+        return ref
     _, starts = P.delay_segments(info["ref_audio_out_ids"], ref, bos=info["bos"], pad=info["eos"])
     return starts
 
@@ -102,6 +112,12 @@ CATALOGUE: tuple[Expected, ...] = (
     Expected("delay-pattern-audio-out", "collator", "audio_out_ids",
              "delay pattern: off in the reference collator (use_delay_pattern=False), on in the custom "
              "one (from the model config, as the checkpoint was trained)", transform=_delay_audio_out),
+    Expected("delay-pattern-audio-in", "collator", "audio_in_ids",
+             "delay pattern on the audio-in (voice prompt) codes too: off in the reference collator, "
+             "on in the custom one", transform=lambda ref, info: _delay_in(ref, info)[0]),
+    Expected("delay-pattern-audio-in-starts", "collator", "audio_in_ids_start",
+             "delay pattern lengthens each audio-in segment by num_codebooks-1 frames",
+             transform=lambda ref, info: _delay_in(info["ref_audio_in_ids"], info)[1]),
     Expected("delay-pattern-starts", "collator", "audio_out_ids_start",
              "delay pattern lengthens each audio-out segment by num_codebooks-1 frames",
              transform=_delay_starts),

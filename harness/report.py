@@ -129,7 +129,12 @@ class Report:
         for d in self.diagnoses:
             if d.stage == stage and d.field is None:
                 return d.cause
-        return self.diagnoses[0].cause if self.diagnoses else None
+        # Another diagnosis of the same stage, but never one from another stage or an expected
+        # quirk: a wrong cause is worse than none.
+        for d in self.diagnoses:
+            if d.stage == stage and not d.cause.endswith("expected"):
+                return d.cause
+        return None
 
     def first_divergence(self) -> dict | None:
         """The first unexpected divergence, walking stages in pipeline order, fields in order."""

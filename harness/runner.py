@@ -2,20 +2,24 @@
 
 Modes
 -----
-`isolated` (default): every stage of both sides gets the SAME input — the reference side's output
-of the previous stage (the reference is the oracle, like a shadow module) — so a difference is
-attributed to the stage that made it.  `propagated`: each side runs end to end on its own outputs,
+`isolated` (default): every stage of both sides gets the SAME input — the custom side's output of
+the previous stage, with the reference stage run as a shadow module on it — so a difference is
+attributed to the stage that made it.  The custom side (the pipeline under test) supplies the
+common input so that its stage code runs on the layouts it was written for: a fault that only
+shows on its own layout (e.g. labels looked up by the wrong audio index) must not be masked by
+feeding it the reference's layout.  `propagated`: each side runs end to end on its own outputs,
 showing how an early divergence spreads.
 
 Stage inputs in isolated mode
 -----------------------------
 dataset   canonical records, written into each side's native format, read by its own loader
-collator  the reference dataset's items
-forward   the reference collator's batch, same checkpoint weights on both sides
-loss      the reference forward's outputs + the reference batch
-backward  each side's model, the reference loss function on the common batch; plus the custom
-          side's DDP micro-step over 2 gloo/NCCL ranks vs its own single-process gradients
-step      the reference gradients loaded into both sides' models, one optimizer step each under
+collator  the custom dataset's items
+forward   the custom collator's batch, same checkpoint weights on both sides
+loss      the custom forward's outputs + the custom batch
+backward  each side's model on the common batch, one loss function for both (the reference's,
+          which always keeps a graph); plus the custom side's DDP micro-step over 2 gloo/NCCL
+          ranks vs its own single-process gradients
+step      the custom gradients loaded into both sides' models, one optimizer step each under
           the declared common configuration
 """
 
@@ -41,6 +45,9 @@ from higgs_common.stages import StageContext, TrainConfig
 
 log = logging.getLogger("harness")
 
+# Whose previous-stage output every stage gets in isolated mode (see the module docstring).
+ISOLATED_SOURCE = "custom"
+
 STAGES: tuple[str, ...] = ("dataset", "collator", "forward", "loss", "backward", "step")
 
 
@@ -52,6 +59,9 @@ class RunOptions:
     ddp_grad_accum: int = 2
     tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)   # field -> (rtol, atol)
     progress: Callable[[str], None] | None = None
+    # Test hook: (stage, side, output) -> output, applied to every stage output of both sides.
+    # Property tests use it to corrupt one element and check the report points at it.
+    perturb: Callable[[str, str, Any], Any] | None = None
 
 
 @dataclass
@@ -145,9 +155,15 @@ class Comparison:
         return d
 
     def _input_for(self, side: str, attr: str) -> Any:
-        """Isolated: the reference's output; propagated: the side's own."""
-        source = "reference" if self.options.mode == "isolated" else side
+        """Isolated: the custom side's output (see module docstring); propagated: the side's own."""
+        source = ISOLATED_SOURCE if self.options.mode == "isolated" else side
         return getattr(self.side[source], attr)
+
+    def _perturbed(self, stage: str, side: str, output: Any) -> Any:
+        """Apply the test hook `RunOptions.perturb` to a stage output (identity by default)."""
+        if self.options.perturb is None:
+            return output
+        return self.options.perturb(stage, side, output)
 
     def _timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
         t0 = time.perf_counter()
@@ -162,6 +178,7 @@ class Comparison:
             mod = stages_of(name)
             native = mod.write_native(self.records, self.work_dir / "native" / name)
             state.items, dt = self._timed(lambda: mod.dataset(native, state.ctx))
+            state.items = self._perturbed("dataset", name, state.items)
             compute += dt
         t0 = time.perf_counter()
         ref_items, cus_items = self.side["reference"].items, self.side["custom"].items
@@ -187,12 +204,15 @@ class Comparison:
         for name, state in self.side.items():
             items = self._input_for(name, "items")
             state.batch, dt = self._timed(lambda: stages_of(name).collate(items, state.ctx))
+            state.batch = self._perturbed("collator", name, state.batch)
             compute += dt
         t0 = time.perf_counter()
         rb, cb = self.side["reference"].batch, self.side["custom"].batch
         ids = [i.sample_id for i in self._input_for("custom", "items")]
         info = {"ref_audio_out_ids": P.batch_field(rb, "audio_out_ids"),
                 "ref_audio_out_ids_start": P.batch_field(rb, "audio_out_ids_start"),
+                "ref_audio_in_ids": P.batch_field(rb, "audio_in_ids"),
+                "ref_audio_in_ids_start": P.batch_field(rb, "audio_in_ids_start"),
                 "custom_delayed": self.side["custom"].delayed, "bos": self.bos, "eos": self.eos,
                 "input_ids": P.batch_field(rb, "input_ids"), "audio_out_token_id": self.audio_out_token_id}
         fields: list[FieldDiff] = []
@@ -238,17 +258,23 @@ class Comparison:
             batch = _to_device(self._input_for(name, "batch"), state.ctx.device)
             with torch.no_grad():
                 state.outputs, dt = self._timed(lambda: stages_of(name).forward(state.model, batch, state.ctx))
+                state.outputs = self._perturbed("forward", name, state.outputs)
             compute += dt
         t0 = time.perf_counter()
         ro, co = self.side["reference"].outputs, self.side["custom"].outputs
         ids = [i.sample_id for i in self._input_for("custom", "items")]
-        fields = [self._compare("forward", "trainable_parameters",
-                                sorted(self.evidence["parameters"]["trainable"]["reference"]),
-                                sorted(self.evidence["parameters"]["trainable"]["custom"]))]
+        fields = []
         for key in ("expanded_input_ids", "expanded_labels", "logits", "audio_logits"):
             fields.append(self._compare("forward", key, getattr(ro, key), getattr(co, key),
                                         decode=self.decoder.for_field(key, ids),
                                         sample_of=self.decoder.row_sample(ids) if key != "audio_logits" else None))
+        trainable = self.evidence["parameters"]["trainable"]
+        only_ref = sorted(set(trainable["reference"]) - set(trainable["custom"]))
+        only_cus = sorted(set(trainable["custom"]) - set(trainable["reference"]))
+        # Compared as "the first name only one side has", which is what a reader needs.
+        fields.append(self._compare("forward", "trainable_parameters_only_on_one_side",
+                                    only_ref[0] if only_ref else None, only_cus[0] if only_cus else None))
+        fields[-1].note = f"{len(only_ref)} only in reference, {len(only_cus)} only in custom" if (only_ref or only_cus) else None
         return StageResult("forward", "ok", fields, compute, time.perf_counter() - t0)
 
     def run_loss(self) -> StageResult:
@@ -259,6 +285,7 @@ class Comparison:
             outputs = self._input_for(name, "outputs")
             batch = _to_device(self._input_for(name, "batch"), state.ctx.device)
             state.loss, dt = self._timed(lambda: stages_of(name).loss(outputs, batch, state.ctx))
+            state.loss = self._perturbed("loss", name, state.loss)
             compute += dt
         t0 = time.perf_counter()
         rl, cl = self.side["reference"].loss, self.side["custom"].loss
@@ -303,6 +330,7 @@ class Comparison:
                 return mod.backward(loss_fn(out, batch, state.ctx), state.model)
 
             state.grads, dt = self._timed(work)
+            state.grads = self._perturbed("backward", name, state.grads)
             compute += dt
         t0 = time.perf_counter()
         fields = self._compare_mapping("backward", "grad", self.side["reference"].grads, self.side["custom"].grads)
@@ -346,6 +374,7 @@ class Comparison:
                         g = grads.get(n)
                         p.grad = None if g is None else g.detach().clone().to(p.device)
             state.params, dt = self._timed(lambda: mod.step(state.model, opt, state.ctx))
+            state.params = self._perturbed("step", name, state.params)
             compute += dt
         t0 = time.perf_counter()
         fields = self._compare_mapping("step", "param", self.side["reference"].params, self.side["custom"].params)
@@ -384,10 +413,12 @@ class Comparison:
 
 # ---------------------------------------------------------------------- module helpers
 
-from higgs_common.stages import HiggsDiffError  # noqa: E402
+from higgs_common.stages import SampleError, UnknownFaultError  # noqa: E402
 
 # Bad input (a broken sample, an unknown fault) is the user's to fix: it aborts with exit 2.
-_FATAL_INPUT_ERRORS = (HiggsDiffError,)
+# Any other exception inside a stage (e.g. the custom loss refusing an all -100 audio label) is a
+# finding about that stage: it is recorded in the stage result and the report.
+_FATAL_INPUT_ERRORS = (SampleError, UnknownFaultError)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
