@@ -1,0 +1,194 @@
+"""`custom_impl.stages`: the custom zero-shot pipeline behind the stage contract
+(`higgs_common.stages`), plus `ddp_backward`, which runs the training loop's own micro-step code
+under real torch.distributed so the harness can check gradient synchronisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, \
+    get_linear_schedule_with_warmup
+
+from custom_impl import collator as _collator
+from custom_impl import dataset as _dataset
+from custom_impl import loss as _loss
+from custom_impl import model as _model
+from custom_impl.distributed import accumulate, free_port
+from custom_impl.faults import FAULTS, check_faults
+from higgs_common.converters import write_chatml_json
+from higgs_common.manifest import CanonicalRecord
+from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, StageContext, TrainConfig)
+
+NAME = "custom"
+NATIVE_FILE = "train_chatml.json"
+
+DEFAULT_TRAIN = TrainConfig(
+    use_lora=True,
+    lora_r=32,
+    lora_alpha=64,
+    lora_dropout=0.05,
+    lora_target_modules=_model.LORA_TARGET_MODULES,
+    learning_rate=2e-4,            # upstream trainer.py --lr default
+    weight_decay=0.01,
+    adam_betas=(0.9, 0.95),
+    adam_eps=1e-8,
+    warmup_steps=100,
+    max_steps=20,
+    max_grad_norm=1.0,
+    schedule="cosine",
+    precision="bf16",              # autocast on CUDA only; CPU runs fp32
+    seed=0,
+)
+
+
+def _faults(ctx: StageContext) -> frozenset[str]:
+    return check_faults(ctx.faults)
+
+
+def write_native(records: Sequence[CanonicalRecord], out_dir: Path) -> Path:
+    return write_chatml_json(records, Path(out_dir) / NATIVE_FILE)
+
+
+def dataset(native_path: Path, ctx: StageContext) -> list[DatasetItem]:
+    _faults(ctx)
+    return _dataset.load_dataset(Path(native_path), ctx)
+
+
+def collate(items: Sequence[DatasetItem], ctx: StageContext) -> Any:
+    _faults(ctx)
+    return _collator.collate(items, ctx)
+
+
+def build_model(ctx: StageContext, train: TrainConfig) -> torch.nn.Module:
+    _faults(ctx)
+    return _model.build_model(ctx, train)
+
+
+def forward(model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOutputs:
+    _faults(ctx)
+    return _model.forward(model, _collator.batch_to_device(batch, ctx.device), ctx)
+
+
+def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdown:
+    return _loss.compute_loss(outputs, batch, faults=_faults(ctx))
+
+
+def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    loss.total.backward()
+    return grads_of(model)
+
+
+def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Gradients of trainable parameters by (DDP-independent) name; zeros where none arrived."""
+    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)).cpu()
+            for n, p in _model.trainable_named_parameters(model)}
+
+
+def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext) -> dict[str, torch.Tensor]:
+    """Clip (DEFAULT_TRAIN.max_grad_norm), optimizer step, zero grads; returns trainable params."""
+    params = [p for _, p in _model.trainable_named_parameters(model)]
+    torch.nn.utils.clip_grad_norm_(params, DEFAULT_TRAIN.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {n: p.detach().clone().cpu() for n, p in _model.trainable_named_parameters(model)}
+
+
+def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]:
+    params = [p for _, p in _model.trainable_named_parameters(model)]
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=tuple(train.adam_betas),
+                                  eps=train.adam_eps, weight_decay=train.weight_decay)
+    if train.schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, train.warmup_steps, train.max_steps)
+    elif train.schedule == "linear":
+        scheduler = get_linear_schedule_with_warmup(optimizer, train.warmup_steps, train.max_steps)
+    elif train.schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, train.warmup_steps)
+    else:
+        raise ValueError(f"unknown schedule {train.schedule!r} (cosine | linear | constant)")
+    return optimizer, scheduler
+
+
+def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
+    """Settings as the code uses them (generated from the real objects/constants)."""
+    ckw = {k: v for k, v in _collator.collator_kwargs(ctx.model_config).items() if k != "whisper_processor"}
+    ckw["whisper_processor"] = None
+    lcfg = _model.lora_config(train)
+    return {
+        "pipeline": NAME,
+        "faults": sorted(ctx.faults),
+        "collator": {"class": "boson_multimodal HiggsAudioSampleCollator", **ckw,
+                     "deep_copy_samples": True},
+        "message_layout": list(_dataset.MESSAGE_LAYOUT),
+        "reference_audio_slot": "<|AUDIO|> (audio-in, codes only)",
+        "target_audio_slot": "<|AUDIO_OUT|> (only audio label)",
+        "loss": {"reduction": _loss.REDUCTION, "text_shift": 1, "audio_shift": "1, within segment",
+                 "ignore_index": _loss.IGNORE_INDEX,
+                 "ddp_normalisation": "global supervised-token counts over ranks and micro-batches"},
+        "lora": {"enabled": train.use_lora, "r": lcfg.r, "alpha": lcfg.lora_alpha,
+                 "dropout": lcfg.lora_dropout, "target_modules": sorted(lcfg.target_modules),
+                 "bias": lcfg.bias, "task_type": lcfg.task_type},
+        "optimizer": {"class": "torch.optim.AdamW", "lr": train.learning_rate,
+                      "betas": list(train.adam_betas), "eps": train.adam_eps,
+                      "weight_decay": train.weight_decay},
+        "schedule": {"kind": train.schedule, "warmup_steps": train.warmup_steps,
+                     "max_steps": train.max_steps},
+        "max_grad_norm": train.max_grad_norm,
+        "precision": {"requested": train.precision,
+                      "autocast": "bf16 on CUDA" if train.precision == "bf16" else "none",
+                      "on_this_device": "bf16" if (ctx.device.type == "cuda" and train.precision == "bf16")
+                      else "fp32"},
+        "model_flags_forced": dict(_model.RANDOM_EXTRA_LAYER_FLAGS) if "random-extra-layers" in ctx.faults else {},
+        "distributed": {"wrapper": "DistributedDataParallel", "backend": "nccl on CUDA, gloo on CPU",
+                        "no_sync": "all micro-batches but the last", "sampler": "DistributedSampler"},
+        "known_faults": sorted(FAULTS),
+    }
+
+
+# ---------------------------------------------------------------------------------- DDP probe
+def _ddp_worker(rank: int, world_size: int, port: int, ctx: StageContext, train: TrainConfig,
+                items: list[DatasetItem], grad_accum: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        local = _dataset.shard(items, rank, world_size)
+        per = max(1, len(local) // grad_accum)
+        micro = [local[i * per:(i + 1) * per] for i in range(grad_accum)]
+        model = _model.build_model(ctx, train)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+        batches = [_collator.collate(m, ctx) for m in micro]
+        accumulate(ddp, batches, ctx, precision="fp32", sample_ids=[[it.sample_id for it in m] for m in micro])
+        torch.save(grads_of(ddp), Path(out_dir) / f"grads_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_backward(ctx: StageContext, train: TrainConfig, items: Sequence[DatasetItem], *,
+                 world_size: int = 2, grad_accum: int = 2, faults: Sequence[str] | None = None
+                 ) -> list[dict[str, torch.Tensor]]:
+    """Each rank's accumulated gradients after one optimizer step's worth of micro-batches.
+
+    Spawns `world_size` gloo processes; rank r takes the contiguous shard r of `items` and splits
+    it into `grad_accum` micro-batches, then runs `distributed.accumulate` (the training loop's
+    own code).  `faults` (default: ctx.faults) may include the DDP faults.  With no fault every
+    rank returns the gradient of the full-batch mean loss over all of `items`.
+    """
+    faults_set = check_faults(ctx.faults if faults is None else faults)
+    if len(items) % (world_size * grad_accum):
+        raise ValueError(f"{len(items)} items do not split into {world_size} ranks x {grad_accum} micro-batches")
+    # The code cache (codec, file handles) is not needed past the dataset stage and may not pickle.
+    wctx = dataclasses.replace(ctx, faults=faults_set, device=torch.device("cpu"), code_cache=None)
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="custom_ddp_") as tmp:
+        mp.start_processes(_ddp_worker, args=(world_size, port, wctx, train, list(items), grad_accum, tmp),
+                           nprocs=world_size, join=True, start_method="spawn")
+        return [torch.load(Path(tmp) / f"grads_rank{r}.pt") for r in range(world_size)]

@@ -1,0 +1,337 @@
+"""Manual DDP training loop of the custom zero-shot pipeline.
+
+    python -m custom_impl.train                                   # 1 process, embedded tiny default
+    torchrun --nproc-per-node 2 -m custom_impl.train --max-steps 20
+    python -m custom_impl.train --model-path CKPT --audio-tokenizer-path CODEC --data train.json
+
+Per optimizer step every rank runs `--grad-accum` micro-batches of `--batch-size` samples
+(DistributedSampler shard), DDP `no_sync` on all but the last (custom_impl.distributed.accumulate,
+the same code the harness's `ddp_backward` runs), clips to 1.0, steps AdamW and the cosine
+schedule.  Rank 0 writes `metrics.jsonl` (one JSON object per step: total/text/audio/per-codebook
+loss, supervised-token counts, lr, sample ids), TensorBoard events under `tb/`, and atomic
+checkpoints (`checkpoint-<step>/`: trainable weights + peft adapter, optimizer, scheduler,
+sampler position, every rank's RNG state); `--resume DIR` continues from one.
+
+Warmup defaults to min(100, max_steps // 10): upstream's 100 warmup steps would leave a 20-step
+smoke run at a tiny fraction of the learning rate, so it could not show learning.  The learning
+rate defaults to upstream's 2e-4 for a real checkpoint and to 5e-3 for the embedded tiny random
+model (LoRA on a 160k-parameter random model needs a larger step to move in 20 CPU steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
+
+from custom_impl import collator as _collator
+from custom_impl import model as _model
+from custom_impl import stages as S
+from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
+from custom_impl.faults import check_faults, help_text
+from higgs_common.stages import HiggsDiffError, LossBreakdown, TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
+TINY_DEFAULT_LR = 5e-3
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m custom_impl.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="faults (off by default; --fault NAME, repeatable):\n" + help_text())
+    p.add_argument("--model-path", type=Path, default=None, help="checkpoint folder (default: embedded tiny)")
+    p.add_argument("--audio-tokenizer-path", type=Path, default=None, help="codec folder (default: embedded tiny)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="ChatML JSON list (default: data/manifest.jsonl converted into the run folder)")
+    p.add_argument("--batch-size", type=int, default=2, help="samples per micro-batch per process")
+    p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: see module doc)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="default min(100, max_steps // 10)")
+    p.add_argument("--max-steps", type=int, default=S.DEFAULT_TRAIN.max_steps)
+    p.add_argument("--output-dir", type=Path, default=None, help="default runs/custom/<timestamp>")
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--resume", type=Path, default=None, help="checkpoint folder to continue from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fault", action="append", default=[], metavar="NAME", help="enable a named fault")
+    p.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
+    args = p.parse_args(argv)
+    args.fault = sorted(check_faults(args.fault))
+    return args
+
+
+def train_config(args: argparse.Namespace, tiny: bool) -> TrainConfig:
+    lr = args.lr if args.lr is not None else (TINY_DEFAULT_LR if tiny else S.DEFAULT_TRAIN.learning_rate)
+    warmup = args.warmup_steps if args.warmup_steps is not None else min(100, args.max_steps // 10)
+    return S.DEFAULT_TRAIN.replace(learning_rate=lr, warmup_steps=warmup, max_steps=args.max_steps,
+                                   seed=args.seed)
+
+
+# ------------------------------------------------------------------------------ data stream
+def batch_stream(n_items: int, info: DistInfo, batch_size: int, seed: int, start_epoch: int,
+                 start_batch: int) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, batch index in epoch, item indices) forever; each epoch reshuffled by the sampler."""
+    sampler = DistributedSampler(range(n_items), num_replicas=info.world_size, rank=info.rank,
+                                 shuffle=True, seed=seed, drop_last=True)
+    epoch = start_epoch
+    skip = start_batch
+    while True:
+        sampler.set_epoch(epoch)
+        idx = list(sampler)
+        batches = [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
+        if not batches:
+            raise ValueError(f"{n_items} samples over {info.world_size} ranks cannot fill a batch of {batch_size}")
+        for b in range(skip, len(batches)):
+            yield epoch, b, batches[b]
+        skip = 0
+        epoch += 1
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, position: dict[str, int],
+                    info: DistInfo, train: TrainConfig) -> Path:
+    """Write checkpoint-<step>/ atomically: everything goes into a temp dir renamed at the end."""
+    final = out_dir / f"checkpoint-{step}"
+    tmp = out_dir / f".checkpoint-{step}.tmp"
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(info)
+    torch.save(rng_state(), tmp / f"rng_rank{info.rank}.pt")
+    barrier(info)
+    if info.is_main:
+        inner = _model.unwrap(model)
+        torch.save({n: p.detach().cpu() for n, p in _model.trainable_named_parameters(model)}, tmp / "trainable.pt")
+        if hasattr(inner, "save_pretrained") and train.use_lora:
+            inner.save_pretrained(tmp / "adapter")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {"step": step, "world_size": info.world_size, **position, "train": dataclasses.asdict(train)},
+            indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    barrier(info)
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, info: DistInfo) -> dict[str, Any]:
+    state = json.loads((path / "trainer_state.json").read_text())
+    if state["world_size"] != info.world_size:
+        raise ValueError(f"{path} was written by {state['world_size']} processes, this run has {info.world_size}")
+    weights = torch.load(path / "trainable.pt")
+    params = dict(_model.trainable_named_parameters(model))
+    if set(weights) != set(params):
+        raise ValueError(f"{path}: trainable parameter names differ from this model's")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n].to(p.device))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt"))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
+    set_rng_state(torch.load(path / f"rng_rank{info.rank}.pt", weights_only=False))
+    return state
+
+
+# ------------------------------------------------------------------------------ logging
+def reduce_mean(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    if info.world_size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= info.world_size
+    return t.cpu().tolist()
+
+
+def weight_checksum(model: torch.nn.Module) -> float:
+    """Sum of |w| * (1 + index) over trainable tensors: cheap, order-sensitive fingerprint."""
+    total = 0.0
+    for k, (_, p) in enumerate(_model.trainable_named_parameters(model)):
+        total += float(p.detach().double().abs().sum()) * (1 + k)
+    return total
+
+
+def step_record(model: torch.nn.Module, step: int, lbs: list[LossBreakdown], lr: float, grad_norm: float, ids: list[str],
+                info: DistInfo, device: torch.device, wall: float) -> dict[str, Any]:
+    n = len(lbs)
+    n_cb = max(lb.per_codebook.numel() for lb in lbs)
+    local = [sum(float(lb.total.detach()) for lb in lbs) / n, sum(float(lb.text) for lb in lbs) / n,
+             sum(float(lb.audio) for lb in lbs) / n]
+    cb = [sum(float(lb.per_codebook[c]) for lb in lbs if lb.per_codebook.numel() > c) / n for c in range(n_cb)]
+    counts = [float(sum(lb.text_supervised_tokens for lb in lbs)), float(sum(lb.audio_supervised_tokens for lb in lbs))]
+    vals = reduce_mean(local + cb, info, device)
+    tot = reduce_mean(counts, info, device)
+    notes = sorted({note for lb in lbs for note in lb.notes})
+    # Every rank's weight checksum: DDP must keep them identical; a fault that skips the
+    # all-reduce (ddp-unwrapped-forward, inverted-no-sync) shows up here as different numbers.
+    wsum = torch.tensor([weight_checksum(model)], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    if info.world_size > 1:
+        gathered = [torch.zeros_like(wsum) for _ in range(info.world_size)]
+        dist.all_gather(gathered, wsum)
+        rank_sums = [float(g) for g in gathered]
+    else:
+        rank_sums = [float(wsum)]
+    return {"step": step, "loss": vals[0], "text_loss": vals[1], "audio_loss": vals[2],
+            "per_codebook": vals[3:], "text_tokens": int(round(tot[0] * info.world_size)),
+            "audio_tokens": int(round(tot[1] * info.world_size)),
+            "has_target_audio": all(lb.has_target_audio for lb in lbs), "lr": lr, "grad_norm": grad_norm,
+            "rank0_sample_ids": ids, "world_size": info.world_size, "notes": notes, "wall_s": wall,
+            "rank_weight_checksums": rank_sums}
+
+
+# ------------------------------------------------------------------------------ main
+def run(args: argparse.Namespace) -> Path:
+    info = setup(prefer_cuda=not args.cpu)
+    try:
+        return _run(args, info)
+    finally:
+        teardown(info)
+
+
+def _run(args: argparse.Namespace, info: DistInfo) -> Path:
+    from higgs_common.context import build_context  # lazy: heavy (builds the tiny default once)
+    from higgs_common.converters import write_chatml_json
+    from higgs_common.manifest import load_manifest
+
+    tiny = args.model_path is None
+    out_dir = args.output_dir or Path("runs/custom") / time.strftime("%Y%m%d-%H%M%S")
+    if info.world_size > 1:  # every rank must agree on a default output dir
+        holder = [str(out_dir)]
+        dist.broadcast_object_list(holder, src=0)
+        out_dir = Path(holder[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = train_config(args, tiny)
+    torch.manual_seed(args.seed + info.rank)
+    random.seed(args.seed + info.rank)
+    np.random.seed(args.seed + info.rank)
+
+    # Rank 0 first: it builds the tiny default assets and fills the code cache; others reuse them.
+    ctx = None
+    for turn in (0, 1):
+        if (turn == 0) == info.is_main:
+            ctx = build_context(args.model_path, args.audio_tokenizer_path, device=str(info.device),
+                                faults=tuple(args.fault), seed=args.seed)
+            data = args.data
+            if data is None:
+                data = out_dir / S.NATIVE_FILE
+                if info.is_main:
+                    write_chatml_json(load_manifest(DEFAULT_MANIFEST), data)
+            items = S.dataset(data, ctx)
+        barrier(info)
+
+    model = wrap(S.build_model(ctx, train), info)
+    optimizer, scheduler = S.make_optimizer(model, train)
+    start_step, position = 0, {"epoch": 0, "batch": 0}
+    if args.resume is not None:
+        state = load_checkpoint(args.resume, model, optimizer, scheduler, info)
+        start_step, position = state["step"], {"epoch": state["epoch"], "batch": state["batch"]}
+
+    writer = None
+    metrics_fh = None
+    bar = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+        writer = SummaryWriter(str(out_dir / "tb"))
+        metrics_fh = (out_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        bar = tqdm(total=train.max_steps, initial=start_step, desc="custom train", file=sys.stderr)
+        (out_dir / "run_config.json").write_text(json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "world_size": info.world_size,
+             "effective_config": S.effective_config(ctx, train)}, indent=2, default=str))
+
+    stream = batch_stream(len(items), info, args.batch_size, args.seed, position["epoch"], position["batch"])
+    model.train()
+    try:
+        for step in range(start_step + 1, train.max_steps + 1):
+            t0 = time.perf_counter()
+            micro_idx = []
+            for _ in range(args.grad_accum):
+                epoch, b, idx = next(stream)
+                micro_idx.append(idx)
+            position = {"epoch": epoch, "batch": b + 1}
+            micro_items = [[items[i] for i in idx] for idx in micro_idx]
+            batches = [_collator.batch_to_device(S.collate(m, ctx), info.device) for m in micro_items]
+            ids = [[it.sample_id for it in m] for m in micro_items]
+            lbs = accumulate(model, batches, ctx, precision=train.precision, step=step, sample_ids=ids)
+            params = [p for _, p in _model.trainable_named_parameters(model)]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            rec = step_record(model, step, lbs, lr, grad_norm, [i for g in ids for i in g], info, info.device,
+                              time.perf_counter() - t0)
+            if info.is_main:
+                metrics_fh.write(json.dumps(rec) + "\n")
+                metrics_fh.flush()
+                writer.add_scalar("loss/total", rec["loss"], step)
+                writer.add_scalar("loss/text", rec["text_loss"], step)
+                writer.add_scalar("loss/audio", rec["audio_loss"], step)
+                for c, v in enumerate(rec["per_codebook"]):
+                    writer.add_scalar(f"loss/audio_cb{c}", v, step)
+                writer.add_scalar("lr", lr, step)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", text=f"{rec['text_loss']:.3f}",
+                                audio=f"{rec['audio_loss']:.3f}")
+                bar.update(1)
+                cbs = " ".join(f"{v:.3f}" for v in rec["per_codebook"])
+                print(f"step {step}: loss {rec['loss']:.4f} text {rec['text_loss']:.4f} "
+                      f"audio {rec['audio_loss']:.4f} [cb {cbs}] audio_tokens {rec['audio_tokens']} lr {lr:.2e}",
+                      file=sys.stderr, flush=True)
+            if (args.save_every and step % args.save_every == 0) or step == train.max_steps:
+                save_checkpoint(out_dir, step, model, optimizer, scheduler, position, info, train)
+    except HiggsDiffError as exc:
+        if info.is_main and metrics_fh is not None:
+            metrics_fh.write(json.dumps({"event": "error", "step": step, "error": type(exc).__name__,
+                                         "message": str(exc)}) + "\n")
+            metrics_fh.flush()
+        raise
+    finally:
+        if info.is_main:
+            bar.close()
+            writer.close()
+            metrics_fh.close()
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = run(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
