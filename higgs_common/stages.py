@@ -147,6 +147,11 @@ class LossBreakdown:
     has_target_audio: bool
     reduction: str = ""                           # human-readable description of the reduction
     notes: tuple[str, ...] = ()
+    # Per-position cross-entropy, indexed by the position of the TARGET (label) token, NaN where
+    # this side supervises nothing.  These let the harness compare two differently-reduced losses
+    # on the positions both supervise ("per-codebook CE on common positions").
+    audio_token_ce: Optional[torch.Tensor] = None  # (N_audio_out_frames, num_codebooks), detached
+    text_token_ce: Optional[torch.Tensor] = None   # (B, L_exp), detached
 
 
 @runtime_checkable
