@@ -20,14 +20,18 @@ EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT = 0, 1, 2
 STAGE_CHOICES = ("dataset", "collator", "forward", "loss", "backward", "step", "all")
 
 
-def _fault_help() -> str:
-    try:
-        from harness.sides import known_faults
-        faults = known_faults()
-    except ImportError:  # the custom pipeline is not importable: still show --help
-        return "custom pipeline faults (custom_impl.faults)"
-    lines = [f"  {name}: {getattr(f, 'symptom', '')}" for name, f in sorted(faults.items())]
-    return "inject a named historical fault into the custom pipeline (repeatable):\n" + "\n".join(lines)
+def _fault_epilog() -> str:
+    """The fault list for --help, one wrapped paragraph per fault (names never hyphen-split)."""
+    import textwrap
+
+    from harness.sides import known_faults
+
+    lines = ["faults (--fault NAME, repeatable; custom pipeline only):"]
+    for name, fault in sorted(known_faults().items()):
+        lines.append(f"  {name}")
+        lines += textwrap.wrap(f"{fault.stage}: {fault.symptom}", width=88,
+                               initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Feed identical samples, tokenizers and weights through the reference "
                     "(train-higgs-audio) and the custom zero-shot pipeline stage by stage, diff every "
                     "tensor, and write a report that pinpoints the first divergence.",
-        epilog="Exit status: 0 nothing unexpected diverged, 1 something did, 2 bad usage or input.",
+        epilog=_fault_epilog() + "\n\nexit status: 0 nothing unexpected diverged, 1 something did, "
+               "2 bad usage or input.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--stage", choices=STAGE_CHOICES, default="all",
@@ -44,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("isolated", "propagated"), default="isolated",
                    help="isolated: every stage of both sides gets the same input (default); "
                         "propagated: each side runs end to end on its own outputs")
-    p.add_argument("--fault", action="append", default=[], metavar="NAME", help=_fault_help())
+    p.add_argument("--fault", action="append", default=[], metavar="NAME",
+                   help="inject a named historical fault into the custom pipeline (see the list below)")
     p.add_argument("--device", default="cpu", help="torch device for models and diffs, e.g. cuda (default: cpu)")
     p.add_argument("--data", type=Path, default=DEFAULT_MANIFEST,
                    help="canonical manifest (JSONL) of samples (default: the shipped data/manifest.jsonl)")

@@ -166,8 +166,12 @@ class Comparison:
         return self.options.perturb(stage, side, output)
 
     def _timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        # CUDA work is asynchronous: without the syncs, a stage's kernels would still be running
+        # when its diff starts, and their time would be billed to diffing.
+        _sync(self.side["reference"].ctx.device)
         t0 = time.perf_counter()
         out = fn()
+        _sync(self.side["reference"].ctx.device)
         return out, time.perf_counter() - t0
 
     # ------------------------------------------------------------------ stages
@@ -345,10 +349,16 @@ class Comparison:
             return []
         state = self.side["custom"]
         items = self._input_for("custom", "items")
-        self._say(f"backward: DDP check on {world} ranks")
+        # Every rank gets `accum` micro-batches of one sample (>= 2, so that a no_sync mistake on
+        # either the first or the last micro-batch shows).  ddp_backward gives rank r the contiguous
+        # shard r; sample (r + m * world) % n goes to rank r's micro-batch m, so ranks see different
+        # samples whenever there are at least 2 (with 1 sample, unsynchronised ranks look synced).
+        accum = max(2, self.options.ddp_grad_accum)
+        n = len(items)
+        items = [items[(r + m * world) % n] for r in range(world) for m in range(accum)]
+        self._say(f"backward: DDP check on {world} ranks x {accum} micro-batches")
         single = mod.ddp_backward(state.ctx, self.train, items, world_size=1, grad_accum=1)[0]
-        ranks = mod.ddp_backward(state.ctx, self.train, items, world_size=world,
-                                 grad_accum=self.options.ddp_grad_accum)
+        ranks = mod.ddp_backward(state.ctx, self.train, items, world_size=world, grad_accum=accum)
         fields: list[FieldDiff] = []
         unsynced = []
         for r, grads in enumerate(ranks):
@@ -419,6 +429,12 @@ from higgs_common.stages import SampleError, UnknownFaultError  # noqa: E402
 # Any other exception inside a stage (e.g. the custom loss refusing an all -100 audio label) is a
 # finding about that stage: it is recorded in the stage result and the report.
 _FATAL_INPUT_ERRORS = (SampleError, UnknownFaultError)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued CUDA work (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

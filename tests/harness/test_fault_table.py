@@ -1,0 +1,80 @@
+"""The README's fault table, pinned: every named custom fault -> where the harness says it acts.
+
+Runs `python -m harness.compare --stage all` in-process (the tiny checkpoint and the code cache are
+shared with the rest of the session) once per fault and checks exit status and
+`report.json["first_divergence"]`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from custom_impl.faults import FAULTS
+from harness import compare
+
+# fault -> (stage, field or field prefix ending in '*', words the cause must contain)
+FAULT_TABLE: dict[str, tuple[str, str, str]] = {
+    "reference-audio-as-label": ("dataset", "target_audio_codes", "reference clip's codes"),
+    "unmapped-audio-labels": ("collator", "supervised_audio_codes", "all audio labels are -100"),
+    "silent-zero-audio-loss": ("loss", "audio_ce_common", "audio loss is exactly 0.0"),
+    "no-shift": ("loss", "audio_ce_common", "no next-token shift"),
+    "random-extra-layers": ("forward", "logits", "absent from the checkpoint"),
+    "ddp-unwrapped-forward": ("backward", "ddp_rank*", "not synchronised across ranks"),
+    "inverted-no-sync": ("backward", "ddp_rank*", "not synchronised across ranks"),
+}
+DDP_FAULTS = {"ddp-unwrapped-forward", "inverted-no-sync"}
+
+
+def _run(tmp_path, *extra: str) -> tuple[int, dict]:
+    out = tmp_path / "report"
+    code = compare.main(["--stage", "all", "--quiet", "--samples", "2", "--out", str(out), *extra])
+    return code, json.loads((out / "report.json").read_text())
+
+
+def test_table_covers_every_registered_fault():
+    assert set(FAULT_TABLE) == set(FAULTS)
+
+
+@pytest.mark.slow
+def test_no_fault_passes_with_only_catalogued_differences(tmp_path):
+    code, report = _run(tmp_path, "--ddp-world-size", "2")
+    assert code == 0
+    assert report["verdict"] == "pass" and report["first_divergence"] is None
+    diverged = [f for st in report["stages"] for f in st["fields"] if f["diverged"]]
+    assert diverged, "the pipelines differ by design; the catalogue must have matched something"
+    assert all(f["expected"] and f["expected_reason"] for f in diverged)
+    assert {st["stage"] for st in report["stages"]} == {"dataset", "collator", "forward", "loss", "backward", "step"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", sorted(FAULT_TABLE))
+def test_fault_is_reported_where_it_acts(tmp_path, fault):
+    if fault in DDP_FAULTS:
+        pytest.importorskip("torch.distributed")
+    stage, field, cause = FAULT_TABLE[fault]
+    ddp = ["--ddp-world-size", "2" if fault in DDP_FAULTS else "0"]
+    code, report = _run(tmp_path, "--fault", fault, *ddp)
+    first = report["first_divergence"]
+    assert code == 1, f"{fault}: expected exit 1, got {code}"
+    assert first is not None and first["stage"] == stage, first
+    if field.endswith("*"):
+        assert first["field"].startswith(field[:-1]), first
+    else:
+        assert first["field"] == field, first
+    assert first["cause"] and cause in first["cause"], first["cause"]
+
+
+def test_unknown_fault_is_bad_usage(tmp_path, capsys):
+    assert compare.main(["--stage", "dataset", "--quiet", "--fault", "no-such-fault", "--out", str(tmp_path)]) == 2
+    assert "no-such-fault" in capsys.readouterr().out
+
+
+def test_help_lists_every_fault(capsys):
+    with pytest.raises(SystemExit) as exc:
+        compare.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for name in FAULTS:
+        assert name in text
