@@ -88,7 +88,8 @@ def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Ten
 
 def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Gradients of trainable parameters by (DDP-independent) name; zeros where none arrived."""
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)).cpu()
+    # Kept on the parameters' device: the harness diffs on the GPU when the model is there.
+    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
             for n, p in _model.trainable_named_parameters(model)}
 
 
@@ -98,7 +99,7 @@ def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext) -> dict[str,
     torch.nn.utils.clip_grad_norm_(params, DEFAULT_TRAIN.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {n: p.detach().clone().cpu() for n, p in _model.trainable_named_parameters(model)}
+    return {n: p.detach().clone() for n, p in _model.trainable_named_parameters(model)}
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]:
@@ -122,33 +123,33 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
     ckw["whisper_processor"] = None
     lcfg = _model.lora_config(train)
     return {
-        "pipeline": NAME,
-        "faults": sorted(ctx.faults),
-        "collator": {"class": "boson_multimodal HiggsAudioSampleCollator", **ckw,
+        "message_layout": {"messages": list(_dataset.MESSAGE_LAYOUT), "start_index": 0,
+                           "trained_turns": ["assistant[2]"],
+                           "reference_audio_placement": "user turn, <|AUDIO|> (audio-in codes, never a label)",
+                           "target_audio_placement": "assistant turn, <|AUDIO_OUT|> (the only audio label)"},
+        "collator": {"class": "HiggsAudioSampleCollator", **ckw, "label_audio_ids": "upstream labels",
                      "deep_copy_samples": True},
-        "message_layout": list(_dataset.MESSAGE_LAYOUT),
-        "reference_audio_slot": "<|AUDIO|> (audio-in, codes only)",
-        "target_audio_slot": "<|AUDIO_OUT|> (only audio label)",
-        "loss": {"reduction": _loss.REDUCTION, "text_shift": 1, "audio_shift": "1, within segment",
-                 "ignore_index": _loss.IGNORE_INDEX,
+        "loss": {"text": _loss.REDUCTION.split("; ")[0], "audio": _loss.REDUCTION.split("; ")[1],
+                 "total": "text + audio (an all -100 audio label raises AudioLabelError)",
+                 "audio_labels": "label_audio_ids ([-100, codes, EOS] per segment, delayed)",
+                 "audio_shift": "1, within each segment", "delay_pattern_in_training": ckw["use_delay_pattern"],
                  "ddp_normalisation": "global supervised-token counts over ranks and micro-batches"},
         "lora": {"enabled": train.use_lora, "r": lcfg.r, "alpha": lcfg.lora_alpha,
                  "dropout": lcfg.lora_dropout, "target_modules": sorted(lcfg.target_modules),
                  "bias": lcfg.bias, "task_type": lcfg.task_type},
-        "optimizer": {"class": "torch.optim.AdamW", "lr": train.learning_rate,
+        "optimizer": {"class": "torch.optim.adamw.AdamW", "lr": train.learning_rate,
                       "betas": list(train.adam_betas), "eps": train.adam_eps,
-                      "weight_decay": train.weight_decay},
-        "schedule": {"kind": train.schedule, "warmup_steps": train.warmup_steps,
-                     "max_steps": train.max_steps},
-        "max_grad_norm": train.max_grad_norm,
-        "precision": {"requested": train.precision,
+                      "weight_decay": train.weight_decay, "no_decay": "none",
+                      "max_grad_norm": train.max_grad_norm},
+        "schedule": {"type": train.schedule, "warmup_steps": train.warmup_steps, "max_steps": train.max_steps},
+        "precision": {"mode": "bf16" if (ctx.device.type == "cuda" and train.precision == "bf16") else "fp32",
                       "autocast": "bf16 on CUDA" if train.precision == "bf16" else "none",
-                      "on_this_device": "bf16" if (ctx.device.type == "cuda" and train.precision == "bf16")
-                      else "fp32"},
-        "model_flags_forced": dict(_model.RANDOM_EXTRA_LAYER_FLAGS) if "random-extra-layers" in ctx.faults else {},
-        "distributed": {"wrapper": "DistributedDataParallel", "backend": "nccl on CUDA, gloo on CPU",
-                        "no_sync": "all micro-batches but the last", "sampler": "DistributedSampler"},
-        "known_faults": sorted(FAULTS),
+                      "weights_dtype": "torch.float32"},
+        "distributed": {"launcher": "torchrun (manual loop)", "wrapper": "DistributedDataParallel",
+                        "backend": "nccl on CUDA, gloo on CPU", "no_sync": "all micro-batches but the last",
+                        "sampler": "DistributedSampler", "find_unused_parameters": False},
+        "faults": sorted(ctx.faults),
+        **({"model_flags_forced": dict(_model.RANDOM_EXTRA_LAYER_FLAGS)} if "random-extra-layers" in ctx.faults else {}),
     }
 
 

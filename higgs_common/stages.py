@@ -17,6 +17,10 @@ each pipeline exposes a module `<pipeline>.stages` with exactly these module-lev
     make_optimizer(model, train) -> (optimizer, scheduler)
     effective_config(ctx, train) -> dict[str, Any]   # settings for the configuration diff
 
+`effective_config` returns the same sections on both sides, so the harness can put them side by
+side (keys inside a section may be missing on one side when the concept does not exist there):
+`EFFECTIVE_CONFIG_SECTIONS` below.
+
 `ctx.faults` carries named faults (only custom_impl defines any); a pipeline must reject a fault
 name it does not know with `UnknownFaultError`.
 """
@@ -26,11 +30,29 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from higgs_common.manifest import CanonicalRecord
+if TYPE_CHECKING:   # annotations only: manifest.py imports SampleError from here
+    from higgs_common.manifest import CanonicalRecord
+
+
+# Sections of `effective_config(ctx, train)`, each a flat dict of settings:
+#   message_layout: messages, reference_audio_placement, target_audio_placement, start_index, trained_turns
+#   collator:       class, the upstream HiggsAudioSampleCollator parameters, label_audio_ids (source),
+#                   deep_copy_samples
+#   loss:           text, audio, total (how each is reduced), audio_labels, audio_shift,
+#                   delay_pattern_in_training, ddp_normalisation
+#   lora:           enabled, r, alpha, dropout, target_modules, bias, task_type
+#   optimizer:      class, lr, betas, eps, weight_decay, no_decay, max_grad_norm
+#   schedule:       type, warmup_steps, max_steps
+#   precision:      mode (on this device), autocast, weights_dtype
+#   distributed:    launcher, wrapper, backend, no_sync, sampler, find_unused_parameters
+#   faults:         list of the faults switched on (custom pipeline only)
+EFFECTIVE_CONFIG_SECTIONS: tuple[str, ...] = (
+    "message_layout", "collator", "loss", "lora", "optimizer", "schedule", "precision", "distributed", "faults",
+)
 
 
 class HiggsDiffError(Exception):

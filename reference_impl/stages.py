@@ -67,7 +67,9 @@ def dataset(native_path: Path, ctx: StageContext) -> list[DatasetItem]:
     first audio that is not the target, or None; every assistant audio is a label here.
     """
     _check_faults(ctx)
-    ds = ReferenceDataset(Path(native_path), ctx.text_tokenizer, ctx.code_cache, task_type=task_type(ctx))
+    opts = {k: ctx.options[k] for k in ("max_audio_seconds", "allow_default_ref_transcript", "allow_missing_ref_audio")
+            if k in ctx.options}
+    ds = ReferenceDataset(Path(native_path), ctx.text_tokenizer, ctx.code_cache, task_type=task_type(ctx), **opts)
     items = []
     for i in range(len(ds)):
         built = ds.build(i)
@@ -188,9 +190,10 @@ def _layout(task: str) -> dict[str, Any]:
     labelled = [f"{m.role}[{i}]" for i, m in enumerate(layout.messages)
                 if _is_label_turn(m.role, i, None)]
     return {"task_type": task, "messages": describe_layout(layout.messages), "start_index": None,
-            "trained_turns": labelled, "audio_fields": layout.audio_fields,
-            "reference_audio_placement": ("assistant <|AUDIO_OUT|> turn" if "ref_audio_file" in layout.audio_fields
-                                          else None)}
+            "trained_turns": labelled,
+            "reference_audio_placement": ("assistant turn, <|AUDIO_OUT|> (codes, trained)"
+                                          if "ref_audio_file" in layout.audio_fields else "none"),
+            "target_audio_placement": "assistant turn, <|AUDIO_OUT|>"}
 
 
 def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
@@ -198,7 +201,7 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
     col = _collator(ctx)
     collator = {k: v for k, v in col.params.items() if k != "whisper_processor"}
     collator.update(whisper_processor=None if col.params["whisper_processor"] is None else "loaded",
-                    label_audio_ids="audio_out_ids", deep_copy_samples=True, cls=type(col).__name__)
+                    label_audio_ids="audio_out_ids", deep_copy_samples=True)
     args = _training_args(train, ctx.device)
     opt_cls, opt_kwargs = tr.Trainer.get_optimizer_cls_and_kwargs(args)
     lora: dict[str, Any] = {"enabled": train.use_lora}
@@ -208,23 +211,25 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
                     task_type=str(getattr(lc.task_type, "value", lc.task_type)), bias=lc.bias)
     precision = tr.effective_precision(train, ctx.device)
     return {
-        "pipeline": NAME,
-        "collator": collator,
         "message_layout": _layout(task_type(ctx)),
+        "collator": {"class": type(col).__name__, **collator},
         "loss": {"text": TEXT_REDUCTION, "audio": AUDIO_REDUCTION, "total": TOTAL_REDUCTION,
                  "audio_labels": "audio_out_ids ([BOS, codes, EOS] per segment)",
+                 "audio_shift": "1, across the whole concatenated stream (segments and samples)",
                  "delay_pattern_in_training": col.params["use_delay_pattern"],
-                 "checkpoint_use_delay_pattern": bool(getattr(ctx.model_config, "use_delay_pattern", False))},
+                 "ddp_normalisation": "per-rank mean, averaged by DDP"},
         "lora": lora,
-        "optimizer": {"cls": f"{opt_cls.__module__}.{opt_cls.__name__}",
+        "optimizer": {"class": f"{opt_cls.__module__}.{opt_cls.__name__}",
                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in opt_kwargs.items()},
                       "weight_decay": args.weight_decay, "no_decay": "bias and LayerNorm weights",
                       "max_grad_norm": args.max_grad_norm},
         "schedule": {"type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
                      "warmup_steps": args.get_warmup_steps(train.max_steps), "max_steps": train.max_steps},
-        "precision": {"mode": precision, "weights_dtype": str(tr.torch_dtype(precision)),
-                      "trainer_bf16_autocast": args.bf16},
-        "trainer": {"ddp_find_unused_parameters": args.ddp_find_unused_parameters,
-                    "remove_unused_columns": args.remove_unused_columns, "seed": args.seed,
-                    "cli_default_task_type": DEFAULT_TASK_TYPE},
+        "precision": {"mode": precision, "autocast": "none (weights cast)" if precision == "bf16" else "none",
+                      "weights_dtype": str(tr.torch_dtype(precision))},
+        "distributed": {"launcher": "torchrun (HF Trainer)", "wrapper": "DistributedDataParallel (HF Trainer)",
+                        "backend": "nccl on CUDA, gloo on CPU", "no_sync": "HF Trainer / accelerate accumulate",
+                        "sampler": "DistributedSampler (HF Trainer)",
+                        "find_unused_parameters": args.ddp_find_unused_parameters},
+        "faults": [],
     }

@@ -88,7 +88,7 @@ def test_effective_config_reports_real_settings(ctx):
     assert cfg["collator"]["return_audio_in_tokens"] is True
     assert cfg["collator"]["use_delay_pattern"] == bool(ctx.model_config.use_delay_pattern)
     assert cfg["lora"]["r"] == 32 and cfg["lora"]["alpha"] == 64 and "down_proj" in cfg["lora"]["target_modules"]
-    assert cfg["optimizer"]["betas"] == [0.9, 0.95] and cfg["schedule"]["kind"] == "cosine"
+    assert cfg["optimizer"]["betas"] == [0.9, 0.95] and cfg["schedule"]["type"] == "cosine"
 
 
 def test_random_extra_layers_fault_loads_missing_keys(ctx, with_faults):
