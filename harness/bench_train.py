@@ -283,14 +283,44 @@ class _RepeatDataset(torch.utils.data.Dataset):
         return i
 
 
+AUTOCAST_CRASH = "Index put requires the source and destination dtypes match"
+
+
+def _training_args(tr: Any, train: Any, tmp: str, device: torch.device, shape: BatchShape, steps: int,
+                   autocast: bool) -> Any:
+    """The reference's TrainingArguments; `autocast=False` turns off the Trainer's bf16 autocast.
+
+    transformers keeps the mixed-precision choice in ACCELERATE_MIXED_PRECISION and accelerate in
+    a process-wide AcceleratorState, so both are reset around building the arguments.
+    """
+    import os
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
+    args = tr.build_training_args(train, tmp, device=device, per_device_train_batch_size=shape.batch_size,
+                                  max_steps=steps, logging_steps=10**6, save_steps=10**6,
+                                  report_to=[], disable_tqdm=True)
+    if not autocast and args.bf16:
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
+        args = dataclasses.replace(args, bf16=False)
+    return args
+
+
 def run_reference(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: int, warmup: int,
-                  shape: BatchShape, count: bool = True) -> TrainMeasurement:
-    """The reference's HF Trainer loop on the fixed batch (its own autocast, optimizer, clip)."""
+                  shape: BatchShape, count: bool = True, autocast: bool = True) -> TrainMeasurement:
+    """The reference's HF Trainer loop on the fixed batch (its own autocast, optimizer, clip).
+
+    `autocast=False`: the same loop with TrainingArguments.bf16 off (the weights are bf16 already).
+    Needed because upstream HiggsAudioModel cannot run with bf16 weights under bf16 autocast: its
+    audio-code embedding sum is autocast to fp32 and the index_put into the bf16 sequence raises.
+    """
     from reference_impl import stages as rs
     from reference_impl import trainer as tr
 
     m = TrainMeasurement("reference", config_name, shape.batch_size,
-                         precision=tr.effective_precision(train, ctx.device))
+                         precision=tr.effective_precision(train, ctx.device) + ("" if autocast else " (no autocast)"))
     device = ctx.device
     model = trainer = None
     ref_batch = to_reference_batch(batch)
@@ -300,9 +330,7 @@ def run_reference(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: 
         m.trainable_params, m.weights_dtype = _trainable(model), _weights_dtype(model)
         timer = _StepTimer(device, warmup)
         with tempfile.TemporaryDirectory(prefix="higgs-bench-ref-") as tmp:
-            args = tr.build_training_args(train, tmp, device=device, per_device_train_batch_size=shape.batch_size,
-                                          max_steps=warmup + steps, logging_steps=10**6, save_steps=10**6,
-                                          report_to=[], disable_tqdm=True)
+            args = _training_args(tr, train, tmp, device, shape, warmup + steps, autocast)
             trainer = tr.HiggsAudioTrainer(model=model, args=args,
                                            train_dataset=_RepeatDataset(shape.batch_size * (warmup + steps)),
                                            data_collator=lambda _features: ref_batch,

@@ -81,11 +81,31 @@ def _audio_out_label_unmasked(ref: torch.Tensor, info: dict) -> torch.Tensor:
     return out
 
 
-def _positive_finite(ref: Any, cus: Any, info: dict) -> bool:
-    def ok(x: Any) -> bool:
-        v = torch.as_tensor(x, dtype=torch.float64)
-        return bool(torch.isfinite(v).all()) and bool((v > 0).all())
-    return ok(ref) and ok(cus)
+def _custom_per_codebook(ref: Any, info: dict) -> torch.Tensor | None:
+    """The custom reduction (pooled mean per codebook over ITS supervised positions), computed from
+    the reference's per-position CE: equal per-position CE (audio_ce_common) + this reduction =
+    equal per-codebook loss.  (C,)"""
+    ref_ce, cus_ce = info.get("ref_audio_ce"), info.get("cus_audio_ce")
+    if ref_ce is None or cus_ce is None or ref_ce.shape != cus_ce.shape:
+        return None
+    picked = torch.where(torch.isnan(cus_ce), torch.full_like(ref_ce, float("nan")), ref_ce)  # (N, C)
+    counts = (~torch.isnan(picked)).sum(dim=0)
+    sums = torch.nan_to_num(picked, nan=0.0).sum(dim=0)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
+
+
+def _custom_audio(ref: Any, info: dict) -> torch.Tensor | None:
+    per_cb = _custom_per_codebook(ref, info)
+    if per_cb is None:
+        return None
+    cus_ce = info["cus_audio_ce"]
+    valid = (~torch.isnan(cus_ce)).any(dim=0)
+    return per_cb[valid].mean() if bool(valid.any()) else per_cb.sum() * 0.0
+
+
+def _custom_total(ref: Any, info: dict) -> torch.Tensor | None:
+    audio = _custom_audio(ref, info)
+    return None if audio is None else info["ref_text"] + audio
 
 
 def _fewer_supervised_audio(ref: Any, cus: Any, info: dict) -> bool:
@@ -132,12 +152,13 @@ CATALOGUE: tuple[Expected, ...] = (
     # ---------------------------------------------------------------- loss
     Expected("audio-loss-reduction", "loss", "audio",
              "different reductions: the reference shifts across the whole concatenated stream (segment "
-             "and sample boundaries, BOS targets); custom shifts within segments. Both must be finite "
-             "and > 0; the per-position comparison is audio_ce_common", holds=_positive_finite),
+             "and sample boundaries, BOS targets) and weights codebooks by its own positions; custom "
+             "pools within-segment positions. Expected custom value: the reference's per-position CE "
+             "reduced the custom way over the custom positions", transform=_custom_audio),
     Expected("audio-loss-reduction-per-codebook", "loss", "per_codebook",
-             "same reduction difference as audio-loss-reduction, per codebook", holds=_positive_finite),
+             "same reduction difference as audio-loss-reduction, per codebook", transform=_custom_per_codebook),
     Expected("total-loss-reduction", "loss", "total",
-             "total = text + audio under different audio reductions", holds=_positive_finite),
+             "total = text + audio under different audio reductions", transform=_custom_total),
     Expected("shift-across-segments", "loss", "audio_supervised_tokens",
              "reference quirk: the audio shift crosses segment and sample boundaries, so it also scores "
              "the BOS of every later segment", holds=_fewer_supervised_audio),

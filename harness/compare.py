@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ddp-world-size", type=int, default=2,
                    help="ranks for the custom pipeline's distributed backward check (0: skip; default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    p.add_argument("--skip-bad-samples", action="store_true",
+                   help="leave out samples that are bad input for either pipeline (each one is reported with "
+                        "its reason, and the count at the end) instead of exiting with status 2")
+    p.add_argument("--max-audio-seconds", type=float, default=None,
+                   help="longer clips are bad input (default: higgs_common.audio_io.DEFAULT_MAX_AUDIO_SECONDS, 30)")
     return p
 
 
@@ -128,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, tolerances, console)
     except _bad_input_errors() as exc:
-        console.print(f"[bold red]bad input:[/] {type(exc).__name__}: {exc}")
+        from rich.markup import escape
+
+        # escape: the message ends in "[sample=... field=... file=...]", which rich would eat as markup
+        console.print(f"[bold red]bad input:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
         return EXIT_BAD_INPUT
 
 
@@ -161,8 +169,32 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(args.device == "cpu", warn_only=True)
 
-    records = select_records(load_manifest(args.data), args.samples)
-    ctx = build_context(args.model, args.audio_tokenizer, device=args.device, seed=args.seed)
+    from harness.screen import screen_records
+    from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
+    from higgs_common.skipping import SkipLog
+
+    max_seconds = args.max_audio_seconds if args.max_audio_seconds is not None else DEFAULT_MAX_AUDIO_SECONDS
+    skip_log = SkipLog(where="harness.compare")
+    manifest_errors: list = []
+    all_records = load_manifest(args.data, skip_bad=args.skip_bad_samples, skipped=manifest_errors)
+    for exc in manifest_errors:
+        skip_log.add(exc)
+    ctx = build_context(args.model, args.audio_tokenizer, device=args.device, seed=args.seed,
+                        options={"max_audio_seconds": max_seconds})
+    if args.skip_bad_samples:   # screen everything, then pick: the same picks as without bad samples
+        records = select_records(screen_records(all_records, ctx, skip=True, skip_log=skip_log,
+                                                manifest=args.data, max_seconds=max_seconds), args.samples)
+        from rich.markup import escape
+
+        console.print(escape(skip_log.summary()), highlight=False, soft_wrap=True)
+        for item in skip_log.skipped:
+            console.print(escape(f"  skipped {item.sample_id!r}: {item.error}: {item.reason}"), highlight=False,
+                          soft_wrap=True)
+        if not records:
+            raise HiggsDiffError(f"every sample of {args.data} is bad input (skipped {len(skip_log)})")
+    else:
+        records = screen_records(select_records(all_records, args.samples), ctx, skip=False, skip_log=skip_log,
+                                 manifest=args.data, max_seconds=max_seconds)
     stages = STAGES if args.stage == "all" else (args.stage,)
 
     def progress(msg: str) -> None:
@@ -184,6 +216,8 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
             "audio_tokenizer": _portable(ctx.audio_tokenizer_path),
             "samples": [r.id for r in records], "common_train_config": _train_json(train),
             "torch": torch.__version__,
+            **({"skipped_samples": [{"sample_id": i.sample_id, "field": i.field, "error": i.error}
+                                    for i in skip_log.skipped]} if args.skip_bad_samples else {}),
         },
         config_diff=config_diff(comparison.side["reference"].effective, comparison.side["custom"].effective),
         catalogue=[e.to_json() for e in CATALOGUE],
@@ -193,6 +227,8 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     out = args.out or (REPO_ROOT / "reports" / report.run_name)
     paths = write_report(report, out)
     print_summary(report, console=console, paths=paths)
+    if args.skip_bad_samples:
+        console.print(escape(skip_log.summary()), highlight=False, soft_wrap=True)   # the count again, at the end
     return EXIT_OK if report.verdict == "pass" else EXIT_DIVERGED
 
 

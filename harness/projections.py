@@ -137,6 +137,7 @@ def per_position_audio_ce(audio_logits: torch.Tensor, labels: torch.Tensor, star
     audio_logits: (N, C, V); labels: (C, N).  Returns (N, C) float32, NaN where unsupervised.
     """
     n, c, _ = audio_logits.shape
+    labels = labels.to(audio_logits.device)   # batches stay on the CPU; logits may be on CUDA
     out = torch.full((n, c), float("nan"), dtype=torch.float32, device=audio_logits.device)
     for a, b in segment_bounds(starts, n):
         lo = a + 1 if shift else a

@@ -297,7 +297,8 @@ class Comparison:
         starts = P.batch_field(batch, "audio_out_ids_start")
         n_seg = 0 if starts is None else int(starts.numel())
         c = int(self.side["reference"].ctx.model_config.audio_num_codebooks)
-        info = {"cross_segment_targets": max(n_seg - 1, 0) * c}
+        info = {"cross_segment_targets": max(n_seg - 1, 0) * c, "ref_audio_ce": rl.audio_token_ce,
+                "cus_audio_ce": cl.audio_token_ce, "ref_text": rl.text.detach()}
         ref_ce, cus_ce = P.common_positions(rl.audio_token_ce, cl.audio_token_ce)
         fields = [
             self._compare("loss", "has_target_audio", rl.has_target_audio, cl.has_target_audio),
@@ -308,9 +309,9 @@ class Comparison:
             self._compare("loss", "text_supervised_tokens", rl.text_supervised_tokens, cl.text_supervised_tokens),
             self._compare("loss", "audio_supervised_tokens", rl.audio_supervised_tokens,
                           cl.audio_supervised_tokens, info),
-            self._compare("loss", "audio", rl.audio.detach(), cl.audio.detach()),
-            self._compare("loss", "per_codebook", rl.per_codebook.detach(), cl.per_codebook.detach()),
-            self._compare("loss", "total", rl.total.detach(), cl.total.detach()),
+            self._compare("loss", "audio", rl.audio.detach(), cl.audio.detach(), info),
+            self._compare("loss", "per_codebook", rl.per_codebook.detach(), cl.per_codebook.detach(), info),
+            self._compare("loss", "total", rl.total.detach(), cl.total.detach(), info),
         ]
         self.extras["per_codebook"] = {"reference": [float(x) for x in rl.per_codebook.detach().cpu()],
                                        "custom": [float(x) for x in cl.per_codebook.detach().cpu()]}

@@ -39,11 +39,16 @@ def test_label_transform_masks_bos_then_delays():
     assert out.tolist() == [[-100, 1, 2, EOS, -100], [-100, -100, 3, 4, EOS]]
 
 
-def test_predicates_reject_zero_audio_loss():
-    entry = C.lookup("loss", "audio")
-    assert entry.holds(torch.tensor(2.0), torch.tensor(1.5), {})
-    assert not entry.holds(torch.tensor(2.0), torch.tensor(0.0), {})
-    assert not entry.holds(torch.tensor(2.0), torch.tensor(float("nan")), {})
+def test_loss_transforms_reduce_reference_ce_over_custom_positions():
+    nan = float("nan")
+    ref_ce = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])          # reference scores every frame
+    cus_ce = torch.tensor([[nan, nan], [3.0, 4.0], [5.0, 6.0]])          # custom: not the segment's BOS
+    info = {"ref_audio_ce": ref_ce, "cus_audio_ce": cus_ce, "ref_text": torch.tensor(1.5)}
+    per_cb = C.lookup("loss", "per_codebook").transform(None, info)
+    assert per_cb.tolist() == [4.0, 5.0]
+    assert float(C.lookup("loss", "audio").transform(None, info)) == 4.5
+    assert float(C.lookup("loss", "total").transform(None, info)) == 6.0
+    assert C.lookup("loss", "audio").transform(None, {"ref_audio_ce": ref_ce, "cus_audio_ce": None}) is None
 
 
 def test_uncatalogued_fields_are_not_covered():

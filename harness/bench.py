@@ -1,0 +1,493 @@
+"""`python -m harness.bench`: benchmarks of both pipelines and of the harness, side by side.
+
+Three sections, one run, one device (`nox -s bench` runs this):
+
+1. train   training throughput of reference_impl (HF Trainer path) and custom_impl (manual
+           micro-step) on the same batch: tokens/s, step time, peak GPU memory, MFU (FLOP model
+           in `harness.bench_train`), under LoRA with each pipeline's defaults, under the
+           harness's common configuration, and full fine-tuning.
+2. harness `python -m harness.compare --stage all` in-process: time the pipelines spend computing
+           the stages vs the time the harness spends diffing and writing the report.
+3. data    the data path on CPU (dataset + collator, warm code cache), samples/s, against the
+           rate the GPU consumes samples in section 1.
+
+Results go to `<out>/bench.json` and `<out>/bench.md` (device, torch version and settings
+included).  Without CUDA everything runs on the CPU with the tiny checkpoint (a smoke run: the
+numbers mean nothing, MFU is left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
+
+log = logging.getLogger("harness.bench")
+SECTIONS = ("train", "harness", "data")
+TRAIN_CONFIGS = ("lora-defaults", "lora-common", "full-ft")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Targets checked in the report: custom >= 1.15x reference tokens/s under the "
+                                       "common configuration at no more peak memory; MFU >= 40%% with LoRA; "
+                                       "diff+report <= 10%% of compute; data path >= 5x the GPU's sample rate.")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint folder (default: embedded tiny)")
+    p.add_argument("--audio-tokenizer", type=Path, default=None, help="codec folder (default: embedded tiny)")
+    p.add_argument("--build-full", type=Path, default=None, metavar="DIR",
+                   help="first build the full-size random checkpoint into DIR (on the GPU) and use it")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    p.add_argument("--data", type=Path, default=DEFAULT_MANIFEST, help="canonical manifest (JSONL)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
+    p.add_argument("--configs", default=",".join(TRAIN_CONFIGS), help=f"comma list of {TRAIN_CONFIGS}")
+    p.add_argument("--batch-sizes", default="8", help="comma list; the first is used for every config, "
+                                                      "the others only for lora-common")
+    p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--no-flop-count", action="store_true", help="skip the torch.utils.flop_counter cross-check")
+    p.add_argument("--compare-samples", type=int, default=4, help="samples for the harness section")
+    p.add_argument("--ddp-world-size", type=int, default=None,
+                   help="harness section DDP check ranks (default: 2 on the tiny model, 0 otherwise: the check "
+                        "runs CPU gloo workers that would each load the full model in fp32)")
+    p.add_argument("--data-repeats", type=int, default=3, help="repeats of the data-path timing")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench", help="output folder")
+    return p
+
+
+# ------------------------------------------------------------------------------------ setup
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {spec}: CUDA is not available here")
+    return dev
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    from harness.bench_train import datasheet_peak
+
+    info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import transformers
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(name=props.name, memory_gib=round(props.total_memory / 2**30, 1),
+                    sms=props.multi_processor_count, cuda=torch.version.cuda,
+                    bf16_peak_datasheet_tflops=(datasheet_peak(props.name) or 0) / 1e12 or None)
+    else:
+        info.update(name=platform.processor() or platform.machine(), cpus=torch.get_num_threads())
+    return info
+
+
+def measured_matmul_peak(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
+    """bf16 n^3 matmul rate on random data (FLOP/s), the achievable ceiling next to the datasheet."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    seconds = start.elapsed_time(end) / 1e3 / reps
+    del a, b
+    return 2 * n ** 3 / seconds
+
+
+def build_full_assets(out: Path, device: torch.device) -> Path:
+    """Full-size random checkpoint built on `device` (model in bf16, codec calibrated there)."""
+    from higgs_common.assets.build import build_assets
+    from higgs_common.assets.paths import AssetPaths, build_lock
+
+    paths = AssetPaths.at(out)
+    if paths.is_complete("full"):
+        return out
+    with build_lock(out):
+        build_assets(out, size="full", seed=0, device=str(device))
+    return out
+
+
+def load_items(ctx: Any, records: Sequence[Any], work: Path, pipeline: str) -> list[Any]:
+    from harness.sides import stages_of
+
+    mod = stages_of(pipeline)
+    native = mod.write_native(records, work / "native" / pipeline)
+    return mod.dataset(native, ctx)
+
+
+def cycle(items: Sequence[Any], n: int) -> list[Any]:
+    return [items[i % len(items)] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------ sections
+
+def train_configs(names: Sequence[str], device: torch.device) -> dict[str, dict[str, Any]]:
+    """config name -> {pipeline: TrainConfig}."""
+    from custom_impl.stages import DEFAULT_TRAIN as CUSTOM
+    from harness.common_config import common_train_config
+    from reference_impl.stages import DEFAULT_TRAIN as REFERENCE
+
+    common = common_train_config(device)
+    table = {
+        # The reference's own default is full fine-tuning (LoRA is opt-in): LoRA with its settings.
+        "lora-defaults": {"reference": REFERENCE.replace(use_lora=True), "custom": CUSTOM},
+        "lora-common": {"reference": common, "custom": common},
+        "full-ft": {"reference": REFERENCE.replace(use_lora=False), "custom": CUSTOM.replace(use_lora=False)},
+    }
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise SystemExit(f"unknown --configs {unknown}; known: {sorted(table)}")
+    return {n: table[n] for n in names}
+
+
+def section_train(ctx: Any, items: list[Any], config_names: Sequence[str], batch_sizes: Sequence[int], *,
+                  steps: int, warmup: int, count: bool, peak: float | None) -> dict[str, Any]:
+    from custom_impl import collator as ccol
+    from custom_impl import model as cm
+    from harness.bench_train import AUTOCAST_CRASH, batch_shape, flop_model, run_custom, run_reference
+    from higgs_common.stages import TrainConfig
+
+    results: list[dict[str, Any]] = []
+    crashes: list[dict[str, Any]] = []
+    reference_autocast = True
+    shapes: dict[int, dict] = {}
+    configs = train_configs(config_names, ctx.device)
+    probe_train = TrainConfig(use_lora=True, precision="bf16" if ctx.device.type == "cuda" else "fp32")
+    probe = cm.build_model(ctx, probe_train)
+    batches = {}
+    for bs in batch_sizes:
+        batch = ccol.batch_to_device(ccol.collate(cycle(items, bs), ctx), ctx.device)
+        batches[bs] = (batch, batch_shape(probe, batch, ctx))
+    del probe
+    for name, per_side in configs.items():
+        for bs in (batch_sizes if name == "lora-common" else batch_sizes[:1]):
+            batch, shape = batches[bs]
+            shapes[bs] = vars(shape) | {"padded_tokens": shape.padded_tokens}
+            for pipeline, runner in (("reference", run_reference), ("custom", run_custom)):
+                train = per_side[pipeline]
+                log.info("train %s %s batch %d", name, pipeline, bs)
+                kw = dict(config_name=name, steps=steps, warmup=warmup, shape=shape, count=count)
+                if pipeline == "reference" and ctx.device.type == "cuda":
+                    kw["autocast"] = reference_autocast
+                m = runner(ctx, train, batch, **kw)
+                if pipeline == "reference" and m.status == "error" and AUTOCAST_CRASH in (m.error or ""):
+                    # The reference as configured (bf16 weights + Trainer bf16 autocast) crashes in
+                    # upstream code: record that once, then measure its loop without autocast.
+                    crashes.append(dict(m.to_json(shape, peak), flop_formula=None))
+                    print(_train_line(crashes[-1]), flush=True)
+                    reference_autocast = False
+                    kw["autocast"] = False
+                    m = runner(ctx, train, batch, **kw)
+                fm = flop_model(ctx.model_config, shape, lora_params=m.trainable_params if train.use_lora else 0,
+                                full_ft=not train.use_lora)
+                m.analytic_flops_per_step = fm["train_flops"]
+                row = m.to_json(shape, peak)
+                row.update(lora_r=train.lora_r if train.use_lora else None,
+                           lora_targets=list(train.lora_target_modules) if train.use_lora else None,
+                           lora_dropout=train.lora_dropout if train.use_lora else None,
+                           flop_formula=fm["formula"])
+                results.append(row)
+                print(_train_line(row), flush=True)
+    return {"rows": results, "batch_shapes": shapes, "reference_autocast_crashes": crashes}
+
+
+def _train_line(r: dict) -> str:
+    if r["status"] != "ok":
+        return f"  {r['config']:<14} b{r['batch_size']:<3} {r['pipeline']:<9} {r['status']}: {r['error']}"
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+    mem = f"{r['peak_memory_gib']:.1f} GiB" if r.get("peak_memory_gib") is not None else "-"
+    return (f"  {r['config']:<14} b{r['batch_size']:<3} {r['pipeline']:<9} step {1e3 * r['step_s_median']:8.1f} ms  "
+            f"{r['tokens_per_s']:10.0f} tok/s  peak {mem:>10}  MFU {mfu}")
+
+
+@contextlib.contextmanager
+def _timed_write_report(sink: list[float]) -> Iterator[None]:
+    """Time `harness.report.write_report` while `harness.compare` runs (compare imports it lazily)."""
+    import harness.report as report_mod
+
+    original = report_mod.write_report
+
+    def wrapped(*args: Any, **kwargs: Any):
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            sink.append(time.perf_counter() - t0)
+
+    report_mod.write_report = wrapped
+    try:
+        yield
+    finally:
+        report_mod.write_report = original
+
+
+def section_harness(args: argparse.Namespace, ctx: Any, device: torch.device, out: Path, tiny: bool) -> dict[str, Any]:
+    from harness import compare
+
+    world = args.ddp_world_size if args.ddp_world_size is not None else (2 if tiny else 0)
+    report_dir = out / "compare"
+    argv = ["--stage", "all", "--device", str(device), "--samples", str(args.compare_samples),
+            "--ddp-world-size", str(world), "--out", str(report_dir), "--quiet", "--data", str(args.data)]
+    if args.model is not None:
+        argv += ["--model", str(ctx.model_path), "--audio-tokenizer", str(ctx.audio_tokenizer_path)]
+    report_seconds: list[float] = []
+    t0 = time.perf_counter()
+    with _timed_write_report(report_seconds):
+        exit_code = compare.main(argv)
+    total = time.perf_counter() - t0
+    rep = json.loads((report_dir / "report.json").read_text())
+    timing = rep["volatile"]["timing"]
+    stages = {k: {"compute_s": float(v["compute_s"]), "diff_s": float(v["diff_s"])} for k, v in timing.items()}
+    compute = sum(v["compute_s"] for v in stages.values())
+    diff = sum(v["diff_s"] for v in stages.values())
+    write = sum(report_seconds)
+    return {"argv": argv, "exit_code": exit_code, "verdict": rep.get("verdict"), "ddp_world_size": world,
+            "per_stage": stages, "compute_s": compute, "diff_s": diff, "report_write_s": write,
+            "total_s": total, "other_s": total - compute - diff - write,
+            "diff_plus_report_over_compute": (diff + write) / compute if compute else None,
+            "stage_status": {s["stage"]: s["status"] for s in rep.get("stages", [])}}
+
+
+def section_data(ctx: Any, records: Sequence[Any], batch_size: int, repeats: int) -> dict[str, Any]:
+    """dataset + collator on the CPU with a warm code cache: samples/s per pipeline."""
+    import dataclasses
+
+    from harness.sides import stages_of
+
+    cpu_ctx = dataclasses.replace(ctx, device=torch.device("cpu"))
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="higgs-bench-data-") as tmp:
+        for pipeline in ("reference", "custom"):
+            mod = stages_of(pipeline)
+            native = mod.write_native(records, Path(tmp) / pipeline)
+            items = mod.dataset(native, cpu_ctx)              # warms the code cache
+            ds_s, col_s = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                items = mod.dataset(native, cpu_ctx)
+                t1 = time.perf_counter()
+                for i in range(0, len(items) - batch_size + 1, batch_size):
+                    mod.collate(items[i:i + batch_size], cpu_ctx)
+                if len(items) < batch_size:
+                    mod.collate(cycle(items, batch_size), cpu_ctx)
+                col_s.append(time.perf_counter() - t1)
+                ds_s.append(t1 - t0)
+            n = len(items)
+            n_col = max(batch_size, (n // batch_size) * batch_size)
+            ds, col = statistics.median(ds_s), statistics.median(col_s)
+            out[pipeline] = {"samples": n, "dataset_s": ds, "collate_s": col, "collated_samples": n_col,
+                             "samples_per_s": 1.0 / (ds / n + col / n_col)}
+    return out
+
+
+# ------------------------------------------------------------------------------------ report
+
+def summarise(res: dict[str, Any]) -> dict[str, Any]:
+    """The four target checks, from the sections' numbers."""
+    s: dict[str, Any] = {}
+    rows = res.get("train", {}).get("rows", [])
+    ok = [r for r in rows if r["status"] == "ok"]
+
+    def pick(cfg: str, pipe: str, bs: int | None = None) -> dict | None:
+        cands = [r for r in ok if r["config"] == cfg and r["pipeline"] == pipe and (bs is None or r["batch_size"] == bs)]
+        return max(cands, key=lambda r: r["batch_size"]) if cands else None
+
+    for bs in sorted({r["batch_size"] for r in ok if r["config"] == "lora-common"}):
+        ref, cus = pick("lora-common", "reference", bs), pick("lora-common", "custom", bs)
+        if ref and cus:
+            s[f"common_b{bs}"] = {
+                "speedup_custom_over_reference": cus["tokens_per_s"] / ref["tokens_per_s"],
+                "peak_memory_ratio_custom_over_reference": (cus["peak_memory_gib"] / ref["peak_memory_gib"]
+                                                            if cus.get("peak_memory_gib") and ref.get("peak_memory_gib") else None),
+                "target_speedup_1.15_met": cus["tokens_per_s"] / ref["tokens_per_s"] >= 1.15,
+            }
+    lora_mfu = [r["mfu"] for r in ok if r["config"].startswith("lora") and r.get("mfu")]
+    if lora_mfu:
+        s["best_lora_mfu"] = max(lora_mfu)
+        s["target_mfu_0.40_met"] = max(lora_mfu) >= 0.40
+    h = res.get("harness")
+    if h and h.get("diff_plus_report_over_compute") is not None:
+        s["harness_overhead"] = h["diff_plus_report_over_compute"]
+        s["target_harness_0.10_met"] = h["diff_plus_report_over_compute"] <= 0.10
+    d = res.get("data")
+    if d and ok:
+        gpu_rate = max(r["samples_per_s"] for r in ok)
+        slowest = min(v["samples_per_s"] for v in d.values())
+        s["data_over_gpu_consumption"] = slowest / gpu_rate
+        s["gpu_samples_per_s_fastest"] = gpu_rate
+        s["target_data_5x_met"] = slowest / gpu_rate >= 5
+    return s
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    dev = res["device_info"]
+    lines = [f"# Benchmark: {dev.get('name')} ({dev['device']})", "",
+             f"torch {dev['torch']}, transformers {dev.get('transformers')}, python {dev['python']}; "
+             f"checkpoint `{res['settings']['model']}` ({res['settings']['model_parameters']:,} parameters); "
+             f"{res['settings']['steps']} timed steps after {res['settings']['warmup']} warm-up steps (median).", ""]
+    if res.get("peaks"):
+        p = res["peaks"]
+        lines += [f"bf16 peak: datasheet {p.get('datasheet_tflops')} TFLOP/s, measured 8192^3 matmul "
+                  f"{p.get('measured_matmul_tflops'):.0f} TFLOP/s. MFU is against the datasheet peak." if p.get(
+                      "measured_matmul_tflops") else "", ""]
+    if "train" in res:
+        tr = res["train"]
+        lines += ["## Training throughput (same batch for both pipelines)", ""]
+        for bs, sh in tr["batch_shapes"].items():
+            lines.append(f"- batch {bs}: merged length {sh['padded_len']}, {sh['tokens']} real positions "
+                         f"({sh['audio_out_positions']} audio-out), {sh['text_supervised']} supervised text tokens, "
+                         f"{sh['audio_supervised']} supervised audio codes")
+        lines += ["", "| config | batch | pipeline | weights | trainable | step ms | tokens/s | samples/s | "
+                      "peak GiB | model TFLOP/s | MFU | counted TFLOP/s | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in tr["rows"]:
+            f = lambda v, fmt: (fmt.format(v) if v is not None else "-")  # noqa: E731
+            lines.append(
+                f"| {r['config']} | {r['batch_size']} | {r['pipeline']} | {r['weights_dtype']} | "
+                f"{r['trainable_params']:,} | {f(r['step_s_median'] and 1e3 * r['step_s_median'], '{:.1f}')} | "
+                f"{f(r.get('tokens_per_s'), '{:.0f}')} | {f(r.get('samples_per_s'), '{:.1f}')} | "
+                f"{f(r.get('peak_memory_gib'), '{:.1f}')} | {f(r.get('analytic_tflops'), '{:.0f}')} | "
+                f"{f(r.get('mfu') and 100 * r['mfu'], '{:.1f}%')} | {f(r.get('counted_tflops'), '{:.0f}')} | "
+                f"{r['status']}{': ' + r['error'][:80] if r.get('error') else ''} |")
+        if tr["rows"]:
+            lines += ["", f"FLOP model: `{tr['rows'][0]['flop_formula']}`", ""]
+        for c in tr.get("reference_autocast_crashes", []):
+            lines += [f"- reference as configured (bf16 weights + Trainer bf16 autocast), {c['config']} batch "
+                      f"{c['batch_size']}: **crashed** ({c['error'][:160]}); its rows above are the same Trainer "
+                      "loop with autocast off.", ""]
+    if "harness" in res:
+        h = res["harness"]
+        lines += ["## Harness cost (`harness.compare --stage all`)", "",
+                  f"verdict {h['verdict']} (exit {h['exit_code']}), DDP check ranks: {h['ddp_world_size']}.", "",
+                  "| stage | compute s | diff s |", "|---|---|---|"]
+        for st, v in h["per_stage"].items():
+            lines.append(f"| {st} | {v['compute_s']:.3f} | {v['diff_s']:.3f} |")
+        lines += ["", f"compute {h['compute_s']:.2f} s, diff {h['diff_s']:.2f} s, report writing "
+                      f"{h['report_write_s']:.2f} s, other (context, model loading, native files) "
+                      f"{h['other_s']:.2f} s; (diff + report) / compute = "
+                      f"{100 * (h['diff_plus_report_over_compute'] or 0):.1f}%", ""]
+    if "data" in res:
+        lines += ["## Data path (CPU, warm code cache)", "", "| pipeline | samples | dataset s | collate s | samples/s |",
+                  "|---|---|---|---|---|"]
+        for pipe, v in res["data"].items():
+            lines.append(f"| {pipe} | {v['samples']} | {v['dataset_s']:.3f} | {v['collate_s']:.3f} | "
+                         f"{v['samples_per_s']:.0f} |")
+        lines.append("")
+    s = res.get("summary", {})
+    if s:
+        lines += ["## Targets", "", "```", json.dumps(s, indent=2), "```", ""]
+    for note in res.get("notes", []):
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (int, float, str, bool)) or x is None:
+        return x
+    return str(x)
+
+
+# ------------------------------------------------------------------------------------ main
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sections = [s for s in args.sections.split(",") if s]
+    bad = sorted(set(sections) - set(SECTIONS))
+    if bad:
+        raise SystemExit(f"unknown --sections {bad}; known: {SECTIONS}")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    device = resolve_device(args.device)
+    from harness.bench_train import datasheet_peak
+    from harness.compare import select_records
+    from higgs_common.assets.model import count_parameters  # noqa: F401  (import check)
+    from higgs_common.context import build_context
+    from higgs_common.manifest import load_manifest
+
+    if args.build_full is not None:
+        t0 = time.perf_counter()
+        build_full_assets(args.build_full, device)
+        print(f"full assets ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        args.model, args.audio_tokenizer = args.build_full / "model", args.build_full / "audio_tokenizer"
+    tiny = args.model is None
+    torch.manual_seed(0)
+    ctx = build_context(args.model, args.audio_tokenizer, device=str(device))
+    records = load_manifest(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = device_info(device)
+    peak = datasheet_peak(info.get("name", "")) if device.type == "cuda" else None
+    from safetensors import safe_open
+    n_params = 0
+    for f in sorted(Path(ctx.model_path).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            n_params += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    res: dict[str, Any] = {
+        "device_info": info,
+        "settings": {"model": str(ctx.model_path), "audio_tokenizer": str(ctx.audio_tokenizer_path),
+                     "model_parameters": n_params, "steps": args.steps, "warmup": args.warmup,
+                     "batch_sizes": batch_sizes, "configs": args.configs.split(","), "sections": sections,
+                     "codes": f"{ctx.model_config.audio_num_codebooks} x {ctx.model_config.audio_codebook_size} "
+                              "from the codec in the settings (code cache)"},
+        "notes": [],
+    }
+    if device.type == "cuda":
+        m = measured_matmul_peak(device)
+        res["peaks"] = {"datasheet_tflops": (peak or 0) / 1e12, "measured_matmul_tflops": m / 1e12 if m else None}
+    else:
+        res["notes"].append("CPU smoke run: MFU is not computed and the numbers say nothing about a GPU.")
+
+    t_ctx = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="higgs-bench-") as tmp:
+        items = load_items(ctx, records, Path(tmp), "custom")   # fills the code cache (GPU codec on CUDA)
+    res["settings"]["first_dataset_with_encoding_s"] = time.perf_counter() - t_ctx
+
+    def save() -> None:
+        res["summary"] = summarise(res)
+        (out / "bench.json").write_text(json.dumps(_jsonable(res), indent=2) + "\n")
+        (out / "bench.md").write_text(render_markdown(res))
+
+    if "train" in sections:
+        res["train"] = section_train(ctx, items, [c for c in args.configs.split(",") if c], batch_sizes,
+                                     steps=args.steps, warmup=args.warmup, count=not args.no_flop_count, peak=peak)
+        save()
+    if "harness" in sections:
+        res["harness"] = section_harness(args, ctx, device, out, tiny)
+        save()
+    if "data" in sections:
+        res["data"] = section_data(ctx, records, batch_sizes[0], args.data_repeats)
+        save()
+    save()
+    print(render_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

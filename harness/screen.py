@@ -1,0 +1,64 @@
+"""Check canonical records before a comparison, and with `--skip-bad-samples` leave bad ones out.
+
+Why here and not only inside the pipelines: both pipelines see *copies* of the manifest's files
+in their native formats (a temporary folder), so an error raised inside them names the copy.
+Checking each record first, with the same `higgs_common.audio_io.load_audio` both pipelines use,
+names the file the user actually has to fix: the manifest's path, the sample id and the manifest
+field (`audio`, `ref_audio`, `text`, `ref_text`).  With skipping on, each record is then also run
+through both pipelines' own `dataset` stage alone, so a sample only one side rejects is skipped
+too (the comparison needs the same samples on both sides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, load_audio
+from higgs_common.manifest import CanonicalRecord
+from higgs_common.skipping import SkipLog
+from higgs_common.stages import SampleError, StageContext
+
+
+def check_record(record: CanonicalRecord, *, manifest: Path | None = None,
+                 max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> None:
+    """Raise a SampleError (naming manifest file or wav, sample id, field) for a bad record."""
+    for fld in ("text", "ref_text"):
+        if not getattr(record, fld).strip():
+            raise SampleError(f"{'reference ' if fld == 'ref_text' else ''}transcript is empty or whitespace-only",
+                              sample_id=record.id, field=fld, path=manifest)
+    for fld in ("audio", "ref_audio"):
+        load_audio(getattr(record, fld), sample_id=record.id, field=fld, max_seconds=max_seconds)
+
+
+def screen_records(records: Sequence[CanonicalRecord], ctx: StageContext, *, skip: bool, skip_log: SkipLog,
+                   manifest: Path | None = None, max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS
+                   ) -> list[CanonicalRecord]:
+    """The records that pass `check_record` (and, when skipping, both pipelines' dataset stage).
+
+    Without `skip` the first bad record raises; with it, bad records are recorded in `skip_log`.
+    """
+    from harness.sides import stages_of
+
+    good: list[CanonicalRecord] = []
+    with tempfile.TemporaryDirectory(prefix="higgs-diff-screen-") as work:
+        for rec in records:
+            try:
+                check_record(rec, manifest=manifest, max_seconds=max_seconds)
+                if skip:
+                    for name in ("reference", "custom"):
+                        mod = stages_of(name)
+                        side_ctx = dataclasses.replace(
+                            ctx, faults=frozenset(),
+                            options={"task_type": "zero_shot_voice_cloning", **ctx.options})
+                        native = mod.write_native([rec], Path(work) / rec.id / name)
+                        mod.dataset(native, side_ctx)
+            except SampleError as exc:
+                if not skip:
+                    raise
+                skip_log.add(exc)
+                continue
+            good.append(rec)
+    return good
