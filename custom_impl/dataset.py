@@ -14,6 +14,11 @@ several silent ways, so this loader makes every role explicit and checks it:
 
 * `prepare_chatml_sample` swallows every exception and returns four Nones -> SampleError here;
 * a missing reference clip or transcript is an error (no default sentence is invented);
+* every clip goes through `higgs_common.audio_io.load_audio` (missing, corrupt, truncated, empty,
+  NaN, silent or longer than `ctx.options["max_audio_seconds"]` (default 30 s) is a SampleError;
+  another rate or stereo is resampled / downmixed with a WARNING), even when its codes are cached;
+* the text tokenizer must have the Higgs special tokens (`check_special_tokens`);
+* `load_dataset(..., skip_bad_samples=True, skip_log=...)` leaves bad samples out, logging each;
 * a sample whose label audio IS its reference audio (same file, same bytes, or same codes) is an
   error, unless the fault `reference-audio-as-label` deliberately re-creates that bug.
 """
@@ -29,6 +34,9 @@ import torch
 from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
 from custom_impl.faults import is_on
+from higgs_common.assets.text_tokenizer import check_special_tokens
+from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, load_audio
+from higgs_common.skipping import SkipLog, build_or_skip
 from higgs_common.stages import DatasetItem, SampleError, StageContext
 
 AUDIO_SAMPLE_RATE = 24000
@@ -159,9 +167,12 @@ def build_item(entry: dict[str, Any], index: int, ctx: StageContext, path: Path)
     base = path.parent
     ref_path = _resolve(layout.ref_url, base)
     target_path = _resolve(layout.target_url, base)
+    max_seconds = ctx.options.get("max_audio_seconds", DEFAULT_MAX_AUDIO_SECONDS)
     for p, fld in ((ref_path, layout.ref_field), (target_path, layout.target_field)):
         if not p.is_file():
             raise SampleError(f"audio file not found: {p}", sample_id=sid, field=fld, path=path)
+        # Validate (and log any resample/downmix) on every load, not only on a code-cache miss.
+        load_audio(p, sample_id=sid, field=fld, target_sr=AUDIO_SAMPLE_RATE, max_seconds=max_seconds)
 
     # prepare_chatml_sample mutates dicts (NaN cleaning) -> hand it a copy with resolved urls.
     clean = json.loads(json.dumps(entry))
@@ -221,10 +232,21 @@ def build_item(entry: dict[str, Any], index: int, ctx: StageContext, path: Path)
     )
 
 
-def load_dataset(path: Path, ctx: StageContext) -> list[DatasetItem]:
-    """All samples of a ChatML JSON file, in order."""
+def load_dataset(path: Path, ctx: StageContext, *, skip_bad_samples: bool = False,
+                 skip_log: SkipLog | None = None) -> list[DatasetItem]:
+    """All samples of a ChatML JSON file, in order.
+
+    A bad sample raises its SampleError; with `skip_bad_samples` it is left out and recorded in
+    `skip_log` instead.  No sample left is itself an error.
+    """
     path = Path(path)
-    return [build_item(e, i, ctx, path) for i, e in enumerate(load_chatml_json(path))]
+    check_special_tokens(ctx.text_tokenizer, ctx.model_path)
+    entries = load_chatml_json(path)
+    items = build_or_skip(range(len(entries)), lambda i: build_item(entries[i], i, ctx, path),
+                          skip=skip_bad_samples, skip_log=skip_log)
+    if not items:
+        raise SampleError(f"no usable samples ({len(entries)} in the file)", field="messages", path=path)
+    return items
 
 
 def shard(items: Sequence[DatasetItem], rank: int, world_size: int) -> list[DatasetItem]:

@@ -22,11 +22,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from custom_impl.faults import is_on
 from custom_impl.loss import batch_label_counts, breakdown, compute_terms, global_objective
 from custom_impl.model import forward
-from higgs_common.stages import HiggsDiffError, LossBreakdown, StageContext
-
-
-class NonFiniteLossError(HiggsDiffError, FloatingPointError):
-    """A NaN/inf loss: names the step, the samples and the breakdown, and stops the run."""
+from higgs_common.guards import NonFiniteLossError  # noqa: F401  (re-exported: raised by check_finite)
+from higgs_common.stages import LossBreakdown, StageContext
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,20 @@ def lora_config(train: TrainConfig) -> LoraConfig:
                       target_modules=list(train.lora_target_modules), bias="none")
 
 
+def load_dtype(device: torch.device, train: TrainConfig) -> torch.dtype:
+    """bf16 for the FROZEN base of a bf16 LoRA run on CUDA, else fp32.
+
+    Why: frozen weights get no updates, so an fp32 master copy of them buys nothing; under
+    autocast every matmul rounds them to bf16 anyway (and the checkpoint is stored in bf16).
+    Keeping them in fp32 costs 2x the weight memory plus a bf16 copy of every weight saved for
+    backward each step.  peft keeps the trainable adapters in fp32 (autocast_adapter_dtype).
+    Full fine-tuning keeps fp32 master weights; CPU always runs fp32.
+    """
+    if torch.device(device).type == "cuda" and train.use_lora and train.precision == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
 def build_model(ctx: StageContext, train: TrainConfig) -> torch.nn.Module:
     """HiggsAudioModel from ctx.model_path (+ LoRA when train.use_lora), in train mode.
 
@@ -50,7 +64,7 @@ def build_model(ctx: StageContext, train: TrainConfig) -> torch.nn.Module:
         for key, value in RANDOM_EXTRA_LAYER_FLAGS.items():
             setattr(config, key, value)
     model, info = HiggsAudioModel.from_pretrained(str(ctx.model_path), config=config,
-                                                  torch_dtype=torch.float32, output_loading_info=True)
+                                                  torch_dtype=load_dtype(ctx.device, train), output_loading_info=True)
     missing = list(info.get("missing_keys", []))
     model.to(ctx.device)
     if train.use_lora:
@@ -59,6 +73,9 @@ def build_model(ctx: StageContext, train: TrainConfig) -> torch.nn.Module:
         for p in model.parameters():
             p.requires_grad_(True)
     model.higgs_missing_keys = missing
+    # bf16 weights need no autocast, and must not get it: under autocast upstream's audio-code
+    # embedding sum runs in fp32 and its index_put into the bf16 sequence raises (dtype mismatch).
+    model.higgs_weights_dtype = load_dtype(ctx.device, train)
     model.train()
     return model
 
@@ -88,6 +105,8 @@ def forward(model: torch.nn.Module, batch: Any, ctx: StageContext, *, precision:
     target = model
     if is_on(ctx.faults, "ddp-unwrapped-forward") and isinstance(model, DDP):
         target = model.module
+    if getattr(unwrap(model), "higgs_weights_dtype", torch.float32) != torch.float32:
+        precision = "fp32"   # weights already bf16: no autocast (see build_model)
     with autocast_for(ctx.device, precision):
         out = target(**model_inputs(batch))
     return ForwardOutputs(

@@ -10,7 +10,19 @@ the same code the harness's `ddp_backward` runs), clips to 1.0, steps AdamW and 
 schedule.  Rank 0 writes `metrics.jsonl` (one JSON object per step: total/text/audio/per-codebook
 loss, supervised-token counts, lr, sample ids), TensorBoard events under `tb/`, and atomic
 checkpoints (`checkpoint-<step>/`: trainable weights + peft adapter, optimizer, scheduler,
-sampler position, every rank's RNG state); `--resume DIR` continues from one.
+sampler position, every rank's RNG state); `--resume` continues from the last complete checkpoint
+of `--output-dir` (or `--resume DIR`: that run folder's last one, or that checkpoint folder).
+
+Crash safety: a checkpoint is written into `.checkpoint-<step>.tmp/` and renamed into place, so a
+SIGKILL during a save leaves the previous checkpoints valid and the half-written folder ignored
+(it is removed by the next save of that step).  Resuming restores the weights, AdamW and schedule
+state, the sampler position and every RNG, so on CPU a killed-and-resumed run ends with weights
+bit-identical to an uninterrupted one (tests/custom_impl/test_reliability_resume.py).
+
+Guards: a non-finite loss or gradient, or an audio loss of exactly 0.0 on a batch with target
+audio, stops the run with the step, the sample ids and the loss breakdown (`higgs_common.guards`).
+Bad samples raise a SampleError naming file, sample and field; `--skip-bad-samples` leaves them
+out instead, logging each one and the count.
 
 Warmup defaults to min(100, max_steps // 10): upstream's 100 warmup steps would leave a 20-step
 smoke run at a tiny fraction of the learning rate, so it could not show learning.  The learning
@@ -37,15 +49,22 @@ import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
 from custom_impl import collator as _collator
+from custom_impl import dataset as _dataset
 from custom_impl import model as _model
 from custom_impl import stages as S
 from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
+from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
+from higgs_common.crashpoints import maybe_kill
+from higgs_common.guards import check_audio_loss_nonzero, check_grads_finite
+from higgs_common.skipping import SkipLog
 from higgs_common.stages import HiggsDiffError, LossBreakdown, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
 TINY_DEFAULT_LR = 5e-3
+RESUME_LATEST = Path("<latest>")
+CHECKPOINT_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_rank0.pt")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,7 +83,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=S.DEFAULT_TRAIN.max_steps)
     p.add_argument("--output-dir", type=Path, default=None, help="default runs/custom/<timestamp>")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--resume", type=Path, default=None, help="checkpoint folder to continue from")
+    p.add_argument("--resume", type=Path, nargs="?", const=RESUME_LATEST, default=None, metavar="DIR",
+                   help="continue from the last complete checkpoint of --output-dir (or of run folder DIR, "
+                        "or from checkpoint folder DIR)")
+    p.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS,
+                   help="longer clips are bad input (default: %(default)s)")
+    p.add_argument("--skip-bad-samples", action="store_true",
+                   help="leave out samples that raise a SampleError (each is logged, with the count at the end)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fault", action="append", default=[], metavar="NAME", help="enable a named fault")
     p.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
@@ -142,11 +167,40 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, posit
         (tmp / "trainer_state.json").write_text(json.dumps(
             {"step": step, "world_size": info.world_size, **position, "train": dataclasses.asdict(train)},
             indent=2))
-        if final.exists():
-            shutil.rmtree(final)
+        maybe_kill("in_save", step)     # test hook: SIGKILL with the checkpoint half written
+        old = out_dir / f".checkpoint-{step}.old"
+        if final.exists():              # re-saving a step (after resuming from an earlier one)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     barrier(info)
     return final
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A `checkpoint-<step>` folder holding every file a resume needs (temp folders never match)."""
+    return path.is_dir() and path.name.startswith("checkpoint-") and path.name[11:].isdigit() and all(
+        (path / f).is_file() for f in CHECKPOINT_FILES)
+
+
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The highest-step complete checkpoint in `run_dir`, or None."""
+    done = [p for p in Path(run_dir).glob("checkpoint-*") if is_complete_checkpoint(p)]
+    return max(done, key=lambda p: int(p.name[11:])) if done else None
+
+
+def resolve_resume(resume: Path, out_dir: Path) -> Path:
+    """`--resume` value -> checkpoint folder (HiggsDiffError when there is none to resume from)."""
+    if resume == RESUME_LATEST:
+        resume = out_dir
+    resume = Path(resume)
+    if is_complete_checkpoint(resume):
+        return resume
+    found = last_complete_checkpoint(resume) if resume.is_dir() else None
+    if found is None:
+        raise HiggsDiffError(f"--resume: no complete checkpoint-<step> folder in {str(resume)!r}")
+    return found
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, info: DistInfo) -> dict[str, Any]:
@@ -242,21 +296,30 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
     for turn in (0, 1):
         if (turn == 0) == info.is_main:
             ctx = build_context(args.model_path, args.audio_tokenizer_path, device=str(info.device),
-                                faults=tuple(args.fault), seed=args.seed)
+                                faults=tuple(args.fault), seed=args.seed,
+                                options={"max_audio_seconds": args.max_audio_seconds})
             data = args.data
             if data is None:
                 data = out_dir / S.NATIVE_FILE
                 if info.is_main:
                     write_chatml_json(load_manifest(DEFAULT_MANIFEST), data)
-            items = S.dataset(data, ctx)
+            skip_log = SkipLog(where=f"custom dataset {data}")
+            items = _dataset.load_dataset(data, ctx, skip_bad_samples=args.skip_bad_samples, skip_log=skip_log)
         barrier(info)
+    if info.is_main and args.skip_bad_samples:
+        print(skip_log.summary(), file=sys.stderr, flush=True)
+        (out_dir / "skipped_samples.json").write_text(json.dumps(skip_log.to_json(), indent=2) + "\n")
 
     model = wrap(S.build_model(ctx, train), info)
     optimizer, scheduler = S.make_optimizer(model, train)
     start_step, position = 0, {"epoch": 0, "batch": 0}
     if args.resume is not None:
-        state = load_checkpoint(args.resume, model, optimizer, scheduler, info)
+        ckpt = resolve_resume(args.resume, out_dir)
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, info)
         start_step, position = state["step"], {"epoch": state["epoch"], "batch": state["batch"]}
+        if info.is_main:
+            print(f"resuming from {ckpt} (step {start_step})", file=sys.stderr, flush=True)
+            _truncate_metrics(out_dir / "metrics.jsonl", start_step)
 
     writer = None
     metrics_fh = None
@@ -285,6 +348,12 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
             batches = [_collator.batch_to_device(S.collate(m, ctx), info.device) for m in micro_items]
             ids = [[it.sample_id for it in m] for m in micro_items]
             lbs = accumulate(model, batches, ctx, precision=train.precision, step=step, sample_ids=ids)
+            flat_ids = [i for g in ids for i in g]
+            for lb, mids in zip(lbs, ids):
+                check_audio_loss_nonzero(float(lb.audio), has_target_audio=lb.has_target_audio, step=step,
+                                         sample_ids=mids, losses=_loss_terms(lb))
+            check_grads_finite(_model.trainable_named_parameters(model), step=step, sample_ids=flat_ids,
+                               losses=_loss_terms(lbs[-1]))
             params = [p for _, p in _model.trainable_named_parameters(model)]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm))
             lr = optimizer.param_groups[0]["lr"]
@@ -309,6 +378,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
                 print(f"step {step}: loss {rec['loss']:.4f} text {rec['text_loss']:.4f} "
                       f"audio {rec['audio_loss']:.4f} [cb {cbs}] audio_tokens {rec['audio_tokens']} lr {lr:.2e}",
                       file=sys.stderr, flush=True)
+            maybe_kill("after_step", step)   # test hook: SIGKILL between a step and its save
             if (args.save_every and step % args.save_every == 0) or step == train.max_steps:
                 save_checkpoint(out_dir, step, model, optimizer, scheduler, position, info, train)
     except HiggsDiffError as exc:
@@ -322,7 +392,28 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
             bar.close()
             writer.close()
             metrics_fh.close()
+    if info.is_main and args.skip_bad_samples:
+        print(skip_log.summary(), file=sys.stderr, flush=True)   # the count again, at the very end
     return out_dir
+
+
+def _loss_terms(lb: LossBreakdown) -> dict[str, float]:
+    """The breakdown a guard error prints: total, text, audio, per codebook, supervised counts."""
+    terms = {"total": float(lb.total.detach()), "text": float(lb.text), "audio": float(lb.audio)}
+    terms.update({f"cb{i}": float(v) for i, v in enumerate(lb.per_codebook.tolist())})
+    terms.update(text_tokens=float(lb.text_supervised_tokens), audio_tokens=float(lb.audio_supervised_tokens))
+    return terms
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines past the resumed checkpoint (steps the killed run did after its last save)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= last_step and "event" not in json.loads(line)]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

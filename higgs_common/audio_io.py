@@ -23,6 +23,9 @@ from higgs_common.stages import SampleError
 log = logging.getLogger("higgs_common.audio")
 
 SILENCE_THRESHOLD = 1e-4   # every |x| below this: treated as silent
+# Both pipelines' default `max_audio_seconds`: longer clips are an AudioTooLongError, not a silent
+# memory blow-up (the released codec runs at 25 frames/s, so 30 s = 750 frames per codebook).
+DEFAULT_MAX_AUDIO_SECONDS = 30.0
 
 
 class AudioError(SampleError):

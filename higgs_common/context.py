@@ -15,7 +15,47 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from higgs_common.stages import StageContext
+from higgs_common.stages import HiggsDiffError, StageContext
+
+
+class CodecMismatchError(HiggsDiffError, ValueError):
+    """The checkpoint's audio head does not fit the audio tokenizer (codebook count or size).
+
+    Without this check a mismatch shows up much later as an index error inside the embedding, or
+    not at all (codes < codebook_size of a bigger head train silently against the wrong codec).
+    """
+
+
+def codec_codebooks(audio_tokenizer_path: Path) -> tuple[int, int]:
+    """(num_codebooks, codebook_size) from the codec folder's config.json (`n_q`, `bins`).
+
+    `bins` is an int for the RVQ codec; a list of FSQ levels means prod(levels) codes.  (Upstream's
+    `HiggsAudioTokenizer.codebook_size` property returns the quantizer *dimension*, so it is not used.)
+    """
+    import json
+    import math
+
+    cfg_path = Path(audio_tokenizer_path) / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        n_q, bins = int(cfg["n_q"]), cfg["bins"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CodecMismatchError(f"cannot read n_q/bins from codec config {str(cfg_path)!r}: {exc}") from exc
+    size = int(bins) if isinstance(bins, (int, float)) else int(math.prod(int(b) for b in bins))
+    return n_q, size
+
+
+def check_codec_matches(model_config: Any, model_path: Path, audio_tokenizer_path: Path) -> None:
+    """Raise `CodecMismatchError` unless the checkpoint's codebook count and size equal the codec's."""
+    n_q, size = codec_codebooks(audio_tokenizer_path)
+    pairs = (("audio_num_codebooks", int(model_config.audio_num_codebooks), n_q, "n_q"),
+             ("audio_codebook_size", int(model_config.audio_codebook_size), size, "bins"))
+    for field, model_value, codec_value, codec_field in pairs:
+        if model_value != codec_value:
+            raise CodecMismatchError(
+                f"checkpoint {str(model_path)!r} config field {field!r} = {model_value} but audio tokenizer "
+                f"{str(audio_tokenizer_path)!r} config field {codec_field!r} gives {codec_value}: "
+                f"the checkpoint was not trained with this codec")
 
 
 @functools.lru_cache(maxsize=8)
@@ -74,12 +114,14 @@ def build_context(model_path: Path | None = None, audio_tokenizer_path: Path | N
     cache_dir = Path(cache_dir).resolve() if cache_dir is not None else default_code_cache_dir()
     device = torch.device(device)
     fingerprint = codec_fingerprint(audio_tokenizer_path)
+    model_config = _load_model_config(model_path)
+    check_codec_matches(model_config, model_path, audio_tokenizer_path)
     return StageContext(
         model_path=model_path,
         audio_tokenizer_path=audio_tokenizer_path,
         text_tokenizer=_load_text_tokenizer(model_path),
         code_cache=_code_cache(cache_dir, audio_tokenizer_path, str(device), fingerprint),
-        model_config=_load_model_config(model_path),
+        model_config=model_config,
         device=device,
         faults=frozenset(faults),
         seed=seed,

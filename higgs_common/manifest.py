@@ -19,13 +19,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
+
+from higgs_common.stages import SampleError
 
 REQUIRED_FIELDS = ("id", "speaker", "scene", "text", "audio", "ref_text", "ref_audio")
 
 
-class ManifestError(ValueError):
-    """A manifest line that does not parse or lacks a field; names the file, line/sample and field."""
+class ManifestError(SampleError):
+    """A manifest line that does not parse or lacks a field; names the file, line/sample and field.
+
+    A `SampleError` (hence a `ValueError`), so callers that catch bad input catch this too.
+    """
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,16 @@ class CanonicalRecord:
         return d
 
 
-def load_manifest(path: Path) -> list[CanonicalRecord]:
-    """Read a manifest; audio paths are resolved against the manifest's folder."""
+def load_manifest(path: Path, *, skip_bad: bool = False,
+                  skipped: Optional[list[SampleError]] = None) -> list[CanonicalRecord]:
+    """Read a manifest; audio paths are resolved against the manifest's folder.
+
+    A bad line raises `ManifestError`; with `skip_bad=True` it is left out instead and the error
+    is appended to `skipped` (so the caller can report every skipped line and the count).
+    """
     path = Path(path)
+    if not path.is_file():
+        raise ManifestError("manifest not found", sample_id=None, field=None, path=path)
     records: list[CanonicalRecord] = []
     seen: set[str] = set()
     with path.open(encoding="utf-8") as fh:
@@ -56,24 +68,39 @@ def load_manifest(path: Path) -> list[CanonicalRecord]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}:{lineno}: not valid JSON ({exc.msg}) [field=None]") from exc
-            if not isinstance(obj, dict):
-                raise ManifestError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__} [field=None]")
-            sid = obj.get("id", f"<line {lineno}>")
-            for key in REQUIRED_FIELDS:
-                if key not in obj or not isinstance(obj[key], str):
-                    raise ManifestError(f"{path}:{lineno}: sample {sid!r} lacks string field {key!r}")
-            if sid in seen:
-                raise ManifestError(f"{path}:{lineno}: sample {sid!r} duplicated [field='id']")
-            seen.add(sid)
-            records.append(CanonicalRecord(
-                id=obj["id"], speaker=obj["speaker"], scene=obj["scene"], text=obj["text"],
-                audio=(path.parent / obj["audio"]).resolve(), ref_text=obj["ref_text"],
-                ref_audio=(path.parent / obj["ref_audio"]).resolve(),
-            ))
+                records.append(_parse_line(path, lineno, line, seen))
+            except ManifestError as exc:
+                if not skip_bad:
+                    raise
+                if skipped is not None:
+                    skipped.append(exc)
     return records
+
+
+def _parse_line(path: Path, lineno: int, line: str, seen: set[str]) -> CanonicalRecord:
+    """One manifest line -> record (adds its id to `seen`), or ManifestError."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}:{lineno}: not valid JSON ({exc.msg})", sample_id=f"<line {lineno}>",
+                            field=None, path=path) from exc
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}",
+                            sample_id=f"<line {lineno}>", field=None, path=path)
+    sid = obj.get("id", f"<line {lineno}>")
+    for key in REQUIRED_FIELDS:
+        if key not in obj or not isinstance(obj[key], str):
+            raise ManifestError(f"{path}:{lineno}: sample {sid!r} lacks string field {key!r}",
+                                sample_id=str(sid), field=key, path=path)
+    if sid in seen:
+        raise ManifestError(f"{path}:{lineno}: sample {sid!r} duplicated", sample_id=str(sid),
+                            field="id", path=path)
+    seen.add(sid)
+    return CanonicalRecord(
+        id=obj["id"], speaker=obj["speaker"], scene=obj["scene"], text=obj["text"],
+        audio=(path.parent / obj["audio"]).resolve(), ref_text=obj["ref_text"],
+        ref_audio=(path.parent / obj["ref_audio"]).resolve(),
+    )
 
 
 def write_manifest(records: Iterable[CanonicalRecord], path: Path) -> Path:

@@ -20,13 +20,18 @@ assistant(target audio), and no `start_index`, so *every* assistant turn is trai
 
 Quirks kept (named, documented, pinned in tests/reference_impl/test_dataset.py):
 
-- QUIRK default ref transcript: a zero-shot sample *without the key* `ref_transcript` silently
-  gets "This is a voice sample for cloning." as the text of its reference turn (an empty
-  string is kept as is).  We keep it and log a warning.
+- QUIRK default ref transcript (opt-in only): a zero-shot sample *without the key*
+  `ref_transcript` silently gets "This is a voice sample for cloning." as the text of its
+  reference turn (an empty string is kept as is).  Project issue 9 forbids a silent default
+  sentence, so by default a missing, empty or whitespace-only `ref_transcript` is a SampleError;
+  `allow_default_ref_transcript=True` (CLI `--allow-default-ref-transcript`) reproduces the
+  reference exactly, with a warning per sample.
 - QUIRK ref transcript not normalised: only the target transcript goes through
   `normalize_transcript`.
-- QUIRK zero-shot without `ref_audio_file`: the sample silently degrades to a plain system
-  message *without the scene* and trains as single-speaker (warning logged, as upstream).
+- QUIRK zero-shot without `ref_audio_file` (opt-in only): the sample silently degrades to a
+  plain system message *without the scene* and trains as single-speaker.  By default this is a
+  SampleError (field `ref_audio_file`); `allow_missing_ref_audio=True` (CLI
+  `--allow-missing-ref-audio`) reproduces the reference, with a warning.
 - QUIRK audio label bookkeeping: the reference's `prepare_chatml_sample` variant also returns
   `audio_label_contents` (index-aligned with `audio_contents`: the content for trainable
   assistant audio, else None) and the dataset concatenates their codes into `label_audio_ids`;
@@ -46,6 +51,14 @@ Deliberate deviations (the reference hides bad input; this project must not):
   next-sample fallback).  We log the warning and keep the intended fallback layout, except
   that zero-shot on a scanned folder (no `ref_audio_file` possible) degrades the same way.
 - scanned folders are sorted by file name (the reference uses raw `glob` order).
+- an empty or whitespace-only target transcript is a SampleError (the reference trains on it).
+- every clip goes through `higgs_common.audio_io.load_audio` (missing, corrupt, truncated, empty,
+  NaN, silent, or longer than `max_audio_seconds` (default 30 s) is a SampleError; another rate or
+  stereo is resampled / downmixed with a WARNING), even when its codes are cached.
+- the text tokenizer must have the Higgs special tokens (`check_special_tokens` in __init__).
+- `skip_bad_samples=True` builds every sample up front and leaves the bad ones out, each logged
+  with its reason and recorded in `dataset.skip_log` (the reference silently substitutes the next
+  sample instead).
 - `ref_audio_in_system_message` (reference flag, default False) is not implemented.
 """
 
@@ -62,6 +75,9 @@ import torch
 from boson_multimodal.data_types import AudioContent, ChatMLSample, Message, TextContent
 from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
+from higgs_common.assets.text_tokenizer import check_special_tokens
+from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, load_audio
+from higgs_common.skipping import SkipLog, build_or_skip
 from higgs_common.stages import SampleError
 from reference_impl.normalize import normalize_transcript
 
@@ -178,8 +194,12 @@ class Layout:
 
 
 def build_messages(entry: Entry, transcript: str, task_type: str, data_dir: Path, *,
-                   use_metadata: bool = True) -> Layout:
-    """The reference's prompt for `task_type`, followed by the target user/assistant turns."""
+                   use_metadata: bool = True, allow_default_ref_transcript: bool = False,
+                   allow_missing_ref_audio: bool = False) -> Layout:
+    """The reference's prompt for `task_type`, followed by the target user/assistant turns.
+
+    The two `allow_*` flags re-enable the reference's silent zero-shot fallbacks (module doc).
+    """
     if task_type not in TASK_TYPES:
         raise SampleError(f"invalid task_type {task_type!r}; expected one of {TASK_TYPES}",
                           sample_id=entry.sample_id, field="task_type", path=entry.source)
@@ -190,12 +210,22 @@ def build_messages(entry: Entry, transcript: str, task_type: str, data_dir: Path
 
     if task_type == "zero_shot_voice_cloning":
         ref_audio = raw.get("ref_audio_file")
+        if not ref_audio and not allow_missing_ref_audio:
+            raise SampleError("zero-shot sample has no reference clip (pass --allow-missing-ref-audio to "
+                              "reproduce the reference's silent single-speaker fallback)",
+                              sample_id=entry.sample_id, field="ref_audio_file", path=entry.source)
         if not ref_audio:
             note = "QUIRK zero-shot sample without ref_audio_file: plain system message, no reference turn"
             logger.warning("sample %r (%s): %s", entry.sample_id, entry.source, note)
             layout.notes.append(note)
             msgs.append(Message(role="system", content=SYSTEM_INSTRUCTION))
         else:
+            given = raw.get("ref_transcript")
+            if not (isinstance(given, str) and given.strip()) and not allow_default_ref_transcript:
+                what = "missing" if given is None else f"empty ({given!r})"
+                raise SampleError(f"zero-shot reference transcript is {what} (pass --allow-default-ref-transcript "
+                                  f"to reproduce the reference's silent default sentence)",
+                                  sample_id=entry.sample_id, field="ref_transcript", path=entry.source)
             if "ref_transcript" not in raw:
                 note = f"QUIRK missing ref_transcript replaced by {DEFAULT_REF_TRANSCRIPT!r}"
                 logger.warning("sample %r (%s) field 'ref_transcript': %s", entry.sample_id, entry.source, note)
@@ -309,9 +339,17 @@ class ReferenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: Path, tokenizer: Any, code_cache: Any, *,
                  task_type: str = DEFAULT_TASK_TYPE, use_metadata: bool = True,
-                 sample_rate: int = SAMPLE_RATE, load_waveforms: bool = True) -> None:
+                 sample_rate: int = SAMPLE_RATE, load_waveforms: bool = True,
+                 max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
+                 allow_default_ref_transcript: bool = False, allow_missing_ref_audio: bool = False,
+                 skip_bad_samples: bool = False) -> None:
         if task_type not in TASK_TYPES:
             raise ValueError(f"invalid task_type {task_type!r}; expected one of {TASK_TYPES}")
+        check_special_tokens(tokenizer, getattr(tokenizer, "name_or_path", "") or "<text tokenizer>")
+        self.max_audio_seconds = max_audio_seconds
+        self.allow_default_ref_transcript = allow_default_ref_transcript
+        self.allow_missing_ref_audio = allow_missing_ref_audio
+        self.skip_log = SkipLog(where=f"reference dataset {data_dir}")
         self.data_dir = Path(data_dir)
         self.tokenizer = tokenizer
         self.code_cache = code_cache
@@ -320,24 +358,44 @@ class ReferenceDataset(torch.utils.data.Dataset):
         self.sample_rate = sample_rate
         self.load_waveforms = load_waveforms
         self.entries = load_entries(self.data_dir, use_metadata=use_metadata)
+        if skip_bad_samples:
+            # Build each sample once now (codes come from the cache later), keep the good entries.
+            good = build_or_skip(range(len(self.entries)), lambda i: (self.build(i), self.entries[i])[1],
+                                 skip=True, skip_log=self.skip_log)
+            if not good:
+                raise SampleError(f"all {len(self.entries)} samples are bad (see the skipped-sample warnings)",
+                                  sample_id=None, field="samples", path=self.data_dir)
+            self.entries = good
+            logger.warning("%s", self.skip_log.summary())
         logger.info("loaded %d samples from %s for task %s", len(self.entries), self.data_dir, task_type)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, idx: int) -> ChatMLDatasetSample:
-        return self.build(idx).sample
+        built = self.build(idx)
+        # Extra attribute (upstream's collator ignores it): lets the training guards name samples.
+        built.sample.sample_id = built.sample_id
+        return built.sample
 
     def read_transcript(self, entry: Entry) -> str:
+        where = dict(sample_id=entry.sample_id, field="transcript_file", path=entry.transcript_file)
         if not entry.transcript_file.is_file():
-            raise SampleError(f"transcript not found: {entry.transcript_file}", sample_id=entry.sample_id,
-                              field="transcript_file", path=entry.transcript_file)
-        return normalize_transcript(entry.transcript_file.read_text(encoding="utf-8").strip())
+            raise SampleError(f"transcript not found: {entry.transcript_file}", **where)
+        try:
+            text = entry.transcript_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SampleError(f"transcript unreadable: {exc}", **where) from exc
+        if not text:
+            raise SampleError("transcript is empty or whitespace-only", **where)
+        return normalize_transcript(text)
 
     def build(self, idx: int) -> BuiltSample:
         entry = self.entries[idx]
         transcript = self.read_transcript(entry)
-        layout = build_messages(entry, transcript, self.task_type, self.data_dir, use_metadata=self.use_metadata)
+        layout = build_messages(entry, transcript, self.task_type, self.data_dir, use_metadata=self.use_metadata,
+                                allow_default_ref_transcript=self.allow_default_ref_transcript,
+                                allow_missing_ref_audio=self.allow_missing_ref_audio)
         chatml = ChatMLSample(messages=layout.messages)
         input_tokens, label_tokens, audio_contents, audio_label_contents = prepare_chatml_sample_with_audio_labels(
             chatml, self.tokenizer, sample_id=entry.sample_id, path=entry.source)
@@ -376,6 +434,9 @@ class ReferenceDataset(torch.utils.data.Dataset):
         path = Path(url)
         if not path.is_file():
             raise SampleError(f"audio not found: {path}", sample_id=entry.sample_id, field=fld, path=path)
+        # Validate (and log any resample/downmix) on every load, not only on a code-cache miss.
+        load_audio(path, sample_id=entry.sample_id, field=fld, target_sr=self.sample_rate,
+                   max_seconds=self.max_audio_seconds)
         codes = self.code_cache.codes(path, sample_id=entry.sample_id, field=fld)
         if codes.dim() != 2 or codes.shape[1] == 0:
             raise SampleError(f"codec returned codes of shape {tuple(codes.shape)}", sample_id=entry.sample_id,
@@ -383,9 +444,8 @@ class ReferenceDataset(torch.utils.data.Dataset):
         return codes.long()
 
     def _waveform(self, entry: Entry) -> torch.Tensor:
-        from higgs_common.audio_io import load_audio
-
-        wav = load_audio(entry.audio_file, sample_id=entry.sample_id, field="audio_file", target_sr=self.sample_rate)
+        wav = load_audio(entry.audio_file, sample_id=entry.sample_id, field="audio_file", target_sr=self.sample_rate,
+                         max_seconds=self.max_audio_seconds)
         if isinstance(wav, tuple):   # tolerate (waveform, sr)
             wav = wav[0]
         return torch.as_tensor(wav, dtype=torch.float32).reshape(-1)        # (num_samples,)

@@ -12,6 +12,14 @@ only when training the embedded tiny model (no --model-path): learning rate 1e-3
 which leaves the random-init tiny model's loss indistinguishable from batch-to-batch noise, so a
 20-step smoke run could not show learning.  Pass --learning-rate/--warmup-steps to override.
 On CPU training runs in fp32 (bf16 is GPU-only).
+
+Reliability (project issue 9): `--resume [DIR]` continues from the last *complete* checkpoint of
+`--output-dir` (or of DIR; DIR may also be a checkpoint folder) through the Trainer's
+`resume_from_checkpoint` (weights, optimizer, scheduler, RNG, data position); half-written
+checkpoints left by a killed save are removed first (see `reference_impl.trainer`).  Bad samples
+raise a SampleError naming the file, sample and field; `--skip-bad-samples` leaves them out
+instead, logging each and the count.  `--allow-default-ref-transcript` /
+`--allow-missing-ref-audio` re-enable the reference's silent zero-shot fallbacks.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from transformers import TrainerCallback
 
 from reference_impl import trainer as tr
 from reference_impl.collator import ExtendedHiggsAudioSampleCollator
+from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
 from reference_impl.dataset import TASK_TYPES, ReferenceDataset
 
 logger = logging.getLogger("reference_impl.train")
@@ -38,6 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
 DEFAULT_OUTPUT_DIR = Path("runs") / "reference" / "default"
 TINY_DEFAULTS = {"learning_rate": 1e-3, "warmup_steps": 0}
+RESUME_LATEST = Path("<latest>")
 
 
 class StepLogCallback(TrainerCallback):
@@ -82,15 +92,39 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
     p.add_argument("--report-to", default=c.report_to, help="tensorboard | none")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--resume", type=Path, nargs="?", const=RESUME_LATEST, default=None, metavar="DIR",
+                   help="continue from the last complete checkpoint of --output-dir (or of run folder DIR, "
+                        "or from checkpoint folder DIR)")
+    p.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS,
+                   help="longer clips are bad input (default: %(default)s)")
+    p.add_argument("--skip-bad-samples", action="store_true",
+                   help="leave out samples that raise a SampleError (each is logged, with the count at the end)")
+    p.add_argument("--allow-default-ref-transcript", action="store_true",
+                   help="QUIRK: a zero-shot sample without ref_transcript gets the reference's default sentence")
+    p.add_argument("--allow-missing-ref-audio", action="store_true",
+                   help="QUIRK: a zero-shot sample without ref_audio_file silently trains as single-speaker")
     return p.parse_args(argv)
 
 
-def _setup_logging(output_dir: Path) -> None:
+def resolve_resume(resume: Path, output_dir: Path) -> Path:
+    """`--resume` value -> a complete checkpoint folder (HiggsDiffError when there is none)."""
+    from higgs_common.stages import HiggsDiffError
+
+    target = output_dir if resume == RESUME_LATEST else Path(resume).resolve()
+    if tr.is_complete_checkpoint(target):
+        return target
+    found = tr.last_complete_checkpoint(target) if target.is_dir() else None
+    if found is None:
+        raise HiggsDiffError(f"--resume: no complete checkpoint-<step> folder in {str(target)!r}")
+    return found
+
+
+def _setup_logging(output_dir: Path, append: bool = False) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "train.log", mode="w")):
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "train.log", mode="a" if append else "w")):
         handler.setFormatter(fmt)
         root.addHandler(handler)
 
@@ -113,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     started = time.perf_counter()
     args = parse_args(argv)
     output_dir = args.output_dir.resolve()
-    _setup_logging(output_dir)
+    _setup_logging(output_dir, append=args.resume is not None)
     device = _local_device(args.device)
     ctx = build_context(args.model_path, args.audio_tokenizer_path, device=device, seed=args.seed)
     tiny = args.model_path is None
@@ -136,7 +170,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         from higgs_common.manifest import load_manifest
 
         data_dir = write_reference_folder(load_manifest(DEFAULT_MANIFEST), output_dir / "data")
-    train_dataset = ReferenceDataset(data_dir, ctx.text_tokenizer, ctx.code_cache, task_type=args.task_type)
+    train_dataset = ReferenceDataset(data_dir, ctx.text_tokenizer, ctx.code_cache, task_type=args.task_type,
+                                     max_audio_seconds=args.max_audio_seconds,
+                                     allow_default_ref_transcript=args.allow_default_ref_transcript,
+                                     allow_missing_ref_audio=args.allow_missing_ref_audio,
+                                     skip_bad_samples=args.skip_bad_samples)
 
     torch.manual_seed(args.seed)
     model = HiggsAudioModelWithLoss.from_pretrained(str(ctx.model_path), torch_dtype=tr.torch_dtype(precision))
@@ -154,7 +192,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         model=model, args=training_args, train_dataset=train_dataset, processing_class=ctx.text_tokenizer,
         data_collator=ExtendedHiggsAudioSampleCollator.from_config(ctx.model_config, ctx.text_tokenizer),
         callbacks=[StepLogCallback(output_dir / "metrics.jsonl")])
-    trainer.train()
+    resume_from = None
+    if args.resume is not None:
+        if trainer.is_world_process_zero():   # half-written folders would count in the Trainer's rotation
+            tr.remove_incomplete_checkpoints(output_dir)
+        trainer.accelerator.wait_for_everyone()
+        resume_from = resolve_resume(args.resume, output_dir)
+        logger.info("resuming from %s", resume_from)
+        _truncate_metrics(output_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
 
     summary: dict[str, Any] = {}
     if trainer.is_world_process_zero():
@@ -169,11 +215,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             "final_loss": steps[-1]["loss"] if steps else math.nan,
             "lora_adapters": str(adapters) if adapters else None,
             "wall_time_s": round(time.perf_counter() - started, 2),
+            "resumed_from": str(resume_from) if resume_from is not None else None,
+            "skipped_samples": train_dataset.skip_log.to_json(),
         }
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         logger.info("done in %.1f s: loss %.4f -> %.4f; saved to %s", summary["wall_time_s"],
                     summary["first_loss"], summary["final_loss"], output_dir)
+    if args.skip_bad_samples:
+        logger.warning("%s", train_dataset.skip_log.summary())   # the count again, at the very end
     return summary
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines past the resumed checkpoint (steps the killed run did after its last save)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 if __name__ == "__main__":

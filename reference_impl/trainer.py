@@ -19,6 +19,21 @@ Kept from the reference:
   (AdamW torch, decay on all but bias/LayerNorm weights, linear schedule with warmup, clip 1.0);
   `make_optimizer_and_scheduler` builds them through the Trainer's own helpers.
 
+Reliability additions (project issue 9; the loss math is untouched):
+- shuffling: `EpochSeededRandomSampler` (permutation = f(seed, epoch)) replaces the Trainer's
+  `RandomSampler`, whose permutation comes from the global RNG at the moment an epoch starts, so a
+  run resumed mid-epoch (>= 2nd epoch) would see another order.  Same distribution, new order.
+- crash-safe checkpoints: the Trainer writes `checkpoint-<step>/` in place; after it finishes (and
+  after every rank wrote its RNG state) we write `checkpoint_complete.json` into it, atomically.
+  `last_complete_checkpoint` only considers folders with that marker, and
+  `remove_incomplete_checkpoints` deletes the half-written ones before a resume, so a SIGKILL
+  during a save leaves the previous checkpoint valid and used.  The Trainer rotates old
+  checkpoints only after the new one is fully written, so at least one marked one survives.
+- guards (`higgs_common.guards`): in training, a non-finite loss term, an audio loss of exactly
+  0.0 on a batch with target audio, or a non-finite gradient stops the run naming the step, the
+  sample ids and the loss breakdown.  Sample ids travel through `SampleIdTrackingCollator`.
+- test hook: `HIGGS_DIFF_KILL_AT` (`higgs_common.crashpoints`) SIGKILLs after a step or mid-save.
+
 Deviation: the DDP script saves adapters with `trainer.model.save_pretrained`, where
 `trainer.model` is its plain `nn.Module` wrapper (AttributeError at the very end of a LoRA
 run); we save the PEFT model's adapters to `<output_dir>/lora_adapters` as `trainer.py` intends.
@@ -26,18 +41,24 @@ run); we save the PEFT model's adapters to `<output_dir>/lora_adapters` as `trai
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.optimization import get_scheduler
 from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 from transformers.trainer_pt_utils import get_parameter_names
 
+from higgs_common.crashpoints import maybe_kill
+from higgs_common.guards import check_audio_loss_nonzero, check_grads_finite, check_losses_finite
 from higgs_common.stages import TrainConfig
 from reference_impl.collator import ExtendedHiggsAudioBatchInput
 
@@ -193,6 +214,90 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+COMPLETE_MARKER = "checkpoint_complete.json"
+
+
+def _checkpoint_step(path: Path) -> Optional[int]:
+    name = path.name
+    return int(name[11:]) if name.startswith("checkpoint-") and name[11:].isdigit() else None
+
+
+def is_complete_checkpoint(path: Path | str) -> bool:
+    """A Trainer checkpoint folder whose save finished (our marker plus the Trainer's state file)."""
+    path = Path(path)
+    return (path.is_dir() and _checkpoint_step(path) is not None and (path / COMPLETE_MARKER).is_file()
+            and (path / "trainer_state.json").is_file())
+
+
+def last_complete_checkpoint(output_dir: Path | str) -> Optional[Path]:
+    """Highest-step complete `checkpoint-<step>` in `output_dir` (half-written ones are ignored)."""
+    done = [p for p in Path(output_dir).glob("checkpoint-*") if is_complete_checkpoint(p)]
+    return max(done, key=lambda p: _checkpoint_step(p)) if done else None
+
+
+def remove_incomplete_checkpoints(output_dir: Path | str) -> list[Path]:
+    """Delete `checkpoint-<step>` folders without the completion marker (left by a killed save)."""
+    removed = []
+    for p in Path(output_dir).glob("checkpoint-*"):
+        if p.is_dir() and _checkpoint_step(p) is not None and not is_complete_checkpoint(p):
+            logger.warning("removing incomplete checkpoint %s (its save was interrupted)", p)
+            shutil.rmtree(p)
+            removed.append(p)
+    return removed
+
+
+def _numpy_rng_globals() -> list:
+    """What unpickling `np.random.get_state()` needs (numpy 1.x and 2.x spellings)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+class EpochSeededRandomSampler(torch.utils.data.Sampler[int]):
+    """Random order that is a pure function of (seed, epoch): resumable mid-epoch, bit for bit."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class SampleIdTrackingCollator:
+    """Wraps a collator and queues each batch's sample ids (read back, in order, by compute_loss).
+
+    A queue, not "the last batch": the Trainer prefetches all micro-batches of an accumulation
+    window (and accelerate one more) before running them.
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+        self.pending: collections.deque[list[str]] = collections.deque()
+
+    def __call__(self, samples: Sequence[Any]) -> Any:
+        self.pending.append([str(getattr(s, "sample_id", "?")) for s in samples])
+        return self.collator(samples)
+
+    def __getattr__(self, name: str) -> Any:   # params, base_collator, ... of the wrapped collator
+        return getattr(self.__dict__["collator"], name)
+
+
+class CrashPointCallback(TrainerCallback):
+    """Test hook: `HIGGS_DIFF_KILL_AT=after_step:N` SIGKILLs right after optimizer step N."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        maybe_kill("after_step", state.global_step)
+
+
 class HiggsAudioTrainer(Trainer):
     """HF Trainer whose loss is the model's (reference) loss; logs text and audio loss too.
 
@@ -207,6 +312,58 @@ class HiggsAudioTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._term_sums: dict[str, float] = {"llm_loss": 0.0, "audio_loss": 0.0}
         self._term_count = 0
+        if self.data_collator is not None and not isinstance(self.data_collator, SampleIdTrackingCollator):
+            self.data_collator = SampleIdTrackingCollator(self.data_collator)
+        self._last_ids: list[str] = []
+        self._last_losses: dict[str, float] = {}
+        self.add_callback(CrashPointCallback())
+
+    # -------------------------------------------------------------- resumable order, safe saves
+    def _get_train_sampler(self):
+        if self.train_dataset is None or self.args.group_by_length or not hasattr(self.train_dataset, "__len__"):
+            return super()._get_train_sampler()
+        return EpochSeededRandomSampler(len(self.train_dataset), self.args.seed)
+
+    def _load_rng_state(self, checkpoint):
+        # transformers 4.46 saves numpy's RNG state (an ndarray) in rng_state.pth, then reads it with
+        # torch.load's weights_only=True default of torch >= 2.6, which rejects it: without this,
+        # every resume of the reference crashes.  Allow exactly numpy's array-reconstruction globals.
+        with torch.serialization.safe_globals(_numpy_rng_globals()):
+            super()._load_rng_state(checkpoint)
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        maybe_kill("in_save", self.state.global_step)   # test hook: weights written, the rest not
+        super()._save_optimizer_and_scheduler(output_dir)
+
+    def _save_checkpoint(self, model, trial, metrics=None):
+        super()._save_checkpoint(model, trial, metrics)
+        self.accelerator.wait_for_everyone()   # every rank's rng_state_<rank>.pth is on disk
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            tmp = folder / (COMPLETE_MARKER + ".tmp")
+            tmp.write_text(json.dumps({"step": self.state.global_step}) + "\n", encoding="utf-8")
+            os.replace(tmp, folder / COMPLETE_MARKER)
+
+    # -------------------------------------------------------------- guards
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        check_grads_finite(model.named_parameters(), step=self.state.global_step + 1, sample_ids=self._last_ids,
+                           losses=self._last_losses)
+        return loss
+
+    def _guard(self, outputs: Any, inputs: Any) -> None:
+        """Stop on a non-finite loss term or a silent zero audio loss (training only)."""
+        collator = self.data_collator
+        self._last_ids = collator.pending.popleft() if isinstance(collator, SampleIdTrackingCollator) \
+            and collator.pending else []
+        audio_out = inputs["audio_out_ids"] if "audio_out_ids" in inputs else None
+        has_target = audio_out is not None and audio_out.ndim == 2 and audio_out.shape[-1] > 0
+        self._last_losses = {"total": float(outputs.loss.detach()), "text": float(outputs.llm_loss.detach()),
+                             "audio": float(outputs.audio_loss.detach())}
+        step = self.state.global_step + 1
+        check_losses_finite(self._last_losses, step=step, sample_ids=self._last_ids)
+        check_audio_loss_nonzero(self._last_losses["audio"], has_target_audio=has_target, step=step,
+                                 sample_ids=self._last_ids, losses=self._last_losses)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not isinstance(inputs, ExtendedHiggsAudioBatchInput):
@@ -216,6 +373,7 @@ class HiggsAudioTrainer(Trainer):
                         for k, v in inputs.items() if v is not None}
         outputs = model(**model_inputs)
         if model.training:
+            self._guard(outputs, inputs)
             self._term_sums["llm_loss"] += float(outputs.llm_loss.detach())
             self._term_sums["audio_loss"] += float(outputs.audio_loss.detach())
             self._term_count += 1

@@ -82,7 +82,7 @@ def _build_into(tmp: Path, *, size: str, seed: int, device: str) -> dict:
     t0 = time.perf_counter()
     paths = AssetPaths.at(tmp)
     text_tok = build_text_tokenizer(seed=seed)
-    codec = build_audio_tokenizer(size, seed)
+    codec = build_audio_tokenizer(size, seed, device=device if size == "full" else "cpu")
     num_codebooks, codebook_size = int(codec.n_q), int(codec.quantizer.bins)
     if size == "tiny":
         config = tiny_config(text_tok, num_codebooks=num_codebooks, codebook_size=codebook_size)

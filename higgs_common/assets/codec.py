@@ -110,15 +110,23 @@ def calibration_waveform(seconds: float, sr: int = CODEC_SAMPLE_RATE, seed: int 
     return (0.5 * wav / np.max(np.abs(wav))).astype(np.float32)
 
 
-def build_audio_tokenizer(size: str, seed: int) -> HiggsAudioTokenizer:
-    """A random-init upstream codec with a local random HuBERT; codebooks calibrated (see module doc)."""
+def build_audio_tokenizer(size: str, seed: int, *, device: str | torch.device = "cpu") -> HiggsAudioTokenizer:
+    """A random-init upstream codec with a local random HuBERT; codebooks calibrated (see module doc).
+
+    Weights are always drawn on the CPU; `device` only says where the calibration encode (and its
+    k-means) runs: the full codec's 60 s calibration takes minutes on 2 CPU cores and seconds on a
+    GPU.  k-means draws on a GPU come from its own generator, so a GPU-calibrated codec is
+    deterministic per device but not equal to a CPU-calibrated one (its fingerprint differs).
+    """
     if size not in CODEC_SIZES:
         raise ValueError(f"unknown codec size {size!r}; expected one of {sorted(CODEC_SIZES)}")
     codec_cfg, hubert_cfg, calib_seconds = CODEC_SIZES[size]
+    device = str(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with _local_hubert(HubertConfig(**hubert_cfg)):
-            tok = HiggsAudioTokenizer(**codec_cfg, device="cpu")
+            tok = HiggsAudioTokenizer(**codec_cfg, device=device)
+        tok.to(device)
         tok.eval()
         torch.manual_seed(seed + 1)   # k-means draws (randperm/randint) happen in this encode
         codes = tok.encode(calibration_waveform(calib_seconds, seed=seed), CODEC_SAMPLE_RATE)
