@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run name>)")
     p.add_argument("--tolerance", action="append", default=[], metavar="FIELD=RTOL,ATOL",
                    help="override the float tolerance of one field, e.g. logits=1e-3,1e-4")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="precision of the common configuration both sides run under (default fp32: under "
+                        "bf16 the pipelines' precision policies differ by design; see README)")
     p.add_argument("--ddp-world-size", type=int, default=2,
                    help="ranks for the custom pipeline's distributed backward check (0: skip; default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
@@ -204,6 +207,7 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     with tempfile.TemporaryDirectory(prefix="higgs-diff-") as work:
         comparison = Comparison(records, ctx, args.fault, Path(work),
                                 RunOptions(stages=stages, mode=args.mode, tolerances=tolerances,
+                                           precision=args.precision,
                                            ddp_world_size=args.ddp_world_size, progress=progress))
         results = comparison.run()
 
