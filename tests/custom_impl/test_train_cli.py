@@ -70,6 +70,11 @@ def test_unmapped_labels_fault_is_caught_and_with_silent_loss_gives_zero(tmp_pat
     seed_report = run_train(tmp_path / "seed", "--max-steps", "3", "--fault", "unmapped-audio-labels",
                             "--fault", "silent-zero-audio-loss", check=False)
     assert seed_report[-1]["error"] == "ZeroAudioLossError" and seed_report[-1]["step"] == 1
+    # Without the guard (the historical loop), the seed report's symptom: audio loss 0.0 every step.
+    historical = run_train(tmp_path / "historical", "--max-steps", "3", "--fault", "unmapped-audio-labels",
+                           "--fault", "silent-zero-audio-loss", "--allow-zero-audio-loss")
+    assert [r["step"] for r in historical] == [1, 2, 3]
+    assert all(r["audio_loss"] == 0.0 and r["text_loss"] > 0 for r in historical)
 
 
 def test_ddp_unwrapped_forward_fault_lets_rank_weights_diverge(tmp_path):
