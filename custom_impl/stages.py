@@ -159,16 +159,21 @@ def _ddp_worker(rank: int, world_size: int, port: int, ctx: StageContext, train:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    nccl = ctx.device.type == "cuda"
+    if nccl:   # one GPU per rank, as under torchrun
+        torch.cuda.set_device(rank)
+        ctx = dataclasses.replace(ctx, device=torch.device("cuda", rank))
+    dist.init_process_group("nccl" if nccl else "gloo", rank=rank, world_size=world_size)
     try:
         local = _dataset.shard(items, rank, world_size)
         per = max(1, len(local) // grad_accum)
         micro = [local[i * per:(i + 1) * per] for i in range(grad_accum)]
-        model = _model.build_model(ctx, train)
-        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
-        batches = [_collator.collate(m, ctx) for m in micro]
+        model = _model.build_model(ctx, train).to(ctx.device)
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rank] if nccl else None, find_unused_parameters=False)
+        batches = [_collator.batch_to_device(_collator.collate(m, ctx), ctx.device) for m in micro]
         accumulate(ddp, batches, ctx, precision="fp32", sample_ids=[[it.sample_id for it in m] for m in micro])
-        torch.save(grads_of(ddp), Path(out_dir) / f"grads_rank{rank}.pt")
+        torch.save({k: v.cpu() for k, v in grads_of(ddp).items()}, Path(out_dir) / f"grads_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -178,7 +183,8 @@ def ddp_backward(ctx: StageContext, train: TrainConfig, items: Sequence[DatasetI
                  ) -> list[dict[str, torch.Tensor]]:
     """Each rank's accumulated gradients after one optimizer step's worth of micro-batches.
 
-    Spawns `world_size` gloo processes; rank r takes the contiguous shard r of `items` and splits
+    Spawns `world_size` processes (NCCL, one GPU each, when `ctx` is on CUDA and there are enough GPUs;
+    gloo on the CPU otherwise); rank r takes the contiguous shard r of `items` and splits
     it into `grad_accum` micro-batches, then runs `distributed.accumulate` (the training loop's
     own code).  `faults` (default: ctx.faults) may include the DDP faults.  With no fault every
     rank returns the gradient of the full-batch mean loss over all of `items`.
@@ -187,7 +193,12 @@ def ddp_backward(ctx: StageContext, train: TrainConfig, items: Sequence[DatasetI
     if len(items) % (world_size * grad_accum):
         raise ValueError(f"{len(items)} items do not split into {world_size} ranks x {grad_accum} micro-batches")
     # The code cache (codec, file handles) is not needed past the dataset stage and may not pickle.
-    wctx = dataclasses.replace(ctx, faults=faults_set, device=torch.device("cpu"), code_cache=None)
+    # NCCL with one GPU per rank when the context is on CUDA and there are enough GPUs (issue 8's
+    # multi-GPU check); otherwise gloo ranks on the CPU, which still exercise DDP's all-reduce.
+    # (a 1-rank baseline uses the same backend as the multi-rank run it is compared with)
+    enough_gpus = ctx.device.type == "cuda" and torch.cuda.device_count() >= max(world_size, 2)
+    device = torch.device("cuda") if enough_gpus else torch.device("cpu")
+    wctx = dataclasses.replace(ctx, faults=faults_set, device=device, code_cache=None)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="custom_ddp_") as tmp:
         mp.start_processes(_ddp_worker, args=(world_size, port, wctx, train, list(items), grad_accum, tmp),
