@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "propagated: each side runs end to end on its own outputs")
     p.add_argument("--fault", action="append", default=[], metavar="NAME",
                    help="inject a named historical fault into the custom pipeline (see the list below)")
-    p.add_argument("--device", default="cpu", help="torch device for models and diffs, e.g. cuda (default: cpu)")
+    p.add_argument("--device", default="auto",
+                   help="torch device for models and diffs: auto (cuda when present, else cpu), cpu, cuda, "
+                        "cuda:N (default: auto)")
     p.add_argument("--data", type=Path, default=DEFAULT_MANIFEST,
                    help="canonical manifest (JSONL) of samples (default: the shipped data/manifest.jsonl)")
     p.add_argument("--model", type=Path, default=None,
@@ -167,6 +169,8 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     unknown = sorted(set(args.fault) - set(known_faults()))
     if unknown:
         raise UnknownFaultError(f"unknown fault(s) {unknown}; known: {sorted(known_faults())}")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise HiggsDiffError(f"--device {args.device}: CUDA is not available on this machine")
     torch.manual_seed(args.seed)
