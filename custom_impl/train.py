@@ -54,7 +54,7 @@ from custom_impl import model as _model
 from custom_impl import stages as S
 from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
-from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
+from higgs_common.train_cli import RESUME_LATEST, add_reliability_args
 from higgs_common.crashpoints import maybe_kill
 from higgs_common.guards import check_audio_loss_nonzero, check_grads_finite
 from higgs_common.skipping import SkipLog
@@ -63,7 +63,6 @@ from higgs_common.stages import HiggsDiffError, LossBreakdown, TrainConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
 TINY_DEFAULT_LR = 5e-3
-RESUME_LATEST = Path("<latest>")
 CHECKPOINT_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_rank0.pt")
 
 
@@ -83,13 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=S.DEFAULT_TRAIN.max_steps)
     p.add_argument("--output-dir", type=Path, default=None, help="default runs/custom/<timestamp>")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--resume", type=Path, nargs="?", const=RESUME_LATEST, default=None, metavar="DIR",
-                   help="continue from the last complete checkpoint of --output-dir (or of run folder DIR, "
-                        "or from checkpoint folder DIR)")
-    p.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS,
-                   help="longer clips are bad input (default: %(default)s)")
-    p.add_argument("--skip-bad-samples", action="store_true",
-                   help="leave out samples that raise a SampleError (each is logged, with the count at the end)")
+    add_reliability_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fault", action="append", default=[], metavar="NAME", help="enable a named fault")
     p.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")

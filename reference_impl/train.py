@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from reference_impl import trainer as tr
 from reference_impl.collator import ExtendedHiggsAudioSampleCollator
-from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
+from higgs_common.train_cli import RESUME_LATEST, add_reliability_args
 from reference_impl.dataset import TASK_TYPES, ReferenceDataset
 
 logger = logging.getLogger("reference_impl.train")
@@ -47,7 +47,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
 DEFAULT_OUTPUT_DIR = Path("runs") / "reference" / "default"
 TINY_DEFAULTS = {"learning_rate": 1e-3, "warmup_steps": 0}
-RESUME_LATEST = Path("<latest>")
 
 
 class StepLogCallback(TrainerCallback):
@@ -92,13 +91,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
     p.add_argument("--report-to", default=c.report_to, help="tensorboard | none")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--resume", type=Path, nargs="?", const=RESUME_LATEST, default=None, metavar="DIR",
-                   help="continue from the last complete checkpoint of --output-dir (or of run folder DIR, "
-                        "or from checkpoint folder DIR)")
-    p.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS,
-                   help="longer clips are bad input (default: %(default)s)")
-    p.add_argument("--skip-bad-samples", action="store_true",
-                   help="leave out samples that raise a SampleError (each is logged, with the count at the end)")
+    add_reliability_args(p)
     p.add_argument("--allow-default-ref-transcript", action="store_true",
                    help="QUIRK: a zero-shot sample without ref_transcript gets the reference's default sentence")
     p.add_argument("--allow-missing-ref-audio", action="store_true",
