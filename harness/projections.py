@@ -12,6 +12,7 @@ All functions are pure and run on whatever device their inputs are on.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import torch
@@ -73,6 +74,30 @@ def dataset_projection(item: Any) -> dict[str, Any]:
         "reference_audio_is_label": item.reference_audio_index in labels,
         "label_audio_count": len(labels),
     }
+
+
+_TURN = re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S)
+AUDIO_IN_SPAN = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+
+
+def prompt_transcripts(prompt: str) -> dict[str, str | None]:
+    """The target and reference transcripts as the model reads them, from a decoded prompt.
+
+    Works for both layouts: the voice prompt as an audio-in slot inside the last user turn
+    (`ref text <|AUDIO|> target text`), or as an earlier turn pair (first user turn = reference
+    transcript, last user turn = target transcript).  This catches a transcript paired with the
+    wrong audio, which no audio projection sees.
+    """
+    users = [content for role, content in _TURN.findall(prompt) if role == "user"]
+    if not users:
+        return {"target_transcript": None, "reference_transcript": None}
+    last = users[-1]
+    if AUDIO_IN_SPAN in last:
+        ref_text, target = last.split(AUDIO_IN_SPAN, 1)
+    else:
+        target, ref_text = last, (users[0] if len(users) > 1 else None)
+    return {"target_transcript": target.strip(),
+            "reference_transcript": None if ref_text is None else ref_text.strip()}
 
 
 # ----------------------------------------------------------------------------- collator stage

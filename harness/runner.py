@@ -40,7 +40,7 @@ from harness.common_config import COMPARE_PRECISION, common_train_config, tolera
 from harness.decode import Decoder
 from harness.diff import FieldDiff, default_tolerance, diff_scalars, diff_tensors
 from harness.report import StageResult
-from harness.sides import SIDES, stages_of
+from harness.sides import SIDES, canonical_transcript, stages_of
 from higgs_common.stages import StageContext, TrainConfig
 
 log = logging.getLogger("harness")
@@ -155,6 +155,11 @@ class Comparison:
             d.note = f"differs, but not as catalogued [{entry.id}]: {entry.reason}"
         return d
 
+    def _transcripts(self, item: Any) -> dict[str, str | None]:
+        prompt = self.decoder.tokenizer.decode(item.sample.input_ids.tolist())
+        out = P.prompt_transcripts(prompt)
+        return {k: (None if v is None else canonical_transcript(v)) for k, v in out.items()}
+
     def _input_for(self, side: str, attr: str) -> Any:
         """Isolated: the custom side's output (see module docstring); propagated: the side's own."""
         source = ISOLATED_SOURCE if self.options.mode == "isolated" else side
@@ -197,6 +202,12 @@ class Comparison:
             for sid, pr, pc, _, _ in projected:
                 fields.append(self._compare("dataset", key, pr[key], pc[key], sample=sid,
                                             decode=self.decoder.codes(sid), keep_mask=True))
+        # Transcripts as the model reads them, in the reference's normal form (it normalises target
+        # transcripts, the custom pipeline does not; normalising is idempotent).
+        texts = [(sid, self._transcripts(r), self._transcripts(c)) for sid, _, _, r, c in projected]
+        for key in ("target_transcript", "reference_transcript"):
+            for sid, tr, tc in texts:
+                fields.append(self._compare("dataset", key, tr[key], tc[key], sample=sid))
         for key in ("audio_ids_concat", "audio_ids_start", "input_ids", "label_ids"):
             for sid, _, _, r, c in projected:
                 fields.append(self._compare("dataset", key, getattr(r.sample, key), getattr(c.sample, key),

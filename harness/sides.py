@@ -22,3 +22,14 @@ def known_faults() -> dict[str, object]:
     """Fault registry of the custom pipeline: name -> fault description object."""
     faults = importlib.import_module("custom_impl.faults")
     return dict(faults.FAULTS)
+
+
+def canonical_transcript(text: str) -> str:
+    """The canonical form transcripts are compared in: the reference's normalisation.
+
+    The reference normalises target transcripts and the custom pipeline does not, so comparing
+    raw strings would flag every sample; normalising is idempotent, so normalising both sides
+    compares what was said, not how it was punctuated.
+    """
+    normalize = importlib.import_module("reference_impl.normalize").normalize_transcript
+    return normalize(text)

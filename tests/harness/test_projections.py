@@ -77,3 +77,21 @@ def test_find_key_searches_nested_config():
     assert P.find_key({"a": {"collator": {"use_delay_pattern": True}}}, "use_delay_pattern") is True
     assert P.find_key({"a": [1, {"x": 2}]}, "x") == 2
     assert P.find_key({}, "x") is None
+
+
+REF_LAYOUT = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nGenerate audio.<|eot_id|>"
+              "<|start_header_id|>user<|end_header_id|>\n\nReference words.<|eot_id|>"
+              "<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|><|eot_id|>"
+              "<|start_header_id|>user<|end_header_id|>\n\nTarget words.<|eot_id|>"
+              "<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|><|eot_id|>")
+CUSTOM_LAYOUT = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|>"
+                 "<|start_header_id|>user<|end_header_id|>\n\nReference words.<|audio_bos|><|AUDIO|><|audio_eos|>"
+                 "Target words.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+                 "<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|><|eot_id|>")
+
+
+def test_prompt_transcripts_read_both_layouts_alike():
+    want = {"target_transcript": "Target words.", "reference_transcript": "Reference words."}
+    assert P.prompt_transcripts(REF_LAYOUT) == want
+    assert P.prompt_transcripts(CUSTOM_LAYOUT) == want
+    assert P.prompt_transcripts("no turns") == {"target_transcript": None, "reference_transcript": None}
