@@ -234,14 +234,19 @@ def run_custom(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: int
                 lambda: accumulate(model, [batch], ctx, precision=train.precision))
             opt.zero_grad(set_to_none=True)
     except Exception as exc:  # noqa: BLE001 - an OOM/crash is a measurement result, reported in the table
-        m.status = "oom" if _is_oom(exc) else "error"
-        m.error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        m.peak_memory_gib = _peak(device)
-        log.warning("custom %s failed: %s", config_name, m.error)
+        _record_failure(m, exc, device, "custom", config_name)
     finally:
         del model, opt
         _free()
     return m
+
+
+def _record_failure(m: "TrainMeasurement", exc: Exception, device: Any, pipeline: str, config_name: str) -> None:
+    """An OOM or crash becomes the measurement's status and message (the table reports it)."""
+    m.status = "oom" if _is_oom(exc) else "error"
+    m.error = f"{type(exc).__name__}: {str(exc)[:300]}"
+    m.peak_memory_gib = _peak(device)
+    log.warning("%s %s failed: %s", pipeline, config_name, m.error)
 
 
 class _StepTimer:
@@ -346,10 +351,7 @@ def run_reference(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: 
                 loss.backward()
             m.counted_flops_per_step = count_flops(fwd_bwd)
     except Exception as exc:  # noqa: BLE001 - an OOM/crash is a measurement result, reported in the table
-        m.status = "oom" if _is_oom(exc) else "error"
-        m.error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        m.peak_memory_gib = _peak(device)
-        log.warning("reference %s failed: %s", config_name, m.error)
+        _record_failure(m, exc, device, "reference", config_name)
     finally:
         del model, trainer
         _free()

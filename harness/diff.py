@@ -208,6 +208,16 @@ def _as_tensor(x: Any, *, stage: str, field: str, side: str) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Tensors
 
+def _absent(reference: Any, custom: Any, *, stage: str, field: str) -> FieldDiff:
+    """The diff when at least one side has no value (None)."""
+    if reference is None and custom is None:
+        return FieldDiff(stage, field, "equal", note="absent on both sides")
+    return FieldDiff(stage, field, "missing",
+                     reference=None if reference is None else _describe(reference),
+                     custom=None if custom is None else _describe(custom),
+                     note=f"{'reference' if reference is None else 'custom'} side has no value")
+
+
 def diff_tensors(reference: Any, custom: Any, *, stage: str, field: str,
                  rtol: float | None = None, atol: float | None = None,
                  decode: Callable[[Index], str] | None = None,
@@ -221,12 +231,7 @@ def diff_tensors(reference: Any, custom: Any, *, stage: str, field: str,
     mismatching positions (only when the field has <= MASK_KEEP_LIMIT elements).
     """
     if reference is None or custom is None:
-        if reference is None and custom is None:
-            return FieldDiff(stage, field, "equal", note="absent on both sides")
-        return FieldDiff(stage, field, "missing",
-                         reference=None if reference is None else _describe(reference),
-                         custom=None if custom is None else _describe(custom),
-                         note=f"{'reference' if reference is None else 'custom'} side has no value")
+        return _absent(reference, custom, stage=stage, field=field)
     ref = _as_tensor(reference, stage=stage, field=field, side="reference")
     cus = _as_tensor(custom, stage=stage, field=field, side="custom")
     base = dict(ref_shape=list(ref.shape), custom_shape=list(cus.shape),
@@ -358,12 +363,7 @@ def diff_scalars(reference: Any, custom: Any, *, stage: str, field: str,
     reference = reference.item() if _is_numpy_scalar(reference) else reference
     custom = custom.item() if _is_numpy_scalar(custom) else custom
     if reference is None or custom is None:
-        if reference is None and custom is None:
-            return FieldDiff(stage, field, "equal", note="absent on both sides")
-        return FieldDiff(stage, field, "missing",
-                         reference=None if reference is None else _describe(reference),
-                         custom=None if custom is None else _describe(custom),
-                         note=f"{'reference' if reference is None else 'custom'} side has no value")
+        return _absent(reference, custom, stage=stage, field=field)
     k_ref, k_cus = _scalar_kind(reference), _scalar_kind(custom)
     base = dict(numel=1, ref_dtype=k_ref, custom_dtype=k_cus)
     if k_ref != k_cus:

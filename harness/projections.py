@@ -13,7 +13,7 @@ All functions are pure and run on whatever device their inputs are on.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -210,6 +210,3 @@ def batch_field(batch: Any, name: str) -> Any:
         return batch.get(name)
     return getattr(batch, name, None)
 
-
-def stack_or_none(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
-    return list(tensors)

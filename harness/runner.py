@@ -40,7 +40,7 @@ from harness.common_config import COMPARE_PRECISION, common_train_config, tolera
 from harness.decode import Decoder
 from harness.diff import FieldDiff, default_tolerance, diff_scalars, diff_tensors
 from harness.report import StageResult
-from harness.sides import SIDES, canonical_transcript, stages_of
+from harness.sides import canonical_transcript, stages_of
 from higgs_common.stages import StageContext, TrainConfig
 
 log = logging.getLogger("harness")
