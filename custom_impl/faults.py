@@ -41,8 +41,9 @@ _FAULT_LIST = (
             "guard against it, so the correct path's reference-vs-label check is bypassed."
         ),
         symptom=(
-            "audio loss is finite but the task degenerates into copying the prompt: label codes "
-            "equal the reference codes; the model never learns the target utterance"
+            "label codes equal the reference codes: the task degenerates into copying the prompt, "
+            "so once the model finds the prompt the audio loss collapses towards 0 (see --data "
+            "copy-probe); the model never learns the target utterance"
         ),
     ),
     Fault(

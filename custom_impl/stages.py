@@ -22,7 +22,7 @@ from custom_impl import dataset as _dataset
 from custom_impl import loss as _loss
 from custom_impl import model as _model
 from custom_impl.distributed import accumulate, free_port
-from custom_impl.faults import FAULTS, check_faults
+from custom_impl.faults import check_faults
 from higgs_common.converters import write_chatml_json
 from higgs_common.manifest import CanonicalRecord
 from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, StageContext, TrainConfig)

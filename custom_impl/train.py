@@ -3,6 +3,12 @@
     python -m custom_impl.train                                   # 1 process, embedded tiny default
     torchrun --nproc-per-node 2 -m custom_impl.train --max-steps 20
     python -m custom_impl.train --model-path CKPT --audio-tokenizer-path CODEC --data train.json
+    python -m custom_impl.train --data copy-probe --full-finetune --batch-size 8 --grad-accum 1 \
+        --lr 3e-3 --max-steps 400 --fault reference-audio-as-label     # audio loss 3.55 -> 0.15
+
+`--data` is a ChatML JSON list, a canonical manifest (`*.jsonl`, converted into the run folder) or
+`copy-probe`: the set of higgs_common.assets.copy_probe, where only copying the voice prompt lowers
+the audio loss, so fault (a) shows its collapse even on the tiny random model (README).
 
 Per optimizer step every rank runs `--grad-accum` micro-batches of `--batch-size` samples
 (DistributedSampler shard), DDP `no_sync` on all but the last (custom_impl.distributed.accumulate,
@@ -63,6 +69,7 @@ from higgs_common.stages import HiggsDiffError, LossBreakdown, TrainConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
 TINY_DEFAULT_LR = 5e-3
+COPY_PROBE = "copy-probe"
 CHECKPOINT_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_rank0.pt")
 
 
@@ -74,9 +81,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", type=Path, default=None, help="checkpoint folder (default: embedded tiny)")
     p.add_argument("--audio-tokenizer-path", type=Path, default=None, help="codec folder (default: embedded tiny)")
     p.add_argument("--data", type=Path, default=None,
-                   help="ChatML JSON list (default: data/manifest.jsonl converted into the run folder)")
+                   help="ChatML JSON list, or a canonical manifest (*.jsonl, converted into the run folder), "
+                        f"or {COPY_PROBE!r} (the built-in copy-probe set, see higgs_common.assets.copy_probe) "
+                        "(default: data/manifest.jsonl)")
     p.add_argument("--batch-size", type=int, default=2, help="samples per micro-batch per process")
     p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
+    p.add_argument("--full-finetune", action="store_true",
+                   help="train every weight instead of LoRA adapters (the tiny random model needs it to "
+                        "learn to copy its prompt, e.g. to reproduce reference-audio-as-label's collapse)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: see module doc)")
     p.add_argument("--warmup-steps", type=int, default=None, help="default min(100, max_steps // 10)")
     p.add_argument("--max-steps", type=int, default=S.DEFAULT_TRAIN.max_steps)
@@ -99,7 +111,30 @@ def train_config(args: argparse.Namespace, tiny: bool) -> TrainConfig:
     lr = args.lr if args.lr is not None else (TINY_DEFAULT_LR if tiny else S.DEFAULT_TRAIN.learning_rate)
     warmup = args.warmup_steps if args.warmup_steps is not None else min(100, args.max_steps // 10)
     return S.DEFAULT_TRAIN.replace(learning_rate=lr, warmup_steps=warmup, max_steps=args.max_steps,
-                                   seed=args.seed)
+                                   seed=args.seed, use_lora=not args.full_finetune)
+
+
+def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
+    """`--data` -> the ChatML JSON file to load.
+
+    None, a canonical manifest (``*.jsonl``) or the name ``copy-probe`` are converted into
+    `<out_dir>/train_chatml.json` (written by the caller with `write`, i.e. rank 0); any other path
+    is a ChatML JSON list used as it is.
+    """
+    from higgs_common.converters import write_chatml_json
+    from higgs_common.manifest import load_manifest
+
+    if data is not None and str(data) == COPY_PROBE and not data.exists():
+        from higgs_common.assets.copy_probe import ensure_copy_probe
+        manifest = ensure_copy_probe() if write else None
+    elif data is None or data.suffix == ".jsonl":
+        manifest = data or DEFAULT_MANIFEST
+    else:
+        return data
+    native = out_dir / S.NATIVE_FILE
+    if write:
+        write_chatml_json(load_manifest(manifest), native)
+    return native
 
 
 # ------------------------------------------------------------------------------ data stream
@@ -273,8 +308,6 @@ def run(args: argparse.Namespace) -> Path:
 
 def _run(args: argparse.Namespace, info: DistInfo) -> Path:
     from higgs_common.context import build_context  # lazy: heavy (builds the tiny default once)
-    from higgs_common.converters import write_chatml_json
-    from higgs_common.manifest import load_manifest
 
     tiny = args.model_path is None
     out_dir = args.output_dir or Path("runs/custom") / time.strftime("%Y%m%d-%H%M%S")
@@ -295,11 +328,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
             ctx = build_context(args.model_path, args.audio_tokenizer_path, device=str(info.device),
                                 faults=tuple(args.fault), seed=args.seed,
                                 options={"max_audio_seconds": args.max_audio_seconds})
-            data = args.data
-            if data is None:
-                data = out_dir / S.NATIVE_FILE
-                if info.is_main:
-                    write_chatml_json(load_manifest(DEFAULT_MANIFEST), data)
+            data = resolve_data(args.data, out_dir, write=info.is_main)
             skip_log = SkipLog(where=f"custom dataset {data}")
             items = _dataset.load_dataset(data, ctx, skip_bad_samples=args.skip_bad_samples, skip_log=skip_log)
         barrier(info)

@@ -426,7 +426,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     device = resolve_device(args.device)
     from harness.bench_train import datasheet_peak
-    from harness.compare import select_records
     from higgs_common.assets.model import count_parameters  # noqa: F401  (import check)
     from higgs_common.context import build_context
     from higgs_common.manifest import load_manifest

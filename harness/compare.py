@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     from harness.diagnosis import diagnose
     from harness.report import Report, write_report
     from harness.runner import STAGES, Comparison, RunOptions
-    from harness.sides import known_faults, stages_of
+    from harness.sides import known_faults
     from harness.terminal import print_summary
     from higgs_common.context import build_context
     from higgs_common.manifest import load_manifest

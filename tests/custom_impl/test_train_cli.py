@@ -2,40 +2,12 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from custom_impl.distributed import free_port
+from tests.custom_impl.train_runner import run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_train(out: Path, *extra: str, nproc: int = 2, check: bool = True) -> list[dict]:
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(free_port()), "-m", "custom_impl.train"]
-    else:
-        cmd = [sys.executable, "-m", "custom_impl.train"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    # start_new_session: a timeout kills the whole group (torchrun AND its workers), by group id.
-    proc = subprocess.Popen(cmd + ["--output-dir", str(out), *extra], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.communicate()
-        raise
-    if check:
-        assert proc.returncode == 0, stderr[-4000:]
-    metrics = out / "metrics.jsonl"
-    return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
 
 
 def test_twenty_steps_learn_with_finite_audio_loss(tmp_path):
@@ -86,7 +58,8 @@ def test_ddp_unwrapped_forward_fault_lets_rank_weights_diverge(tmp_path):
 def test_reference_as_label_fault_trains_on_the_prompt(tmp_path):
     recs = run_train(tmp_path / "run", "--max-steps", "2", "--fault", "reference-audio-as-label")
     assert all(math.isfinite(r["audio_loss"]) for r in recs)
-    # the mechanism (label codes == reference codes) is pinned in test_dataset_collator.py
+    # the mechanism (label codes == reference codes) is pinned in test_dataset_collator.py, the
+    # collapse of the logged audio loss in test_copy_collapse.py
     good = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert good["effective_config"]["faults"] == ["reference-audio-as-label"]
 
