@@ -101,12 +101,14 @@ def check_finite(lb: LossBreakdown, *, step: int, sample_ids: Sequence[str]) -> 
 
 def accumulate(model: torch.nn.Module, micro_batches: Sequence[Any], ctx: StageContext, *,
                precision: str = "fp32", step: int = 0,
-               sample_ids: Sequence[Sequence[str]] | None = None) -> list[LossBreakdown]:
+               sample_ids: Sequence[Sequence[str]] | None = None,
+               objectives: list[torch.Tensor] | None = None) -> list[LossBreakdown]:
     """Forward/loss/backward over the micro-batches of one optimizer step (gradients accumulate).
 
     Objective = mean loss over the whole global batch (all micro-batches of all ranks): the
     denominators (supervised text tokens, per-codebook audio frames) are all-reduced first.
-    Returns each micro-batch's local LossBreakdown for logging.
+    Returns each micro-batch's local LossBreakdown for logging; `objectives`, if given, receives
+    each micro-batch's detached share of the global loss (their sum over ranks is the global loss).
     """
     faults = ctx.faults
     cfg = ctx.model_config
@@ -143,5 +145,7 @@ def accumulate(model: torch.nn.Module, micro_batches: Sequence[Any], ctx: StageC
             objective = global_objective(terms, text_total, cb_totals if cb_totals.numel() else terms.audio_counts,
                                          world)
             objective.backward()
+        if objectives is not None:
+            objectives.append(objective.detach() / world)
         out.append(lb)
     return out

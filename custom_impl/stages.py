@@ -1,6 +1,6 @@
 """`custom_impl.stages`: the custom zero-shot pipeline behind the stage contract
-(`higgs_common.stages`), plus `ddp_backward`, which runs the training loop's own micro-step code
-under real torch.distributed so the harness can check gradient synchronisation.
+(`higgs_common.stages`), plus `ddp_run` / `ddp_backward`, which run the training loop's own
+micro-step code under real torch.distributed so the harness can check gradient synchronisation.
 """
 
 from __future__ import annotations
@@ -154,8 +154,17 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- DDP probe
+@dataclasses.dataclass
+class DDPRankResult:
+    """What one rank of `ddp_run` saw: enough to tell synchronised ranks from unsynchronised ones."""
+
+    grads: dict[str, torch.Tensor]          # accumulated gradients of step 1, after DDP's all-reduce
+    params: dict[str, torch.Tensor]         # trainable parameters after optimizer step 1
+    losses: torch.Tensor                    # (steps,) float64 global-batch loss of each step
+
+
 def _ddp_worker(rank: int, world_size: int, port: int, ctx: StageContext, train: TrainConfig,
-                items: list[DatasetItem], grad_accum: int, out_dir: str) -> None:
+                items: list[DatasetItem], grad_accum: int, steps: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -171,27 +180,51 @@ def _ddp_worker(rank: int, world_size: int, port: int, ctx: StageContext, train:
         model = _model.build_model(ctx, train).to(ctx.device)
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rank] if nccl else None, find_unused_parameters=False)
+        optimizer, scheduler = make_optimizer(model, train)
+        params = [p for _, p in _model.trainable_named_parameters(ddp)]
         batches = [_collator.batch_to_device(_collator.collate(m, ctx), ctx.device) for m in micro]
-        accumulate(ddp, batches, ctx, precision="fp32", sample_ids=[[it.sample_id for it in m] for m in micro])
-        torch.save({k: v.cpu() for k, v in grads_of(ddp).items()}, Path(out_dir) / f"grads_rank{rank}.pt")
+        ids = [[it.sample_id for it in m] for m in micro]
+        losses = []
+        result: dict[str, Any] = {}
+        for step in range(1, steps + 1):
+            objectives: list[torch.Tensor] = []
+            accumulate(ddp, batches, ctx, precision="fp32", step=step, sample_ids=ids, objectives=objectives)
+            share = torch.stack(objectives).sum().double().reshape(1)     # this rank's part of the global loss
+            dist.all_reduce(share, op=dist.ReduceOp.SUM)
+            losses.append(float(share))
+            if step == 1:
+                result["grads"] = {k: v.cpu() for k, v in grads_of(ddp).items()}
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step == 1:
+                result["params"] = {n: p.detach().cpu().clone() for n, p in _model.trainable_named_parameters(ddp)}
+        result["losses"] = torch.tensor(losses, dtype=torch.float64)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def ddp_backward(ctx: StageContext, train: TrainConfig, items: Sequence[DatasetItem], *,
-                 world_size: int = 2, grad_accum: int = 2, faults: Sequence[str] | None = None
-                 ) -> list[dict[str, torch.Tensor]]:
-    """Each rank's accumulated gradients after one optimizer step's worth of micro-batches.
+def ddp_run(ctx: StageContext, train: TrainConfig, items: Sequence[DatasetItem], *,
+            world_size: int = 2, grad_accum: int = 2, steps: int = 1, faults: Sequence[str] | None = None
+            ) -> list[DDPRankResult]:
+    """Each rank's step-1 gradients and parameters, and every step's global loss, under real DDP.
 
     Spawns `world_size` processes (NCCL, one GPU each, when `ctx` is on CUDA and there are enough GPUs;
-    gloo on the CPU otherwise); rank r takes the contiguous shard r of `items` and splits
-    it into `grad_accum` micro-batches, then runs `distributed.accumulate` (the training loop's
-    own code).  `faults` (default: ctx.faults) may include the DDP faults.  With no fault every
-    rank returns the gradient of the full-batch mean loss over all of `items`.
+    gloo on the CPU otherwise); rank r takes the contiguous shard r of `items`, splits it into
+    `grad_accum` micro-batches and runs `distributed.accumulate` (the training loop's own code),
+    clipping, AdamW and the schedule, `steps` times on that same global batch.  `faults` (default:
+    ctx.faults) may include the DDP faults.  Without a fault every rank reproduces, within float
+    tolerance, a single process that trains on all of `items` at once (world_size=1, grad_accum=1).
+    Computed in fp32 whatever `train.precision` says: the check is about synchronisation, and fp32
+    keeps the honest differences (reduction order) far below what a missed all-reduce causes.
     """
     faults_set = check_faults(ctx.faults if faults is None else faults)
     if len(items) % (world_size * grad_accum):
         raise ValueError(f"{len(items)} items do not split into {world_size} ranks x {grad_accum} micro-batches")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     # The code cache (codec, file handles) is not needed past the dataset stage and may not pickle.
     # NCCL with one GPU per rank when the context is on CUDA and there are enough GPUs (issue 8's
     # multi-GPU check); otherwise gloo ranks on the CPU, which still exercise DDP's all-reduce.
@@ -201,6 +234,14 @@ def ddp_backward(ctx: StageContext, train: TrainConfig, items: Sequence[DatasetI
     wctx = dataclasses.replace(ctx, faults=faults_set, device=device, code_cache=None)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="custom_ddp_") as tmp:
-        mp.start_processes(_ddp_worker, args=(world_size, port, wctx, train, list(items), grad_accum, tmp),
+        mp.start_processes(_ddp_worker, args=(world_size, port, wctx, train, list(items), grad_accum, steps, tmp),
                            nprocs=world_size, join=True, start_method="spawn")
-        return [torch.load(Path(tmp) / f"grads_rank{r}.pt") for r in range(world_size)]
+        return [DDPRankResult(**torch.load(Path(tmp) / f"rank{r}.pt")) for r in range(world_size)]
+
+
+def ddp_backward(ctx: StageContext, train: TrainConfig, items: Sequence[DatasetItem], *,
+                 world_size: int = 2, grad_accum: int = 2, faults: Sequence[str] | None = None
+                 ) -> list[dict[str, torch.Tensor]]:
+    """Each rank's accumulated gradients after one optimizer step's worth of micro-batches (`ddp_run`)."""
+    return [r.grads for r in ddp_run(ctx, train, items, world_size=world_size, grad_accum=grad_accum,
+                                     steps=1, faults=faults)]

@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the common configuration both sides run under (default fp32: under "
                         "bf16 the pipelines' precision policies differ by design; see README)")
     p.add_argument("--ddp-world-size", type=int, default=2,
-                   help="ranks for the custom pipeline's distributed backward check (0: skip; default: 2)")
+                   help="ranks for the custom pipeline's distributed check (0: skip; default: 2). On CUDA with "
+                        "that many GPUs the ranks run NCCL, one GPU each; otherwise gloo on the CPU")
+    p.add_argument("--ddp-steps", type=int, default=3,
+                   help="optimizer steps of the distributed check; the global loss is compared at each (default: 3)")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     p.add_argument("--skip-bad-samples", action="store_true",
                    help="leave out samples that are bad input for either pipeline (each one is reported with "
@@ -212,7 +215,8 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
         comparison = Comparison(records, ctx, args.fault, Path(work),
                                 RunOptions(stages=stages, mode=args.mode, tolerances=tolerances,
                                            precision=args.precision,
-                                           ddp_world_size=args.ddp_world_size, progress=progress))
+                                           ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
+                                           progress=progress))
         results = comparison.run()
 
     train = comparison.train

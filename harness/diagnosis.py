@@ -119,13 +119,29 @@ def _unsynced_ranks(ev: dict, _: dict) -> list[Diagnosis]:
         cause="gradients not synchronised across ranks: DDP's all-reduce did not run on every "
               "micro-batch that should sync (forward on the unwrapped module, or no_sync inverted: "
               "custom faults ddp-unwrapped-forward / inverted-no-sync)",
-        evidence=f"ranks {d['unsynced_ranks']} of {d['world_size']} differ from the single-process gradients; {agree}",
+        evidence=f"ranks {d['unsynced_ranks']} of {d['world_size']} ({d.get('backend', '')}) differ from the "
+                 f"single-process gradients; {agree}",
+        stage="backward", field=None)]
+
+
+def _ranks_in_sync(ev: dict, _: dict) -> list[Diagnosis]:
+    d = ev.get("ddp")
+    if not d or d.get("unsynced_ranks") or d.get("step_unsynced_ranks") or "backend" not in d:
+        return []
+    what = "gradients after the all-reduce"
+    if "step_unsynced_ranks" in d:
+        what += f", parameters after optimizer step 1 and the global loss of {d['steps']} steps"
+    return [Diagnosis(
+        cause=f"DDP in sync: {d['world_size']} ranks ({d['backend']}) agree with one process on the same "
+              f"global batch of {d['global_batch']} samples, expected",
+        evidence=f"{what} within rtol {d['rtol']:g} / atol {d['atol']:g} on every rank "
+                 f"({d['grad_accum']} micro-batches per rank)",
         stage="backward", field=None)]
 
 
 RULES: tuple[Rule, ...] = (
     _labels_are_reference_clip, _all_ignored_audio_labels, _bos_in_labels, _random_layers,
-    _no_shift, _zero_or_nan_terms, _shift_crosses_segments, _unsynced_ranks,
+    _no_shift, _zero_or_nan_terms, _shift_crosses_segments, _unsynced_ranks, _ranks_in_sync,
 )
 
 

@@ -25,6 +25,7 @@ step      the custom gradients loaded into both sides' models, one optimizer ste
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -57,6 +58,7 @@ class RunOptions:
     mode: str = "isolated"
     ddp_world_size: int = 2           # 0 disables the distributed backward check
     ddp_grad_accum: int = 2
+    ddp_steps: int = 3                # optimizer steps of the DDP check (loss compared at each)
     tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)   # field -> (rtol, atol)
     precision: str = COMPARE_PRECISION    # of the common configuration; see harness.common_config
     progress: Callable[[str], None] | None = None
@@ -357,35 +359,85 @@ class Comparison:
         return StageResult("backward", "ok", fields, compute + self._ddp_compute_s, diff_s)
 
     def _ddp_fields(self) -> list[FieldDiff]:
-        """Custom side's real DDP micro-step vs its own single-process gradients, per rank."""
+        """Custom side's real DDP run vs one process on the same global batch: step-1 gradients.
+
+        The same run's parameters after step 1 and losses over `ddp_steps` steps are compared at the
+        step stage (`_ddp_step_fields`).  On CUDA with enough GPUs the ranks run NCCL, one GPU each,
+        and the single process runs on one GPU; otherwise gloo ranks on the CPU.
+        """
         world = self.options.ddp_world_size
         mod = stages_of("custom")
-        if world < 2 or not hasattr(mod, "ddp_backward"):
+        self._ddp = None
+        if world < 2 or not hasattr(mod, "ddp_run"):
             return []
         state = self.side["custom"]
         items = self._input_for("custom", "items")
         # Every rank gets `accum` micro-batches of one sample (>= 2, so that a no_sync mistake on
-        # either the first or the last micro-batch shows).  ddp_backward gives rank r the contiguous
+        # either the first or the last micro-batch shows).  ddp_run gives rank r the contiguous
         # shard r; sample (r + m * world) % n goes to rank r's micro-batch m, so ranks see different
         # samples whenever there are at least 2 (with 1 sample, unsynchronised ranks look synced).
         accum = max(2, self.options.ddp_grad_accum)
         n = len(items)
         items = [items[(r + m * world) % n] for r in range(world) for m in range(accum)]
-        self._say(f"backward: DDP check on {world} ranks x {accum} micro-batches")
+        steps = max(1, self.options.ddp_steps)
+        on_gpus = state.ctx.device.type == "cuda" and torch.cuda.device_count() >= world
+        backend = f"NCCL on {world} GPUs ({torch.cuda.get_device_name(0)})" if on_gpus else f"gloo, {world} CPU processes"
+        self._say(f"backward: DDP check, {backend}, {accum} micro-batches per rank, {steps} steps")
         t0 = time.perf_counter()
-        single = mod.ddp_backward(state.ctx, self.train, items, world_size=1, grad_accum=1)[0]
-        ranks = mod.ddp_backward(state.ctx, self.train, items, world_size=world, grad_accum=accum)
+        with self._models_off_gpu(on_gpus):
+            single = mod.ddp_run(state.ctx, self.train, items, world_size=1, grad_accum=1, steps=steps)[0]
+            ranks = mod.ddp_run(state.ctx, self.train, items, world_size=world, grad_accum=accum, steps=steps)
         self._ddp_compute_s = time.perf_counter() - t0   # pipeline work (process start-up included), not diffing
+        self._ddp = (single, ranks)
         fields: list[FieldDiff] = []
         unsynced = []
-        for r, grads in enumerate(ranks):
-            rank_fields = self._compare_mapping("backward", f"ddp_rank{r}_grad", single, grads)
+        for r, res in enumerate(ranks):
+            rank_fields = self._compare_mapping("backward", f"ddp_rank{r}_grad", single.grads, res.grads)
             if any(f.diverged for f in rank_fields):
                 unsynced.append(r)
             fields += rank_fields
-        ranks_agree = all(_same_mapping(ranks[0], g) for g in ranks[1:])
-        self.evidence["ddp"] = {"world_size": world, "ranks_agree": ranks_agree, "unsynced_ranks": unsynced}
+        ranks_agree = all(_same_mapping(ranks[0].grads, g.grads) for g in ranks[1:])
+        rtol, atol = tolerance_for("ddp_rank0_grad", self.options.tolerances, state.ctx.device)
+        self.evidence["ddp"] = {"world_size": world, "ranks_agree": ranks_agree, "unsynced_ranks": unsynced,
+                                "backend": backend, "grad_accum": accum, "steps": steps,
+                                "global_batch": len(items), "rtol": rtol, "atol": atol}
         return fields
+
+    def _ddp_step_fields(self) -> list[FieldDiff]:
+        """Parameters after step 1 and the global loss of every step, each rank vs one process."""
+        if getattr(self, "_ddp", None) is None:
+            return []
+        single, ranks = self._ddp
+        fields: list[FieldDiff] = []
+        unsynced = []
+        for r, res in enumerate(ranks):
+            rank_fields = (self._compare_mapping("step", f"ddp_rank{r}_param", single.params, res.params)
+                           + self._compare_mapping("step", f"ddp_rank{r}_loss", {"per_step": single.losses},
+                                                   {"per_step": res.losses}))
+            if any(f.diverged for f in rank_fields):
+                unsynced.append(r)
+            fields += rank_fields
+        ev = self.evidence.setdefault("ddp", {})
+        ev["step_unsynced_ranks"] = unsynced
+        ev["single_losses"] = [round(float(v), 6) for v in single.losses]
+        ev["rank0_losses"] = [round(float(v), 6) for v in ranks[0].losses]
+        return fields
+
+    @contextlib.contextmanager
+    def _models_off_gpu(self, on: bool):
+        """Park both sides' models on the CPU while DDP workers need the GPUs' memory (full model)."""
+        if not on:
+            yield
+            return
+        devices = {name: next(st.model.parameters()).device for name, st in self.side.items() if st.model is not None}
+        for name in devices:
+            self.side[name].model.to("cpu")
+        torch.cuda.empty_cache()
+        try:
+            yield
+        finally:
+            for name, dev in devices.items():
+                self.side[name].model.to(dev)
 
     def run_step(self) -> StageResult:
         if self.side["reference"].grads is None:
@@ -405,6 +457,7 @@ class Comparison:
             compute += dt
         t0 = time.perf_counter()
         fields = self._compare_mapping("step", "param", self.side["reference"].params, self.side["custom"].params)
+        fields += self._ddp_step_fields()
         return StageResult("step", "ok", fields, compute, time.perf_counter() - t0)
 
     def _compare_mapping(self, stage: str, prefix: str, ref: dict | None, cus: dict | None) -> list[FieldDiff]:

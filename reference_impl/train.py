@@ -25,9 +25,11 @@ instead, logging each and the count.  `--allow-default-ref-transcript` /
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,10 +56,23 @@ class StepLogCallback(TrainerCallback):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._step_started = 0.0
+        self._step_seconds: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Optimizer step included; the loss logging that follows syncs the GPU anyway.
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._step_seconds = time.perf_counter() - self._step_started
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
+        if self._step_seconds is not None:
+            logs = {**logs, "step_seconds": self._step_seconds}
         logger.info("step %d/%d  loss %.4f  text %.4f  audio %.4f  lr %.3g", state.global_step, state.max_steps,
                     logs["loss"], logs.get("llm_loss", float("nan")), logs.get("audio_loss", float("nan")),
                     logs.get("learning_rate", float("nan")))
@@ -91,6 +106,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
     p.add_argument("--report-to", default=c.report_to, help="tensorboard | none")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--no-autocast", action="store_true",
+                   help="keep the bf16 weights but turn the Trainer's bf16 autocast off (upstream "
+                        "HiggsAudioModel fails under bf16 autocast with bf16 weights on CUDA; README)")
     add_reliability_args(p)
     p.add_argument("--allow-default-ref-transcript", action="store_true",
                    help="QUIRK: a zero-shot sample without ref_transcript gets the reference's default sentence")
@@ -181,6 +199,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         num_train_epochs=args.num_train_epochs, max_steps=args.max_steps, logging_steps=args.logging_steps,
         save_steps=args.save_steps, report_to=[] if args.report_to == "none" else args.report_to,
         logging_dir=output_dir / "tensorboard")
+    if args.no_autocast and training_args.bf16:
+        # TrainingArguments already told accelerate "bf16" through the environment: undo both.
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
+        training_args = dataclasses.replace(training_args, bf16=False)
     trainer = tr.HiggsAudioTrainer(
         model=model, args=training_args, train_dataset=train_dataset, processing_class=ctx.text_tokenizer,
         data_collator=ExtendedHiggsAudioSampleCollator.from_config(ctx.model_config, ctx.text_tokenizer),
