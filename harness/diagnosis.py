@@ -130,7 +130,10 @@ def _ranks_in_sync(ev: dict, _: dict) -> list[Diagnosis]:
         return []
     what = "gradients after the all-reduce"
     if "step_unsynced_ranks" in d:
-        what += f", parameters after optimizer step 1 and the global loss of {d['steps']} steps"
+        what += (f", parameters after optimizer step 1 (bit-identical across ranks; vs one process "
+                 f"{d.get('step_amplified_elements', 0)} of {d.get('step_param_elements', 0)} elements moved "
+                 "differently where AdamW's first step amplifies near-zero gradients) and the global loss "
+                 f"of {d['steps']} steps")
     return [Diagnosis(
         cause=f"DDP in sync: {d['world_size']} ranks ({d['backend']}) agree with one process on the same "
               f"global batch of {d['global_batch']} samples, expected",

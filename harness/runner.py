@@ -52,6 +52,11 @@ ISOLATED_SOURCE = "custom"
 STAGES: tuple[str, ...] = ("dataset", "collator", "forward", "loss", "backward", "step")
 
 
+# See Comparison._ddp_step_fields: the share of a parameter tensor that may move differently after
+# AdamW's first step in a synchronised DDP run (measured on the full model, 2 x H100: 0.015%).
+DDP_STEP_AMPLIFIED_FRACTION = 1e-3
+
+
 @dataclass
 class RunOptions:
     stages: tuple[str, ...] = STAGES
@@ -404,21 +409,45 @@ class Comparison:
         return fields
 
     def _ddp_step_fields(self) -> list[FieldDiff]:
-        """Parameters after step 1 and the global loss of every step, each rank vs one process."""
+        """After optimizer step 1 and over `ddp_steps` steps, each rank vs one process and vs rank 0.
+
+        * `ddp_rank{r}_loss/per_step`: the global loss of every step, within tolerance.
+        * `ddp_equal_rank{r}_param/...` (r >= 1): parameters after step 1 bit-identical to rank 0's
+          (synchronised ranks apply the same all-reduced gradient with the same optimizer).
+        * `ddp_rank{r}_param/...`: parameters after step 1 vs the single process.  AdamW's first
+          step moves every weight by lr * g / (|g| + eps), ~lr * sign(g): where a gradient is within
+          rounding of 0 (|g| ~ eps = 1e-8) the last-bit differences that the gradient check allows
+          become visible parameter differences, up to 2 * lr.  So a field whose mismatching
+          elements are at most `DDP_STEP_AMPLIFIED_FRACTION` of it is marked expected, with that
+          reason and the count; a missed all-reduce changes a large share of every tensor (the
+          rank-vs-rank check above and the gradient check catch it regardless).
+        """
         if getattr(self, "_ddp", None) is None:
             return []
         single, ranks = self._ddp
         fields: list[FieldDiff] = []
         unsynced = []
+        amplified = 0
         for r, res in enumerate(ranks):
-            rank_fields = (self._compare_mapping("step", f"ddp_rank{r}_param", single.params, res.params)
-                           + self._compare_mapping("step", f"ddp_rank{r}_loss", {"per_step": single.losses},
-                                                   {"per_step": res.losses}))
-            if any(f.diverged for f in rank_fields):
+            vs_single = self._compare_mapping("step", f"ddp_rank{r}_param", single.params, res.params)
+            for f in vs_single:
+                if (f.status == "mismatch" and f.numel and f.mismatches <= DDP_STEP_AMPLIFIED_FRACTION * f.numel):
+                    f.expected = True
+                    f.expected_reason = (f"AdamW step-1 amplification of near-zero gradients: {f.mismatches} of "
+                                         f"{f.numel} elements (<= {DDP_STEP_AMPLIFIED_FRACTION:.1%}) moved differently; "
+                                         "gradients agree (backward stage)")
+                    amplified += f.mismatches if r == 0 else 0
+            rank_fields = vs_single + self._compare_mapping(
+                "step", f"ddp_rank{r}_loss", {"per_step": single.losses}, {"per_step": res.losses})
+            if r > 0:
+                rank_fields += self._compare_mapping("step", f"ddp_equal_rank{r}_param", ranks[0].params, res.params)
+            if any(f.unexpected for f in rank_fields):
                 unsynced.append(r)
             fields += rank_fields
         ev = self.evidence.setdefault("ddp", {})
         ev["step_unsynced_ranks"] = unsynced
+        ev["step_amplified_elements"] = amplified
+        ev["step_param_elements"] = int(sum(t.numel() for t in single.params.values()))
         ev["single_losses"] = [round(float(v), 6) for v in single.losses]
         ev["rank0_losses"] = [round(float(v), 6) for v in ranks[0].losses]
         return fields
