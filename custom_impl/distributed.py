@@ -71,11 +71,17 @@ def teardown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
-    """DDP-wrap when running with more than one process (broadcasts rank 0's weights)."""
+def wrap(model: torch.nn.Module, info: DistInfo, *, bucket_cap_mb: float | None = None) -> torch.nn.Module:
+    """DDP-wrap when running with more than one process (broadcasts rank 0's weights).
+
+    `bucket_cap_mb` (torch's default 25 when None): the gradient all-reduce runs per bucket as
+    buckets fill during backward.  A cap above the trainable gradients' size (LoRA r32 on the full
+    model: ~316 MB fp32) gives one all-reduce after the backward instead of ~13 overlapping it.
+    """
     if info.world_size > 1:
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DDP(model, device_ids=ids, find_unused_parameters=False)
+        kwargs = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
+        return DDP(model, device_ids=ids, find_unused_parameters=False, **kwargs)
     return model
 
 

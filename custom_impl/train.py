@@ -98,6 +98,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fault", action="append", default=[], metavar="NAME", help="enable a named fault")
     p.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
+    p.add_argument("--ddp-bucket-cap-mb", type=float, default=None,
+                   help="DDP gradient bucket size in MB (default: torch's 25); see distributed.wrap")
     p.add_argument("--allow-zero-audio-loss", action="store_true",
                    help="turn off the guard that stops on an audio loss of exactly 0.0 with target audio; only "
                         "to reproduce the historical loop (with --fault silent-zero-audio-loss the log then "
@@ -336,7 +338,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
         print(skip_log.summary(), file=sys.stderr, flush=True)
         (out_dir / "skipped_samples.json").write_text(json.dumps(skip_log.to_json(), indent=2) + "\n")
 
-    model = wrap(S.build_model(ctx, train), info)
+    model = wrap(S.build_model(ctx, train), info, bucket_cap_mb=args.ddp_bucket_cap_mb)
     optimizer, scheduler = S.make_optimizer(model, train)
     start_step, position = 0, {"epoch": 0, "batch": 0}
     if args.resume is not None:

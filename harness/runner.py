@@ -53,7 +53,7 @@ STAGES: tuple[str, ...] = ("dataset", "collator", "forward", "loss", "backward",
 
 
 # See Comparison._ddp_step_fields: the share of a parameter tensor that may move differently after
-# AdamW's first step in a synchronised DDP run (measured on the full model, 2 x H100: 0.015%).
+# AdamW's first step in a synchronised DDP run (measured on the full model, 2 x H100: 0.007%).
 DDP_STEP_AMPLIFIED_FRACTION = 1e-3
 
 

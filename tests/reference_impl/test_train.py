@@ -43,6 +43,9 @@ def test_default_run_learns(tmp_path):
     assert "step 20/20" in (out / "train.log").read_text()
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert "%|" in proc.stderr            # tqdm progress bar
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 21))
+    assert all(0 < m["step_seconds"] < 60 for m in metrics)   # per-step time (harness.bench_scaling)
 
 
 @pytest.mark.slow
