@@ -60,14 +60,13 @@ from custom_impl import model as _model
 from custom_impl import stages as S
 from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
+from higgs_common import DEFAULT_MANIFEST
 from higgs_common.train_cli import RESUME_LATEST, add_reliability_args
 from higgs_common.crashpoints import maybe_kill
 from higgs_common.guards import check_audio_loss_nonzero, check_grads_finite
 from higgs_common.skipping import SkipLog
 from higgs_common.stages import HiggsDiffError, LossBreakdown, TrainConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
 TINY_DEFAULT_LR = 5e-3
 COPY_PROBE = "copy-probe"
 CHECKPOINT_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_rank0.pt")

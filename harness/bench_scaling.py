@@ -27,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,7 +64,6 @@ def tokens_per_sample(manifest: Path, model: Path | None, codec: Path | None) ->
     from custom_impl import stages as cs
     from higgs_common.context import build_context
     from higgs_common.manifest import load_manifest
-    import tempfile
 
     ctx = build_context(model, codec, device="cuda" if torch.cuda.is_available() else "cpu")
     records = load_manifest(manifest)[:1]
@@ -92,6 +92,7 @@ def launch(pipeline: str, gpus: int, args: argparse.Namespace, data: Path, out: 
                 "--per-device-train-batch-size", str(args.batch_size), "--max-steps", str(steps),
                 "--save-steps", str(10 * steps), "--report-to", "none", "--output-dir", str(out)]
         key = "step_seconds"
+    print(f"{pipeline}{'' if variant == 'default' else f' ({variant})'}: {gpus} GPU(s) ...", file=sys.stderr, flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="4", PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -107,6 +108,7 @@ def launch(pipeline: str, gpus: int, args: argparse.Namespace, data: Path, out: 
         print(f"{pipeline} on {gpus} GPU(s) failed (exit {proc.returncode}):\n{result['error']}", file=sys.stderr)
         return result
     result.update(step_seconds=times, mean_step_s=statistics.mean(times), median_step_s=statistics.median(times))
+    print(f"  mean step {result['mean_step_s']:.4f} s", file=sys.stderr, flush=True)
     return result
 
 
@@ -170,18 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for pipeline in [p for p in args.pipelines.split(",") if p]:
         for n in gpu_counts:
             data = manifest if pipeline == "custom" else ref_data
-            print(f"{pipeline}: {n} GPU(s) ...", file=sys.stderr, flush=True)
             runs.append(launch(pipeline, n, args, data, work / f"{pipeline}-{n}gpu"))
-            if "mean_step_s" in runs[-1]:
-                print(f"  mean step {runs[-1]['mean_step_s']:.4f} s", file=sys.stderr, flush=True)
             if pipeline != "custom" or n < 2:
                 continue
             for spec in args.custom_variant:
                 name, _, extra = spec.partition("=")
-                print(f"{pipeline} ({name}): {n} GPU(s) ...", file=sys.stderr, flush=True)
                 runs.append(launch(pipeline, n, args, data, work / f"{pipeline}-{name}-{n}gpu", extra.split(), name))
-                if "mean_step_s" in runs[-1]:
-                    print(f"  mean step {runs[-1]['mean_step_s']:.4f} s", file=sys.stderr, flush=True)
     device = {"torch": torch.__version__, "gpu_count": torch.cuda.device_count()}
     if torch.cuda.is_available():
         device["name"] = torch.cuda.get_device_name(0)

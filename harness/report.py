@@ -208,14 +208,18 @@ def report_json_text(report: Report) -> str:
 # --------------------------------------------------------------------------------------------
 # Markdown
 
-def _cell(x: Any) -> str:
-    """A Markdown table cell: JSON-ish rendering, pipes escaped, newlines flattened."""
+def _text(x: Any) -> str:
+    """A value as report text: None empty, floats rounded, strings as they are, the rest as JSON."""
     if x is None:
         return ""
     if isinstance(x, float):
         x = round_float(x)
-    text = x if isinstance(x, str) else json.dumps(jsonable(x), sort_keys=True)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return x if isinstance(x, str) else json.dumps(jsonable(x), sort_keys=True)
+
+
+def _cell(x: Any) -> str:
+    """A Markdown table cell: `_text`, pipes escaped, newlines flattened."""
+    return _text(x).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -351,12 +355,7 @@ img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}
 
 
 def _h(x: Any) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, float):
-        x = round_float(x)
-    text = x if isinstance(x, str) else json.dumps(jsonable(x), sort_keys=True)
-    return html.escape(text)
+    return html.escape(_text(x))
 
 
 def _html_table(header: list[str], rows: list[list[Any]], row_classes: list[str] | None = None) -> str:

@@ -40,13 +40,12 @@ from transformers import TrainerCallback
 
 from reference_impl import trainer as tr
 from reference_impl.collator import ExtendedHiggsAudioSampleCollator
+from higgs_common import DEFAULT_MANIFEST
 from higgs_common.train_cli import RESUME_LATEST, add_reliability_args
 from reference_impl.dataset import TASK_TYPES, ReferenceDataset
 
 logger = logging.getLogger("reference_impl.train")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MANIFEST = REPO_ROOT / "data" / "manifest.jsonl"
 DEFAULT_OUTPUT_DIR = Path("runs") / "reference" / "default"
 TINY_DEFAULTS = {"learning_rate": 1e-3, "warmup_steps": 0}
 
