@@ -24,7 +24,7 @@ def _fault_epilog() -> str:
     """The fault list for --help, one wrapped paragraph per fault (names never hyphen-split)."""
     import textwrap
 
-    from harness.sides import known_faults
+    from harness.engine.sides import known_faults
 
     lines = ["faults (--fault NAME, repeatable; custom pipeline only):"]
     for name, fault in sorted(known_faults().items()):
@@ -158,13 +158,14 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
 def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     import torch
 
-    from harness.catalogue import CATALOGUE
-    from harness.configdiff import config_diff
-    from harness.diagnosis import diagnose
-    from harness.report import Report, write_report
-    from harness.runner import STAGES, Comparison, RunOptions
-    from harness.sides import known_faults
-    from harness.terminal import print_summary
+    from harness.semantics.catalogue import CATALOGUE
+    from harness.semantics.configdiff import config_diff
+    from harness.explain.diagnosis import diagnose
+    from harness.report.model import Report
+    from harness.report.render import write_report
+    from harness.engine.runner import STAGES, Comparison, RunOptions
+    from harness.engine.sides import known_faults
+    from harness.report.terminal import print_summary
     from higgs_common.context import build_context
     from higgs_common.manifest import load_manifest
     from higgs_common.stages import HiggsDiffError, UnknownFaultError

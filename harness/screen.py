@@ -40,7 +40,7 @@ def screen_records(records: Sequence[CanonicalRecord], ctx: StageContext, *, ski
 
     Without `skip` the first bad record raises; with it, bad records are recorded in `skip_log`.
     """
-    from harness.sides import stages_of
+    from harness.engine.sides import stages_of
 
     good: list[CanonicalRecord] = []
     with tempfile.TemporaryDirectory(prefix="higgs-diff-screen-") as work:

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from harness import bench
-from harness.bench_train import BatchShape, flop_model
+from harness.bench import single as bench
+from harness.bench.train import BatchShape, flop_model
 
 
 def test_help_exits_zero(capsys):
@@ -31,7 +31,7 @@ def test_flop_model_lora_skips_weight_grads(ctx):
 
 def test_custom_lora_loads_frozen_base_in_bf16_on_cuda_only():
     from custom_impl.model import load_dtype
-    from harness.common_config import COMMON_TRAIN
+    from harness.engine.common_config import COMMON_TRAIN
 
     bf16 = COMMON_TRAIN.replace(precision="bf16")
     assert load_dtype(torch.device("cuda"), bf16) == torch.bfloat16

@@ -2,8 +2,8 @@
 
 import torch
 
-from harness import catalogue as C
-from harness import projections as P
+from harness.semantics import catalogue as C
+from harness.semantics import projections as P
 
 BOS, EOS = 32, 33
 

@@ -1,4 +1,4 @@
-from harness.configdiff import config_diff, flatten
+from harness.semantics.configdiff import config_diff, flatten
 
 
 def test_flatten_and_rows():

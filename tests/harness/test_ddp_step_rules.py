@@ -1,4 +1,4 @@
-"""The DDP step-stage rules of harness.runner (issue 8), on crafted rank results (no processes).
+"""The DDP step-stage rules of harness.engine.runner (issue 8), on crafted rank results (no processes).
 
 Synchronised ranks: bit-identical to rank 0 after a step; vs one process, a few elements of a
 tensor may move differently (AdamW's first step amplifies near-zero gradients) and are reported as
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from custom_impl.stages import DDPRankResult
-from harness.runner import DDP_STEP_AMPLIFIED_FRACTION, Comparison, RunOptions
+from harness.engine.runner import DDP_STEP_AMPLIFIED_FRACTION, Comparison, RunOptions
 
 N = 10_000
 

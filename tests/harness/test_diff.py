@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.diff import (FieldDiff, default_tolerance, diff_mapping, diff_scalars, diff_tensors,
+from harness.engine.diff import (FieldDiff, default_tolerance, diff_mapping, diff_scalars, diff_tensors,
                           jsonable)
 
 NAN, INF = float("nan"), float("inf")

@@ -1,6 +1,6 @@
 """Both pipelines describe their settings in the same sections, so the configuration diff lines up."""
 
-from harness.configdiff import config_diff
+from harness.semantics.configdiff import config_diff
 from higgs_common.stages import EFFECTIVE_CONFIG_SECTIONS
 from custom_impl import stages as custom
 from reference_impl import stages as reference

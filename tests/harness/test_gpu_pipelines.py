@@ -29,7 +29,7 @@ def cuda_ctx(assets):
 
 def test_forward_and_loss_agree_in_bf16(cuda_ctx, records, tmp_path):
     from custom_impl import stages as C
-    from harness.common_config import common_train_config
+    from harness.engine.common_config import common_train_config
     from reference_impl import stages as R
     from reference_impl.loss import reference_losses
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from harness import projections as P
+from harness.semantics import projections as P
 
 BOS, EOS = 32, 33
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from harness.compare import select_records
 from harness.report import Report
-from harness.runner import STAGES, Comparison, RunOptions
+from harness.engine.runner import STAGES, Comparison, RunOptions
 
 pytestmark = pytest.mark.property
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from custom_impl import collator as custom_collator
 from custom_impl import stages as C
-from harness import projections as P
+from harness.semantics import projections as P
 from reference_impl import stages as R
 from reference_impl.collator import COLLATOR_PARAMS as REFERENCE_COLLATOR_PARAMS
 from tests.strategies import DrawnSample, batches, context_with, materialised_context

@@ -11,7 +11,7 @@ from boson_multimodal.model.higgs_audio.utils import build_delay_pattern_mask, r
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import projections as P
+from harness.semantics import projections as P
 from tests.strategies import CollatorOptions, codes, collator_options, frame_counts
 
 pytestmark = pytest.mark.property

@@ -11,11 +11,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from harness import plots
-from harness.diff import FieldDiff, diff_tensors
+from harness.report import plots
+from harness.engine.diff import FieldDiff, diff_tensors
 from harness.report import (VOLATILE_KEY, Diagnosis, Report, StageResult, stage_status,
                             write_report)
-from harness.terminal import print_summary
+from harness.report.terminal import print_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

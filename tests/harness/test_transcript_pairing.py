@@ -4,7 +4,7 @@ import dataclasses
 
 from harness.compare import select_records
 from harness.report import Report
-from harness.runner import Comparison, RunOptions
+from harness.engine.runner import Comparison, RunOptions
 
 
 def test_swapped_target_transcripts_are_reported(ctx, records, tmp_path):

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from harness.diff import jsonable
+from harness.engine.diff import jsonable
 from harness.report import Report
 
 _STATUS_STYLE = {"ok": "green", "expected": "yellow", "diverged": "bold red",

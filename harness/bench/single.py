@@ -4,7 +4,7 @@ Three sections, one run, one device (`nox -s bench` runs this):
 
 1. train   training throughput of reference_impl (HF Trainer path) and custom_impl (manual
            micro-step) on the same batch: tokens/s, step time, peak GPU memory, MFU (FLOP model
-           in `harness.bench_train`), under LoRA with each pipeline's defaults, under the
+           in `harness.bench.train`), under LoRA with each pipeline's defaults, under the
            harness's common configuration, and full fine-tuning.
 2. harness `python -m harness.compare --stage all` in-process: time the pipelines spend computing
            the stages vs the time the harness spends diffing and writing the report.
@@ -80,7 +80,7 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    from harness.bench_train import datasheet_peak
+    from harness.bench.train import datasheet_peak
 
     info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
     try:
@@ -131,7 +131,7 @@ def build_full_assets(out: Path, device: torch.device) -> Path:
 
 
 def load_items(ctx: Any, records: Sequence[Any], work: Path, pipeline: str) -> list[Any]:
-    from harness.sides import stages_of
+    from harness.engine.sides import stages_of
 
     mod = stages_of(pipeline)
     native = mod.write_native(records, work / "native" / pipeline)
@@ -147,7 +147,7 @@ def cycle(items: Sequence[Any], n: int) -> list[Any]:
 def train_configs(names: Sequence[str], device: torch.device) -> dict[str, dict[str, Any]]:
     """config name -> {pipeline: TrainConfig}."""
     from custom_impl.stages import DEFAULT_TRAIN as CUSTOM
-    from harness.common_config import common_train_config
+    from harness.engine.common_config import common_train_config
     from reference_impl.stages import DEFAULT_TRAIN as REFERENCE
 
     common = common_train_config(device)
@@ -167,7 +167,7 @@ def section_train(ctx: Any, items: list[Any], config_names: Sequence[str], batch
                   steps: int, warmup: int, count: bool, peak: float | None) -> dict[str, Any]:
     from custom_impl import collator as ccol
     from custom_impl import model as cm
-    from harness.bench_train import AUTOCAST_CRASH, batch_shape, flop_model, run_custom, run_reference
+    from harness.bench.train import AUTOCAST_CRASH, batch_shape, flop_model, run_custom, run_reference
     from higgs_common.stages import TrainConfig
 
     results: list[dict[str, Any]] = []
@@ -225,8 +225,8 @@ def _train_line(r: dict) -> str:
 
 @contextlib.contextmanager
 def _timed_write_report(sink: list[float]) -> Iterator[None]:
-    """Time `harness.report.write_report` while `harness.compare` runs (compare imports it lazily)."""
-    import harness.report as report_mod
+    """Time `harness.report.render.write_report` while `harness.compare` runs (compare imports it lazily)."""
+    import harness.report.render as report_mod
 
     original = report_mod.write_report
 
@@ -275,7 +275,7 @@ def section_data(ctx: Any, records: Sequence[Any], batch_size: int, repeats: int
     """dataset + collator on the CPU with a warm code cache: samples/s per pipeline."""
     import dataclasses
 
-    from harness.sides import stages_of
+    from harness.engine.sides import stages_of
 
     cpu_ctx = dataclasses.replace(ctx, device=torch.device("cpu"))
     out: dict[str, Any] = {}
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown --sections {bad}; known: {SECTIONS}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     device = resolve_device(args.device)
-    from harness.bench_train import datasheet_peak
+    from harness.bench.train import datasheet_peak
     from higgs_common.assets.model import count_parameters  # noqa: F401  (import check)
     from higgs_common.context import build_context
     from higgs_common.manifest import load_manifest

@@ -35,13 +35,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from harness import projections as P
-from harness.catalogue import CATALOGUE, lookup
-from harness.common_config import COMPARE_PRECISION, common_train_config, tolerance_for
-from harness.decode import Decoder
-from harness.diff import FieldDiff, default_tolerance, diff_scalars, diff_tensors
+from harness.semantics import projections as P
+from harness.semantics.catalogue import CATALOGUE, lookup
+from harness.engine.common_config import COMPARE_PRECISION, common_train_config, tolerance_for
+from harness.explain.decode import Decoder
+from harness.engine.diff import FieldDiff, default_tolerance, diff_scalars, diff_tensors
 from harness.report import StageResult
-from harness.sides import canonical_transcript, stages_of
+from harness.engine.sides import canonical_transcript, stages_of
 from higgs_common.stages import StageContext, TrainConfig
 
 log = logging.getLogger("harness")
@@ -65,7 +65,7 @@ class RunOptions:
     ddp_grad_accum: int = 2
     ddp_steps: int = 3                # optimizer steps of the DDP check (loss compared at each)
     tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)   # field -> (rtol, atol)
-    precision: str = COMPARE_PRECISION    # of the common configuration; see harness.common_config
+    precision: str = COMPARE_PRECISION    # of the common configuration; see harness.engine.common_config
     progress: Callable[[str], None] | None = None
     # Test hook: (stage, side, output) -> output, applied to every stage output of both sides.
     # Property tests use it to corrupt one element and check the report points at it.

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from harness import projections as P
+from harness.semantics import projections as P
 
 
 @dataclass(frozen=True)

@@ -1,209 +1,20 @@
-"""The run report: data model, verdict/first-divergence logic, and the JSON/Markdown/HTML writers.
-
-Determinism contract: `report.json` is byte-identical across two runs with the same inputs
-*apart from the top-level ``"volatile"`` object*, which holds everything that changes from run to
-run (``generated_at`` and the per-stage ``timing``).  Nothing else in the JSON may contain
-wall-clock times, memory addresses or unrounded floats (floats are rounded to 6 significant
-digits by `harness.diff.jsonable`).  To compare two reports: drop ``"volatile"`` and compare the
-rest.  `report.md` follows the same rule (its timing lives in one final "Timing" section);
-`report.html` is for people and carries no such promise.
+"""Render a `Report` as Markdown (`report.md`) and self-contained HTML (`report.html`), and write
+all three report files.  The data model and the JSON form live in `harness.report.model`.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.diff import FieldDiff, jsonable, round_float
-
-# The order stages run in; `first_divergence` walks stages in this order (unknown stage names
-# keep their listed order, after the known ones).
-PIPELINE_ORDER = ("dataset", "collator", "forward", "loss", "backward", "step")
-STAGE_STATUSES = ("ok", "expected", "diverged", "error", "skipped")
-VOLATILE_KEY = "volatile"
+from harness.engine.diff import FieldDiff, jsonable, round_float
+from harness.report.model import Report, StageResult, report_json_text
 
 # Markdown tables list every diverged field but at most this many equal ones per stage.
 MAX_EQUAL_ROWS = 40
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-@dataclass
-class StageResult:
-    stage: str
-    status: str                          # one of STAGE_STATUSES
-    fields: list[FieldDiff] = field(default_factory=list)
-    seconds_compute: float = 0.0
-    seconds_diff: float = 0.0
-    error: str | None = None
-    note: str | None = None
-
-    @property
-    def n_diverged(self) -> int:
-        return sum(1 for f in self.fields if f.diverged and not f.expected)
-
-    @property
-    def n_expected(self) -> int:
-        return sum(1 for f in self.fields if f.diverged and f.expected)
-
-    def first_unexpected(self) -> FieldDiff | None:
-        return next((f for f in self.fields if f.diverged and not f.expected), None)
-
-    def refresh_status(self) -> str:
-        """Recompute `status` from the fields (call after the catalogue marked expected ones).
-
-        "error"/"skipped" are kept: they say the stage did not produce comparable output.
-        """
-        if self.status not in ("error", "skipped"):
-            self.status = stage_status(self.fields)
-        return self.status
-
-    def to_json(self) -> dict:
-        return {
-            "stage": self.stage,
-            "status": self.status,
-            "error": self.error,
-            "note": self.note,
-            "counts": {"fields": len(self.fields), "diverged": self.n_diverged,
-                       "expected": self.n_expected},
-            "fields": [f.to_json() for f in self.fields],
-        }
-
-
-def stage_status(fields: list[FieldDiff]) -> str:
-    """"diverged" if any unexpected divergence, "expected" if only catalogued ones, else "ok"."""
-    if any(f.diverged and not f.expected for f in fields):
-        return "diverged"
-    if any(f.diverged for f in fields):
-        return "expected"
-    return "ok"
-
-
-@dataclass
-class Diagnosis:
-    cause: str
-    evidence: str
-    stage: str | None = None
-    field: str | None = None
-
-    def to_json(self) -> dict:
-        return {"cause": self.cause, "evidence": self.evidence, "stage": self.stage,
-                "field": self.field}
-
-
-@dataclass
-class Report:
-    run_name: str
-    mode: str
-    stages_requested: list[str]
-    stages: list[StageResult]
-    config: dict = field(default_factory=dict)           # device, seed, faults, paths, samples
-    config_diff: list[dict] = field(default_factory=list)  # {"setting","reference","custom","same"}
-    catalogue: list[dict] = field(default_factory=list)  # declared expected differences
-    diagnoses: list[Diagnosis] = field(default_factory=list)
-    generated_at: str = field(default_factory=_utc_now)  # the ONLY timestamp
-    extras: dict = field(default_factory=dict)           # e.g. {"per_codebook": {...}}
-
-    def ordered_stages(self) -> list[StageResult]:
-        """Stages in pipeline order (stable for unknown names)."""
-        def key(item: tuple[int, StageResult]) -> tuple[int, int]:
-            pos, st = item
-            rank = PIPELINE_ORDER.index(st.stage) if st.stage in PIPELINE_ORDER else len(PIPELINE_ORDER)
-            return (rank, pos)
-        return [st for _, st in sorted(enumerate(self.stages), key=key)]
-
-    def stage(self, name: str) -> StageResult | None:
-        return next((s for s in self.stages if s.stage == name), None)
-
-    def _cause_for(self, stage: str, field_name: str) -> str | None:
-        for d in self.diagnoses:
-            if d.stage == stage and d.field == field_name:
-                return d.cause
-        for d in self.diagnoses:
-            if d.stage == stage and d.field is None:
-                return d.cause
-        # Another diagnosis of the same stage, but never one from another stage or an expected
-        # quirk: a wrong cause is worse than none.
-        for d in self.diagnoses:
-            if d.stage == stage and not d.cause.endswith("expected"):
-                return d.cause
-        return None
-
-    def first_divergence(self) -> dict | None:
-        """The first unexpected divergence, walking stages in pipeline order, fields in order."""
-        for st in self.ordered_stages():
-            f = st.first_unexpected()
-            if f is None:
-                continue
-            return {
-                "stage": st.stage,
-                "field": f.field,
-                "status": f.status,
-                "sample": f.sample,
-                "index": f.first_index,
-                "reference": f.reference,
-                "custom": f.custom,
-                "decoded": f.decoded,
-                "cause": self._cause_for(st.stage, f.field),
-            }
-        return None
-
-    @property
-    def verdict(self) -> str:
-        """"pass" | "diverged" | "error".
-
-        "diverged" wins when an unexpected divergence shows up at or before the first stage that
-        errored (the divergence is then the more useful finding); otherwise any error makes the
-        verdict "error"; otherwise "pass" (expected differences do not fail a run).
-        """
-        for st in self.ordered_stages():
-            if st.first_unexpected() is not None or st.status == "diverged":
-                return "diverged"
-            if st.status == "error":
-                return "error"
-        return "pass"
-
-    def timing(self) -> dict:
-        return {st.stage: {"compute_s": round_float(st.seconds_compute),
-                           "diff_s": round_float(st.seconds_diff)} for st in self.stages}
-
-    def to_json(self) -> dict:
-        """Plain JSON; everything run-dependent is under ``"volatile"`` (see module docstring)."""
-        out = {
-            "run_name": self.run_name,
-            "mode": self.mode,
-            "stages_requested": list(self.stages_requested),
-            "verdict": self.verdict,
-            "first_divergence": self.first_divergence(),
-            "stages": [st.to_json() for st in self.ordered_stages()],
-            "config": self.config,
-            "config_diff": self.config_diff,
-            "catalogue": self.catalogue,
-            "diagnoses": [d.to_json() for d in self.diagnoses],
-            "extras": self.extras,
-            VOLATILE_KEY: {"generated_at": self.generated_at, "timing": self.timing()},
-        }
-        return _sorted(jsonable(out))
-
-
-def _sorted(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _sorted(x[k]) for k in sorted(x)}
-    if isinstance(x, list):
-        return [_sorted(v) for v in x]
-    return x
-
-
-def report_json_text(report: Report) -> str:
-    return json.dumps(report.to_json(), sort_keys=True, indent=2) + "\n"
-
 
 # --------------------------------------------------------------------------------------------
 # Markdown
@@ -374,7 +185,7 @@ def _img(png: bytes, alt: str) -> str:
 
 def _plots(report: Report) -> list[str]:
     """Heatmaps of 2-D audio masks and the per-codebook loss bars, as <figure> snippets."""
-    from harness import plots  # matplotlib is only needed for HTML
+    from harness.report import plots  # matplotlib is only needed for HTML
 
     out = []
     for st in report.ordered_stages():

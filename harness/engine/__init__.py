@@ -1,0 +1,1 @@
+"""The comparison engine: sides (adapters), the stage runner, the diff, tolerances."""

@@ -1,0 +1,1 @@
+"""Explanation: decoding indices into meaning, relations between diverged values, causes."""
