@@ -28,9 +28,13 @@ import torch.nn.functional as F
 from loguru import logger
 
 from custom_impl.faults import is_on
+from higgs_common.conventions import LossConventions
 from higgs_common.stages import ForwardOutputs, HiggsDiffError, LossBreakdown
 
 IGNORE_INDEX = -100
+# What this module computes, in the shared vocabulary (declared in custom_impl.stages.CONVENTIONS).
+CONVENTIONS = LossConventions(text_reduction="token_mean", audio_reduction="codebook_mean", total="sum",
+                              audio_shift_scope="segment", accumulation="global_token_mean")
 REDUCTION = ("text: mean next-token CE over supervised tokens of expanded_labels; "
              "audio: per-codebook mean next-frame CE within each audio-out segment, then mean over "
              "codebooks; total = text + audio")

@@ -22,8 +22,11 @@ from custom_impl import dataset as _dataset
 from custom_impl import loss as _loss
 from custom_impl import model as _model
 from custom_impl.distributed import accumulate, free_port
+from custom_impl import faults as _faults_registry
 from custom_impl.faults import check_faults
-from higgs_common.converters import write_chatml_json
+from higgs_common.conventions import DELAY_FROM_MODEL_CONFIG, Conventions, identity
+from higgs_common.collator_settings import collator_settings
+from higgs_common.converters import CHATML_SYSTEM_PROMPT, write_chatml_json
 from higgs_common.manifest import CanonicalRecord
 from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, StageContext, TrainConfig)
 
@@ -46,6 +49,33 @@ DEFAULT_TRAIN = TrainConfig(
     schedule="cosine",
     precision="bf16",              # autocast on CUDA only; CPU runs fp32
     seed=0,
+)
+
+
+VERSION = "custom zero-shot pipeline (codeman911/higgs-audio a01ea1f, faults fixed), boson-multimodal 0.1.1"
+FAULTS = _faults_registry.FAULTS
+
+
+def _system_message(record: CanonicalRecord) -> str:
+    """The ChatML file's system turn (higgs_common.converters.write_chatml_json): one fixed prompt."""
+    del record
+    return CHATML_SYSTEM_PROMPT
+
+
+# The custom zero-shot conventions: the voice prompt is an <|AUDIO|> slot in the user turn, only
+# the target is trained, the delay pattern follows the checkpoint, labels are upstream's
+# [-100, codes, EOS] with the <|AUDIO_OUT|> text label kept, transcripts are used raw, and the loss
+# is the hand-written one (shift within each segment, per-codebook means, global-token normalisation).
+CONVENTIONS = Conventions(
+    voice_prompt="audio_in_slot",
+    trained_turns=frozenset({"target"}),
+    delay_pattern=DELAY_FROM_MODEL_CONFIG,
+    audio_label_layout="ignore_first",
+    mask_audio_out_token_label=False,
+    system_message=_system_message,
+    normalize_transcript=identity,
+    normalize_reference_transcript=identity,
+    loss=_loss.CONVENTIONS,
 )
 
 
@@ -81,22 +111,24 @@ def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdow
     return _loss.compute_loss(outputs, batch, faults=_faults(ctx))
 
 
-def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
     loss.total.backward()
     return grads_of(model)
 
 
-def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Gradients of trainable parameters by (DDP-independent) name; zeros where none arrived."""
+def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    """Gradients of trainable parameters by (DDP-independent) name; None where none arrived."""
     # Kept on the parameters' device: the harness diffs on the GPU when the model is there.
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+    return {n: (p.grad.detach().clone() if p.grad is not None else None)
             for n, p in _model.trainable_named_parameters(model)}
 
 
-def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext) -> dict[str, torch.Tensor]:
-    """Clip (DEFAULT_TRAIN.max_grad_norm), optimizer step, zero grads; returns trainable params."""
+def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext, train: TrainConfig) -> dict[str, torch.Tensor]:
+    """Clip to train.max_grad_norm (as the training loop does), optimizer step, zero grads; returns
+    the trainable parameters."""
     params = [p for _, p in _model.trainable_named_parameters(model)]
-    torch.nn.utils.clip_grad_norm_(params, DEFAULT_TRAIN.max_grad_norm)
+    if train.max_grad_norm and train.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return {n: p.detach().clone() for n, p in _model.trainable_named_parameters(model)}
@@ -118,35 +150,29 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any
 
 
 def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
-    """Settings as the code uses them (generated from the real objects/constants)."""
-    ckw = {k: v for k, v in _collator.collator_kwargs(ctx.model_config).items() if k != "whisper_processor"}
-    ckw["whisper_processor"] = None
+    """Settings as the code uses them (read off the real objects and constants), machine-readable."""
+    ckw = collator_settings(_collator.make_collator(ctx.model_config))
     lcfg = _model.lora_config(train)
+    cuda = ctx.device.type == "cuda"
     return {
-        "message_layout": {"messages": list(_dataset.MESSAGE_LAYOUT), "start_index": 0,
-                           "trained_turns": ["assistant[2]"],
-                           "reference_audio_placement": "user turn, <|AUDIO|> (audio-in codes, never a label)",
-                           "target_audio_placement": "assistant turn, <|AUDIO_OUT|> (the only audio label)"},
-        "collator": {"class": "HiggsAudioSampleCollator", **ckw, "label_audio_ids": "upstream labels",
+        "message_layout": {"voice_prompt": "audio_in_slot", "trained_turns": ["target"], "start_index": 0,
+                           "messages": ["system:text", "user:text+audio+text", "assistant:audio"]},
+        "collator": {"class": "HiggsAudioSampleCollator", **ckw, "label_audio_ids": "upstream",
                      "deep_copy_samples": True},
-        "loss": {"text": _loss.REDUCTION.split("; ")[0], "audio": _loss.REDUCTION.split("; ")[1],
-                 "total": "text + audio (an all -100 audio label raises AudioLabelError)",
-                 "audio_labels": "label_audio_ids ([-100, codes, EOS] per segment, delayed)",
-                 "audio_shift": "1, within each segment", "delay_pattern_in_training": ckw["use_delay_pattern"],
-                 "ddp_normalisation": "global supervised-token counts over ranks and micro-batches"},
+        "loss": _loss.CONVENTIONS.to_json(),
         "lora": {"enabled": train.use_lora, "r": lcfg.r, "alpha": lcfg.lora_alpha,
                  "dropout": lcfg.lora_dropout, "target_modules": sorted(lcfg.target_modules),
                  "bias": lcfg.bias, "task_type": lcfg.task_type},
-        "optimizer": {"class": "torch.optim.adamw.AdamW", "lr": train.learning_rate,
+        "optimizer": {"class": "torch.optim.AdamW", "lr": train.learning_rate,
                       "betas": list(train.adam_betas), "eps": train.adam_eps,
-                      "weight_decay": train.weight_decay, "no_decay": "none",
+                      "weight_decay": train.weight_decay, "no_decay": [],
                       "max_grad_norm": train.max_grad_norm},
         "schedule": {"type": train.schedule, "warmup_steps": train.warmup_steps, "max_steps": train.max_steps},
-        "precision": {"mode": "bf16" if (ctx.device.type == "cuda" and train.precision == "bf16") else "fp32",
-                      "autocast": "bf16 on CUDA" if train.precision == "bf16" else "none",
-                      "weights_dtype": "torch.float32"},
-        "distributed": {"launcher": "torchrun (manual loop)", "wrapper": "DistributedDataParallel",
-                        "backend": "nccl on CUDA, gloo on CPU", "no_sync": "all micro-batches but the last",
+        "precision": {"mode": "bf16" if (cuda and train.precision == "bf16") else "fp32",
+                      "autocast": "bf16" if (cuda and train.precision == "bf16" and not train.use_lora) else "none",
+                      "weights_dtype": str(_model.load_dtype(ctx.device, train)),
+                      "trainable_dtype": "torch.float32"},
+        "distributed": {"wrapper": "DistributedDataParallel", "no_sync": "all_but_last_micro_batch",
                         "sampler": "DistributedSampler", "find_unused_parameters": False},
         "faults": sorted(ctx.faults),
         **({"model_flags_forced": dict(_model.RANDOM_EXTRA_LAYER_FLAGS)} if "random-extra-layers" in ctx.faults else {}),
@@ -158,13 +184,85 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
 class DDPRankResult:
     """What one rank of `ddp_run` saw: enough to tell synchronised ranks from unsynchronised ones."""
 
-    grads: dict[str, torch.Tensor]          # accumulated gradients of step 1, after DDP's all-reduce
+    grads: dict[str, torch.Tensor | None]   # accumulated gradients of step 1, after DDP's all-reduce
     params: dict[str, torch.Tensor]         # trainable parameters after optimizer step 1
     losses: torch.Tensor                    # (steps,) float64 global-batch loss of each step
 
 
+def _noise(t: torch.Tensor, rel: float, seed: int) -> torch.Tensor:
+    """t * (1 + rel * N(0, 1)), the same on every rank (seeded by `seed`, not by the rank)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return t.mul_(1 + rel * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype))
+
+
+def _noisy_allreduce_hook(rel: float):
+    """DDP communication hook: the usual all-reduce (average), then relative noise of size `rel`
+    on the reduced bucket: what another reduction order, topology or world size could produce."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    def hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        fut = default_hooks.allreduce_hook(None, bucket)
+
+        def add(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+            return _noise(f.value()[0], rel, 1000 + bucket.index())
+        return fut.then(add)
+    return hook
+
+
+def _accumulation_run(rank: int, world_size: int, ctx: StageContext, train: TrainConfig, items: list[DatasetItem],
+                      grad_accum: int, steps: int, init_state: dict[str, torch.Tensor] | None,
+                      grad_noise: float) -> dict[str, Any]:
+    """The training loop's micro-step (accumulate, clip, AdamW, schedule) for `steps` steps on this
+    rank's shard; DDP-wrapped when a process group is up.  Returns step-1 grads/params and losses."""
+    local = _dataset.shard(items, rank, world_size)
+    per = max(1, len(local) // grad_accum)
+    micro = [local[i * per:(i + 1) * per] for i in range(grad_accum)]
+    model = _model.build_model(ctx, train).to(ctx.device)
+    if init_state:
+        with torch.no_grad():
+            for n, p in _model.trainable_named_parameters(model):
+                if n in init_state:
+                    p.copy_(init_state[n].to(p.device, p.dtype))
+    wrapped: torch.nn.Module = model
+    if dist.is_initialized():
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=False)
+        if grad_noise:
+            wrapped.register_comm_hook(None, _noisy_allreduce_hook(grad_noise))
+    optimizer, scheduler = make_optimizer(model, train)
+    params = [p for _, p in _model.trainable_named_parameters(wrapped)]
+    batches = [_collator.batch_to_device(_collator.collate(m, ctx), ctx.device) for m in micro]
+    ids = [[it.sample_id for it in m] for m in micro]
+    losses = []
+    result: dict[str, Any] = {}
+    for step_no in range(1, steps + 1):
+        objectives: list[torch.Tensor] = []
+        accumulate(wrapped, batches, ctx, precision="fp32", step=step_no, sample_ids=ids, objectives=objectives)
+        if grad_noise and not dist.is_initialized():
+            for k, p in enumerate(params):
+                if p.grad is not None:
+                    _noise(p.grad, grad_noise, 1000 + k)
+        share = torch.stack(objectives).sum().double().reshape(1)     # this rank's part of the global loss
+        if dist.is_initialized():
+            share = share.to(ctx.device)
+            dist.all_reduce(share, op=dist.ReduceOp.SUM)
+        losses.append(float(share))
+        if step_no == 1:
+            result["grads"] = {k: (None if v is None else v.cpu()) for k, v in grads_of(wrapped).items()}
+        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step_no == 1:
+            result["params"] = {n: p.detach().cpu().clone() for n, p in _model.trainable_named_parameters(wrapped)}
+    result["losses"] = torch.tensor(losses, dtype=torch.float64)
+    return result
+
+
 def _ddp_worker(rank: int, world_size: int, port: int, ctx: StageContext, train: TrainConfig,
-                items: list[DatasetItem], grad_accum: int, steps: int, out_dir: str) -> None:
+                items: list[DatasetItem], grad_accum: int, steps: int, out_dir: str,
+                init_state: dict[str, torch.Tensor] | None, grad_noise: float) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -174,67 +272,49 @@ def _ddp_worker(rank: int, world_size: int, port: int, ctx: StageContext, train:
         ctx = dataclasses.replace(ctx, device=torch.device("cuda", rank))
     dist.init_process_group("nccl" if nccl else "gloo", rank=rank, world_size=world_size)
     try:
-        local = _dataset.shard(items, rank, world_size)
-        per = max(1, len(local) // grad_accum)
-        micro = [local[i * per:(i + 1) * per] for i in range(grad_accum)]
-        model = _model.build_model(ctx, train).to(ctx.device)
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rank] if nccl else None, find_unused_parameters=False)
-        optimizer, scheduler = make_optimizer(model, train)
-        params = [p for _, p in _model.trainable_named_parameters(ddp)]
-        batches = [_collator.batch_to_device(_collator.collate(m, ctx), ctx.device) for m in micro]
-        ids = [[it.sample_id for it in m] for m in micro]
-        losses = []
-        result: dict[str, Any] = {}
-        for step in range(1, steps + 1):
-            objectives: list[torch.Tensor] = []
-            accumulate(ddp, batches, ctx, precision="fp32", step=step, sample_ids=ids, objectives=objectives)
-            share = torch.stack(objectives).sum().double().reshape(1)     # this rank's part of the global loss
-            dist.all_reduce(share, op=dist.ReduceOp.SUM)
-            losses.append(float(share))
-            if step == 1:
-                result["grads"] = {k: v.cpu() for k, v in grads_of(ddp).items()}
-            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step == 1:
-                result["params"] = {n: p.detach().cpu().clone() for n, p in _model.trainable_named_parameters(ddp)}
-        result["losses"] = torch.tensor(losses, dtype=torch.float64)
+        result = _accumulation_run(rank, world_size, ctx, train, items, grad_accum, steps, init_state, grad_noise)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def ddp_run(ctx: StageContext, train: TrainConfig, items: Sequence[DatasetItem], *,
-            world_size: int = 2, grad_accum: int = 2, steps: int = 1, faults: Sequence[str] | None = None
-            ) -> list[DDPRankResult]:
-    """Each rank's step-1 gradients and parameters, and every step's global loss, under real DDP.
+            world_size: int = 2, grad_accum: int = 2, steps: int = 1, faults: Sequence[str] | None = None,
+            init_state: dict[str, torch.Tensor] | None = None, grad_noise: float = 0.0) -> list[DDPRankResult]:
+    """Each rank's step-1 gradients and parameters, and every step's global loss, of the training
+    loop's own micro-step code (`distributed.accumulate`, clipping, AdamW, the schedule).
 
-    Spawns `world_size` processes (NCCL, one GPU each, when `ctx` is on CUDA and there are enough GPUs;
-    gloo on the CPU otherwise); rank r takes the contiguous shard r of `items`, splits it into
-    `grad_accum` micro-batches and runs `distributed.accumulate` (the training loop's own code),
-    clipping, AdamW and the schedule, `steps` times on that same global batch.  `faults` (default:
-    ctx.faults) may include the DDP faults.  Without a fault every rank reproduces, within float
-    tolerance, a single process that trains on all of `items` at once (world_size=1, grad_accum=1).
-    Computed in fp32 whatever `train.precision` says: the check is about synchronisation, and fp32
-    keeps the honest differences (reduction order) far below what a missed all-reduce causes.
+    world_size 1 runs in this process (gradient accumulation alone: `grad_accum` micro-batches vs
+    one batch); more ranks spawn processes (NCCL, one GPU each, when `ctx` is on CUDA and there are
+    enough GPUs; gloo on the CPU otherwise).  Rank r takes the contiguous shard r of `items`, splits
+    it into `grad_accum` micro-batches and runs `steps` optimizer steps on that same global batch.
+    `faults` (default: ctx.faults) may include the DDP faults.  `init_state` (name -> tensor) sets
+    the trainable parameters after the model is built (e.g. non-zero LoRA B).  `grad_noise` (test
+    hook) multiplies every reduced gradient by 1 + grad_noise * N(0, 1), the size of another reduction
+    order.  Without a fault, every rank reproduces, within float tolerance, one process that trains
+    on all of `items` at once (world_size=1, grad_accum=1).  Computed in fp32 whatever
+    `train.precision` says: the check is about synchronisation and normalisation.
     """
     faults_set = check_faults(ctx.faults if faults is None else faults)
     if len(items) % (world_size * grad_accum):
         raise ValueError(f"{len(items)} items do not split into {world_size} ranks x {grad_accum} micro-batches")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    init = None if init_state is None else {k: v.detach().cpu() for k, v in init_state.items()}
     # The code cache (codec, file handles) is not needed past the dataset stage and may not pickle.
-    # NCCL with one GPU per rank when the context is on CUDA and there are enough GPUs (issue 8's
-    # multi-GPU check); otherwise gloo ranks on the CPU, which still exercise DDP's all-reduce.
-    # (a 1-rank baseline uses the same backend as the multi-rank run it is compared with)
+    # (a 1-rank baseline uses the same device as the multi-rank run it is compared with)
     enough_gpus = ctx.device.type == "cuda" and torch.cuda.device_count() >= max(world_size, 2)
     device = torch.device("cuda") if enough_gpus else torch.device("cpu")
     wctx = dataclasses.replace(ctx, faults=faults_set, device=device, code_cache=None)
+    if world_size == 1:
+        if device.type == "cuda":
+            wctx = dataclasses.replace(wctx, device=torch.device("cuda", 0))
+        return [DDPRankResult(**_accumulation_run(0, 1, wctx, train, list(items), grad_accum, steps, init,
+                                                  grad_noise))]
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="custom_ddp_") as tmp:
-        mp.start_processes(_ddp_worker, args=(world_size, port, wctx, train, list(items), grad_accum, steps, tmp),
+        mp.start_processes(_ddp_worker, args=(world_size, port, wctx, train, list(items), grad_accum, steps, tmp,
+                                              init, grad_noise),
                            nprocs=world_size, join=True, start_method="spawn")
         return [DDPRankResult(**torch.load(Path(tmp) / f"rank{r}.pt")) for r in range(world_size)]
 

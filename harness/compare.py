@@ -10,23 +10,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
 
 EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT = 0, 1, 2
-STAGE_CHOICES = ("dataset", "collator", "forward", "loss", "backward", "step", "all")
+STAGE_CHOICES = ("dataset", "collator", "forward", "loss", "backward", "step", "config", "all")
 
 
 def _fault_epilog() -> str:
-    """The fault list for --help, one wrapped paragraph per fault (names never hyphen-split)."""
+    """The fault list of the default custom adapter for --help (names never hyphen-split)."""
     import textwrap
 
     from harness.engine.sides import known_faults
 
-    lines = ["faults (--fault NAME, repeatable; custom pipeline only):"]
+    lines = ["faults (--fault NAME, repeatable; of the custom adapter, here custom_impl's):"]
     for name, fault in sorted(known_faults().items()):
         lines.append(f"  {name}")
         lines += textwrap.wrap(f"{fault.stage}: {fault.symptom}", width=88,
@@ -37,25 +36,32 @@ def _fault_epilog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m harness.compare",
-        description="Feed identical samples, tokenizers and weights through the reference "
-                    "(train-higgs-audio) and the custom zero-shot pipeline stage by stage, diff every "
-                    "tensor, and write a report that pinpoints the first divergence.",
-        epilog=_fault_epilog() + "\n\nexit status: 0 nothing unexpected diverged, 1 something did, "
-               "2 bad usage or input.",
+        description="Feed identical samples, tokenizers and weights through two Higgs Audio training pipelines "
+                    "(by default the reference train-higgs-audio and the custom zero-shot pipeline) stage by stage, "
+                    "diff every tensor, and write a report that pinpoints the first divergence, how the two values "
+                    "relate, and the mechanism behind it.",
+        epilog=_fault_epilog() + "\n\nSPEC: a module path (mypkg.higgs_stages) or a .py file that implements the stage "
+               "contract (higgs_common/stages.py; check it with python -m harness.check_adapter SPEC).\n\n"
+               "exit status: 0 nothing unexpected diverged, 1 something did, 2 bad usage or bad input (one line "
+               "naming sample, field and file).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--reference", metavar="SPEC", default=None,
+                   help="adapter of the trusted pipeline (default: reference_impl.stages, train-higgs-audio)")
+    p.add_argument("--custom", metavar="SPEC", default=None,
+                   help="adapter of the pipeline under test (default: custom_impl.stages)")
     p.add_argument("--stage", choices=STAGE_CHOICES, default="all",
                    help="stage to compare; earlier stages run as needed to feed it (default: all)")
     p.add_argument("--mode", choices=("isolated", "propagated"), default="isolated",
                    help="isolated: every stage of both sides gets the same input (default); "
                         "propagated: each side runs end to end on its own outputs")
     p.add_argument("--fault", action="append", default=[], metavar="NAME",
-                   help="inject a named historical fault into the custom pipeline (see the list below)")
+                   help="switch on a named fault of the custom adapter (see the list below)")
     p.add_argument("--device", default="auto",
                    help="torch device for models and diffs: auto (cuda when present, else cpu), cpu, cuda, "
                         "cuda:N (default: auto)")
     p.add_argument("--data", type=Path, default=DEFAULT_MANIFEST,
-                   help="canonical manifest (JSONL) of samples (default: the shipped data/manifest.jsonl)")
+                   help="canonical manifest (JSONL), or a folder holding manifest.jsonl (default: data/manifest.jsonl)")
     p.add_argument("--model", type=Path, default=None,
                    help="checkpoint folder (HiggsAudioModel + text tokenizer); default: the embedded tiny one")
     p.add_argument("--audio-tokenizer", type=Path, default=None,
@@ -64,15 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for everything random (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run name>)")
     p.add_argument("--tolerance", action="append", default=[], metavar="FIELD=RTOL,ATOL",
-                   help="override the float tolerance of one field, e.g. logits=1e-3,1e-4")
+                   help="override the float tolerance of one field (a trailing * matches a prefix), e.g. logits=1e-3,1e-4")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="precision of the common configuration both sides run under (default fp32: under "
                         "bf16 the pipelines' precision policies differ by design; see README)")
     p.add_argument("--ddp-world-size", type=int, default=2,
-                   help="ranks for the custom pipeline's distributed check (0: skip; default: 2). On CUDA with "
-                        "that many GPUs the ranks run NCCL, one GPU each; otherwise gloo on the CPU")
+                   help="ranks for the custom pipeline's distributed check (0: skip it; gradient accumulation in one "
+                        "process is checked regardless; default: 2). On CUDA with that many GPUs the ranks run NCCL, "
+                        "one GPU each; otherwise gloo on the CPU")
     p.add_argument("--ddp-steps", type=int, default=3,
                    help="optimizer steps of the distributed check; the global loss is compared at each (default: 3)")
+    p.add_argument("--optimizer-steps", type=int, default=3,
+                   help="optimizer steps of the step stage, each on a different batch (default: 3)")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     p.add_argument("--skip-bad-samples", action="store_true",
                    help="leave out samples that are bad input for either pipeline (each one is reported with "
@@ -94,36 +103,10 @@ def _tolerances(specs: Sequence[str], parser: argparse.ArgumentParser) -> dict[s
     return out
 
 
-def select_records(records: list, n: int) -> list:
-    """n records, taking speakers in turn (variety beats the first n of one voice)."""
-    by_speaker: dict[str, list] = {}
-    for r in records:
-        by_speaker.setdefault(r.speaker, []).append(r)
-    queues = [by_speaker[s] for s in sorted(by_speaker)]
-    out, i = [], 0
-    while len(out) < min(n, len(records)):
-        q = queues[i % len(queues)]
-        depth = i // len(queues)
-        if depth < len(q):
-            out.append(q[depth])
-        i += 1
-    return out
-
-
-def _portable(path: Path | None) -> str | None:
-    """Paths inside the repo are reported relative to it, so reports don't depend on the clone."""
-    if path is None:
-        return None
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(p)
-
-
 def run_name(args: argparse.Namespace) -> str:
-    faults = "+".join(sorted(args.fault)) or "nofault"
-    return f"{args.stage}-{args.mode}-{faults}-seed{args.seed}"
+    from harness.api import default_run_name
+
+    return default_run_name(args.stage, args.mode, args.fault, args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,100 +139,55 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
-    import torch
+    from rich.markup import escape
 
-    from harness.semantics.catalogue import CATALOGUE
-    from harness.semantics.configdiff import config_diff
-    from harness.explain.diagnosis import diagnose
-    from harness.report.model import Report
+    from harness.api import compare
     from harness.report.render import write_report
-    from harness.engine.runner import STAGES, Comparison, RunOptions
-    from harness.engine.sides import known_faults
     from harness.report.terminal import print_summary
-    from higgs_common.context import build_context
-    from higgs_common.manifest import load_manifest
-    from higgs_common.stages import HiggsDiffError, UnknownFaultError
-
-    unknown = sorted(set(args.fault) - set(known_faults()))
-    if unknown:
-        raise UnknownFaultError(f"unknown fault(s) {unknown}; known: {sorted(known_faults())}")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise HiggsDiffError(f"--device {args.device}: CUDA is not available on this machine")
-    torch.manual_seed(args.seed)
-    torch.use_deterministic_algorithms(args.device == "cpu", warn_only=True)
-
-    from harness.screen import screen_records
-    from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
-    from higgs_common.skipping import SkipLog
-
-    max_seconds = args.max_audio_seconds if args.max_audio_seconds is not None else DEFAULT_MAX_AUDIO_SECONDS
-    skip_log = SkipLog(where="harness.compare")
-    manifest_errors: list = []
-    all_records = load_manifest(args.data, skip_bad=args.skip_bad_samples, skipped=manifest_errors)
-    for exc in manifest_errors:
-        skip_log.add(exc)
-    ctx = build_context(args.model, args.audio_tokenizer, device=args.device, seed=args.seed,
-                        options={"max_audio_seconds": max_seconds})
-    if args.skip_bad_samples:   # screen everything, then pick: the same picks as without bad samples
-        records = select_records(screen_records(all_records, ctx, skip=True, skip_log=skip_log,
-                                                manifest=args.data, max_seconds=max_seconds), args.samples)
-        from rich.markup import escape
-
-        console.print(escape(skip_log.summary()), highlight=False, soft_wrap=True)
-        for item in skip_log.skipped:
-            console.print(escape(f"  skipped {item.sample_id!r}: {item.error}: {item.reason}"), highlight=False,
-                          soft_wrap=True)
-        if not records:
-            raise HiggsDiffError(f"every sample of {args.data} is bad input (skipped {len(skip_log)})")
-    else:
-        records = screen_records(select_records(all_records, args.samples), ctx, skip=False, skip_log=skip_log,
-                                 manifest=args.data, max_seconds=max_seconds)
-    stages = STAGES if args.stage == "all" else (args.stage,)
 
     def progress(msg: str) -> None:
         if not args.quiet:
             console.log(msg)
 
-    with tempfile.TemporaryDirectory(prefix="higgs-diff-") as work:
-        comparison = Comparison(records, ctx, args.fault, Path(work),
-                                RunOptions(stages=stages, mode=args.mode, tolerances=tolerances,
-                                           precision=args.precision,
-                                           ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
-                                           progress=progress))
-        results = comparison.run()
-
-    train = comparison.train
-    report = Report(
-        run_name=run_name(args), mode=args.mode, stages_requested=list(stages), stages=results,
-        config={
-            "device": args.device, "seed": args.seed, "faults": sorted(args.fault),
-            "data": _portable(args.data), "model": _portable(ctx.model_path),
-            "audio_tokenizer": _portable(ctx.audio_tokenizer_path),
-            "samples": [r.id for r in records], "common_train_config": _train_json(train),
-            "torch": torch.__version__,
-            **({"skipped_samples": [{"sample_id": i.sample_id, "field": i.field, "error": i.error}
-                                    for i in skip_log.skipped]} if args.skip_bad_samples else {}),
-        },
-        config_diff=config_diff(comparison.side["reference"].effective, comparison.side["custom"].effective),
-        catalogue=[e.to_json() for e in CATALOGUE],
-        diagnoses=diagnose(comparison.evidence, {r.stage: r for r in results}),
-        extras=comparison.extras,
-    )
+    report = compare(args.reference, args.custom, stage=args.stage, mode=args.mode, data=args.data,
+                     samples=args.samples, faults=args.fault, device=args.device, model=args.model,
+                     audio_tokenizer=args.audio_tokenizer, seed=args.seed, tolerances=tolerances,
+                     precision=args.precision, ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
+                     optimizer_steps=args.optimizer_steps, skip_bad_samples=args.skip_bad_samples,
+                     max_audio_seconds=args.max_audio_seconds, run_name=run_name(args), progress=progress)
+    if args.skip_bad_samples and report.skipped is not None:
+        console.print(escape(report.skipped.summary()), highlight=False, soft_wrap=True)
+        for item in report.skipped.skipped:
+            console.print(escape(f"  skipped {item.sample_id!r}: {item.error}: {item.reason}"), highlight=False,
+                          soft_wrap=True)
     out = args.out or (REPO_ROOT / "reports" / report.run_name)
     paths = write_report(report, out)
     print_summary(report, console=console, paths=paths)
-    if args.skip_bad_samples:
-        console.print(escape(skip_log.summary()), highlight=False, soft_wrap=True)   # the count again, at the end
+    if args.skip_bad_samples and report.skipped is not None:
+        console.print(escape(report.skipped.summary()), highlight=False, soft_wrap=True)   # the count again, at the end
     return EXIT_OK if report.verdict == "pass" else EXIT_DIVERGED
 
 
-def _train_json(train) -> dict:
-    import dataclasses
+def select_records(records: list, n: int) -> list:
+    """Kept for callers of the old location: see harness.api.select_records."""
+    from harness.api import select_records as _select
 
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(train).items()}
+    return _select(records, n)
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class _CallableModule(sys.modules[__name__].__class__):
+    """`from harness import compare; compare(...)` calls the Python API (`harness.api.compare`);
+    `compare.main(argv)` is the CLI.  One name for both, whichever import order a user has."""
+
+    def __call__(self, *args, **kwargs):
+        from harness.api import compare as _compare
+
+        return _compare(*args, **kwargs)
+
+
+if __name__ != "__main__":
+    sys.modules[__name__].__class__ = _CallableModule

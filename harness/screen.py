@@ -34,13 +34,15 @@ def check_record(record: CanonicalRecord, *, manifest: Path | None = None,
 
 
 def screen_records(records: Sequence[CanonicalRecord], ctx: StageContext, *, skip: bool, skip_log: SkipLog,
-                   manifest: Path | None = None, max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS
-                   ) -> list[CanonicalRecord]:
+                   manifest: Path | None = None, max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+                   sides: dict | None = None) -> list[CanonicalRecord]:
     """The records that pass `check_record` (and, when skipping, both pipelines' dataset stage).
 
     Without `skip` the first bad record raises; with it, bad records are recorded in `skip_log`.
     """
-    from harness.engine.sides import stages_of
+    from harness.engine.sides import load_sides
+
+    sides = sides or load_sides()
 
     good: list[CanonicalRecord] = []
     with tempfile.TemporaryDirectory(prefix="higgs-diff-screen-") as work:
@@ -49,10 +51,8 @@ def screen_records(records: Sequence[CanonicalRecord], ctx: StageContext, *, ski
                 check_record(rec, manifest=manifest, max_seconds=max_seconds)
                 if skip:
                     for name in ("reference", "custom"):
-                        mod = stages_of(name)
-                        side_ctx = dataclasses.replace(
-                            ctx, faults=frozenset(),
-                            options={"task_type": "zero_shot_voice_cloning", **ctx.options})
+                        mod = sides[name].module
+                        side_ctx = dataclasses.replace(ctx, faults=frozenset())
                         native = mod.write_native([rec], Path(work) / rec.id / name)
                         mod.dataset(native, side_ctx)
             except SampleError as exc:

@@ -1,28 +1,38 @@
-"""The stage interface both pipelines implement, and the neutral types that cross it.
+"""The stage interface every pipeline adapter implements, and the neutral types that cross it.
 
-Why this lives in `higgs_common` and not in `harness`: the two pipelines must never import the
-harness, yet the harness must be able to call *the same function* on either side and feed any
-stage the other side's output (isolated mode).  So the contract sits in the neutral package and
-each pipeline exposes a module `<pipeline>.stages` with exactly these module-level names:
+Why this lives in `higgs_common` and not in `harness`: pipelines must never import the harness, yet
+the harness must be able to call *the same function* on either side and feed any stage the other
+side's output (isolated mode).  So the contract sits in the neutral package and each pipeline
+exposes one adapter module (`reference_impl.stages`, `custom_impl.stages`, or a user's own
+`mypkg/higgs_stages.py`, given to the harness by `--reference SPEC --custom SPEC`) with these
+module-level names (`REQUIRED_CONTRACT`):
 
-    NAME: str                                        # "reference" | "custom"
+    NAME: str                                        # short name for reports
+    CONVENTIONS: higgs_common.conventions.Conventions  # what the pipeline declares about itself
+    DEFAULT_TRAIN: TrainConfig                       # its own training recipe (LoRA, optimizer, schedule)
     write_native(records, out_dir) -> Path           # canonical records -> the pipeline's own format
     dataset(native_path, ctx) -> list[DatasetItem]   # its own loader; one item per record, in order
-    collate(items, ctx) -> batch                     # list[DatasetItem] -> HiggsAudioBatchInput (or subclass)
-    build_model(ctx, train) -> torch.nn.Module        # from ctx.model_path, LoRA as `train` says
+    collate(items, ctx) -> batch                     # list[DatasetItem] -> HiggsAudioBatchInput-like object
+    build_model(ctx, train) -> torch.nn.Module        # from ctx.model_path, LoRA as `train` says, train() mode
     forward(model, batch, ctx) -> ForwardOutputs
     loss(outputs, batch, ctx) -> LossBreakdown
-    backward(loss, model) -> dict[str, Tensor]       # grads of trainable params, by name
-    step(model, optimizer, ctx) -> dict[str, Tensor] # trainable params after one optimizer step
-    make_optimizer(model, train) -> (optimizer, scheduler)
-    effective_config(ctx, train) -> dict[str, Any]   # settings for the configuration diff
+    backward(loss, model) -> dict[str, Tensor | None]  # grads of trainable params by name; None = no grad reached
+    make_optimizer(model, train) -> (optimizer, scheduler)   # a torch optimizer and LR scheduler
+    step(model, optimizer, ctx, train) -> dict[str, Tensor]  # clip to train.max_grad_norm, optimizer.step(),
+                                                             # zero_grad; returns trainable params (the
+                                                             # caller steps the scheduler, as HF Trainer does)
+    effective_config(ctx, train) -> dict[str, Any]   # settings for the configuration stage
 
-`effective_config` returns the same sections on both sides, so the harness can put them side by
-side (keys inside a section may be missing on one side when the concept does not exist there):
-`EFFECTIVE_CONFIG_SECTIONS` below.
+Optional names: `VERSION` (str, shown in reports), `FAULTS` (name -> object with `stage` and
+`symptom`: faults the adapter can switch on by name through `ctx.faults`), and `ddp_run(ctx, train,
+items, *, world_size, grad_accum, steps, init_state=None, grad_noise=0.0)` (the pipeline's own
+gradient-accumulation/DDP micro-step, run in-process for world_size 1; see custom_impl.stages).
 
-`ctx.faults` carries named faults (only custom_impl defines any); a pipeline must reject a fault
-name it does not know with `UnknownFaultError`.
+`effective_config` returns the sections of `EFFECTIVE_CONFIG_SECTIONS`, each a flat dict of
+settings (machine-readable values, not prose), so the harness can diff them key by key.
+
+`ctx.faults` carries named faults; a pipeline must reject a fault name it does not know with
+`UnknownFaultError`.  `python -m harness.check_adapter SPEC` checks an adapter against all of this.
 """
 
 from __future__ import annotations
@@ -52,6 +62,11 @@ if TYPE_CHECKING:   # annotations only: manifest.py imports SampleError from her
 #   faults:         list of the faults switched on (custom pipeline only)
 EFFECTIVE_CONFIG_SECTIONS: tuple[str, ...] = (
     "message_layout", "collator", "loss", "lora", "optimizer", "schedule", "precision", "distributed", "faults",
+)
+
+REQUIRED_CONTRACT: tuple[str, ...] = (
+    "NAME", "CONVENTIONS", "DEFAULT_TRAIN", "write_native", "dataset", "collate", "build_model", "forward", "loss",
+    "backward", "make_optimizer", "step", "effective_config",
 )
 
 
@@ -188,7 +203,8 @@ class PipelineStages(Protocol):
     def build_model(self, ctx: StageContext, train: TrainConfig) -> torch.nn.Module: ...
     def forward(self, model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOutputs: ...
     def loss(self, outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdown: ...
-    def backward(self, loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor]: ...
-    def step(self, model: torch.nn.Module, optimizer: Any, ctx: StageContext) -> dict[str, torch.Tensor]: ...
+    def backward(self, loss: LossBreakdown, model: torch.nn.Module) -> dict[str, Optional[torch.Tensor]]: ...
+    def step(self, model: torch.nn.Module, optimizer: Any, ctx: StageContext,
+             train: TrainConfig) -> dict[str, torch.Tensor]: ...
     def make_optimizer(self, model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]: ...
     def effective_config(self, ctx: StageContext, train: TrainConfig) -> dict[str, Any]: ...

@@ -37,8 +37,14 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from higgs_common.conventions import LossConventions
+
 IGNORE_INDEX = -100
 
+# What this module computes, in the shared vocabulary (declared in reference_impl.stages.CONVENTIONS);
+# "micro_batch_mean": the HF Trainer divides each micro-batch's mean loss by the accumulation steps.
+CONVENTIONS = LossConventions(text_reduction="token_mean", audio_reduction="codebook_mean", total="sum_positive",
+                              audio_shift_scope="stream", accumulation="micro_batch_mean")
 TEXT_REDUCTION = "mean next-token CE over expanded_labels[:, 1:] != -100 (shift within each row)"
 AUDIO_REDUCTION = ("audio_logits[:-1] vs label_audio_ids[:, 1:] over the whole concatenated audio-out stream; "
                    "per-codebook mean CE over labels != -100, then mean over codebooks with labels")

@@ -9,29 +9,59 @@ the task the custom pipeline trains; the reference CLI's own default is single-s
 from __future__ import annotations
 
 import tempfile
-import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from higgs_common.collator_settings import collator_settings
+from higgs_common.conventions import Conventions, identity
 from higgs_common.converters import write_reference_folder
 from higgs_common.manifest import CanonicalRecord
 from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, StageContext, TrainConfig,
                                  UnknownFaultError)
 from reference_impl import trainer as tr
 from reference_impl.collator import BATCH_FIELDS, ExtendedHiggsAudioSampleCollator
-from reference_impl.dataset import (DEFAULT_TASK_TYPE, Entry, ReferenceDataset, _is_label_turn, build_messages,
-                                    describe_layout)
+from reference_impl.dataset import (Entry, ReferenceDataset, _is_label_turn, build_messages, describe_layout,
+                                    scene_description, system_text)
 from reference_impl.loss import AUDIO_REDUCTION, TEXT_REDUCTION, TOTAL_REDUCTION, per_position_ce, reference_losses
+from reference_impl.loss import CONVENTIONS as LOSS_CONVENTIONS
 from reference_impl.model import HiggsAudioModelWithLoss
+from reference_impl.normalize import normalize_transcript
 
 NAME = "reference"
 HARNESS_TASK_TYPE = "zero_shot_voice_cloning"
 KNOWN_FAULTS: frozenset[str] = frozenset()   # the reference defines no injectable faults
 DEFAULT_TRAIN: TrainConfig = tr.DEFAULT_TRAIN
+VERSION = "train-higgs-audio@ed1c71e (trainer_ddp.py), boson-multimodal 0.1.1"
 
-_MAX_GRAD_NORM: "weakref.WeakKeyDictionary[torch.optim.Optimizer, float]" = weakref.WeakKeyDictionary()
+
+def _zero_shot_system_message(record: CanonicalRecord) -> str:
+    """The zero-shot system turn: the instruction and the record's scene (reference_impl.dataset)."""
+    return system_text(scene_description({"scene": record.scene}))
+
+
+def _read_transcript(text: str) -> str:
+    """What `ReferenceDataset.read_transcript` makes of a transcript file: stripped, then normalised."""
+    return normalize_transcript(text.strip())
+
+
+# The reference's zero-shot conventions (the task the harness compares it on), quirks included:
+# the voice prompt is an earlier, trained assistant turn; no delay pattern; label_audio_ids =
+# audio_out_ids (BOS first); <|AUDIO_OUT|> text label masked (upstream default); the audio shift
+# runs across the whole stream; terms enter the total only if > 0; the HF Trainer averages
+# micro-batch means under gradient accumulation.
+CONVENTIONS = Conventions(
+    voice_prompt="assistant_turn",
+    trained_turns=frozenset({"target", "voice_prompt"}),
+    delay_pattern=False,
+    audio_label_layout="bos_first",
+    mask_audio_out_token_label=True,
+    system_message=_zero_shot_system_message,
+    normalize_transcript=_read_transcript,
+    normalize_reference_transcript=identity,
+    loss=LOSS_CONVENTIONS,
+)
 
 
 def _check_faults(ctx: StageContext) -> None:
@@ -144,28 +174,25 @@ def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdow
     )
 
 
-def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Gradients of every trainable parameter after `total.backward()` (zeros where none reached it)."""
+def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    """Gradients of every trainable parameter after `total.backward()` (None where none reached it)."""
     model.zero_grad(set_to_none=True)
     loss.total.backward()
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+    return {n: (p.grad.detach().clone() if p.grad is not None else None)
             for n, p in model.named_parameters() if p.requires_grad}
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]:
     """AdamW + schedule exactly as `transformers.Trainer` would create them for `train`."""
     args = _training_args(train, tr.model_device(model))
-    optimizer, scheduler = tr.make_optimizer_and_scheduler(model, args, train.max_steps)
-    _MAX_GRAD_NORM[optimizer] = args.max_grad_norm
-    return optimizer, scheduler
+    return tr.make_optimizer_and_scheduler(model, args, train.max_steps)
 
 
-def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext) -> dict[str, torch.Tensor]:
-    """One Trainer-style update: clip to max_grad_norm, optimizer.step(), zero_grad.
-
-    The scheduler is the caller's to step (the Trainer steps it right after this).
-    """
-    max_norm = _MAX_GRAD_NORM.get(optimizer)
+def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext, train: TrainConfig) -> dict[str, torch.Tensor]:
+    """One Trainer-style update: clip to `train.max_grad_norm` (TrainingArguments.max_grad_norm),
+    optimizer.step(), zero_grad.  The scheduler is the caller's to step (the Trainer steps it right
+    after this)."""
+    max_norm = train.max_grad_norm
     if max_norm is not None and max_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
     optimizer.step()
@@ -189,19 +216,14 @@ def _layout(task: str) -> dict[str, Any]:
     layout = build_messages(entry, transcript, task, Path("."))
     labelled = [f"{m.role}[{i}]" for i, m in enumerate(layout.messages)
                 if _is_label_turn(m.role, i, None)]
-    return {"task_type": task, "messages": describe_layout(layout.messages), "start_index": None,
-            "trained_turns": labelled,
-            "reference_audio_placement": ("assistant turn, <|AUDIO_OUT|> (codes, trained)"
-                                          if "ref_audio_file" in layout.audio_fields else "none"),
-            "target_audio_placement": "assistant turn, <|AUDIO_OUT|>"}
+    return {"task_type": task, "messages": describe_layout(layout.messages), "trained_turns": labelled,
+            "reference_audio": "ref_audio_file" in layout.audio_fields}
 
 
 def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
-    """Effective settings, read off the objects the pipeline really builds."""
+    """Effective settings, read off the objects the pipeline really builds (machine-readable)."""
     col = _collator(ctx)
-    collator = {k: v for k, v in col.params.items() if k != "whisper_processor"}
-    collator.update(whisper_processor=None if col.params["whisper_processor"] is None else "loaded",
-                    label_audio_ids="audio_out_ids", deep_copy_samples=True)
+    collator = {**collator_settings(col.base_collator), "label_audio_ids": "audio_out_ids", "deep_copy_samples": True}
     args = _training_args(train, ctx.device)
     opt_cls, opt_kwargs = tr.Trainer.get_optimizer_cls_and_kwargs(args)
     lora: dict[str, Any] = {"enabled": train.use_lora}
@@ -210,26 +232,26 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
         lora.update(r=lc.r, alpha=lc.lora_alpha, dropout=lc.lora_dropout, target_modules=sorted(lc.target_modules),
                     task_type=str(getattr(lc.task_type, "value", lc.task_type)), bias=lc.bias)
     precision = tr.effective_precision(train, ctx.device)
+    layout = _layout(task_type(ctx))
     return {
-        "message_layout": _layout(task_type(ctx)),
+        "message_layout": {"voice_prompt": "assistant_turn" if layout["reference_audio"] else "none",
+                           "trained_turns": ["target", "voice_prompt"] if layout["reference_audio"] else ["target"],
+                           "start_index": None, "messages": layout["messages"]},
         "collator": {"class": type(col).__name__, **collator},
-        "loss": {"text": TEXT_REDUCTION, "audio": AUDIO_REDUCTION, "total": TOTAL_REDUCTION,
-                 "audio_labels": "audio_out_ids ([BOS, codes, EOS] per segment)",
-                 "audio_shift": "1, across the whole concatenated stream (segments and samples)",
-                 "delay_pattern_in_training": col.params["use_delay_pattern"],
-                 "ddp_normalisation": "per-rank mean, averaged by DDP"},
+        "loss": LOSS_CONVENTIONS.to_json(),
         "lora": lora,
-        "optimizer": {"class": f"{opt_cls.__module__}.{opt_cls.__name__}",
-                      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in opt_kwargs.items()},
-                      "weight_decay": args.weight_decay, "no_decay": "bias and LayerNorm weights",
+        "optimizer": {"class": f"{opt_cls.__module__.split('.')[0]}.optim.{opt_cls.__name__}",
+                      "lr": opt_kwargs.get("lr", args.learning_rate),
+                      "betas": list(opt_kwargs.get("betas", (args.adam_beta1, args.adam_beta2))),
+                      "eps": opt_kwargs.get("eps", args.adam_epsilon),
+                      "weight_decay": args.weight_decay, "no_decay": ["bias", "norm"],
                       "max_grad_norm": args.max_grad_norm},
         "schedule": {"type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
                      "warmup_steps": args.get_warmup_steps(train.max_steps), "max_steps": train.max_steps},
-        "precision": {"mode": precision, "autocast": "none (weights cast)" if precision == "bf16" else "none",
-                      "weights_dtype": str(tr.torch_dtype(precision))},
-        "distributed": {"launcher": "torchrun (HF Trainer)", "wrapper": "DistributedDataParallel (HF Trainer)",
-                        "backend": "nccl on CUDA, gloo on CPU", "no_sync": "HF Trainer / accelerate accumulate",
-                        "sampler": "DistributedSampler (HF Trainer)",
-                        "find_unused_parameters": args.ddp_find_unused_parameters},
+        "precision": {"mode": precision, "autocast": "bf16" if precision == "bf16" else "none",
+                      "weights_dtype": str(tr.torch_dtype(precision)),
+                      "trainable_dtype": str(tr.torch_dtype(precision))},
+        "distributed": {"wrapper": "DistributedDataParallel", "no_sync": "all_but_last_micro_batch",
+                        "sampler": "DistributedSampler", "find_unused_parameters": args.ddp_find_unused_parameters},
         "faults": [],
     }

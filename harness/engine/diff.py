@@ -61,6 +61,14 @@ class FieldDiff:
     nan_mismatch: int = 0              # mismatches where at least one side is NaN/Inf
     mismatch_mask: "torch.Tensor | None" = None   # bool, CPU, same shape; for heatmaps only
     note: str | None = None
+    # "cross": reference vs custom; "declared": one side (`side`) vs what its declared conventions
+    # say it must produce (the 'reference' value is then the declared one, 'custom' the actual one).
+    check: str = "cross"
+    side: str | None = None
+    tolerance_rule: str | None = None  # where the float tolerance comes from (harness.engine.tolerance)
+    relation: dict | None = None       # harness.explain.relations.Relation.to_json() of a divergence
+    cause: dict | None = None          # harness.explain.causes: {"mechanism", "evidence", "rule"}
+    window: dict | None = None         # decoded values around first_index on both sides (reports)
 
     @property
     def diverged(self) -> bool:
@@ -70,6 +78,13 @@ class FieldDiff:
     def unexpected(self) -> bool:
         """Diverged and not declared in the expected-difference catalogue."""
         return self.diverged and not self.expected
+
+    @property
+    def columns(self) -> tuple[str, str]:
+        """What the two compared values are: ("reference", "custom") or ("declared", "actual")."""
+        if self.check == "declared":
+            return (f"declared ({self.side})", f"actual ({self.side})")
+        return ("reference", "custom")
 
     def summary(self) -> str:
         """One line for tables and terminals."""
@@ -222,10 +237,12 @@ def diff_tensors(reference: Any, custom: Any, *, stage: str, field: str,
                  rtol: float | None = None, atol: float | None = None,
                  decode: Callable[[Index], str] | None = None,
                  sample_of: Callable[[Index], str | None] | None = None,
-                 keep_mask: bool = False) -> FieldDiff:
+                 keep_mask: bool = False, bound: torch.Tensor | None = None) -> FieldDiff:
     """Compare two tensors element-wise and describe the first divergence.
 
     `rtol`/`atol`: if either is None, both come from `default_tolerance` of the compared dtype.
+    `bound`: an element-wise admissible absolute difference added to atol (same shape, or
+    broadcastable), for tolerances propagated through an operation (harness.engine.tolerance).
     `decode(index)` turns the first mismatching index into words (token text, codebook/frame);
     `sample_of(index)` names the sample it belongs to.  `keep_mask` keeps a CPU bool mask of
     mismatching positions (only when the field has <= MASK_KEEP_LIMIT elements).
@@ -259,7 +276,8 @@ def diff_tensors(reference: Any, custom: Any, *, stage: str, field: str,
         if ref.dtype != cus.dtype:
             notes.append(f"dtypes differ ({ref.dtype} vs {cus.dtype}); compared in {work} "
                          f"with rtol={rtol:g} atol={atol:g}")
-        mask, stats = _float_mismatch(ref.to(work), cus.to(work), rtol, atol)
+        extra = None if bound is None else bound.to(ref.device, work)
+        mask, stats = _float_mismatch(ref.to(work), cus.to(work), rtol, atol, extra)
     else:
         rtol, atol = 0.0, 0.0
         if ref.dtype != cus.dtype:
@@ -292,7 +310,7 @@ def _first_true(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1).to(torch.uint8).argmax()
 
 
-def _float_mismatch(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float):
+def _float_mismatch(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float, bound: torch.Tensor | None = None):
     """(mask, (mismatches, nan_mismatch, max_abs, max_rel, first_flat)); a is the reference."""
     if a.numel() == 0:
         return torch.zeros_like(a, dtype=torch.bool), (0, 0, None, None, 0)
@@ -300,6 +318,8 @@ def _float_mismatch(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float):
     diff = (a - b).abs()
     diff = torch.where(both_finite, diff, torch.zeros_like(diff))
     tol = atol + rtol * a.abs()
+    if bound is not None:
+        tol = tol + bound
     close = both_finite & (diff <= tol)
     # NaN pairs and same-signed infinities agree; everything else non-finite disagrees.
     nonfinite_same = ~both_finite & ((a == b) | (torch.isnan(a) & torch.isnan(b)))

@@ -1,35 +1,170 @@
-"""The two pipelines, seen only through their stage modules (`<pipeline>.stages`).
+"""The two sides of a comparison, each an adapter module that implements the stage contract
+(`higgs_common.stages`), given by specification.
 
-This is the single place where the harness imports the pipelines; everything else talks to the
-`higgs_common.stages.PipelineStages` contract.
+A SPEC is a module path (``mypkg.higgs_stages``) or a path to a ``.py`` file.  A file inside a
+package directory tree (``__init__.py`` files up to a folder on ``sys.path`` or the working
+directory) is imported under its dotted name, so its own relative imports work; any other file is
+loaded on its own, with its folder put on ``sys.path``.  This is the single place where the harness
+imports pipelines; everything else talks to the contract.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-SIDES: tuple[str, str] = ("reference", "custom")
-_MODULES = {"reference": "reference_impl.stages", "custom": "custom_impl.stages"}
+from higgs_common.conventions import Conventions
+from higgs_common.stages import REQUIRED_CONTRACT, HiggsDiffError
 
-
-def stages_of(side: str) -> ModuleType:
-    """Import `<side>_impl.stages` (lazily, so the harness's own units load without the pipelines)."""
-    return importlib.import_module(_MODULES[side])
-
-
-def known_faults() -> dict[str, object]:
-    """Fault registry of the custom pipeline: name -> fault description object."""
-    faults = importlib.import_module("custom_impl.faults")
-    return dict(faults.FAULTS)
+ROLES: tuple[str, str] = ("reference", "custom")
+DEFAULT_SPECS: dict[str, str] = {"reference": "reference_impl.stages", "custom": "custom_impl.stages"}
 
 
-def canonical_transcript(text: str) -> str:
-    """The canonical form transcripts are compared in: the reference's normalisation.
+class AdapterError(HiggsDiffError, ValueError):
+    """A SPEC that does not import, or a module that does not implement the stage contract."""
 
-    The reference normalises target transcripts and the custom pipeline does not, so comparing
-    raw strings would flag every sample; normalising is idempotent, so normalising both sides
-    compares what was said, not how it was punctuated.
-    """
-    normalize = importlib.import_module("reference_impl.normalize").normalize_transcript
-    return normalize(text)
+
+@dataclass(frozen=True)
+class Side:
+    """One loaded adapter in one role."""
+
+    role: str
+    spec: str
+    module: ModuleType
+    origin: str              # file the module was loaded from
+    version: str | None
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.module, "NAME", self.module.__name__))
+
+    @property
+    def conventions(self) -> Conventions:
+        return self.module.CONVENTIONS
+
+    def faults(self) -> dict[str, Any]:
+        """The adapter's named faults (`FAULTS`, optional): name -> object with `stage`, `symptom`."""
+        return dict(getattr(self.module, "FAULTS", {}) or {})
+
+    def to_json(self, model_config: Any = None) -> dict[str, Any]:
+        return {"role": self.role, "name": self.name, "spec": self.spec, "module": self.module.__name__,
+                "origin": self.origin, "version": self.version,
+                "conventions": self.conventions.to_json(model_config)}
+
+
+def _dotted_name(path: Path) -> str | None:
+    """`a/b/c.py` -> "a.b.c" when a/ and a/b/ are packages under a sys.path entry or the cwd."""
+    roots = [Path.cwd().resolve()] + [Path(p).resolve() for p in sys.path if p and Path(p).is_dir()]
+    for root in roots:
+        try:
+            rel = path.resolve().relative_to(root)
+        except ValueError:
+            continue
+        parts = list(rel.with_suffix("").parts)
+        pkg = root
+        ok = True
+        for part in parts[:-1]:
+            pkg = pkg / part
+            if not (pkg / "__init__.py").is_file():
+                ok = False
+                break
+        if ok and parts:
+            return ".".join(parts)
+    return None
+
+
+def import_spec(spec: str) -> ModuleType:
+    """Import an adapter module from a module path or a .py file path (module docstring)."""
+    as_path = Path(spec)
+    if spec.endswith(".py") or as_path.is_file():
+        if not as_path.is_file():
+            raise AdapterError(f"adapter file not found: {spec}")
+        dotted = _dotted_name(as_path)
+        if dotted is not None:
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            return _import(dotted, spec)
+        name = "higgs_diff_adapter_" + hashlib.sha1(str(as_path.resolve()).encode()).hexdigest()[:12]
+        if name in sys.modules:
+            return sys.modules[name]
+        folder = str(as_path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        loader_spec = importlib.util.spec_from_file_location(name, as_path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise AdapterError(f"cannot load adapter file {spec}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise AdapterError(f"adapter file {spec} failed to import: {type(exc).__name__}: {exc}") from exc
+        return module
+    return _import(spec, spec)
+
+
+def _import(dotted: str, spec: str) -> ModuleType:
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as exc:
+        if exc.name and dotted.startswith(exc.name):
+            raise AdapterError(f"adapter module {spec!r} not found ({exc})") from exc
+        raise
+
+
+def missing_contract(module: ModuleType) -> list[str]:
+    """Names of the contract that `module` lacks (`higgs_common.stages.REQUIRED_CONTRACT`)."""
+    return [name for name in REQUIRED_CONTRACT if not hasattr(module, name)]
+
+
+def version_of(module: ModuleType) -> str | None:
+    """`VERSION`/`__version__` of the module, else its top-level distribution's version, else None."""
+    for attr in ("VERSION", "__version__"):
+        value = getattr(module, attr, None)
+        if isinstance(value, str):
+            return value
+    top = module.__name__.split(".")[0]
+    try:
+        from importlib.metadata import PackageNotFoundError, packages_distributions, version
+        dists = packages_distributions().get(top) or []
+        return version(dists[0]) if dists else None
+    except (ImportError, PackageNotFoundError, ValueError):
+        return None
+
+
+def load_side(spec: str, role: str) -> Side:
+    """Import and validate one adapter (raises AdapterError naming what is missing)."""
+    if role not in ROLES:
+        raise AdapterError(f"role must be one of {ROLES}, got {role!r}")
+    module = import_spec(spec)
+    missing = missing_contract(module)
+    if missing:
+        raise AdapterError(f"{role} adapter {spec!r} ({getattr(module, '__file__', '?')}) does not implement the "
+                           f"stage contract: missing {missing} (see higgs_common/stages.py, or run "
+                           f"python -m harness.check_adapter {spec})")
+    if not isinstance(getattr(module, "CONVENTIONS"), Conventions):
+        raise AdapterError(f"{role} adapter {spec!r}: CONVENTIONS must be a higgs_common.conventions.Conventions")
+    return Side(role, spec, module, str(getattr(module, "__file__", "?")), version_of(module))
+
+
+def load_sides(reference: str | None = None, custom: str | None = None) -> dict[str, Side]:
+    """Both roles, defaulting to the two in-repo pipelines."""
+    return {"reference": load_side(reference or DEFAULT_SPECS["reference"], "reference"),
+            "custom": load_side(custom or DEFAULT_SPECS["custom"], "custom")}
+
+
+def stages_of(role: str) -> ModuleType:
+    """The default (in-repo) adapter module of a role; kept for callers that work on the default pair."""
+    return import_spec(DEFAULT_SPECS[role])
+
+
+def known_faults(custom: str | None = None) -> dict[str, Any]:
+    """Named faults of the custom adapter (default: custom_impl)."""
+    return load_side(custom or DEFAULT_SPECS["custom"], "custom").faults()

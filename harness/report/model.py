@@ -20,7 +20,7 @@ from harness.engine.diff import FieldDiff, jsonable, round_float
 
 # The order stages run in; `first_divergence` walks stages in this order (unknown stage names
 # keep their listed order, after the known ones).
-PIPELINE_ORDER = ("dataset", "collator", "forward", "loss", "backward", "step")
+PIPELINE_ORDER = ("dataset", "collator", "forward", "loss", "backward", "step", "config")
 STAGE_STATUSES = ("ok", "expected", "diverged", "error", "skipped")
 VOLATILE_KEY = "volatile"
 
@@ -103,6 +103,7 @@ class Report:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     generated_at: str = field(default_factory=_utc_now)  # the ONLY timestamp
     extras: dict = field(default_factory=dict)           # e.g. {"per_codebook": {...}}
+    skipped: Any = field(default=None, repr=False, compare=False)   # higgs_common.skipping.SkipLog (not in JSON)
 
     def ordered_stages(self) -> list[StageResult]:
         """Stages in pipeline order (stable for unknown names)."""
@@ -112,39 +113,46 @@ class Report:
             return (rank, pos)
         return [st for _, st in sorted(enumerate(self.stages), key=key)]
 
+    def to_markdown(self) -> str:
+        from harness.report.render import render_markdown
+        return render_markdown(self)
+
+    def to_html(self) -> str:
+        from harness.report.render import render_html
+        return render_html(self)
+
+    def write(self, out_dir: Any) -> dict:
+        """Write report.json, report.md and report.html into `out_dir`; returns their paths."""
+        from harness.report.render import write_report
+        return write_report(self, out_dir)
+
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
 
-    def _cause_for(self, stage: str, field_name: str) -> str | None:
-        for d in self.diagnoses:
-            if d.stage == stage and d.field == field_name:
-                return d.cause
-        for d in self.diagnoses:
-            if d.stage == stage and d.field is None:
-                return d.cause
-        # Another diagnosis of the same stage, but never one from another stage or an expected
-        # quirk: a wrong cause is worse than none.
-        for d in self.diagnoses:
-            if d.stage == stage and not d.cause.endswith("expected"):
-                return d.cause
-        return None
-
     def first_divergence(self) -> dict | None:
-        """The first unexpected divergence, walking stages in pipeline order, fields in order."""
+        """The first unexpected divergence, walking stages in pipeline order, fields in order, with
+        the relation between the two values and the mechanism that explains it (if a rule does)."""
         for st in self.ordered_stages():
             f = st.first_unexpected()
             if f is None:
                 continue
+            rel = f.relation or {}
             return {
                 "stage": st.stage,
                 "field": f.field,
+                "check": f.check,
+                "side": f.side,
                 "status": f.status,
                 "sample": f.sample,
                 "index": f.first_index,
                 "reference": f.reference,
                 "custom": f.custom,
                 "decoded": f.decoded,
-                "cause": self._cause_for(st.stage, f.field),
+                "relation": rel.get("words"),
+                "relation_detail": rel or None,
+                "cause": f.cause["mechanism"] if f.cause else None,
+                "cause_evidence": f.cause["evidence"] if f.cause else None,
+                "window": f.window,
             }
         return None
 

@@ -1,0 +1,171 @@
+"""The Python API: compare two pipelines and get a `Report`, from a notebook or a test suite.
+
+    from harness import compare
+    report = compare(reference="reference_impl.stages", custom="mypkg/higgs_stages.py", stage="all")
+    report.verdict, report.first_divergence(), report.to_json()
+    report.to_html()          # the self-contained HTML page, as a string
+    report.write("out/")      # report.json, report.md, report.html
+
+`python -m harness.compare` is this function plus argument parsing, progress and the terminal
+summary; both produce the same report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
+
+STAGE_CHOICES = ("dataset", "collator", "forward", "loss", "backward", "step", "config", "all")
+
+
+def resolve_data(data: Path | str | None) -> Path:
+    """A manifest path, or a folder holding `manifest.jsonl` (as people type it)."""
+    from higgs_common.manifest import ManifestError
+
+    path = Path(data) if data is not None else DEFAULT_MANIFEST
+    if path.is_dir():
+        candidate = path / "manifest.jsonl"
+        if not candidate.is_file():
+            raise ManifestError(f"{path} is a folder without a manifest.jsonl (give the manifest file, or a folder "
+                                "that holds manifest.jsonl)")
+        return candidate
+    return path
+
+
+def select_records(records: list, n: int) -> list:
+    """n records, taking speakers in turn (variety beats the first n of one voice)."""
+    by_speaker: dict[str, list] = {}
+    for r in records:
+        by_speaker.setdefault(r.speaker, []).append(r)
+    queues = [by_speaker[s] for s in sorted(by_speaker)]
+    out, i = [], 0
+    while len(out) < min(n, len(records)):
+        q = queues[i % len(queues)]
+        depth = i // len(queues)
+        if depth < len(q):
+            out.append(q[depth])
+        i += 1
+    return out
+
+
+def portable(path: Path | None) -> str | None:
+    """Paths inside the repo are reported relative to it, so reports don't depend on the clone."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
+def compare(reference: str | None = None, custom: str | None = None, *, stage: str = "all",
+            mode: str = "isolated", data: Path | str | None = None, samples: int = 4, faults: Sequence[str] = (),
+            device: str = "auto", model: Path | None = None, audio_tokenizer: Path | None = None, seed: int = 0,
+            tolerances: dict[str, tuple[float, float]] | None = None, precision: str = "fp32",
+            ddp_world_size: int = 2, ddp_steps: int = 3, optimizer_steps: int = 3, skip_bad_samples: bool = False,
+            max_audio_seconds: float | None = None, run_name: str | None = None,
+            progress: Callable[[str], None] | None = None, options: dict[str, Any] | None = None) -> "Report":
+    """Diff two pipeline adapters stage by stage and return the report (nothing is written).
+
+    reference, custom: adapter SPECs (module path or .py file; default: the in-repo pipelines).
+    stage: one of STAGE_CHOICES (earlier stages run to feed it).  faults: named faults of the custom
+    adapter.  Raises HiggsDiffError (or ManifestError) subclasses for bad input, naming the file,
+    sample and field; `report.skipped` lists samples left out with `skip_bad_samples`.
+    """
+    import torch
+
+    from harness.engine.runner import STAGES, Comparison, RunOptions
+    from harness.engine.sides import load_sides
+    from harness.explain import causes
+    from harness.report.model import Report
+    from harness.screen import screen_records
+    from harness.semantics.configdiff import config_diff
+    from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
+    from higgs_common.context import build_context
+    from higgs_common.manifest import load_manifest
+    from higgs_common.skipping import SkipLog
+    from higgs_common.stages import HiggsDiffError, UnknownFaultError
+
+    if stage not in STAGE_CHOICES:
+        raise ValueError(f"stage {stage!r}: expected one of {STAGE_CHOICES}")
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    sides = load_sides(reference, custom)
+    known = sides["custom"].faults()
+    unknown = sorted(set(faults) - set(known))
+    if unknown:
+        raise UnknownFaultError(f"unknown fault(s) {unknown} for the custom adapter {sides['custom'].spec!r}; "
+                                f"known: {sorted(known)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HiggsDiffError(f"--device {device}: CUDA is not available on this machine")
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(device == "cpu", warn_only=True)
+    data_path = resolve_data(data)
+    max_seconds = max_audio_seconds if max_audio_seconds is not None else DEFAULT_MAX_AUDIO_SECONDS
+    skip_log = SkipLog(where="harness.compare")
+    manifest_errors: list = []
+    all_records = load_manifest(data_path, skip_bad=skip_bad_samples, skipped=manifest_errors)
+    for exc in manifest_errors:
+        skip_log.add(exc)
+    ctx = build_context(model, audio_tokenizer, device=device, seed=seed,
+                        options={"max_audio_seconds": max_seconds, **(options or {})})
+    if skip_bad_samples:   # screen everything, then pick: the same picks as without bad samples
+        records = select_records(screen_records(all_records, ctx, skip=True, skip_log=skip_log, manifest=data_path,
+                                                max_seconds=max_seconds, sides=sides), samples)
+        if not records:
+            raise HiggsDiffError(f"every sample of {data_path} is bad input (skipped {len(skip_log)})")
+    else:
+        records = screen_records(select_records(all_records, samples), ctx, skip=False, skip_log=skip_log,
+                                 manifest=data_path, max_seconds=max_seconds, sides=sides)
+    stages = STAGES if stage == "all" else (stage,)
+    with tempfile.TemporaryDirectory(prefix="higgs-diff-") as work:
+        comparison = Comparison(records, ctx, list(faults), Path(work),
+                                RunOptions(stages=stages, mode=mode, tolerances=dict(tolerances or {}),
+                                           precision=precision, ddp_world_size=ddp_world_size, ddp_steps=ddp_steps,
+                                           optimizer_steps=optimizer_steps, progress=progress),
+                                sides=sides)
+        results = comparison.run()
+    causes.explain_fields(results, comparison.evidence, comparison.extras)
+    name = run_name or default_run_name(stage, mode, faults, seed)
+    report = Report(
+        run_name=name, mode=mode, stages_requested=list(stages), stages=results,
+        config={
+            "device": device, "seed": seed, "faults": sorted(faults), "data": portable(data_path),
+            "model": portable(ctx.model_path), "audio_tokenizer": portable(ctx.audio_tokenizer_path),
+            "samples": [r.id for r in records], "common_train_config": _train_json(comparison.train),
+            "torch": torch.__version__, "lora_b_init": comparison.lora_b_init,
+            "sides": {role: _side_json(s, ctx.model_config) for role, s in sides.items()},
+            **({"skipped_samples": [{"sample_id": i.sample_id, "field": i.field, "error": i.error}
+                                    for i in skip_log.skipped]} if skip_bad_samples else {}),
+        },
+        config_diff=config_diff(comparison.side["reference"].effective, comparison.side["custom"].effective),
+        catalogue=comparison.catalogue.to_json(),
+        diagnoses=causes.diagnoses(results, comparison.evidence),
+        extras=comparison.extras,
+    )
+    report.skipped = skip_log
+    return report
+
+
+def default_run_name(stage: str, mode: str, faults: Sequence[str], seed: int) -> str:
+    return f"{stage}-{mode}-{'+'.join(sorted(faults)) or 'nofault'}-seed{seed}"
+
+
+def _side_json(side: Any, model_config: Any) -> dict:
+    out = side.to_json(model_config)
+    out["origin"] = portable(Path(out["origin"])) if out.get("origin") not in (None, "?") else out.get("origin")
+    return out
+
+
+def _train_json(train: Any) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(train).items()}
+
+
+from harness.report.model import Report  # noqa: E402  (annotation target; imported late to keep import light)

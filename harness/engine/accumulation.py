@@ -1,0 +1,209 @@
+"""Gradient accumulation and DDP: the custom side's own micro-step code against one big batch.
+
+Runs when the custom adapter exports the optional `ddp_run` hook (`higgs_common.stages`) and
+declares `loss.accumulation == "global_token_mean"` (then k micro-batches of b, on one or on several
+ranks, must give the gradients of one batch of k*b):
+
+* in one process: the global batch as k micro-batches of one sample vs one batch (always);
+* under DDP: `--ddp-world-size` ranks x `--ddp-grad-accum` micro-batches (NCCL on CUDA with enough
+  GPUs, gloo processes otherwise) vs one process, for `--ddp-steps` optimizer steps.
+
+Backward-stage fields: `accum_grad/<param>` and `ddp_rank{r}_grad/<param>` (step-1 gradients after
+the all-reduce).  Step-stage fields: `ddp_equal_rank{r}_param/<param>` (rank r bit-identical to
+rank 0 after step 1), `ddp_rank{r}_param/<param>` (vs one process, within the tolerance propagated
+through AdamW's first update: `harness.engine.tolerance.adamw_update_bound`) and
+`{accum,ddp_rank{r}}_loss/per_step` (the global loss of every step, the later ones within the
+first-order effect of the admissible parameter differences).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from harness.engine import tolerance as TOL
+from harness.engine.fields import FieldSpec
+from harness.explain import context as X
+
+
+def _global_items(c: Any) -> list:
+    world, accum = max(c.options.ddp_world_size, 1), max(2, c.options.ddp_grad_accum)
+    items = c.input_for("custom", "items")
+    n = len(items)
+    # rank r takes the contiguous shard r; sample (r + m * world) % n goes to rank r's micro-batch m,
+    # so ranks see different samples whenever there are at least 2.
+    return [items[(r + m * world) % n] for r in range(world) for m in range(accum)]
+
+
+def _tokens(c: Any, items: list) -> int:
+    return int(sum(int(it.sample.input_ids.numel()) for it in items))
+
+
+def backward_fields(c: Any) -> tuple[list, float]:
+    """(fields, seconds of pipeline compute) for the backward stage; stores runs for the step stage."""
+    mod = c.mod("custom")
+    c.accum_runs = None
+    hook = getattr(mod, "ddp_run", None)
+    conv = c.conv["custom"].loss
+    if hook is None or conv.accumulation != "global_token_mean":
+        c.evidence["accumulation"] = {"skipped": "custom adapter has no ddp_run hook" if hook is None else
+                                      f"declared accumulation {conv.accumulation!r} (micro-batch means are not "
+                                      "expected to equal one batch)"}
+        return [], 0.0
+    state = c.side["custom"]
+    items = _global_items(c)
+    world = c.options.ddp_world_size
+    steps = max(1, c.options.ddp_steps)
+    t0 = time.perf_counter()
+    kw = dict(steps=steps, init_state=c.initial_trainable, grad_noise=c.options.grad_noise)
+    c.say(f"backward: gradient accumulation, {len(items)} micro-batches of 1 vs one batch of {len(items)}")
+    single = hook(state.ctx, c.train, items, world_size=1, grad_accum=1, **kw)[0]
+    accum = hook(state.ctx, c.train, items, world_size=1, grad_accum=len(items), **kw)[0]
+    runs = {"accum": [accum]}
+    backend = None
+    if world >= 2:
+        on_gpus = state.ctx.device.type == "cuda" and torch.cuda.device_count() >= world
+        backend = f"NCCL on {world} GPUs ({torch.cuda.get_device_name(0)})" if on_gpus else f"gloo, {world} CPU processes"
+        acc = max(2, c.options.ddp_grad_accum)
+        c.say(f"backward: DDP check, {backend}, {acc} micro-batches per rank, {steps} steps")
+        with _models_off_gpu(c, on_gpus):
+            runs["ddp"] = hook(state.ctx, c.train, items, world_size=world, grad_accum=acc, **kw)
+    compute = time.perf_counter() - t0
+    c.accum_runs = (single, runs, items)
+    n_tokens = _tokens(c, items)
+    spec_for = _grad_spec(c, single.grads, n_tokens)
+    fields = c.fields.compare_mapping("backward", "accum_grad", single.grads, accum.grads, spec_for)
+    unsynced = []
+    for r, res in enumerate(runs.get("ddp", [])):
+        rf = c.fields.compare_mapping("backward", f"ddp_rank{r}_grad", single.grads, res.grads, spec_for)
+        if any(f.unexpected for f in rf):
+            unsynced.append(r)
+        fields += rf
+    ranks = runs.get("ddp", [])
+    ranks_agree = all(_same(ranks[0].grads, g.grads) for g in ranks[1:]) if ranks else None
+    accum_diverged = any(f.unexpected for f in fields if f.field.startswith("accum_grad/"))
+    c.evidence["accumulation"] = {"micro_batches": len(items), "accum_diverged": accum_diverged,
+                                  "grad_ratio": _ratio(single.grads, accum.grads)}
+    if ranks:
+        c.evidence["ddp"] = {"world_size": world, "ranks_agree": ranks_agree, "unsynced_ranks": unsynced,
+                             "backend": backend, "grad_accum": max(2, c.options.ddp_grad_accum), "steps": steps,
+                             "global_batch": len(items), "grad_ratio": _ratio(single.grads, ranks[0].grads),
+                             "rank_ratio": _ratio(ranks[0].grads, ranks[-1].grads)}
+    return fields, compute
+
+
+def _grad_spec(c: Any, reference: dict, n_tokens: int):
+    def spec_for(name: str, value: Any) -> FieldSpec:
+        scale = float(value.abs().max()) if isinstance(value, torch.Tensor) and value.numel() else 0.0
+        return FieldSpec(tol=TOL.cancelling_reduction(n_tokens, scale), axes=("out", "in"),
+                         rel_ctx=X.scale_context(c.scale_sources()))
+    return spec_for
+
+
+def step_fields(c: Any) -> list:
+    """Parameters after step 1 and the loss of every step, of the runs `backward_fields` made."""
+    if getattr(c, "accum_runs", None) is None:
+        return []
+    single, runs, items = c.accum_runs
+    n_tokens = _tokens(c, items)
+    lr, eps, betas = c.train.learning_rate, c.train.adam_eps, c.train.adam_betas
+    clip = TOL.clip_coefficient([g for g in single.grads.values() if g is not None], c.train.max_grad_norm)
+    fields: list = []
+    step_unsynced = []
+
+    def param_spec(name: str, value: Any) -> FieldSpec:
+        g = single.grads.get(name)
+        if g is None or not isinstance(value, torch.Tensor):
+            return FieldSpec(tol=TOL.Tolerance(0.0, 0.0, "exact"))
+        gtol = TOL.cancelling_reduction(n_tokens, float(g.abs().max()) if g.numel() else 0.0)
+        bound = TOL.elementwise_grad_bound(g, gtol)
+        return FieldSpec(tol=TOL.adamw_update_bound(g, bound, lr=lr, eps=eps, theta_new=value, betas=betas, clip=clip),
+                         axes=("out", "in"))
+
+    first_order = _first_order_loss_bound(single, n_tokens, lr, eps, betas, clip)
+    for kind, results in (("accum", runs.get("accum", [])), ("ddp", runs.get("ddp", []))):
+        for r, res in enumerate(results):
+            prefix = "accum" if kind == "accum" else f"ddp_rank{r}"
+            pf = c.fields.compare_mapping("step", f"{prefix}_param", single.params, res.params, param_spec)
+            loss_tol = TOL.positive_sum(n_tokens)
+            per_step = torch.tensor([loss_tol.rtol * abs(float(v)) + k * first_order
+                                     for k, v in enumerate(single.losses.tolist())], dtype=torch.float64)
+            lf = c.fields.compare("step", f"{prefix}_loss/per_step", single.losses, res.losses,
+                                  FieldSpec(tol=TOL.Tolerance(0.0, 0.0, "per step: positive-sum bound + (step-1) x "
+                                                              "first-order effect of the admissible parameter "
+                                                              "differences", bound=per_step), axes=("step",)))
+            rank_fields = pf + [lf]
+            if kind == "ddp" and r > 0:
+                rank_fields += c.fields.compare_mapping(
+                    "step", f"ddp_equal_rank{r}_param", results[0].params, res.params,
+                    lambda n, v: FieldSpec(tol=TOL.Tolerance(0.0, 0.0, "synchronised ranks apply the same "
+                                                                       "all-reduced gradient: bit-identical")))
+            if kind == "ddp" and any(f.unexpected for f in rank_fields):
+                step_unsynced.append(r)
+            fields += rank_fields
+    ev = c.evidence.setdefault("ddp", {}) if runs.get("ddp") else {}
+    if runs.get("ddp"):
+        ev["step_unsynced_ranks"] = step_unsynced
+        ev["single_losses"] = [round(float(v), 6) for v in single.losses]
+        ev["rank0_losses"] = [round(float(v), 6) for v in runs["ddp"][0].losses]
+    return fields
+
+
+def _first_order_loss_bound(single: Any, n_tokens: int, lr: float, eps: float, betas: tuple[float, float],
+                            clip: float) -> float:
+    """sum_i |g_i| * (admissible |Δθ_i| after step 1): how far the next loss may move (first order)."""
+    total = 0.0
+    for name, g in single.grads.items():
+        if g is None:
+            continue
+        gtol = TOL.cancelling_reduction(n_tokens, float(g.abs().max()) if g.numel() else 0.0)
+        bound = TOL.adamw_update_bound(g, TOL.elementwise_grad_bound(g, gtol), lr=lr, eps=eps, betas=betas,
+                                       clip=clip, theta_new=single.params[name]).bound
+        total += float((g.abs().double() * bound.double()).sum())
+    return total
+
+
+def _same(a: dict, b: dict) -> bool:
+    if set(a) != set(b):
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if (x is None) != (y is None):
+            return False
+        if x is not None and not torch.allclose(x.float(), y.float(), rtol=1e-4, atol=1e-7):
+            return False
+    return True
+
+
+def _ratio(a: dict, b: dict) -> float | None:
+    """<b, a> / <a, a> over all gradients: the scale of b relative to a (None when undefined)."""
+    num = den = 0.0
+    for k, x in a.items():
+        y = b.get(k)
+        if x is None or y is None:
+            continue
+        num += float((x.double() * y.double()).sum())
+        den += float((x.double() * x.double()).sum())
+    return round(num / den, 6) if den > 0 else None
+
+
+class _models_off_gpu:
+    """Park both sides' models on the CPU while DDP workers need the GPUs' memory (full model)."""
+
+    def __init__(self, c: Any, on: bool) -> None:
+        self.c, self.on, self.devices = c, on, {}
+
+    def __enter__(self) -> None:
+        if not self.on:
+            return
+        for name, st in self.c.side.items():
+            if st.model is not None:
+                self.devices[name] = next(st.model.parameters()).device
+                st.model.to("cpu")
+        torch.cuda.empty_cache()
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, dev in self.devices.items():
+            self.c.side[name].model.to(dev)

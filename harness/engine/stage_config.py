@@ -1,0 +1,133 @@
+"""The config stage: both pipelines' effective configurations, key by key, against their declarations.
+
+Each adapter's `effective_config(ctx, DEFAULT_TRAIN)` says what its code really uses (collator
+settings read off the collator object, LoRA config, optimizer, schedule, precision, DDP).  For every
+flattened key:
+
+* cross-side: a difference is expected only when it follows from the two declarations — the
+  `Conventions` (delay pattern, masking, label layout, voice prompt placement, trained turns, loss
+  conventions), the declared training recipes (`DEFAULT_TRAIN`: LoRA, optimizer, schedule), the
+  faults switched on, or a pair-specific override pinned to exact values; anything else diverges;
+* per side: keys the declarations determine must have the declared value (`<key>@<side>`).
+
+In the pipeline order this stage comes last: it explains, it is not in the data flow.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from harness.engine.fields import FieldSpec
+from harness.engine.tolerance import Tolerance
+from harness.report.model import StageResult
+from harness.semantics.configdiff import flatten
+from harness.semantics.expectations import Expected
+from harness.semantics.prompt import declared_messages
+from higgs_common.conventions import Conventions
+from higgs_common.stages import TrainConfig
+
+EXACT = Tolerance(0.0, 0.0, "exact")
+ABSENT = "—"
+
+
+def _describe(conv: Conventions) -> list[str]:
+    """The message layout a declaration renders, as "role:kind+kind" (reference_impl's format)."""
+    from types import SimpleNamespace
+
+    rec = SimpleNamespace(id="x", text="t", ref_text="r", audio="a.wav", ref_audio="r.wav", scene="s", speaker="s")
+    msgs, _start, _roles = declared_messages(rec, conv)
+    out = []
+    for m in msgs:
+        parts = m.content if isinstance(m.content, list) else [m.content]
+        out.append(f"{m.role}:" + "+".join("audio" if getattr(p, "type", "text") == "audio" else "text" for p in parts))
+    return out
+
+
+def convention_keys(model_config: Any) -> dict[str, Callable[[Conventions], Any]]:
+    """Effective-config keys a `Conventions` declaration determines, and their declared values."""
+    keys: dict[str, Callable[[Conventions], Any]] = {
+        "collator.use_delay_pattern": lambda cv: cv.delay_pattern_for(model_config),
+        "collator.mask_audio_out_token_label": lambda cv: cv.mask_audio_out_token_label,
+        "collator.label_audio_ids": lambda cv: "audio_out_ids" if cv.audio_label_layout == "bos_first" else "upstream",
+        "message_layout.voice_prompt": lambda cv: cv.voice_prompt,
+        "message_layout.trained_turns": lambda cv: sorted(cv.trained_turns),
+        "message_layout.messages": _describe,
+    }
+    for k in ("text_reduction", "audio_reduction", "total", "audio_shift_scope", "accumulation"):
+        keys[f"loss.{k}"] = (lambda name: lambda cv: cv.loss.to_json()[name])(k)
+    return keys
+
+
+def recipe_keys() -> dict[str, Callable[[TrainConfig], Any]]:
+    """Effective-config keys a declared training recipe (DEFAULT_TRAIN) determines."""
+    def lora(attr: str, fn: Callable[[Any], Any] = lambda v: v) -> Callable[[TrainConfig], Any]:
+        return lambda t: fn(getattr(t, attr)) if t.use_lora else ABSENT
+    return {
+        "lora.enabled": lambda t: t.use_lora, "lora.r": lora("lora_r"), "lora.alpha": lora("lora_alpha"),
+        "lora.dropout": lora("lora_dropout"), "lora.target_modules": lora("lora_target_modules", sorted),
+        "optimizer.lr": lambda t: t.learning_rate, "optimizer.betas": lambda t: list(t.adam_betas),
+        "optimizer.eps": lambda t: t.adam_eps, "optimizer.weight_decay": lambda t: t.weight_decay,
+        "optimizer.max_grad_norm": lambda t: t.max_grad_norm, "schedule.type": lambda t: t.schedule,
+        "schedule.warmup_steps": lambda t: t.warmup_steps, "schedule.max_steps": lambda t: t.max_steps,
+    }
+
+
+def _start_index_ok(value: Any, conv: Conventions) -> bool:
+    """A start_index consistent with the declared layout: it labels exactly the declared turns."""
+    msgs, start, _ = declared_messages(_Dummy(), conv)
+    assistant = [i for i, m in enumerate(msgs) if m.role == "assistant"]
+    trained = assistant if start is None else [i for i in assistant if i >= start]
+    if value is None:
+        return trained == assistant
+    return [i for i in assistant if i >= int(value)] == trained
+
+
+class _Dummy:
+    id, text, ref_text, audio, ref_audio, scene, speaker = "x", "t", "r", "a.wav", "r.wav", "s", "s"
+
+
+def run_config(c: Any) -> StageResult:
+    t0 = time.perf_counter()
+    ref_eff, cus_eff = c.side["reference"].effective, c.side["custom"].effective
+    fr, fc = flatten(ref_eff), flatten(cus_eff)
+    conv = c.conv
+    train = {role: c.mod(role).DEFAULT_TRAIN for role in c.side}
+    ckeys, rkeys = convention_keys(c.model_config), recipe_keys()
+    faults = sorted(c.side["custom"].ctx.faults)
+    fields = []
+    for key in sorted(set(fr) | set(fc)):
+        r, u = fr.get(key, ABSENT), fc.get(key, ABSENT)
+        entry = None
+        if key in ckeys:
+            dr, dc = ckeys[key](conv["reference"]), ckeys[key](conv["custom"])
+            entry = Expected(f"declared:{key}", "config", key,
+                             f"declared conventions: the reference declares {dr!r}, the custom side {dc!r}",
+                             holds=lambda a, b, info, dr=dr, dc=dc: a == dr and b == dc)
+        elif key in rkeys:
+            dr, dc = rkeys[key](train["reference"]), rkeys[key](train["custom"])
+            entry = Expected(f"recipe:{key}", "config", key,
+                             f"declared training recipes (DEFAULT_TRAIN): reference {dr!r}, custom {dc!r}; the harness "
+                             "compares under its common configuration and checks each recipe at the step stage",
+                             holds=lambda a, b, info, dr=dr, dc=dc: a == dr and b == dc)
+        elif key.startswith("lora.") and ABSENT in (r, u) and not all(t.use_lora for t in train.values()):
+            off = [role for role, t in train.items() if not t.use_lora]
+            entry = Expected("recipe:lora-off", "config", key,
+                             f"LoRA is off in the declared recipe of the {', '.join(off)} side (DEFAULT_TRAIN), so it "
+                             "has no LoRA settings", holds=lambda a, b, info, off=off: (a == ABSENT) == ("reference" in off)
+                             and (b == ABSENT) == ("custom" in off))
+        elif key == "message_layout.start_index":
+            entry = Expected("declared:start_index", "config", key,
+                             "each start_index labels exactly the turns its side declares trained",
+                             holds=lambda a, b, info: _start_index_ok(a, conv["reference"]) and
+                             _start_index_ok(b, conv["custom"]))
+        elif key == "faults":
+            entry = Expected("faults", "config", key, f"faults switched on by request: {faults}",
+                             holds=lambda a, b, info: a in ([], ABSENT) and b == faults)
+        fields.append(c.fields.compare("config", key, r, u, FieldSpec(tol=EXACT), entry=entry))
+    for role, flat in (("reference", fr), ("custom", fc)):
+        for key, fn in list(ckeys.items()) + list(rkeys.items()):
+            src = conv[role] if key in ckeys else train[role]
+            fields.append(c.fields.compare("config", f"{key}@{role}", fn(src), flat.get(key, ABSENT),
+                                           FieldSpec(tol=EXACT, check="declared", side=role)))
+    return StageResult("config", "ok", fields, 0.0, time.perf_counter() - t0)

@@ -1,0 +1,314 @@
+"""The forward, loss and backward stages (models in train() mode under the common configuration).
+
+forward   both models (same checkpoint, same trainable values, LoRA B non-zero) on the same batch.
+loss      both loss functions on the same forward outputs; each side also against the independent
+          implementation of its declared loss (`harness.semantics.loss_oracle`): per-position CE,
+          reduced terms and supervised counts.
+backward  each side's own loss on its own model.  The gradient a side must produce is its declared
+          loss back-propagated through the OTHER side's model (a differentiable version of the
+          expected-difference transforms): so a detached term, a loss the model is not wired to,
+          or training-only code that cuts the graph shows, on either side.  Plus gradient
+          accumulation and DDP (`harness.engine.accumulation`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from harness.engine import accumulation
+from harness.engine import tolerance as TOL
+from harness.engine.common_config import CUDA_FIELD_TOLERANCES
+from harness.engine.fields import FieldSpec
+from harness.engine.runner import to_device
+from harness.explain import context as X
+from harness.report.model import StageResult
+from harness.semantics import loss_oracle as O
+from harness.semantics import projections as P
+
+EXACT = TOL.Tolerance(0.0, 0.0, "exact (integers)")
+
+
+def _forward_tol(c: Any, name: str, value: torch.Tensor | None) -> TOL.Tolerance | None:
+    if value is None or not value.is_floating_point():
+        return EXACT
+    if c.device.type == "cuda":
+        rtol, atol = CUDA_FIELD_TOLERANCES[name]
+        return TOL.Tolerance(rtol, atol, "CUDA: same operations, kernels with atomics (common_config)")
+    return TOL.same_computation(value.dtype)
+
+
+def run_forward(c: Any) -> StageResult:
+    c.build_models()
+    compute = 0.0
+    for role, state in c.side.items():
+        batch = to_device(c.input_for(role, "batch"), state.ctx.device)
+        with torch.no_grad():
+            state.outputs, dt = c.timed(lambda: c.mod(role).forward(state.model, batch, state.ctx))
+            state.outputs = c.perturbed("forward", role, state.outputs)
+        compute += dt
+    t0 = time.perf_counter()
+    ro, co = c.side["reference"].outputs, c.side["custom"].outputs
+    ids = [i.sample_id for i in c.input_for("custom", "items")]
+    fields = []
+    axes = {"expanded_input_ids": ("sample", "position"), "expanded_labels": ("sample", "position"),
+            "logits": ("sample", "position", "vocab"), "audio_logits": ("frame", "codebook", "code")}
+    exp_ids = getattr(co, "expanded_input_ids", None)
+    text_ctx = X.text_context(exp_ids, c.ids, c.tokenizer) if isinstance(exp_ids, torch.Tensor) else None
+    for key in ("expanded_input_ids", "expanded_labels", "logits", "audio_logits"):
+        a, b = getattr(ro, key), getattr(co, key)
+        spec = FieldSpec(tol=_forward_tol(c, key, a), axes=axes[key], decode=c.decoder.for_field(key, ids),
+                         sample_of=c.decoder.row_sample(ids) if key != "audio_logits" else None,
+                         rel_ctx=text_ctx if key in ("expanded_input_ids", "expanded_labels") else
+                         X.scale_context(c.scale_sources()))
+        fields.append(c.fields.compare("forward", key, a, b, spec))
+    trainable = c.evidence["parameters"]["trainable"]
+    only_ref = sorted(set(trainable["reference"]) - set(trainable["custom"]))
+    only_cus = sorted(set(trainable["custom"]) - set(trainable["reference"]))
+    # Compared as "the first name only one side has", which is what a reader needs.
+    d = c.fields.compare("forward", "trainable_parameters_only_on_one_side",
+                         only_ref[0] if only_ref else None, only_cus[0] if only_cus else None, FieldSpec(tol=EXACT))
+    d.note = f"{len(only_ref)} only in reference, {len(only_cus)} only in custom" if (only_ref or only_cus) else None
+    fields.append(d)
+    return StageResult("forward", "ok", fields, compute, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def _oracle(c: Any, role: str, outputs: Any, batch: Any) -> tuple[O.Terms, O.PositionCE, O.PositionCE | None]:
+    return O.declared_loss(outputs.logits, outputs.audio_logits, outputs.expanded_labels,
+                           P.batch_field(batch, "label_audio_ids"), P.batch_field(batch, "audio_out_ids_start"),
+                           c.conv[role].loss)
+
+
+def _expected_custom_terms(c: Any, ref_lb: Any, oracle_cus: tuple) -> dict[str, Any]:
+    """The reference's per-position CE reduced the way the custom side declares, over its positions."""
+    terms, t_cus, a_cus = oracle_cus
+
+    def mix(ref_map: torch.Tensor | None, cus: O.PositionCE | None) -> O.PositionCE | None:
+        if cus is None:
+            return None
+        if ref_map is None or ref_map.shape != cus.values.shape:
+            return cus
+        ref_map = ref_map.to(cus.values.device)
+        use_ref = ~torch.isnan(ref_map) & cus.mask
+        return O.PositionCE(torch.where(use_ref, torch.nan_to_num(ref_map), cus.values.detach()), cus.mask)
+
+    t = mix(ref_lb.text_token_ce, t_cus)
+    a = mix(ref_lb.audio_token_ce, a_cus)
+    red = O.reduce(t, a, c.conv["custom"].loss)
+    return {"text": red.text.detach(), "audio": red.audio.detach(), "per_codebook": red.per_codebook.detach(),
+            "total": red.total.detach(), "text_supervised_tokens": red.text_tokens,
+            "audio_supervised_tokens": red.audio_tokens}
+
+
+def run_loss(c: Any) -> StageResult:
+    if c.side["reference"].outputs is None:
+        run_forward(c)
+    compute = 0.0
+    for role, state in c.side.items():
+        outputs = c.input_for(role, "outputs")
+        batch = to_device(c.input_for(role, "batch"), state.ctx.device)
+        state.loss, dt = c.timed(lambda: c.mod(role).loss(outputs, batch, state.ctx))
+        state.loss = c.perturbed("loss", role, state.loss)
+        compute += dt
+    t0 = time.perf_counter()
+    rl, cl = c.side["reference"].loss, c.side["custom"].loss
+    oracle = {}
+    for role in ("reference", "custom"):
+        outputs = c.input_for(role, "outputs")
+        batch = to_device(c.input_for(role, "batch"), c.device)
+        with torch.no_grad():
+            oracle[role] = _oracle(c, role, outputs, batch)
+    outputs = c.input_for("custom", "outputs")
+    vocab, cb_vocab = int(outputs.logits.shape[-1]), int(c.model_config.audio_codebook_size) + 2
+    max_z = float(outputs.logits.detach().abs().max()) if outputs.logits.numel() else 0.0
+    max_za = (float(outputs.audio_logits.detach().abs().max())
+              if outputs.audio_logits is not None and outputs.audio_logits.numel() else 0.0)
+    n_text = max(oracle["custom"][0].text_tokens, oracle["reference"][0].text_tokens)
+    n_audio = max(oracle["custom"][0].audio_tokens, oracle["reference"][0].audio_tokens)
+    tol_text_ce = TOL.cross_entropy(vocab, max_z)
+    tol_audio_ce = TOL.cross_entropy(cb_vocab, max_za)
+    tol_text = TOL.cross_entropy(vocab, max_z, n_text)
+    tol_audio = TOL.cross_entropy(cb_vocab, max_za, n_audio)
+    tol_total = TOL.Tolerance(tol_text.rtol + tol_audio.rtol, tol_text.atol + tol_audio.atol,
+                              "sum of the text and audio cross-entropy tolerances")
+    tols = {"text": tol_text, "audio": tol_audio, "per_codebook": tol_audio, "total": tol_total}
+    batch = c.input_for("custom", "batch")
+    starts = P.batch_field(batch, "audio_out_ids_start")
+    n_frames = int(outputs.audio_logits.shape[0]) if outputs.audio_logits is not None else 0
+    audio_ctx = X.audio_context(starts, n_frames, bos=c.bos, eos=c.eos, frame_axis=0, scale_sources=c.scale_sources())
+    scale_ctx = X.scale_context(c.scale_sources())
+    info = {"expected_custom_terms": _expected_custom_terms(c, rl, oracle["custom"])}
+    fields = [c.fields.compare("loss", "has_target_audio", rl.has_target_audio, cl.has_target_audio,
+                               FieldSpec(tol=EXACT))]
+    ref_ce, cus_ce = P.common_positions(rl.audio_token_ce, cl.audio_token_ce)
+    fields.append(c.fields.compare("loss", "audio_ce_common", ref_ce, cus_ce,
+                                   FieldSpec(tol=tol_audio_ce, axes=("frame", "codebook"), decode=c.decoder.frames(),
+                                             keep_mask=True, rel_ctx=audio_ctx)))
+    fields.append(c.fields.compare("loss", "text_ce_common", *P.common_positions(rl.text_token_ce, cl.text_token_ce),
+                                   FieldSpec(tol=tol_text_ce, axes=("sample", "position"), rel_ctx=scale_ctx)))
+    values = {"reference": _terms_of(rl), "custom": _terms_of(cl)}
+    for name in ("text", "audio", "per_codebook", "total", "text_supervised_tokens", "audio_supervised_tokens"):
+        spec = FieldSpec(tol=tols.get(name, EXACT), info=info, rel_ctx=scale_ctx,
+                         axes=("codebook",) if name == "per_codebook" else None)
+        fields.append(c.fields.compare("loss", name, values["reference"][name], values["custom"][name], spec))
+    # each side against the independent implementation of its declared loss
+    for role, lb in (("reference", rl), ("custom", cl)):
+        terms, t_ce, a_ce = oracle[role]
+        declared = {"text": terms.text.detach(), "audio": terms.audio.detach(),
+                    "per_codebook": terms.per_codebook.detach(), "total": terms.total.detach(),
+                    "text_supervised_tokens": terms.text_tokens, "audio_supervised_tokens": terms.audio_tokens}
+        if lb.audio_token_ce is not None and a_ce is not None:
+            fields.append(c.fields.compare("loss", f"audio_token_ce@{role}", a_ce.nan_map(), lb.audio_token_ce.detach(),
+                                           FieldSpec(tol=tol_audio_ce, axes=("frame", "codebook"), check="declared",
+                                                     side=role, decode=c.decoder.frames(), keep_mask=True,
+                                                     rel_ctx=audio_ctx)))
+        if lb.text_token_ce is not None:
+            fields.append(c.fields.compare("loss", f"text_token_ce@{role}", t_ce.nan_map(), lb.text_token_ce.detach(),
+                                           FieldSpec(tol=tol_text_ce, axes=("sample", "position"), check="declared",
+                                                     side=role, rel_ctx=scale_ctx)))
+        for name, want in declared.items():
+            got = values[role][name]
+            if name == "per_codebook":
+                want, got = _supervised_only(want, got, terms.per_codebook_tokens)
+            fields.append(c.fields.compare("loss", f"{name}@{role}", want, got,
+                                           FieldSpec(tol=tols.get(name, EXACT), check="declared", side=role,
+                                                     rel_ctx=scale_ctx,
+                                                     axes=("codebook",) if name == "per_codebook" else None)))
+    c.extras["per_codebook"] = {"reference": [float(x) for x in rl.per_codebook.detach().cpu()],
+                                "custom": [float(x) for x in cl.per_codebook.detach().cpu()]}
+    c.evidence["loss"] = _loss_evidence(rl, cl, outputs, batch)
+    return StageResult("loss", "ok", fields, compute, time.perf_counter() - t0)
+
+
+def _terms_of(lb: Any) -> dict[str, Any]:
+    return {"text": lb.text.detach(), "audio": lb.audio.detach(), "per_codebook": lb.per_codebook.detach(),
+            "total": lb.total.detach(), "text_supervised_tokens": int(lb.text_supervised_tokens),
+            "audio_supervised_tokens": int(lb.audio_supervised_tokens)}
+
+
+def _supervised_only(want: torch.Tensor, got: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_codebook compared on codebooks with supervised frames (a codebook without any has no loss;
+    pipelines write NaN or 0 there).  Shapes that differ are left for the diff to report."""
+    if want.shape != got.shape or counts.shape != want.shape:
+        return want, got
+    keep = counts.to(want.device) > 0
+    nan = torch.full_like(want, float("nan"))
+    return torch.where(keep, want, nan), torch.where(keep.to(got.device), got, nan.to(got.device))
+
+
+def _loss_evidence(rl: Any, cl: Any, outputs: Any, batch: Any) -> dict:
+    """Numbers the causes are matched against."""
+    ev: dict[str, Any] = {}
+    for name, lb in (("reference", rl), ("custom", cl)):
+        ev[name] = {"audio": float(lb.audio.detach()), "text": float(lb.text.detach()),
+                    "total": float(lb.total.detach()), "has_target_audio": bool(lb.has_target_audio),
+                    "audio_supervised_tokens": int(lb.audio_supervised_tokens),
+                    "per_codebook": [float(x) for x in lb.per_codebook.detach().cpu()]}
+    labels = P.batch_field(batch, "label_audio_ids")
+    starts = P.batch_field(batch, "audio_out_ids_start")
+    al = getattr(outputs, "audio_logits", None)
+    if al is not None and labels is not None and labels.numel() and cl.audio_token_ce is not None:
+        shifted = P.per_position_audio_ce(al.detach(), labels, starts, shift=True)
+        unshifted = P.per_position_audio_ce(al.detach(), labels, starts, shift=False)
+        ev["custom_matches"] = {"shifted": _nan_close(cl.audio_token_ce, shifted),
+                                "unshifted": _nan_close(cl.audio_token_ce, unshifted)}
+    if cl.text_token_ce is not None and outputs.expanded_labels is not None:
+        ev["custom_text_matches"] = {"unshifted": _nan_close(cl.text_token_ce, _unshifted_text_ce(outputs)),
+                                     "shifted": _nan_close(cl.text_token_ce, O.text_ce(outputs.logits.detach(),
+                                                                                       outputs.expanded_labels).nan_map())}
+    return ev
+
+
+def _unshifted_text_ce(outputs: Any) -> torch.Tensor:
+    logits, labels = outputs.logits.detach().float(), outputs.expanded_labels.to(outputs.logits.device)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
+    return torch.where(labels != P.IGNORE, ce, torch.full_like(ce, float("nan")))
+
+
+def _nan_close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal on the positions both define (and those positions exist)."""
+    if a is None or b is None or a.shape != b.shape:
+        return False
+    b = b.to(a.device)
+    both = ~torch.isnan(a) & ~torch.isnan(b)
+    if not bool(both.any()):
+        return False
+    return bool(torch.allclose(a[both].float(), b[both].float(), rtol=1e-4, atol=1e-5))
+
+
+# ------------------------------------------------------------------------------------------ backward
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    inner = model.module if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return {n: p for n, p in inner.named_parameters() if p.requires_grad}
+
+
+def expected_grads(c: Any, role: str, batch: Any) -> dict[str, torch.Tensor | None]:
+    """`role`'s declared loss back-propagated through the OTHER side's model, on `role`'s batch."""
+    other = "custom" if role == "reference" else "reference"
+    st = c.side[other]
+    st.model.zero_grad(set_to_none=True)
+    out = c.mod(other).forward(st.model, batch, st.ctx)
+    terms, _t, _a = _oracle(c, role, out, batch)
+    terms.total.backward()
+    grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in _trainable(st.model).items()}
+    st.model.zero_grad(set_to_none=True)
+    return grads
+
+
+def grad_tolerance(c: Any, expected: dict[str, Any], n_tokens: int):
+    """Per-parameter tolerance: a reduction of `n_tokens` terms with cancellation, scaled by the field."""
+    def spec_for(name: str, value: Any) -> FieldSpec:
+        if value is None:
+            return FieldSpec(tol=EXACT, axes=("out", "in"))
+        scale = float(value.detach().abs().max()) if value.numel() else 0.0
+        tol = TOL.cancelling_reduction(n_tokens, scale, value.dtype)
+        if c.device.type == "cuda":
+            rtol, atol = CUDA_FIELD_TOLERANCES["grad/*"]
+            tol = TOL.Tolerance(max(tol.rtol, rtol), max(tol.atol, atol * scale), tol.rule + "; CUDA atomics")
+        return FieldSpec(tol=tol, axes=("out", "in"), rel_ctx=X.scale_context(c.scale_sources()))
+    return spec_for
+
+
+def run_backward(c: Any) -> StageResult:
+    c.build_models()
+    compute = 0.0
+    batches = {}
+    for role, state in c.side.items():
+        batch = to_device(c.input_for(role, "batch"), state.ctx.device)
+        batches[role] = batch
+        state.model.zero_grad(set_to_none=True)
+
+        def work(role: str = role, state: Any = state, batch: Any = batch) -> dict[str, torch.Tensor | None]:
+            mod = c.mod(role)
+            out = mod.forward(state.model, batch, state.ctx)
+            return mod.backward(mod.loss(out, batch, state.ctx), state.model)
+
+        state.grads, dt = c.timed(work)
+        state.grads = c.perturbed("backward", role, state.grads)
+        compute += dt
+    t0 = time.perf_counter()
+    expected = {role: expected_grads(c, role, batches[role]) for role in ("reference", "custom")}
+    logits_shape = c.side["custom"].outputs.logits.shape if c.side["custom"].outputs is not None else None
+    n_tokens = int(logits_shape[0] * logits_shape[1]) if logits_shape is not None else 1
+    fields = c.fields.compare_mapping("backward", "grad", expected["custom"], c.side["custom"].grads,
+                                      grad_tolerance(c, expected["custom"], n_tokens))
+    own = grad_tolerance(c, expected["reference"], n_tokens)
+
+    def ref_spec(name: str, value: Any) -> FieldSpec:
+        spec = own(name, value)
+        spec.check, spec.side = "declared", "reference"
+        return spec
+
+    fields += c.fields.compare_mapping("backward", "grad@reference", expected["reference"], c.side["reference"].grads,
+                                       ref_spec)
+    acc_fields, acc_compute = accumulation.backward_fields(c)
+    fields += acc_fields
+    diff_s = time.perf_counter() - t0 - acc_compute
+    return StageResult("backward", "ok", fields, compute + acc_compute, diff_s)

@@ -1,0 +1,598 @@
+"""Name the mechanism behind a divergence, from its stage, field, relation and the run's evidence.
+
+Each rule looks at ONE diverged field (its name, its inferred relation, the comparison's
+evidence) and returns a mechanism a person would fix plus the evidence it rests on, or nothing.
+Rules are tried from the most specific to the most generic; the first that holds is the field's
+cause.  A rule only fires when its own evidence holds for that field, so a cause is never borrowed
+from another field or from an expected (declared) difference.
+
+`explain_fields` attaches `FieldDiff.cause` to every unexpected divergence; `diagnoses` turns the
+causes and the run-level facts (DDP in sync, parameters absent from the checkpoint) into the
+report's list.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from harness.engine.diff import FieldDiff
+from harness.report.model import Diagnosis, StageResult
+
+
+@dataclass
+class Facts:
+    """What rules may look at besides the field itself."""
+
+    evidence: dict[str, Any]
+    stages: dict[str, StageResult]
+    extras: dict[str, Any]
+
+    def field(self, stage: str, name: str) -> FieldDiff | None:
+        st = self.stages.get(stage)
+        return next((f for f in st.fields if f.field == name), None) if st else None
+
+    def diverged(self, stage: str, prefix: str) -> list[FieldDiff]:
+        st = self.stages.get(stage)
+        return [f for f in st.fields if f.unexpected and f.field.startswith(prefix)] if st else []
+
+
+Result = tuple[str, str] | None
+Rule = Callable[[FieldDiff, Facts], Result]
+
+
+def _rel(f: FieldDiff) -> dict:
+    return f.relation or {"kind": "none", "words": "", "details": {}, "axis": None}
+
+
+def _kind(f: FieldDiff) -> str:
+    return _rel(f).get("kind", "none")
+
+
+def _words(f: FieldDiff) -> str:
+    return _rel(f).get("words", "")
+
+
+def _details(f: FieldDiff) -> dict:
+    return _rel(f).get("details") or {}
+
+
+def _name(f: FieldDiff) -> str:
+    return f.field.split("@", 1)[0]
+
+
+def _side(f: FieldDiff) -> str:
+    return f.side or "custom"
+
+
+def _kinds_text(f: FieldDiff) -> str:
+    kinds = _details(f).get("kinds") or {}
+    return ", ".join(list(kinds)[:3])
+
+
+def _kinds_have(f: FieldDiff, *words: str) -> bool:
+    kinds = _details(f).get("kinds") or {}
+    return bool(kinds) and all(any(w in k for w in words) for k in kinds)
+
+
+# ---------------------------------------------------------------------------------- dataset
+
+
+def _target_is_reference_clip(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "dataset" or f.field not in ("target_audio_codes", "target_is_reference_clip"):
+        return None
+    views = x.evidence.get("dataset", {}).get(f.sample or "")
+    if not views:
+        return None
+    for side, view in zip(("reference", "custom"), views):
+        if view.get("target_is_reference_clip"):
+            return ("audio labels equal the reference clip's codes: the dataset encoded the reference (voice-prompt) "
+                    f"audio as the training target on the {side} side, so training teaches copying the prompt "
+                    "(custom fault reference-audio-as-label)",
+                    f"target codes == reference codes for sample {f.sample!r} on the {side} side")
+    return None
+
+
+def _codes_of_other_sample(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "dataset" or f.field not in ("target_audio_codes", "reference_audio_codes"):
+        return None
+    ds = x.evidence.get("dataset", {})
+    mine = ds.get(f.sample or "")
+    if not mine:
+        return None
+    got = mine[1].get(f.field)
+    if got is None:
+        return None
+    for sid, (ref_view, _c) in ds.items():
+        for key in ("target_audio_codes", "reference_audio_codes"):
+            other = ref_view.get(key)
+            if other is not None and other.shape == got.shape and bool((other == got).all()) and (sid, key) != (f.sample, f.field):
+                what = "target" if key == "target_audio_codes" else "reference clip"
+                return (f"the custom {f.field.replace('_codes', '').replace('_', ' ')} of sample {f.sample!r} is the "
+                        f"{what} of sample {sid!r}: audio paired with the wrong record (index/ordering bug)",
+                        f"custom codes equal the reference side's {key} of {sid!r}")
+    return None
+
+
+def _codes_length(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "dataset" or not (f.field.endswith("codes") or f.field.startswith("audio_ids_concat")):
+        return None
+    if _kind(f) in ("truncation", "extension"):
+        k = _details(f).get("k")
+        return (f"audio codes {'cut short' if _kind(f) == 'truncation' else 'extended'} by {k} frame(s) on the "
+                f"{_side(f)} side: the clip was trimmed, padded or resampled differently, or the wrong duration/offset "
+                "was read", _words(f))
+    return None
+
+
+def _transcript(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "dataset" or "transcript" not in f.field:
+        return None
+    d = _details(f)
+    ref_part, cus_part = d.get("reference_part", ""), d.get("custom_part", "")
+    which = "target" if f.field.startswith("target") else "reference"
+    side = f"the {_side(f)} side" if f.check == "declared" else "the custom side"
+    if _kind(f) in ("truncation", "extension", "replaced") and len((ref_part or "") + (cus_part or "")) <= 2:
+        return (f"the {which} transcript the model reads differs from the declared normalisation of the record by "
+                f"{(ref_part or cus_part)!r} on {side}: a normalisation rule (punctuation, final period, whitespace) "
+                "applied, dropped or changed", _words(f))
+    return (f"the {which} transcript the model reads on {side} is not the record's {which} text under the declared "
+            "normalisation: wrong transcript paired with the audio, or text altered before tokenising", _words(f))
+
+
+def _text_supervision(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "dataset" or not (f.field.startswith("supervised_text/") or _name(f) == "label_ids"):
+        return None
+    key = f.field.split("/", 1)[1] if "/" in f.field else ""
+    text = f"{f.custom!s}"
+    if key == "prompt" and f.custom:
+        return ("the prompt is trained: system/user tokens carry text labels (label_ids copied from input_ids, or "
+                "the assistant-turn / start_index rule ignored)", f"custom supervises {text[:80]!r} outside assistant turns")
+    if key == "target" and "[label" in text:
+        return ("text labels are misaligned with their input tokens in the dataset (shifted): upstream labels equal the "
+                "inputs and the loss shifts them, so a shift here is a second next-token shift",
+                f"custom target turn labels: {text[:100]!r}")
+    if key == "target" and not f.custom:
+        return ("the target turn is not trained: its labels are all -100 (start_index after the target turn, or the "
+                "wrong role)", "custom supervises nothing in the target turn")
+    if key in ("voice_prompt", "other_assistant"):
+        return (f"an assistant turn other than the target is trained ({key.replace('_', ' ')}) although the declared "
+                "trained turns exclude it (or the reverse): start_index / trained-turn rule",
+                f"reference {str(f.reference)[:60]!r} vs custom {text[:60]!r}")
+    if _name(f) == "label_ids":
+        if _kind(f) == "shift":
+            return (f"text labels shifted {abs(_details(f).get('k', 1))} position(s) in the dataset on the {_side(f)} "
+                    "side: labels must equal the inputs (the loss does the next-token shift)", _words(f))
+        if _kind(f) == "unmasked":
+            return (f"tokens that must be -100 carry labels on the {_side(f)} side ({_kinds_text(f)}): the wrong turns "
+                    "are trained", _words(f))
+        if _kind(f) == "masked":
+            return (f"tokens that must be supervised are -100 on the {_side(f)} side ({_kinds_text(f)})", _words(f))
+    return None
+
+
+def _declared_dataset(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "dataset" or f.check != "declared":
+        return None
+    name = _name(f)
+    if name == "audio_ids_concat":
+        if _kind(f) == "none" and f.custom_shape == f.ref_shape:
+            return (f"the {f.side} dataset puts codes in the wrong audio slots (the collator gives every <|AUDIO|> / "
+                    "<|AUDIO_OUT|> placeholder the next slice of audio_ids_concat, in prompt order)", _words(f))
+        return (f"the {f.side} dataset's audio codes are not the declared clips in the declared order", _words(f))
+    if name == "input_ids":
+        return (f"the {f.side} prompt differs from the one its declared conventions render ({_kinds_text(f) or 'tokens'}"
+                "): layout, system message or transcript", _words(f))
+    if name == "reference_audio_is_label":
+        return (f"the {f.side} side {'labels' if f.custom else 'does not label'} the voice prompt, against its declared "
+                "trained turns", f"declared {f.reference}, actual {f.custom}")
+    return None
+
+
+# ---------------------------------------------------------------------------------- collator
+
+
+def _declared_collator(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "collator" or f.check != "declared":
+        return None
+    name = _name(f)
+    if name == "delay_pattern":
+        return (f"the {f.side} side declares the delay pattern {'on' if f.reference else 'off'} but its collator "
+                f"{'does not apply' if f.reference else 'applies'} it", f"declared {f.reference}, batch {f.custom}")
+    if name == "audio_label_layout":
+        return (f"the {f.side} side declares {f.reference} audio labels but its batch has {f.custom} ones",
+                f"first label of each segment: declared {f.reference}, actual {f.custom}")
+    if name == "mask_audio_out_token_label":
+        return (f"the {f.side} side declares mask_audio_out_token_label={f.reference} but the <|AUDIO_OUT|> labels of "
+                f"trained turns are {'masked' if f.custom is True else 'kept' if f.custom is False else f.custom}",
+                f"declared {f.reference}, actual {f.custom}")
+    return None
+
+
+def _all_labels_ignored(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "collator" or f.field not in ("supervised_audio_codes", "label_audio_ids"):
+        return None
+    for side, e in x.evidence.get("collator", {}).items():
+        if e.get("label_audio_all_ignored"):
+            return (f"all audio labels are -100 (or absent) on the {side} side: label_audio_ids is not mapped from the "
+                    "audio-out codes, so no audio token is supervised and the audio loss can only be 0.0 or skipped "
+                    "(custom fault unmapped-audio-labels)", f"{side} label_audio_ids has no supervised entry")
+    return None
+
+
+def _audio_labels(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "collator" or f.field not in ("supervised_audio_codes", "label_audio_ids", "audio_out_ids",
+                                                "audio_in_ids"):
+        return None
+    kind, d = _kind(f), _details(f)
+    what = "audio labels" if "label" in f.field or "supervised" in f.field else f.field
+    if kind == "shift" and _rel(f).get("axis") == "frame":
+        k = d.get("k", 0)
+        if "label" in f.field or "supervised" in f.field:
+            return (f"{what} shifted {abs(k)} frame(s) {'left (earlier)' if k < 0 else 'right (later)'}: "
+                    + ("a second next-token shift (the collator already aligns labels with inputs; the loss shifts)"
+                       if k < 0 else "labels lag their inputs (off by one)"), _words(f))
+        return (f"{what} shifted {abs(k)} frame(s) along the frame axis: codes offset against their segment "
+                "(delay pattern off by one, or BOS/EOS placement)", _words(f))
+    if kind == "permutation" and _rel(f).get("axis") == "codebook":
+        return (f"codebook rows permuted in {what}: codebook order ({d.get('order')}) differs, so every codebook is "
+                "trained on another codebook's codes", _words(f))
+    if kind in ("truncation", "extension") and _rel(f).get("axis") == "frame":
+        return (f"{what}: {d.get('k')} frame(s) {'missing' if kind == 'truncation' else 'added'} at the {d.get('where')} "
+                f"({d.get('values') or 'codes'}): the stream EOS/BOS handling or the segment length differs", _words(f))
+    if kind == "masked":
+        kinds = _kinds_text(f)
+        if "last frame" in kinds:
+            return ("the stream EOS of each audio segment is not supervised (masked to -100): the model never learns to "
+                    "stop", _words(f))
+        return (f"{what}: {d.get('count')} supervised position(s) masked to -100 ({kinds})", _words(f))
+    if kind == "replaced":
+        return (f"{what}: positions replaced by {d.get('name')} ({_kinds_text(f)})", _words(f))
+    if kind == "dtype_roundtrip":
+        return (f"{what} passed through {d.get('dtype')}: codes >= 256 are not exact in bfloat16 (a cast of the code "
+                "tensor to a float dtype)", _words(f))
+    if kind == "offset":
+        return (f"{what} offset by {d.get('offset')}: codes or special ids shifted (codebook offset, BOS/EOS ids)",
+                _words(f))
+    return None
+
+
+def _collator_text(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "collator" or f.field not in ("input_ids", "label_ids", "attention_mask"):
+        return None
+    kind = _kind(f)
+    if kind == "shift" and _rel(f).get("axis") == "position":
+        return ("batch rows shifted along the positions: padding on the other side (pad_left) or a shifted copy of the "
+                "labels", _words(f))
+    if f.field == "label_ids" and kind in ("masked", "unmasked"):
+        if _kinds_have(f, "<|AUDIO_OUT|>"):
+            return ("the <|AUDIO_OUT|> text labels are masked/kept against the declared mask_audio_out_token_label",
+                    _words(f))
+        return (f"text labels {'masked' if kind == 'masked' else 'unmasked'} by the collator ({_kinds_text(f)})", _words(f))
+    if kind == "replaced" and f.field == "input_ids":
+        return (f"token ids replaced by {_details(f).get('name')} in the batch ({_kinds_text(f)}): pad id or special "
+                "token mapping differs", _words(f))
+    return None
+
+
+# ---------------------------------------------------------------------------------- forward
+
+
+def _random_layers(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "forward":
+        return None
+    absent = x.evidence.get("parameters", {}).get("absent_from_checkpoint", {})
+    for side, names in absent.items():
+        if names:
+            return (f"parameters absent from the checkpoint on the {side} side: config flags added randomly initialised "
+                    "layers, so outputs and losses sit near chance level (custom fault random-extra-layers)",
+                    f"{len(names)} parameter(s) not in the checkpoint, first {names[0]!r}")
+    return None
+
+
+def _forward_values(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "forward" or f.field not in ("logits", "audio_logits"):
+        return None
+    kind, d = _kind(f), _details(f)
+    if kind == "dtype_roundtrip":
+        return (f"{f.field} computed in {d.get('dtype')} on one side (autocast or a cast of the weights)", _words(f))
+    if kind == "nonfinite_onset":
+        return (f"non-finite {f.field} on the {d.get('side')} side: overflow in the forward pass", _words(f))
+    only = x.field("forward", "trainable_parameters_only_on_one_side")
+    if only is not None and only.unexpected:
+        return ("LoRA wraps different modules on the two sides (trainable parameter names differ), so the same weights "
+                "give different outputs", f"first name on one side only: {only.reference or only.custom}")
+    return ("same weights, same batch, different outputs in train mode: the model wiring differs (LoRA placement, "
+            "scaling alpha/r or dropout, a modified layer, or training-only code such as dropout that ignores the "
+            "configuration)", _words(f))
+
+
+# ---------------------------------------------------------------------------------- loss
+
+
+def _no_shift_audio(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "loss" or f.field not in ("audio_ce_common", "audio_token_ce@custom"):
+        return None
+    m = x.evidence.get("loss", {}).get("custom_matches")
+    if m and m.get("unshifted") and not m.get("shifted"):
+        return ("no next-token shift: the custom audio CE scores logits[t] against labels[t] (labels equal to the "
+                "inputs, a copy task), instead of logits[t-1] (custom fault no-shift)",
+                "custom per-position audio CE matches the unshifted computation, not the shifted one")
+    return None
+
+
+def _no_shift_text(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "loss" or f.field not in ("text_ce_common", "text_token_ce@custom", "text@custom", "text"):
+        return None
+    m = x.evidence.get("loss", {}).get("custom_text_matches")
+    if m and m.get("unshifted") and not m.get("shifted"):
+        return ("text CE scored without the next-token shift: logits[t] against labels[t] (a copy task)",
+                "custom per-position text CE matches the unshifted computation")
+    return None
+
+
+def _zero_term(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "loss":
+        return None
+    name, side = _name(f), _side(f)
+    e = x.evidence.get("loss", {}).get(side, {})
+    for term in ("audio", "text"):
+        if name in (term, "audio_ce_common" if term == "audio" else "text_ce_common", "total") and e.get(term) == 0.0 \
+                and (term == "text" or e.get("has_target_audio")):
+            return (f"{term} loss is exactly 0.0 on the {side} side although the batch has targets: the term was "
+                    "silently skipped or zeroed" + (" (custom fault silent-zero-audio-loss)"
+                                                    if term == "audio" and side == "custom" else ""),
+                    f"{term} = 0.0 with {e.get('audio_supervised_tokens')} supervised audio tokens")
+    if name in ("per_codebook",) and _kind(f) in ("masked", "none"):
+        pcb = e.get("per_codebook", [])
+        zeros = [i for i, v in enumerate(pcb) if v == 0.0]
+        if zeros:
+            return (f"codebook(s) {zeros} have a loss of exactly 0.0 on the {side} side: their labels are never "
+                    "supervised", f"per-codebook loss {pcb}")
+    return None
+
+
+def _loss_scale(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "loss" or _kind(f) != "scale":
+        return None
+    d = _details(f)
+    factor, sources = d.get("factor"), d.get("sources") or []
+    side = _side(f)
+    name = _name(f)
+    if "num_codebooks" in sources:
+        return (f"the {side} {name} loss is {factor}x its declared value: summed over codebooks instead of averaged",
+                _words(f))
+    if "1/num_codebooks" in sources:
+        return (f"the {side} {name} loss is divided by the number of codebooks twice", _words(f))
+    if "samples" in sources or "1/samples" in sources:
+        return (f"the {side} {name} loss is {factor}x: reduced per sample instead of per token (sum or mean over the "
+                "batch dimension)", _words(f))
+    return (f"the {side} {name} loss is {factor}x its declared reduction: a weight, a sum instead of a mean, or a "
+            "different denominator (supervised-token count)", _words(f))
+
+
+def _loss_positions(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "loss":
+        return None
+    name, side = _name(f), _side(f)
+    if name in ("audio_token_ce", "audio_ce_common") and _kind(f) == "shift":
+        return (f"the {side} audio CE scores the wrong frame: shifted {abs(_details(f).get('k', 0))} frame(s) "
+                "(logits and labels aligned with another offset)", _words(f))
+    if name in ("audio_supervised_tokens", "text_supervised_tokens"):
+        return (f"the {side} loss supervises {f.custom} {name.split('_')[0]} tokens where its declared loss supervises "
+                f"{f.reference}: labels masked differently, or the shift crosses/ignores segment boundaries", _words(f))
+    if name in ("audio_token_ce", "text_token_ce") and _kind(f) in ("masked", "none"):
+        return (f"the {side} per-position {name.split('_')[0]} CE differs from its declared loss at "
+                f"{_details(f).get('count', '?')} position(s) ({_details(f).get('where') or _words(f)})", _words(f))
+    if f.check == "declared" and name in ("audio", "text", "total", "per_codebook"):
+        return (f"the {side} side's reduced {name} loss is not its per-position CE reduced as it declares "
+                "(reduction, weights or the terms included in the total)", _words(f))
+    return None
+
+
+# ---------------------------------------------------------------------------------- backward
+
+
+def _no_grad(f: FieldDiff, x: Facts) -> Result:
+    if f.stage not in ("backward",) or not f.field.startswith(("grad/", "grad@")):
+        return None
+    if f.status == "missing" or _kind(f) in ("absent", "zero"):
+        side = _details(f).get("side") or ("custom" if f.custom is None else "reference")
+        if f.field.startswith("grad@"):
+            side = "reference"
+        n_missing = len([g for g in x.diverged("backward", "grad") if g.status == "missing" or _kind(g) in ("absent", "zero")])
+        return (f"no gradient reaches {f.field.split('/', 1)[1]} on the {side} side ({n_missing} parameter(s) affected): "
+                "it is detached from the loss, or training-only code cuts it off (re-entrant activation checkpointing "
+                "of inputs that do not require grad, a torch.no_grad or .detach() in the forward)",
+                f.note or _words(f))
+    return None
+
+
+def _grad_values(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "backward" or not f.field.startswith(("grad/", "grad@")):
+        return None
+    kind, d = _kind(f), _details(f)
+    side = "reference" if f.field.startswith("grad@") else "custom"
+    loss_ok = not any(g.unexpected for g in (x.stages.get("loss").fields if x.stages.get("loss") else []))
+    if kind == "sign_flip":
+        return (f"the {side} gradient has the wrong sign: the loss is negated (maximised)", _words(f))
+    if kind == "scale":
+        return (f"the {side} gradient is {d.get('factor')}x what its declared loss gives: the loss that is "
+                "back-propagated is scaled differently from the one logged (a weight, a division by the accumulation "
+                "steps or world size" + (f"; matches {', '.join(d.get('sources'))}" if d.get("sources") else "") + ")",
+                _words(f))
+    if loss_ok:
+        return (f"the {side} loss VALUE matches its declaration but its gradient does not: a term is detached or "
+                "computed outside the graph (e.g. .item()/.detach() in one term), or the model's training-mode graph "
+                "differs (activation checkpointing, dropout)", _words(f))
+    return None
+
+
+def _accumulation(f: FieldDiff, x: Facts) -> Result:
+    if not f.field.startswith(("accum_grad/", "accum_param/", "accum_loss/")):
+        return None
+    ev = x.evidence.get("accumulation", {})
+    ratio = ev.get("grad_ratio")
+    k = ev.get("micro_batches")
+    if ratio is not None and k and math.isclose(ratio, k, rel_tol=1e-3):
+        return (f"{k} micro-batches give {k}x the one-batch gradient: micro-batch losses are summed without "
+                "normalising by the global token count", f"gradient ratio {ratio}")
+    if ratio is not None and k and math.isclose(ratio, 1.0 / k, rel_tol=1e-3):
+        return (f"{k} micro-batches give 1/{k} of the one-batch gradient: the loss is divided by the number of "
+                "micro-batches on top of a global normalisation", f"gradient ratio {ratio}")
+    return ("gradient accumulation is not equivalent to one batch: each micro-batch is normalised by its own "
+            "supervised-token count (or mean) instead of the global count over all micro-batches",
+            f"k={k} micro-batches vs one batch; overall gradient ratio {ratio}")
+
+
+def _ddp(f: FieldDiff, x: Facts) -> Result:
+    if not re.match(r"ddp_(rank\d+|equal_rank\d+)_", f.field):
+        return None
+    d = x.evidence.get("ddp", {})
+    if not d:
+        return None
+    if f.field.startswith("ddp_equal_rank"):
+        return ("ranks hold different parameters after a step: their updates are not synchronised (gradients not "
+                "all-reduced on every step, or rank-dependent optimizer state)", _words(f))
+    if d.get("ranks_agree") is False:
+        return ("gradients not synchronised across ranks: DDP's all-reduce did not run on every micro-batch that should "
+                "sync (forward on the unwrapped module, or no_sync inverted: custom faults ddp-unwrapped-forward / "
+                "inverted-no-sync)",
+                f"ranks {d.get('unsynced_ranks')} of {d.get('world_size')} ({d.get('backend')}) differ from one process "
+                "and from each other")
+    ratio = d.get("grad_ratio")
+    words = f"ranks agree with each other; gradient ratio vs one process {ratio}"
+    if ratio is not None and not math.isclose(ratio, 1.0, rel_tol=1e-3):
+        return (f"gradients {ratio}x the single process while ranks agree: loss normalised per micro-batch or per rank "
+                "instead of by the global token count (token counts not all-reduced), or averaged twice", words)
+    return ("ranks agree with each other but not with one process on the same global batch: rank-local normalisation, "
+            "a sampler that hands ranks the wrong shards, or accumulation that differs from one batch", words)
+
+
+# ---------------------------------------------------------------------------------- step
+
+
+def _step(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "step" or not re.match(r"(update|exp_avg|exp_avg_sq|step|lr|hyperparameters)(/|$)", f.field):
+        return None
+    kind, d = _kind(f), _details(f)
+    hyper = x.field("step", "hyperparameters")
+    if hyper is not None and hyper.unexpected and f.field != "hyperparameters":
+        return (f"optimizer hyperparameters differ ({hyper.decoded}): betas, eps or weight decay of the custom "
+                "optimizer are not the configured ones", f"first at {hyper.decoded}: {hyper.reference} vs {hyper.custom}")
+    if f.field == "hyperparameters":
+        return (f"optimizer hyperparameter {f.decoded} is {f.custom} instead of {f.reference}", _words(f))
+    cfg = x.extras.get("step_config", {})
+    clip_factor = (cfg.get("first_gradient_norm") or 0) / (cfg.get("max_grad_norm") or 1)
+    if f.field.startswith(("exp_avg/", "exp_avg_sq/")) and kind == "scale":
+        factor = d.get("factor") or 0
+        expect = clip_factor if f.field.startswith("exp_avg/") else clip_factor ** 2
+        if expect and math.isclose(factor, expect, rel_tol=1e-2):
+            return ("gradient clipping is missing on the custom side: the optimizer state is the unclipped gradient's "
+                    f"(x{factor}, the clip factor ‖g‖/max_grad_norm = {clip_factor:g})", _words(f))
+        return (f"the gradient that reaches the custom optimizer is {factor}x the one given: an extra scaling before "
+                "the step (normalisation, clipping threshold, loss scale)", _words(f))
+    if f.field.startswith("lr/"):
+        return ("the learning rate differs at this step: the schedule (warmup, decay) or the base learning rate is "
+                "not the configured one", _words(f))
+    if f.field.startswith("update/"):
+        lr_bad = x.diverged("step", "lr/")
+        state_bad = x.diverged("step", "exp_avg")
+        if lr_bad:
+            return ("updates differ because the learning rate differs (see lr/step*)", _words(f))
+        if not state_bad:
+            return ("same gradients, same optimizer state, different update: the step itself differs (weight decay "
+                    "applied differently, bias correction, or the clipped gradient is not the one stepped)", _words(f))
+        return ("the optimizer state differs, so the update does", _words(f))
+    return None
+
+
+def _native(f: FieldDiff, x: Facts) -> Result:
+    if not f.field.startswith("native@"):
+        return None
+    side = f.side or f.field.split("@", 1)[1].split("/", 1)[0]
+    if f.field.endswith("lr_curve"):
+        where = _details(f).get("where") or _words(f)
+        return (f"the {side} learning-rate schedule does not follow the formula its effective_config declares "
+                f"(warmup/decay): {where}", _words(f))
+    if f.field.endswith("optimizer_class"):
+        return (f"the {side} optimizer class is {f.custom}, its effective_config declares {f.reference}", "")
+    return (f"the {side} optimizer step does not do what its effective_config declares (lr, betas, eps, weight decay "
+            "and its no-decay groups, or gradient clipping)", _words(f))
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def _config(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "config":
+        return None
+    if f.check == "declared":
+        return (f"the {f.side} side's effective setting {_name(f)} = {f.custom!r} contradicts its declaration "
+                f"({f.reference!r})", "")
+    return (f"an undeclared configuration difference: {f.field} is {f.reference!r} on the reference side and "
+            f"{f.custom!r} on the custom side, and no declared convention or recipe implies it", "")
+
+
+# ---------------------------------------------------------------------------------- generic
+
+
+def _generic_declared(f: FieldDiff, x: Facts) -> Result:
+    if f.check != "declared":
+        return None
+    return (f"the {f.side} side's {_name(f)} is not what its declared conventions say it must be", _words(f))
+
+
+RULES: tuple[Rule, ...] = (
+    _target_is_reference_clip, _codes_of_other_sample, _codes_length, _transcript, _text_supervision,
+    _declared_dataset, _declared_collator, _all_labels_ignored, _audio_labels, _collator_text, _random_layers,
+    _forward_values, _no_shift_audio, _no_shift_text, _zero_term, _loss_scale, _loss_positions, _no_grad,
+    _grad_values, _accumulation, _ddp, _step, _native, _config, _generic_declared,
+)
+
+
+def cause_of(f: FieldDiff, facts: Facts) -> dict | None:
+    """The first rule that explains `f` (module docstring), as {"mechanism", "evidence", "rule"}."""
+    for rule in RULES:
+        res = rule(f, facts)
+        if res is not None:
+            mechanism, evidence = res
+            return {"mechanism": mechanism, "evidence": evidence, "rule": rule.__name__.lstrip("_")}
+    return None
+
+
+def explain_fields(stages: list[StageResult], evidence: dict[str, Any], extras: dict[str, Any]) -> None:
+    """Attach a cause to every unexpected divergence (in place)."""
+    facts = Facts(evidence, {s.stage: s for s in stages}, extras)
+    for st in stages:
+        for f in st.fields:
+            if f.unexpected:
+                f.cause = cause_of(f, facts)
+
+
+def diagnoses(stages: list[StageResult], evidence: dict[str, Any]) -> list[Diagnosis]:
+    """The report's list: one per distinct cause (first field it explains), then run-level facts."""
+    out: list[Diagnosis] = []
+    seen: set[str] = set()
+    for st in stages:
+        for f in st.fields:
+            if f.unexpected and f.cause and f.cause["mechanism"] not in seen:
+                seen.add(f.cause["mechanism"])
+                out.append(Diagnosis(cause=f.cause["mechanism"], evidence=f.cause["evidence"], stage=st.stage,
+                                     field=f.field))
+    d = evidence.get("ddp")
+    if d and not d.get("unsynced_ranks") and not d.get("step_unsynced_ranks") and d.get("backend"):
+        out.append(Diagnosis(
+            cause=f"DDP in sync: {d['world_size']} ranks ({d['backend']}) agree with one process on the same global "
+                  f"batch of {d['global_batch']} samples",
+            evidence=f"gradients after the all-reduce, parameters after optimizer step 1 (bit-identical across ranks) "
+                     f"and the global loss of {d['steps']} steps within the derived tolerances "
+                     f"({d['grad_accum']} micro-batches per rank)", stage="backward", field=None))
+    acc = evidence.get("accumulation", {})
+    if acc.get("micro_batches") and not acc.get("accum_diverged"):
+        out.append(Diagnosis(cause=f"gradient accumulation equivalent: {acc['micro_batches']} micro-batches of one "
+                                   "sample give the gradients of one batch", evidence=f"gradient ratio {acc.get('grad_ratio')}",
+                             stage="backward", field=None))
+    return out
