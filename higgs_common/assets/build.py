@@ -5,7 +5,8 @@ released one (`HiggsAudioModel.save_pretrained` + the text tokenizer in one fold
 ``config.json`` + ``model.pth`` in another).  Everything is seeded: the same `--seed` gives
 bit-identical weights and codes.
 
-* ``--size tiny`` (default): 2-layer hidden-64 backbone, 4 x 32 codec; seconds on a CPU.
+* ``--size tiny`` (default): 2-layer hidden-64 backbone, 8 x 1024 codec (the released discrete sizes);
+  under a minute on a CPU.
 * ``--size full``: the released architecture (5.77 B parameters).  By default it is only
   instantiated on the meta device and its parameter count printed; ``--materialize`` writes real
   bf16 weights (needs ~11 GiB; meant for the GPU machine).

@@ -50,10 +50,12 @@ FULL_CODEC_CONFIG: dict[str, Any] = dict(
     semantic_techer="hubert_base_general",
 )
 # Same sample rate, same hop (8*10*12 = 960 -> 25 frames/s) and same semantic stride, but fewer
-# down-sampling stages (the acoustic encoder doubles its channels per stage) and 4 x 32 codes.
+# down-sampling stages (the acoustic encoder doubles its channels per stage); the DISCRETE sizes are
+# the released ones, 8 codebooks x 1024 codes (stream BOS/EOS 1024/1025), so precision and indexing
+# bugs that only show with codes >= 256 (a bfloat16 round trip is exact below 256) show here too.
 TINY_CODEC_CONFIG: dict[str, Any] = dict(
     n_filters=32, D=64, codebook_dim=16, target_bandwidths=[0.5, 1, 1.5, 2, 4],
-    ratios=[8, 10, 12], sample_rate=CODEC_SAMPLE_RATE, bins=32, n_q=4,
+    ratios=[8, 10, 12], sample_rate=CODEC_SAMPLE_RATE, bins=1024, n_q=8,
     semantic_techer="hubert_base_general",
 )
 # hidden_size must stay 768: upstream hard-codes semantic_dim=768 for hubert_base_general.
@@ -64,7 +66,9 @@ TINY_HUBERT_CONFIG: dict[str, Any] = dict(
 )
 FULL_HUBERT_CONFIG: dict[str, Any] = {}   # HubertConfig() defaults = HuBERT base
 
-CODEC_SIZES = {"tiny": (TINY_CODEC_CONFIG, TINY_HUBERT_CONFIG, 4.0),
+# (codec config, HuBERT config, calibration seconds): k-means initialises each codebook from the
+# calibration frames, so it needs at least `bins` of them: 1024 codes / 25 frames/s = 41 s -> 48 s.
+CODEC_SIZES = {"tiny": (TINY_CODEC_CONFIG, TINY_HUBERT_CONFIG, 48.0),
                "full": (FULL_CODEC_CONFIG, FULL_HUBERT_CONFIG, 60.0)}
 
 
@@ -83,6 +87,27 @@ class _LocalHubertAutoModel:
         if "hubert" not in name:
             raise AudioTokenizerLoadError(f"unexpected semantic model {name!r} requested by HiggsAudioTokenizer")
         return HubertModel(self.config)
+
+
+@contextlib.contextmanager
+def _batched_kmeans(batch_size: int = 8192) -> Iterator[None]:
+    """Run upstream's codebook k-means with large distance batches.
+
+    Upstream `kmeans(..., batch_size=64)` computes point-to-centroid distances 64 points at a time;
+    with 1024 centroids that is thousands of tiny `torch.cdist` calls (minutes on 2 CPU cores).  The
+    batch size only splits the same argmin over rows, so the result is identical; `init_embed_`
+    calls the module-level name, which this context swaps for the batched call.
+    """
+    import functools
+
+    from boson_multimodal.audio_processing.quantization import core_vq_lsx_version as vq
+
+    original = vq.kmeans
+    vq.kmeans = functools.partial(original, batch_size=batch_size)
+    try:
+        yield
+    finally:
+        vq.kmeans = original
 
 
 @contextlib.contextmanager
@@ -128,7 +153,8 @@ def build_audio_tokenizer(size: str, seed: int, *, device: str | torch.device = 
         tok.to(device)
         tok.eval()
         torch.manual_seed(seed + 1)   # k-means draws (randperm/randint) happen in this encode
-        codes = tok.encode(calibration_waveform(calib_seconds, seed=seed), CODEC_SAMPLE_RATE)
+        with _batched_kmeans():
+            codes = tok.encode(calibration_waveform(calib_seconds, seed=seed), CODEC_SAMPLE_RATE)
     not_inited = [n for n, b in tok.named_buffers() if n.endswith(".inited") and not bool(b.all())]
     if not_inited:
         raise AudioTokenizerLoadError(f"codebooks still uninitialised after calibration: {not_inited}")

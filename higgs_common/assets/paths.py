@@ -23,7 +23,7 @@ from higgs_common import REPO_ROOT
 ASSETS_ENV = "HIGGS_DIFF_ASSETS"
 CODE_CACHE_ENV = "HIGGS_DIFF_CODE_CACHE"
 # Bump when the builder's output changes (configs, corpus, calibration): stale caches rebuild.
-BUILD_VERSION = 1
+BUILD_VERSION = 2   # 2: tiny codec with the released discrete sizes (8 x 1024)
 BUILD_INFO = "build_info.json"
 
 
