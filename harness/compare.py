@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
+from higgs_common.train_cli import add_speech_args, speech_options
 
 EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT = 0, 1, 2
 STAGE_CHOICES = ("dataset", "collator", "forward", "loss", "backward", "step", "all")
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch device for models and diffs: auto (cuda when present, else cpu), cpu, cuda, "
                         "cuda:N (default: auto)")
     p.add_argument("--data", type=Path, default=DEFAULT_MANIFEST,
-                   help="canonical manifest (JSONL) of samples (default: the shipped data/manifest.jsonl)")
+                   help="canonical manifest (JSONL) of samples, or a folder holding manifest.jsonl "
+                        "(default: the shipped data/manifest.jsonl)")
     p.add_argument("--model", type=Path, default=None,
                    help="checkpoint folder (HiggsAudioModel + text tokenizer); default: the embedded tiny one")
     p.add_argument("--audio-tokenizer", type=Path, default=None,
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "its reason, and the count at the end) instead of exiting with status 2")
     p.add_argument("--max-audio-seconds", type=float, default=None,
                    help="longer clips are bad input (default: higgs_common.audio_io.DEFAULT_MAX_AUDIO_SECONDS, 30)")
+    add_speech_args(p)
     return p
 
 
@@ -166,7 +169,7 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     from harness.sides import known_faults
     from harness.terminal import print_summary
     from higgs_common.context import build_context
-    from higgs_common.manifest import load_manifest
+    from higgs_common.manifest import load_manifest, resolve_manifest
     from higgs_common.stages import HiggsDiffError, UnknownFaultError
 
     unknown = sorted(set(args.fault) - set(known_faults()))
@@ -186,14 +189,15 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     max_seconds = args.max_audio_seconds if args.max_audio_seconds is not None else DEFAULT_MAX_AUDIO_SECONDS
     skip_log = SkipLog(where="harness.compare")
     manifest_errors: list = []
-    all_records = load_manifest(args.data, skip_bad=args.skip_bad_samples, skipped=manifest_errors)
+    manifest = resolve_manifest(args.data)   # --data data/ means data/manifest.jsonl
+    all_records = load_manifest(manifest, skip_bad=args.skip_bad_samples, skipped=manifest_errors)
     for exc in manifest_errors:
         skip_log.add(exc)
     ctx = build_context(args.model, args.audio_tokenizer, device=args.device, seed=args.seed,
-                        options={"max_audio_seconds": max_seconds})
+                        options={"max_audio_seconds": max_seconds, **speech_options(args)})
     if args.skip_bad_samples:   # screen everything, then pick: the same picks as without bad samples
         records = select_records(screen_records(all_records, ctx, skip=True, skip_log=skip_log,
-                                                manifest=args.data, max_seconds=max_seconds), args.samples)
+                                                manifest=manifest, max_seconds=max_seconds), args.samples)
         from rich.markup import escape
 
         console.print(escape(skip_log.summary()), highlight=False, soft_wrap=True)
@@ -201,10 +205,10 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
             console.print(escape(f"  skipped {item.sample_id!r}: {item.error}: {item.reason}"), highlight=False,
                           soft_wrap=True)
         if not records:
-            raise HiggsDiffError(f"every sample of {args.data} is bad input (skipped {len(skip_log)})")
+            raise HiggsDiffError(f"every sample of {manifest} is bad input (skipped {len(skip_log)})")
     else:
         records = screen_records(select_records(all_records, args.samples), ctx, skip=False, skip_log=skip_log,
-                                 manifest=args.data, max_seconds=max_seconds)
+                                 manifest=manifest, max_seconds=max_seconds)
     stages = STAGES if args.stage == "all" else (args.stage,)
 
     def progress(msg: str) -> None:

@@ -549,6 +549,9 @@ class Comparison:
             except _FATAL_INPUT_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported in the stage result, with type and message
+                cause = _input_error_in_chain(exc)
+                if cause is not None:   # the stage failed because of its input: bad input, exit 2
+                    raise cause
                 log.exception("stage %s failed", stage)
                 results.append(StageResult(stage, "error", [], error=f"{type(exc).__name__}: {exc}"))
                 break
@@ -566,6 +569,22 @@ from higgs_common.stages import SampleError, UnknownFaultError  # noqa: E402
 # Any other exception inside a stage (e.g. the custom loss refusing an all -100 audio label) is a
 # finding about that stage: it is recorded in the stage result and the report.
 _FATAL_INPUT_ERRORS = (SampleError, UnknownFaultError)
+
+
+def _input_error_in_chain(exc: BaseException) -> SampleError | None:
+    """The SampleError that `exc` was raised from or while handling (`__cause__`/`__context__`), if any.
+
+    A stage that fails *because of* a bad sample (e.g. a library error re-raised around it) is bad
+    input too, not a finding about the stage.
+    """
+    seen: set[int] = set()
+    link = exc.__cause__ or exc.__context__
+    while link is not None and id(link) not in seen:
+        if isinstance(link, SampleError):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
 
 
 def _sync(device: torch.device) -> None:
