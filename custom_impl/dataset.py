@@ -15,8 +15,16 @@ several silent ways, so this loader makes every role explicit and checks it:
 * `prepare_chatml_sample` swallows every exception and returns four Nones -> SampleError here;
 * a missing reference clip or transcript is an error (no default sentence is invented);
 * every clip goes through `higgs_common.audio_io.load_audio` (missing, corrupt, truncated, empty,
-  NaN, silent or longer than `ctx.options["max_audio_seconds"]` (default 30 s) is a SampleError;
-  another rate or stereo is resampled / downmixed with a WARNING), even when its codes are cached;
+  NaN, silent, longer than `ctx.options["max_audio_seconds"]` (default 30 s), shorter than the
+  codec's minimum input (`ctx.code_cache.min_samples`) or below the speech floor
+  (`ctx.options["speech_floor_dbfs"]`, default -60 dBFS; `allow_no_speech` only warns) is a
+  SampleError; another rate or stereo is resampled / downmixed with a WARNING), even when its
+  codes are cached;
+* every text of every message is checked for the tokenizer's reserved special-token strings, and
+  the reference and target transcripts must hold a letter or digit (`higgs_common.transcripts`;
+  this pipeline feeds transcripts to the tokenizer as they are, so that is its normal form);
+* after tokenisation the number of `<|AUDIO|>`/`<|AUDIO_OUT|>` placeholders must equal the number
+  of audios (otherwise the upstream collator fails later with an IndexError naming nothing);
 * the text tokenizer must have the Higgs special tokens (`check_special_tokens`);
 * `load_dataset(..., skip_bad_samples=True, skip_log=...)` leaves bad samples out, logging each;
 * a sample whose label audio IS its reference audio (same file, same bytes, or same codes) is an
@@ -34,10 +42,11 @@ import torch
 from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
 from custom_impl.faults import is_on
-from higgs_common.assets.text_tokenizer import check_special_tokens
-from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, load_audio
+from higgs_common.assets.text_tokenizer import check_special_tokens, special_token_ids
+from higgs_common.audio_io import audio_check_kwargs, load_audio
 from higgs_common.skipping import SkipLog, build_or_skip
 from higgs_common.stages import DatasetItem, SampleError, StageContext
+from higgs_common.transcripts import check_transcript, check_user_text
 
 AUDIO_SAMPLE_RATE = 24000
 MESSAGE_LAYOUT = (
@@ -159,20 +168,51 @@ def check_reference_not_label(sid: str, ref_path: Path, target_path: Path, ref_c
             f"to copy its voice prompt", sample_id=sid, field=field, path=path)
 
 
+def check_texts(entry: dict[str, Any], layout: _Layout, sid: str, path: Path, tokenizer: Any) -> None:
+    """Reserved special tokens in any message text; empty reference / target transcripts.
+
+    Field names: the two transcripts as `_Layout` names them, any other text as its JSON path.
+    """
+    check_transcript(layout.ref_text, tokenizer=tokenizer, sample_id=sid, field="user.content[text:ref]", path=path)
+    check_transcript(layout.target_text, tokenizer=tokenizer, sample_id=sid, field="user.content[text:target]",
+                     path=path)
+    for turn, msg in enumerate(entry["messages"]):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, str):
+            check_user_text(content, tokenizer=tokenizer, sample_id=sid, field=f"messages[{turn}].content", path=path)
+            continue
+        for j, item in enumerate(content if isinstance(content, list) else [content]):
+            if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
+                check_user_text(item["text"], tokenizer=tokenizer, sample_id=sid,
+                                field=f"messages[{turn}].content[{j}].text", path=path)
+
+
+def check_placeholders(input_tokens: Sequence[int], n_audio: int, tokenizer: Any, *, sid: str, path: Path) -> None:
+    """One `<|AUDIO|>` / `<|AUDIO_OUT|>` placeholder per audio, or a SampleError (field `messages`)."""
+    ids = special_token_ids(tokenizer)
+    placeholders = {ids["<|AUDIO|>"], ids["<|AUDIO_OUT|>"]}
+    found = sum(1 for t in input_tokens if t in placeholders)
+    if found != n_audio:
+        raise SampleError(f"the tokenised prompt has {found} audio placeholder(s) for {n_audio} audio(s); the "
+                          f"collator would fail (IndexError in get_audio_codes)", sample_id=sid, field="messages",
+                          path=path)
+
+
 def build_item(entry: dict[str, Any], index: int, ctx: StageContext, path: Path) -> DatasetItem:
     """One ChatML entry -> DatasetItem with explicit reference / target indices."""
     path = Path(path)
     sid = sample_id_of(entry, index)
     layout = _Layout(entry, sid, path)
+    check_texts(entry, layout, sid, path, ctx.text_tokenizer)
     base = path.parent
     ref_path = _resolve(layout.ref_url, base)
     target_path = _resolve(layout.target_url, base)
-    max_seconds = ctx.options.get("max_audio_seconds", DEFAULT_MAX_AUDIO_SECONDS)
+    checks = audio_check_kwargs(ctx.options, min_samples=ctx.code_cache.min_samples)
     for p, fld in ((ref_path, layout.ref_field), (target_path, layout.target_field)):
         if not p.is_file():
             raise SampleError(f"audio file not found: {p}", sample_id=sid, field=fld, path=path)
         # Validate (and log any resample/downmix) on every load, not only on a code-cache miss.
-        load_audio(p, sample_id=sid, field=fld, target_sr=AUDIO_SAMPLE_RATE, max_seconds=max_seconds)
+        load_audio(p, sample_id=sid, field=fld, target_sr=AUDIO_SAMPLE_RATE, **checks)
 
     # prepare_chatml_sample mutates dicts (NaN cleaning) -> hand it a copy with resolved urls.
     clean = json.loads(json.dumps(entry))
@@ -189,6 +229,7 @@ def build_item(entry: dict[str, Any], index: int, ctx: StageContext, path: Path)
     if len(audio_contents) != len(layout.audio_roles):
         raise SampleError(f"prepare_chatml_sample found {len(audio_contents)} audios, layout has "
                           f"{len(layout.audio_roles)}", sample_id=sid, field="messages", path=path)
+    check_placeholders(input_tokens, len(audio_contents), ctx.text_tokenizer, sid=sid, path=path)
 
     ref_index = layout.audio_roles.index("reference")
     target_index = layout.audio_roles.index("target")

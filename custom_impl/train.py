@@ -6,8 +6,8 @@
     python -m custom_impl.train --data copy-probe --full-finetune --batch-size 8 --grad-accum 1 \
         --lr 3e-3 --max-steps 400 --fault reference-audio-as-label     # audio loss 3.55 -> 0.15
 
-`--data` is a ChatML JSON list, a canonical manifest (`*.jsonl`, converted into the run folder) or
-`copy-probe`: the set of higgs_common.assets.copy_probe, where only copying the voice prompt lowers
+`--data` is a ChatML JSON list, a canonical manifest (`*.jsonl`, or a folder holding
+`manifest.jsonl`, converted into the run folder) or `copy-probe`: the set of higgs_common.assets.copy_probe, where only copying the voice prompt lowers
 the audio loss, so fault (a) shows its collapse even on the tiny random model (README).
 
 Per optimizer step every rank runs `--grad-accum` micro-batches of `--batch-size` samples
@@ -25,10 +25,14 @@ SIGKILL during a save leaves the previous checkpoints valid and the half-written
 state, the sampler position and every RNG, so on CPU a killed-and-resumed run ends with weights
 bit-identical to an uninterrupted one (tests/custom_impl/test_reliability_resume.py).
 
-Guards: a non-finite loss or gradient, or an audio loss of exactly 0.0 on a batch with target
-audio, stops the run with the step, the sample ids and the loss breakdown (`higgs_common.guards`).
-Bad samples raise a SampleError naming file, sample and field; `--skip-bad-samples` leaves them
-out instead, logging each one and the count.
+Guards (`higgs_common.guards`, called here in the loop, never in the loss math): a non-finite
+loss or gradient, an audio loss of exactly 0.0 on a batch with target audio, or one codebook's loss
+of exactly 0.0 (or no supervised frame) while the batch has target audio frames stops the run with
+the step, the sample ids and the loss breakdown; a trainable parameter left without a gradient
+(None) or with an exactly-zero one where it cannot be zero stops it naming the parameters, unless
+`--allow-frozen-trainables`.  Bad samples raise a SampleError naming file, sample and field;
+`--skip-bad-samples` leaves them out instead, logging each one and the count.  Without it the CLI
+prints that one line and exits with status 2.
 
 Warmup defaults to min(100, max_steps // 10): upstream's 100 warmup steps would leave a 20-step
 smoke run at a tiny fraction of the learning rate, so it could not show learning.  The learning
@@ -61,9 +65,10 @@ from custom_impl import stages as S
 from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
 from higgs_common import DEFAULT_MANIFEST
-from higgs_common.train_cli import RESUME_LATEST, add_reliability_args
+from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli, speech_options
 from higgs_common.crashpoints import maybe_kill
-from higgs_common.guards import check_audio_loss_nonzero, check_grads_finite
+from higgs_common.guards import (check_audio_loss_nonzero, check_codebook_losses_nonzero, check_grads_finite,
+                                 check_grads_flow, supervised_frames_per_codebook)
 from higgs_common.skipping import SkipLog
 from higgs_common.stages import HiggsDiffError, LossBreakdown, TrainConfig
 
@@ -80,8 +85,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", type=Path, default=None, help="checkpoint folder (default: embedded tiny)")
     p.add_argument("--audio-tokenizer-path", type=Path, default=None, help="codec folder (default: embedded tiny)")
     p.add_argument("--data", type=Path, default=None,
-                   help="ChatML JSON list, or a canonical manifest (*.jsonl, converted into the run folder), "
-                        f"or {COPY_PROBE!r} (the built-in copy-probe set, see higgs_common.assets.copy_probe) "
+                   help="ChatML JSON list, or a canonical manifest (*.jsonl, or a folder holding manifest.jsonl; "
+                        f"converted into the run folder), or {COPY_PROBE!r} (the built-in copy-probe set, see higgs_common.assets.copy_probe) "
                         "(default: data/manifest.jsonl)")
     p.add_argument("--batch-size", type=int, default=2, help="samples per micro-batch per process")
     p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
@@ -118,16 +123,19 @@ def train_config(args: argparse.Namespace, tiny: bool) -> TrainConfig:
 def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
     """`--data` -> the ChatML JSON file to load.
 
-    None, a canonical manifest (``*.jsonl``) or the name ``copy-probe`` are converted into
-    `<out_dir>/train_chatml.json` (written by the caller with `write`, i.e. rank 0); any other path
-    is a ChatML JSON list used as it is.
+    None, a canonical manifest (``*.jsonl``, or a folder holding ``manifest.jsonl``) or the name
+    ``copy-probe`` are converted into `<out_dir>/train_chatml.json` (written by the caller with
+    `write`, i.e. rank 0); any other path is a ChatML JSON list used as it is.  A folder without
+    ``manifest.jsonl`` is a ManifestError naming the folder.
     """
     from higgs_common.converters import write_chatml_json
-    from higgs_common.manifest import load_manifest
+    from higgs_common.manifest import load_manifest, resolve_manifest
 
     if data is not None and str(data) == COPY_PROBE and not data.exists():
         from higgs_common.assets.copy_probe import ensure_copy_probe
         manifest = ensure_copy_probe() if write else None
+    elif data is not None and data.is_dir():
+        manifest = resolve_manifest(data)
     elif data is None or data.suffix == ".jsonl":
         manifest = data or DEFAULT_MANIFEST
     else:
@@ -328,7 +336,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
         if (turn == 0) == info.is_main:
             ctx = build_context(args.model_path, args.audio_tokenizer_path, device=str(info.device),
                                 faults=tuple(args.fault), seed=args.seed,
-                                options={"max_audio_seconds": args.max_audio_seconds})
+                                options={"max_audio_seconds": args.max_audio_seconds, **speech_options(args)})
             data = resolve_data(args.data, out_dir, write=info.is_main)
             skip_log = SkipLog(where=f"custom dataset {data}")
             items = _dataset.load_dataset(data, ctx, skip_bad_samples=args.skip_bad_samples, skip_log=skip_log)
@@ -376,13 +384,19 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
             ids = [[it.sample_id for it in m] for m in micro_items]
             lbs = accumulate(model, batches, ctx, precision=train.precision, step=step, sample_ids=ids)
             flat_ids = [i for g in ids for i in g]
-            for lb, mids in zip(lbs, ids):
+            for lb, mids, batch in zip(lbs, ids, batches):
                 if args.allow_zero_audio_loss:
                     break
                 check_audio_loss_nonzero(float(lb.audio), has_target_audio=lb.has_target_audio, step=step,
                                          sample_ids=mids, losses=_loss_terms(lb))
+                check_codebook_losses_nonzero(
+                    lb.per_codebook.tolist(), supervised_frames_per_codebook(getattr(batch, "label_audio_ids", None)),
+                    has_target_audio=lb.has_target_audio, step=step, sample_ids=mids, losses=_loss_terms(lb))
             check_grads_finite(_model.trainable_named_parameters(model), step=step, sample_ids=flat_ids,
                                losses=_loss_terms(lbs[-1]))
+            if not args.allow_frozen_trainables:
+                check_grads_flow(_model.trainable_named_parameters(model), step=step, sample_ids=flat_ids,
+                                 losses=_loss_terms(lbs[-1]))
             params = [p for _, p in _model.trainable_named_parameters(model)]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm))
             lr = optimizer.param_groups[0]["lr"]
@@ -446,11 +460,14 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: 0 when training finished, 2 for bad input (one line naming sample, field and file)."""
     args = parse_args(argv)
-    out = run(args)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run folder: {out}", file=sys.stderr)
-    return 0
+
+    def body() -> None:
+        out = run(args)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"run folder: {out}", file=sys.stderr)
+    return run_cli("custom_impl.train", body)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,10 @@ STAGE_CHOICES = ("dataset", "collator", "forward", "loss", "backward", "step", "
 
 
 def resolve_data(data: Path | str | None) -> Path:
-    """A manifest path, or a folder holding `manifest.jsonl` (as people type it)."""
-    from higgs_common.manifest import ManifestError
+    """A manifest path, or a folder holding `manifest.jsonl` (as people type it); ManifestError otherwise."""
+    from higgs_common.manifest import resolve_manifest
 
-    path = Path(data) if data is not None else DEFAULT_MANIFEST
-    if path.is_dir():
-        candidate = path / "manifest.jsonl"
-        if not candidate.is_file():
-            raise ManifestError(f"{path} is a folder without a manifest.jsonl (give the manifest file, or a folder "
-                                "that holds manifest.jsonl)")
-        return candidate
-    return path
+    return resolve_manifest(Path(data) if data is not None else DEFAULT_MANIFEST)
 
 
 def select_records(records: list, n: int) -> list:

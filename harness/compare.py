@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "its reason, and the count at the end) instead of exiting with status 2")
     p.add_argument("--max-audio-seconds", type=float, default=None,
                    help="longer clips are bad input (default: higgs_common.audio_io.DEFAULT_MAX_AUDIO_SECONDS, 30)")
+    from higgs_common.train_cli import add_speech_args   # shared with both training CLIs
+
+    add_speech_args(p)
     return p
 
 
@@ -143,6 +146,7 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
 
     from harness.api import compare
     from harness.report.render import write_report
+    from higgs_common.train_cli import speech_options
     from harness.report.terminal import print_summary
 
     def progress(msg: str) -> None:
@@ -154,7 +158,8 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
                      audio_tokenizer=args.audio_tokenizer, seed=args.seed, tolerances=tolerances,
                      precision=args.precision, ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
                      optimizer_steps=args.optimizer_steps, skip_bad_samples=args.skip_bad_samples,
-                     max_audio_seconds=args.max_audio_seconds, run_name=run_name(args), progress=progress)
+                     max_audio_seconds=args.max_audio_seconds, run_name=run_name(args), progress=progress,
+                     options=speech_options(args))
     if args.skip_bad_samples and report.skipped is not None:
         console.print(escape(report.skipped.summary()), highlight=False, soft_wrap=True)
         for item in report.skipped.skipped:

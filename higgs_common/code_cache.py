@@ -16,6 +16,14 @@ a codebook has more than 32767 entries), shape (num_codebooks, T).  Files are wr
 temporary name and renamed, so a crash never leaves a half-written entry.  Not part of the key:
 the audio decoding in `higgs_common.audio_io` (resampling, downmix); if that code changes, delete
 the cache folder.  An in-memory memo sits in front of the disk; `stats` counts hits and misses.
+
+Encoding never fails anonymously: a clip shorter than the codec's minimum input
+(`min_samples`, derived from the loaded codec by `higgs_common.codec_limits`) is an
+`AudioTooShortError` before the codec runs, and any exception the codec itself raises is re-raised
+as an `AudioEncodeError` naming the file, the sample and the field (the original chained as its
+cause).  The speech-floor check is not applied here: it depends on the caller's options
+(`--speech-floor-dbfs`, `--allow-no-speech`), so the datasets apply it with `load_audio` on every
+load, cache hit or not.
 """
 
 from __future__ import annotations
@@ -31,10 +39,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from higgs_common.audio_io import load_audio
+from higgs_common.audio_io import AudioError, load_audio
+from higgs_common.codec_limits import min_codec_samples
 from higgs_common.stages import SampleError
 
 log = logging.getLogger("higgs_common.code_cache")
+
+
+class AudioEncodeError(AudioError):
+    """The audio codec raised while encoding a clip (the codec's exception is the `__cause__`)."""
 
 
 @dataclass
@@ -59,10 +72,18 @@ class CodeCache:
         self.fingerprint = fingerprint
         self.stats = CacheStats()
         self._memo: dict[str, torch.Tensor] = {}
+        self._min_samples: int | None = None
 
     @property
     def sample_rate(self) -> int:
         return int(self.audio_tokenizer.sampling_rate)
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest clip (samples at `sample_rate`) the codec encodes into >= 1 frame (computed once)."""
+        if self._min_samples is None:
+            self._min_samples = min_codec_samples(self.audio_tokenizer)
+        return self._min_samples
 
     @staticmethod
     def file_sha256(path: Path) -> str:
@@ -97,9 +118,15 @@ class CodeCache:
         return codes.clone()
 
     def _encode(self, path: Path, *, sample_id: str, field: str) -> torch.LongTensor:
-        wav = load_audio(path, sample_id=sample_id, field=field, target_sr=self.sample_rate)  # (T,)
-        with torch.no_grad():
-            codes = self.audio_tokenizer.encode(wav, self.sample_rate)   # (num_codebooks, frames)
+        wav = load_audio(path, sample_id=sample_id, field=field, target_sr=self.sample_rate,
+                         min_samples=self.min_samples, speech_floor_dbfs=None)  # (T,) float32
+        try:
+            with torch.no_grad():
+                codes = self.audio_tokenizer.encode(wav, self.sample_rate)   # (num_codebooks, frames)
+        except Exception as exc:   # any codec failure is this clip's: name it, keep the cause
+            raise AudioEncodeError(f"the audio codec failed on this clip ({wav.shape[0]} samples at "
+                                   f"{self.sample_rate} Hz): {type(exc).__name__}: {exc}",
+                                   sample_id=sample_id, field=field, path=path) from exc
         codes = torch.as_tensor(codes).detach().cpu().long()
         if codes.dim() != 2 or codes.shape[1] == 0:
             raise SampleError(f"codec returned codes of shape {tuple(codes.shape)}, expected (num_codebooks, T>0)",

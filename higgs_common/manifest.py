@@ -24,6 +24,8 @@ from typing import Iterable, Optional
 from higgs_common.stages import SampleError
 
 REQUIRED_FIELDS = ("id", "speaker", "scene", "text", "audio", "ref_text", "ref_audio")
+# The manifest's file name inside a data folder: `--data data/` means `data/manifest.jsonl`.
+MANIFEST_NAME = "manifest.jsonl"
 
 
 class ManifestError(SampleError):
@@ -51,16 +53,32 @@ class CanonicalRecord:
         return d
 
 
+def resolve_manifest(path: Path) -> Path:
+    """`--data` value -> the manifest file: a folder means its `manifest.jsonl`.
+
+    Raises ManifestError naming the path when there is no such file (for a folder: naming the
+    folder and the file name it looked for).
+    """
+    path = Path(path)
+    if path.is_dir():
+        inner = path / MANIFEST_NAME
+        if not inner.is_file():
+            raise ManifestError(f"data folder {str(path)!r} holds no {MANIFEST_NAME}", sample_id=None, field=None,
+                                path=path)
+        return inner
+    if not path.is_file():
+        raise ManifestError("manifest not found", sample_id=None, field=None, path=path)
+    return path
+
+
 def load_manifest(path: Path, *, skip_bad: bool = False,
                   skipped: Optional[list[SampleError]] = None) -> list[CanonicalRecord]:
-    """Read a manifest; audio paths are resolved against the manifest's folder.
+    """Read a manifest (a folder means its `manifest.jsonl`); audio paths resolve against its folder.
 
     A bad line raises `ManifestError`; with `skip_bad=True` it is left out instead and the error
     is appended to `skipped` (so the caller can report every skipped line and the count).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError("manifest not found", sample_id=None, field=None, path=path)
+    path = resolve_manifest(path)
     records: list[CanonicalRecord] = []
     seen: set[str] = set()
     with path.open(encoding="utf-8") as fh:

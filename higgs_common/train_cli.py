@@ -1,26 +1,69 @@
 """Command-line options both training CLIs share, declared once so they stay identical.
 
 (`reference_impl.train` and `custom_impl.train` differ in everything that is a recipe; resuming,
-input safety and bad-sample handling are the project's own behaviour and must read the same.)
+input safety and bad-sample handling are the project's own behaviour and must read the same.
+`harness.compare` takes the speech-floor options from here too.)
+
+Exit status of the training CLIs (`run_cli`): 0 done, 2 bad input (a `SampleError`: one line
+naming the error, the sample, the field and the file, no traceback).  Anything else (a training
+guard stopping the run, a bug) propagates as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
-from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
+from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SPEECH_FLOOR_DBFS
+from higgs_common.stages import SampleError
 
 # `--resume` with no value: the last complete checkpoint of --output-dir.
 RESUME_LATEST = Path("<latest>")
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def add_speech_args(p: argparse.ArgumentParser) -> None:
+    """--speech-floor-dbfs, --allow-no-speech (see `higgs_common.audio_io`)."""
+    p.add_argument("--speech-floor-dbfs", type=float, default=DEFAULT_SPEECH_FLOOR_DBFS, metavar="DBFS",
+                   help="clips whose level after removing DC is below this many dBFS RMS (AES17: a full-scale "
+                        "sine is 0 dBFS) hold no speech and are bad input (default: %(default)s)")
+    p.add_argument("--allow-no-speech", action="store_true",
+                   help="only warn (naming the file, sample and field) about clips below the speech floor")
+
+
+def speech_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `StageContext.options` entries of `add_speech_args`' options."""
+    return {"speech_floor_dbfs": args.speech_floor_dbfs, "allow_no_speech": args.allow_no_speech}
 
 
 def add_reliability_args(p: argparse.ArgumentParser) -> None:
-    """--resume [DIR], --max-audio-seconds, --skip-bad-samples."""
+    """--resume [DIR], --max-audio-seconds, --speech-floor-dbfs, --allow-no-speech, --skip-bad-samples,
+    --allow-frozen-trainables."""
     p.add_argument("--resume", type=Path, nargs="?", const=RESUME_LATEST, default=None, metavar="DIR",
                    help="continue from the last complete checkpoint of --output-dir (or of run folder DIR, "
                         "or from checkpoint folder DIR)")
     p.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS,
                    help="longer clips are bad input (default: %(default)s)")
+    add_speech_args(p)
     p.add_argument("--skip-bad-samples", action="store_true",
                    help="leave out samples that raise a SampleError (each is logged, with the count at the end)")
+    p.add_argument("--allow-frozen-trainables", action="store_true",
+                   help="do not stop when a trainable parameter gets no gradient (None) or an exactly-zero one "
+                        "where the model cannot produce zero (higgs_common.guards.check_grads_flow)")
+
+
+def bad_input_line(prog: str, exc: SampleError) -> str:
+    """The one line a CLI prints for bad input: error type and message (which names sample, field, file)."""
+    return f"{prog}: bad input: {type(exc).__name__}: {exc}"
+
+
+def run_cli(prog: str, body: Callable[[], Any]) -> int:
+    """Run a CLI's `body`; bad input -> its one line on stderr and EXIT_BAD_INPUT, else EXIT_OK."""
+    try:
+        body()
+    except SampleError as exc:
+        print(bad_input_line(prog, exc), file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    return EXIT_OK

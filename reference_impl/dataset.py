@@ -51,10 +51,20 @@ Deliberate deviations (the reference hides bad input; this project must not):
   next-sample fallback).  We log the warning and keep the intended fallback layout, except
   that zero-shot on a scanned folder (no `ref_audio_file` possible) degrades the same way.
 - scanned folders are sorted by file name (the reference uses raw `glob` order).
-- an empty or whitespace-only target transcript is a SampleError (the reference trains on it).
+- an empty or whitespace-only target transcript is a SampleError (the reference trains on it), and
+  so is one that normalises to nothing to say (no letter or digit: "()" -> "", "。" -> ".").
+- the tokenizer's reserved special-token strings (read from the tokenizer) are a SampleError in
+  the target transcript (raw and normalised), `ref_transcript`, `scene` and the multi-speaker
+  reference texts: the reference tokenizes them as the special ids, so a `<|AUDIO_OUT|>` there
+  made the upstream collator fail later with an IndexError naming nothing.  After tokenisation
+  the number of audio placeholders must equal the number of audios.
 - every clip goes through `higgs_common.audio_io.load_audio` (missing, corrupt, truncated, empty,
-  NaN, silent, or longer than `max_audio_seconds` (default 30 s) is a SampleError; another rate or
-  stereo is resampled / downmixed with a WARNING), even when its codes are cached.
+  NaN, silent, longer than `max_audio_seconds` (default 30 s), shorter than the codec's minimum
+  input (`code_cache.min_samples`) or below the speech floor (`speech_floor_dbfs`, default -60
+  dBFS; `allow_no_speech` only warns) is a SampleError; another rate or stereo is resampled /
+  downmixed with a WARNING), even when its codes are cached.
+- `validate=True` (the training CLI) builds every sample once in `__init__`, so a bad sample
+  stops the run before training starts (the reference fails at the step that draws it).
 - the text tokenizer must have the Higgs special tokens (`check_special_tokens` in __init__).
 - `skip_bad_samples=True` builds every sample up front and leaves the bad ones out, each logged
   with its reason and recorded in `dataset.skip_log` (the reference silently substitutes the next
@@ -75,10 +85,11 @@ import torch
 from boson_multimodal.data_types import AudioContent, ChatMLSample, Message, TextContent
 from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
-from higgs_common.assets.text_tokenizer import check_special_tokens
-from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, load_audio
+from higgs_common.assets.text_tokenizer import check_special_tokens, special_token_ids
+from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SPEECH_FLOOR_DBFS, load_audio
 from higgs_common.skipping import SkipLog, build_or_skip
 from higgs_common.stages import SampleError
+from higgs_common.transcripts import check_transcript, check_user_text
 from reference_impl.normalize import normalize_transcript
 
 logger = logging.getLogger(__name__)
@@ -341,12 +352,15 @@ class ReferenceDataset(torch.utils.data.Dataset):
                  task_type: str = DEFAULT_TASK_TYPE, use_metadata: bool = True,
                  sample_rate: int = SAMPLE_RATE, load_waveforms: bool = True,
                  max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
+                 speech_floor_dbfs: Optional[float] = DEFAULT_SPEECH_FLOOR_DBFS, allow_no_speech: bool = False,
                  allow_default_ref_transcript: bool = False, allow_missing_ref_audio: bool = False,
-                 skip_bad_samples: bool = False) -> None:
+                 skip_bad_samples: bool = False, validate: bool = False) -> None:
         if task_type not in TASK_TYPES:
             raise ValueError(f"invalid task_type {task_type!r}; expected one of {TASK_TYPES}")
         check_special_tokens(tokenizer, getattr(tokenizer, "name_or_path", "") or "<text tokenizer>")
         self.max_audio_seconds = max_audio_seconds
+        self.speech_floor_dbfs = speech_floor_dbfs
+        self.allow_no_speech = allow_no_speech
         self.allow_default_ref_transcript = allow_default_ref_transcript
         self.allow_missing_ref_audio = allow_missing_ref_audio
         self.skip_log = SkipLog(where=f"reference dataset {data_dir}")
@@ -358,10 +372,11 @@ class ReferenceDataset(torch.utils.data.Dataset):
         self.sample_rate = sample_rate
         self.load_waveforms = load_waveforms
         self.entries = load_entries(self.data_dir, use_metadata=use_metadata)
-        if skip_bad_samples:
-            # Build each sample once now (codes come from the cache later), keep the good entries.
+        if skip_bad_samples or validate:
+            # Build each sample once now (codes come from the cache later): the first bad one raises,
+            # or with skipping every bad one is left out; either way before any training step.
             good = build_or_skip(range(len(self.entries)), lambda i: (self.build(i), self.entries[i])[1],
-                                 skip=True, skip_log=self.skip_log)
+                                 skip=skip_bad_samples, skip_log=self.skip_log)
             if not good:
                 raise SampleError(f"all {len(self.entries)} samples are bad (see the skipped-sample warnings)",
                                   sample_id=None, field="samples", path=self.data_dir)
@@ -388,11 +403,35 @@ class ReferenceDataset(torch.utils.data.Dataset):
             raise SampleError(f"transcript unreadable: {exc}", **where) from exc
         if not text:
             raise SampleError("transcript is empty or whitespace-only", **where)
-        return normalize_transcript(text)
+        normalised = normalize_transcript(text)
+        check_transcript(text, tokenizer=self.tokenizer, normalised=normalised, **where)
+        return normalised
+
+    def check_metadata_texts(self, entry: Entry) -> None:
+        """Reserved special tokens in the metadata texts the prompt builder inserts (and ref text content).
+
+        The reference does not normalise `ref_transcript` (QUIRK), so it is checked as it is; an
+        empty one is `build_messages`' business (error, or the opt-in default sentence).
+        """
+        raw = entry.raw
+        where = dict(sample_id=entry.sample_id, path=entry.source)
+        if self.use_metadata and isinstance(raw.get("scene"), str):
+            check_user_text(raw["scene"], tokenizer=self.tokenizer, field="scene", **where)
+        given = raw.get("ref_transcript")
+        if self.task_type == "zero_shot_voice_cloning" and isinstance(given, str) and given.strip():
+            check_transcript(given, tokenizer=self.tokenizer, field="ref_transcript", **where)
+        refs = raw.get("ref_speakers")
+        if self.task_type == "multi_speaker_voice_cloning" and isinstance(refs, list):
+            for i, ref in enumerate(refs):
+                for key in ("ref_transcript", "speaker_tag"):
+                    value = ref.get(key) if isinstance(ref, dict) else None
+                    if isinstance(value, str):
+                        check_user_text(value, tokenizer=self.tokenizer, field=f"ref_speakers[{i}].{key}", **where)
 
     def build(self, idx: int) -> BuiltSample:
         entry = self.entries[idx]
         transcript = self.read_transcript(entry)
+        self.check_metadata_texts(entry)
         layout = build_messages(entry, transcript, self.task_type, self.data_dir, use_metadata=self.use_metadata,
                                 allow_default_ref_transcript=self.allow_default_ref_transcript,
                                 allow_missing_ref_audio=self.allow_missing_ref_audio)
@@ -402,6 +441,12 @@ class ReferenceDataset(torch.utils.data.Dataset):
         if len(audio_contents) != len(layout.audio_fields):
             raise SampleError(f"{len(audio_contents)} audios in the prompt, {len(layout.audio_fields)} expected",
                               sample_id=entry.sample_id, field="messages", path=entry.source)
+        ids = special_token_ids(self.tokenizer)
+        n_placeholders = sum(1 for t in input_tokens if t in (ids["<|AUDIO|>"], ids["<|AUDIO_OUT|>"]))
+        if n_placeholders != len(audio_contents):
+            raise SampleError(f"the tokenised prompt has {n_placeholders} audio placeholder(s) for "
+                              f"{len(audio_contents)} audio(s); the collator would fail (IndexError in "
+                              f"get_audio_codes)", sample_id=entry.sample_id, field="messages", path=entry.source)
 
         codes_by_url: dict[str, torch.Tensor] = {}
         context_codes: list[torch.Tensor] = []
@@ -435,17 +480,21 @@ class ReferenceDataset(torch.utils.data.Dataset):
         if not path.is_file():
             raise SampleError(f"audio not found: {path}", sample_id=entry.sample_id, field=fld, path=path)
         # Validate (and log any resample/downmix) on every load, not only on a code-cache miss.
-        load_audio(path, sample_id=entry.sample_id, field=fld, target_sr=self.sample_rate,
-                   max_seconds=self.max_audio_seconds)
+        load_audio(path, sample_id=entry.sample_id, field=fld, target_sr=self.sample_rate, **self._audio_checks())
         codes = self.code_cache.codes(path, sample_id=entry.sample_id, field=fld)
         if codes.dim() != 2 or codes.shape[1] == 0:
             raise SampleError(f"codec returned codes of shape {tuple(codes.shape)}", sample_id=entry.sample_id,
                               field=fld, path=path)
         return codes.long()
 
+    def _audio_checks(self) -> dict[str, Any]:
+        """`load_audio` keywords: this dataset's limits plus the codec's minimum input length."""
+        return dict(max_seconds=self.max_audio_seconds, min_samples=self.code_cache.min_samples,
+                    speech_floor_dbfs=self.speech_floor_dbfs, allow_no_speech=self.allow_no_speech)
+
     def _waveform(self, entry: Entry) -> torch.Tensor:
         wav = load_audio(entry.audio_file, sample_id=entry.sample_id, field="audio_file", target_sr=self.sample_rate,
-                         max_seconds=self.max_audio_seconds)
+                         **self._audio_checks())
         if isinstance(wav, tuple):   # tolerate (waveform, sr)
             wav = wav[0]
         return torch.as_tensor(wav, dtype=torch.float32).reshape(-1)        # (num_samples,)

@@ -12,6 +12,10 @@ Behaviour kept from the reference:
   `input_ids` itself).
 - the reference's patched output leaves `audio_loss`/`codebook_losses` unset (None); we fill them,
   which only adds information (the Trainer reads `loss`).
+- the reference's vendored boson_multimodal casts the audio-out embedding to the text embeddings'
+  dtype in `merge_input_ids_with_audio_features` (so bf16 weights train under CUDA bf16 autocast);
+  `forward` runs upstream's forward with that merge (`reference_impl.audio_merge`), without
+  touching the upstream module the custom pipeline uses.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from boson_multimodal.model.higgs_audio import HiggsAudioModel
 from boson_multimodal.model.higgs_audio.modeling_higgs_audio import HiggsAudioModelOutputWithPast
 
+from reference_impl.audio_merge import forward_with_reference_merge
 from reference_impl.loss import reference_losses
 
 
@@ -34,7 +39,7 @@ class HiggsAudioModelWithLoss(HiggsAudioModel):
                 **kwargs: Any):
         del labels, inputs_embeds   # QUIRK labels ignored (see module docstring)
         kwargs["return_dict"] = True
-        out = super().forward(input_ids=input_ids, **kwargs)
+        out = forward_with_reference_merge(self, input_ids=input_ids, **kwargs)   # upstream forward + the cast
         if kwargs.get("use_cache"):
             return out           # generation: no loss
         losses = reference_losses(out.logits, out.audio_logits, out.expanded_labels, kwargs.get("label_audio_ids"))

@@ -97,7 +97,8 @@ def dataset(native_path: Path, ctx: StageContext) -> list[DatasetItem]:
     first audio that is not the target, or None; every assistant audio is a label here.
     """
     _check_faults(ctx)
-    opts = {k: ctx.options[k] for k in ("max_audio_seconds", "allow_default_ref_transcript", "allow_missing_ref_audio")
+    opts = {k: ctx.options[k] for k in ("max_audio_seconds", "speech_floor_dbfs", "allow_no_speech",
+                                        "allow_default_ref_transcript", "allow_missing_ref_audio")
             if k in ctx.options}
     ds = ReferenceDataset(Path(native_path), ctx.text_tokenizer, ctx.code_cache, task_type=task_type(ctx), **opts)
     items = []

@@ -3,7 +3,8 @@
 With no arguments it trains on the embedded default: the tiny offline checkpoint and codec
 (`higgs_common.context.build_context()`) and the shipped `data/manifest.jsonl`, converted into a
 reference metadata folder under `<output-dir>/data`.  Real paths: `--model-path`,
-`--audio-tokenizer-path`, `--data-dir`.  Multi-process: `torchrun --nproc_per_node N -m
+`--audio-tokenizer-path`, and either `--data-dir` (a reference metadata folder) or `--data` (a
+canonical manifest, or a folder holding `manifest.jsonl`, converted like the default).  Multi-process: `torchrun --nproc_per_node N -m
 reference_impl.train ...` (HF Trainer handles DDP, `ddp_find_unused_parameters=True`).
 
 Defaults are the reference's (`reference_impl.trainer`), with ONE documented deviation, applied
@@ -11,14 +12,19 @@ only when training the embedded tiny model (no --model-path): learning rate 1e-3
 (`TINY_DEFAULTS`).  Why: the reference's 5e-5 with 100 warmup steps reaches only 1e-5 by step 20,
 which leaves the random-init tiny model's loss indistinguishable from batch-to-batch noise, so a
 20-step smoke run could not show learning.  Pass --learning-rate/--warmup-steps to override.
-On CPU training runs in fp32 (bf16 is GPU-only).
+On CPU training runs in fp32 (bf16 is GPU-only).  On CUDA it runs as the reference is configured,
+bf16 weights under the Trainer's bf16 autocast: `HiggsAudioModelWithLoss` carries the reference's
+dtype fix of the audio-out embedding merge (`reference_impl.audio_merge`); `--no-autocast` still
+turns autocast off.
 
 Reliability (project issue 9): `--resume [DIR]` continues from the last *complete* checkpoint of
 `--output-dir` (or of DIR; DIR may also be a checkpoint folder) through the Trainer's
 `resume_from_checkpoint` (weights, optimizer, scheduler, RNG, data position); half-written
 checkpoints left by a killed save are removed first (see `reference_impl.trainer`).  Bad samples
-raise a SampleError naming the file, sample and field; `--skip-bad-samples` leaves them out
-instead, logging each and the count.  `--allow-default-ref-transcript` /
+raise a SampleError naming the file, sample and field, and every sample is built once before
+training starts (`ReferenceDataset(validate=True)`), so the run stops with one line and exit
+status 2 before the first step; `--skip-bad-samples` leaves them out instead, logging each and the
+count.  `--allow-default-ref-transcript` /
 `--allow-missing-ref-audio` re-enable the reference's silent zero-shot fallbacks.
 """
 
@@ -41,7 +47,8 @@ from transformers import TrainerCallback
 from reference_impl import trainer as tr
 from reference_impl.collator import ExtendedHiggsAudioSampleCollator
 from higgs_common import DEFAULT_MANIFEST
-from higgs_common.train_cli import RESUME_LATEST, add_reliability_args
+from higgs_common.manifest import MANIFEST_NAME
+from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli
 from reference_impl.dataset import TASK_TYPES, ReferenceDataset
 
 logger = logging.getLogger("reference_impl.train")
@@ -85,8 +92,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m reference_impl.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", type=Path, default=None, help="HiggsAudio checkpoint (default: embedded tiny)")
     p.add_argument("--audio-tokenizer-path", type=Path, default=None, help="codec folder (default: embedded tiny)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="reference metadata folder (default: data/manifest.jsonl converted into <output-dir>/data)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--data-dir", type=Path, default=None,
+                      help="reference metadata folder (default: data/manifest.jsonl converted into <output-dir>/data)")
+    data.add_argument("--data", type=Path, default=None,
+                      help="canonical manifest (*.jsonl) or a folder holding manifest.jsonl, converted into "
+                           "<output-dir>/data")
     p.add_argument("--task-type", choices=TASK_TYPES, default=c.task_type)
     p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     p.add_argument("--per-device-train-batch-size", type=int, default=c.per_device_train_batch_size)
@@ -106,8 +117,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--report-to", default=c.report_to, help="tensorboard | none")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-autocast", action="store_true",
-                   help="keep the bf16 weights but turn the Trainer's bf16 autocast off (upstream "
-                        "HiggsAudioModel fails under bf16 autocast with bf16 weights on CUDA; README)")
+                   help="keep the bf16 weights but turn the Trainer's bf16 autocast off (not needed since the "
+                        "reference's audio-out merge dtype fix is applied; README)")
     add_reliability_args(p)
     p.add_argument("--allow-default-ref-transcript", action="store_true",
                    help="QUIRK: a zero-shot sample without ref_transcript gets the reference's default sentence")
@@ -174,17 +185,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 ctx.model_path, ctx.audio_tokenizer_path, device, precision, lr, warmup, args.use_lora,
                 args.task_type)
 
-    data_dir = args.data_dir
+    data_dir, manifest = args.data_dir, args.data
+    if data_dir is not None and not (data_dir / "metadata.json").is_file() and (data_dir / MANIFEST_NAME).is_file():
+        logger.info("%s has no metadata.json but a %s: converting that manifest", data_dir, MANIFEST_NAME)
+        data_dir, manifest = None, data_dir
     if data_dir is None:
         from higgs_common.converters import write_reference_folder
         from higgs_common.manifest import load_manifest
 
-        data_dir = write_reference_folder(load_manifest(DEFAULT_MANIFEST), output_dir / "data")
+        data_dir = write_reference_folder(load_manifest(manifest or DEFAULT_MANIFEST), output_dir / "data")
+    # validate=True: every sample is built now, so bad input stops the run before training starts.
     train_dataset = ReferenceDataset(data_dir, ctx.text_tokenizer, ctx.code_cache, task_type=args.task_type,
                                      max_audio_seconds=args.max_audio_seconds,
+                                     speech_floor_dbfs=args.speech_floor_dbfs, allow_no_speech=args.allow_no_speech,
                                      allow_default_ref_transcript=args.allow_default_ref_transcript,
                                      allow_missing_ref_audio=args.allow_missing_ref_audio,
-                                     skip_bad_samples=args.skip_bad_samples)
+                                     skip_bad_samples=args.skip_bad_samples, validate=True)
 
     torch.manual_seed(args.seed)
     model = HiggsAudioModelWithLoss.from_pretrained(str(ctx.model_path), torch_dtype=tr.torch_dtype(precision))
@@ -205,7 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     trainer = tr.HiggsAudioTrainer(
         model=model, args=training_args, train_dataset=train_dataset, processing_class=ctx.text_tokenizer,
         data_collator=ExtendedHiggsAudioSampleCollator.from_config(ctx.model_config, ctx.text_tokenizer),
-        callbacks=[StepLogCallback(output_dir / "metrics.jsonl")])
+        callbacks=[StepLogCallback(output_dir / "metrics.jsonl")], allow_frozen_trainables=args.allow_frozen_trainables)
     resume_from = None
     if args.resume is not None:
         if trainer.is_world_process_zero():   # half-written folders would count in the Trainer's rotation
@@ -249,5 +265,10 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: 0 when training finished, 2 for bad input (one line naming sample, field, file)."""
+    return run_cli("reference_impl.train", lambda: main(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -30,8 +30,12 @@ Reliability additions (project issue 9; the loss math is untouched):
   during a save leaves the previous checkpoint valid and used.  The Trainer rotates old
   checkpoints only after the new one is fully written, so at least one marked one survives.
 - guards (`higgs_common.guards`): in training, a non-finite loss term, an audio loss of exactly
-  0.0 on a batch with target audio, or a non-finite gradient stops the run naming the step, the
-  sample ids and the loss breakdown.  Sample ids travel through `SampleIdTrackingCollator`.
+  0.0 on a batch with target audio, a codebook whose loss is exactly 0.0 or that has no supervised
+  frame while the batch has target audio frames, or a non-finite gradient stops the run naming
+  the step, the sample ids and the loss breakdown; a trainable parameter without a gradient (None)
+  or with an exactly-zero one where it cannot be zero stops it naming the parameters (unless
+  `allow_frozen_trainables`).  Sample ids travel through `SampleIdTrackingCollator`.  The guards
+  run here, in the loop; the loss function (`reference_impl.loss`) is unchanged.
 - test hook: `HIGGS_DIFF_KILL_AT` (`higgs_common.crashpoints`) SIGKILLs after a step or mid-save.
 
 Deviation: the DDP script saves adapters with `trainer.model.save_pretrained`, where
@@ -58,7 +62,8 @@ from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 from transformers.trainer_pt_utils import get_parameter_names
 
 from higgs_common.crashpoints import maybe_kill
-from higgs_common.guards import check_audio_loss_nonzero, check_grads_finite, check_losses_finite
+from higgs_common.guards import (check_audio_loss_nonzero, check_codebook_losses_nonzero, check_grads_finite,
+                                 check_grads_flow, check_losses_finite, supervised_frames_per_codebook)
 from higgs_common.stages import TrainConfig
 from reference_impl.collator import ExtendedHiggsAudioBatchInput
 
@@ -308,8 +313,9 @@ class HiggsAudioTrainer(Trainer):
     logged as a warning, never silently.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, allow_frozen_trainables: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.allow_frozen_trainables = allow_frozen_trainables
         self._term_sums: dict[str, float] = {"llm_loss": 0.0, "audio_loss": 0.0}
         self._term_count = 0
         if self.data_collator is not None and not isinstance(self.data_collator, SampleIdTrackingCollator):
@@ -349,6 +355,9 @@ class HiggsAudioTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         check_grads_finite(model.named_parameters(), step=self.state.global_step + 1, sample_ids=self._last_ids,
                            losses=self._last_losses)
+        if not self.allow_frozen_trainables:
+            check_grads_flow(model.named_parameters(), step=self.state.global_step + 1, sample_ids=self._last_ids,
+                             losses=self._last_losses)
         return loss
 
     def _guard(self, outputs: Any, inputs: Any) -> None:
@@ -364,6 +373,11 @@ class HiggsAudioTrainer(Trainer):
         check_losses_finite(self._last_losses, step=step, sample_ids=self._last_ids)
         check_audio_loss_nonzero(self._last_losses["audio"], has_target_audio=has_target, step=step,
                                  sample_ids=self._last_ids, losses=self._last_losses)
+        per_cb = getattr(outputs, "codebook_losses", None)
+        labels = inputs["label_audio_ids"] if "label_audio_ids" in inputs else None
+        check_codebook_losses_nonzero([] if per_cb is None else per_cb.detach().float().tolist(),
+                                      supervised_frames_per_codebook(labels), has_target_audio=has_target,
+                                      step=step, sample_ids=self._last_ids, losses=self._last_losses)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not isinstance(inputs, ExtendedHiggsAudioBatchInput):

@@ -81,3 +81,59 @@ def tokenizer_without_specials():
     tok.train_from_iterator(["hello world"] * 4, trainer=trainers.BpeTrainer(
         vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="hello", pad_token="hello")
+
+
+# ----------------------------------------------------------------------------- issue 15 inputs
+# Built from public bug reports of TTS fine-tuning projects: a clip shorter than one codec hop,
+# a transcript holding a special token, a target of hiss only.
+
+SHORT_CLIP_SAMPLES = 480          # 0.02 s at 24 kHz: less than one 960-sample codec hop
+HISS_PEAK = 2e-4                  # about -84 dBFS RMS (AES17) for Gaussian hiss: no speech
+
+
+def write_short_clip(path: Path, n: int = SHORT_CLIP_SAMPLES, sr: int = 24000) -> Path:
+    """A speech-level (0.3 peak) 220 Hz tone of `n` samples: loud enough, too short for the codec."""
+    t = np.arange(n) / sr
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def write_hiss(path: Path, seconds: float = 2.0, peak: float = HISS_PEAK, seed: int = 0, sr: int = 24000) -> Path:
+    """Gaussian hiss scaled to `peak` (above the digital-silence threshold, far below speech)."""
+    x = np.random.default_rng(seed).standard_normal(int(seconds * sr))
+    sf.write(str(path), (x / np.abs(x).max() * peak).astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def issue15_manifest(records: list[CanonicalRecord], tmp: Path, case: str, *, n: int = 3
+                     ) -> tuple[Path, CanonicalRecord]:
+    """tmp/data/manifest.jsonl over copies of n shipped records, record 1 broken as `case`.
+
+    Cases: "short" (target clip of SHORT_CLIP_SAMPLES), "short_ref" (reference clip), "hiss"
+    (target is 2 s of hiss), "token" (target transcript holds "<|AUDIO_OUT|>"), "token_ref"
+    (reference transcript holds "<|eot_id|>"), "empty_norm" (target transcript "()", which the
+    reference normalises to "").  Returns (the data folder, the broken record).
+    """
+    import dataclasses
+
+    from higgs_common.manifest import write_manifest
+
+    recs = copy_records(records, tmp / "data", n=n)
+    bad = recs[1]
+    if case == "short":
+        write_short_clip(bad.audio)
+    elif case == "short_ref":
+        write_short_clip(bad.ref_audio)
+    elif case == "hiss":
+        write_hiss(bad.audio)
+    elif case == "token":
+        bad = dataclasses.replace(bad, text="Please say <|AUDIO_OUT|> twice.")
+    elif case == "token_ref":
+        bad = dataclasses.replace(bad, ref_text="I am done<|eot_id|> talking.")
+    elif case == "empty_norm":
+        bad = dataclasses.replace(bad, text="()")
+    else:
+        raise ValueError(case)
+    recs[1] = bad
+    write_manifest(recs, tmp / "data" / "manifest.jsonl")
+    return tmp / "data", bad

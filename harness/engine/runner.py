@@ -224,6 +224,9 @@ class Comparison:
             except FATAL_INPUT_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported in the stage result, with type and message
+                cause = input_error_in_chain(exc)
+                if cause is not None:   # the stage failed because of its input: bad input, exit 2
+                    raise cause from exc
                 log.exception("stage %s failed", stage)
                 results.append(StageResult(stage, "error", [], error=f"{type(exc).__name__}: {exc}"))
                 break
@@ -235,6 +238,22 @@ class Comparison:
 
 # Bad input (a broken sample, an unknown fault) is the user's to fix: it aborts with exit 2.
 FATAL_INPUT_ERRORS = (SampleError, UnknownFaultError)
+
+
+def input_error_in_chain(exc: BaseException) -> SampleError | None:
+    """The SampleError that `exc` was raised from or while handling (`__cause__`/`__context__`), if any.
+
+    A stage that fails *because of* a bad sample (e.g. a library error re-raised around it) is bad
+    input too, not a finding about the stage.
+    """
+    seen: set[int] = set()
+    link = exc.__cause__ or exc.__context__
+    while link is not None and id(link) not in seen:
+        if isinstance(link, SampleError):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
 
 
 def sync(device: torch.device) -> None:

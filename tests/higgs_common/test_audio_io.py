@@ -126,7 +126,7 @@ def test_no_warning_for_clean_input(tmp_path, caplog):
 
 @pytest.mark.property
 @given(sr=st.sampled_from([8000, 16000, 22050, 24000, 44100, 48000]),
-       seconds=st.floats(0.05, 0.6), amp=st.floats(1e-3, 1.0))
+       seconds=st.floats(0.05, 0.6), amp=st.floats(2e-3, 1.0))
 def test_output_length_follows_resampling(tmp_path_factory, sr, seconds, amp):
     n = max(1, int(sr * seconds))
     data = (amp * np.sin(np.arange(n) * 0.05)).astype(np.float32)
@@ -134,3 +134,58 @@ def test_output_length_follows_resampling(tmp_path_factory, sr, seconds, amp):
     wav = load_audio(path, sample_id="s", field="audio")
     assert wav.dtype == np.float32 and wav.ndim == 1 and np.isfinite(wav).all()
     assert abs(wav.shape[0] - n * SR / sr) <= 1
+
+
+# ----------------------------------------------------------------------------- issue 15: level and length
+
+def test_rms_dbfs_follows_aes17():
+    """0 dBFS = a full-scale sine; a sine of peak A reads 20*log10(A); DC is removed first."""
+    from higgs_common.audio_io import rms_dbfs
+
+    t = np.arange(SR) / SR
+    sine = np.sin(2 * np.pi * 1000 * t)
+    assert rms_dbfs(sine) == pytest.approx(0.0, abs=1e-6)
+    assert rms_dbfs(1e-3 * sine) == pytest.approx(-60.0, abs=1e-6)
+    assert rms_dbfs(0.4 + 0.01 * sine) == pytest.approx(-40.0, abs=1e-6)     # DC offset does not count
+    assert rms_dbfs(np.full(100, 0.3)) == float("-inf")
+
+
+def test_hiss_is_no_speech_and_can_be_downgraded(tmp_path, caplog):
+    from higgs_common.audio_io import DEFAULT_SPEECH_FLOOR_DBFS, AudioNoSpeechError
+    from tests.reliability_cases import write_hiss
+
+    path = write_hiss(tmp_path / "hiss.wav")       # peak 2e-4: passes the digital-silence test
+    assert np.abs(sf.read(str(path))[0]).max() > 1e-4
+    with pytest.raises(AudioNoSpeechError, match=r"-8\d\.\d dBFS RMS") as info:
+        load_audio(path, sample_id="s1", field="ref_audio")
+    assert_names_everything(info.value, path)
+    assert f"{DEFAULT_SPEECH_FLOOR_DBFS:.1f} dBFS" in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="higgs_common.audio"):
+        wav = load_audio(path, sample_id="s1", field="ref_audio", allow_no_speech=True)
+    assert wav.shape == (2 * SR,)
+    assert any("no speech" in r.getMessage() and "s1" in r.getMessage() and str(path) in r.getMessage()
+               for r in caplog.records)
+    load_audio(path, sample_id="s1", field="audio", speech_floor_dbfs=-90.0)    # a lower floor accepts it
+
+
+def test_dc_offset_alone_is_no_speech(tmp_path):
+    from higgs_common.audio_io import AudioNoSpeechError
+
+    path = write(tmp_path / "dc.wav", np.full(SR, 0.25, np.float32), subtype="FLOAT")
+    with pytest.raises(AudioNoSpeechError, match="-inf dBFS"):
+        load_audio(path, sample_id="s1", field="audio")
+
+
+def test_quiet_speech_level_is_accepted(tmp_path):
+    path = write(tmp_path / "quiet.wav", 0.01 * tone(0.5) / 0.3, subtype="FLOAT")     # -40 dBFS
+    load_audio(path, sample_id="s1", field="audio")
+
+
+def test_min_samples_is_checked_at_the_target_rate(tmp_path):
+    from higgs_common.audio_io import AudioTooShortError
+
+    path = write(tmp_path / "short16k.wav", tone(0.05, sr=16000), sr=16000)       # 800 -> 1200 samples at 24 kHz
+    assert load_audio(path, sample_id="s1", field="audio", min_samples=1200).shape == (1200,)
+    with pytest.raises(AudioTooShortError, match="1200 samples") as info:
+        load_audio(path, sample_id="s1", field="ref_audio", min_samples=1201)
+    assert_names_everything(info.value, path)
