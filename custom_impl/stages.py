@@ -206,6 +206,8 @@ def _noisy_allreduce_hook(rel: float):
         def add(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
             return _noise(f.value()[0], rel, 1000 + bucket.index())
         return fut.then(add)
+    # DDP checks the hook's annotations as objects (this module's are strings: `from __future__`).
+    hook.__annotations__ = {"state": object, "bucket": dist.GradBucket, "return": torch.futures.Future[torch.Tensor]}
     return hook
 
 

@@ -62,13 +62,16 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
             tolerances: dict[str, tuple[float, float]] | None = None, precision: str = "fp32",
             ddp_world_size: int = 2, ddp_steps: int = 3, optimizer_steps: int = 3, skip_bad_samples: bool = False,
             max_audio_seconds: float | None = None, run_name: str | None = None,
-            progress: Callable[[str], None] | None = None, options: dict[str, Any] | None = None) -> "Report":
+            progress: Callable[[str], None] | None = None, options: dict[str, Any] | None = None,
+            perturb: Callable[[str, str, Any], Any] | None = None, grad_noise: float = 0.0) -> "Report":
     """Diff two pipeline adapters stage by stage and return the report (nothing is written).
 
     reference, custom: adapter SPECs (module path or .py file; default: the in-repo pipelines).
     stage: one of STAGE_CHOICES (earlier stages run to feed it).  faults: named faults of the custom
     adapter.  Raises HiggsDiffError (or ManifestError) subclasses for bad input, naming the file,
     sample and field; `report.skipped` lists samples left out with `skip_bad_samples`.
+    Test hooks: `perturb(stage, side, output) -> output` is applied to every stage output, and
+    `grad_noise` multiplies the accumulation/DDP check's reduced gradients by 1 + grad_noise * N(0, 1).
     """
     import torch
 
@@ -122,7 +125,8 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
         comparison = Comparison(records, ctx, list(faults), Path(work),
                                 RunOptions(stages=stages, mode=mode, tolerances=dict(tolerances or {}),
                                            precision=precision, ddp_world_size=ddp_world_size, ddp_steps=ddp_steps,
-                                           optimizer_steps=optimizer_steps, progress=progress),
+                                           optimizer_steps=optimizer_steps, progress=progress,
+                                           perturb=perturb, grad_noise=grad_noise),
                                 sides=sides)
         results = comparison.run()
     causes.explain_fields(results, comparison.evidence, comparison.extras)

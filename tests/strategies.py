@@ -169,7 +169,7 @@ def _distinct(ref: torch.Tensor, target: torch.Tensor, codebook_size: int) -> to
 
 
 @st.composite
-def drawn_samples(draw: st.DrawFn, *, num_codebooks: int = 4, codebook_size: int = 32, index: int = 0,
+def drawn_samples(draw: st.DrawFn, *, num_codebooks: int = 8, codebook_size: int = 1024, index: int = 0,
                   max_seconds: float = 30.0, text: st.SearchStrategy[str] | None = None) -> DrawnSample:
     """One sample: transcripts, speaker, scene and the codes of its target and reference clips."""
     frames = frame_counts(max_seconds)
@@ -187,8 +187,8 @@ def drawn_samples(draw: st.DrawFn, *, num_codebooks: int = 4, codebook_size: int
 
 
 @st.composite
-def batches(draw: st.DrawFn, *, min_size: int = 1, max_size: int = 4, num_codebooks: int = 4,
-            codebook_size: int = 32, max_seconds: float = 30.0) -> list[DrawnSample]:
+def batches(draw: st.DrawFn, *, min_size: int = 1, max_size: int = 4, num_codebooks: int = 8,
+            codebook_size: int = 1024, max_seconds: float = 30.0) -> list[DrawnSample]:
     """A batch of 1..max_size samples with unique ids (shrinks to one short utterance)."""
     n = draw(st.integers(min_size, max_size))
     return [draw(drawn_samples(num_codebooks=num_codebooks, codebook_size=codebook_size, index=i,

@@ -271,13 +271,14 @@ def _sign_scale_offset(ref, cus, axes, ctx) -> Relation | None:
         denom = float((r * r).sum())
         if denom > 0:
             s = float((r * c).sum()) / denom
-            if s != 0 and not math.isclose(s, 1.0, rel_tol=1e-9) and _close(r * s, c, ctx):
+            # a factor within rounding of 1 is no scale: that is reduction-order noise (tried later)
+            if s != 0 and not math.isclose(s, 1.0, rel_tol=10 * FIT_RTOL) and _close(r * s, c, ctx):
                 src = _sources(s, ctx)
                 return Relation("scale", f"the custom value is {s:.6g} x the reference value"
                                          + (f" (matches {', '.join(src)})" if src else ""),
                                 details={"factor": round(s, 6), "sources": src})
         d = float((c - r).median())
-        if d != 0 and _close(r + d, c, ctx):
+        if abs(d) > FIT_ATOL * 10 and _close(r + d, c, ctx):
             return Relation("offset", f"the custom value is the reference value + {d:.6g}",
                             details={"offset": round(d, 6)})
     else:
