@@ -76,6 +76,15 @@ CONVENTIONS = Conventions(
     normalize_transcript=identity,
     normalize_reference_transcript=identity,
     loss=_loss.CONVENTIONS,
+    config_notes={
+        "collator.class": ("HiggsAudioSampleCollator", "the custom pipeline calls the upstream collator directly"),
+        "lora.task_type": (None, "no task type: with CAUSAL_LM peft passes labels=/inputs_embeds= that upstream "
+                                 "forward rejects"),
+        "distributed.find_unused_parameters": (False, "the manual loop wraps DDP with find_unused_parameters=False "
+                                                      "(every trainable parameter gets a gradient)"),
+        "optimizer.no_decay": ([], "AdamW decays every trainable parameter (LoRA adapters have no bias or norm "
+                                   "weights)"),
+    },
 )
 
 

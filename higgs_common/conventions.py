@@ -39,6 +39,11 @@ system_message
     The system turn's text for a canonical record (scene prompt, instruction).
 loss
     See `LossConventions`.
+config_notes
+    {effective_config key: (value, why)}: this pipeline's value of a setting no other convention
+    determines, and why (e.g. ``"collator.class"``, ``"distributed.find_unused_parameters"``).  A
+    configuration difference at a noted key is expected while every noting side really has the
+    noted value, with the note as its reason; any other undeclared difference diverges.
 
 All fields are plain data or pure functions of their arguments, so two adapters' declarations can
 be compared and printed.
@@ -47,7 +52,7 @@ be compared and printed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, Mapping, Union
 
 VOICE_PROMPT_PLACEMENTS: tuple[str, ...] = ("assistant_turn", "audio_in_slot", "system_message", "none")
 TRAINABLE_TURNS: tuple[str, ...] = ("target", "voice_prompt")
@@ -130,9 +135,11 @@ class Conventions:
     normalize_transcript: Callable[[str], str] = identity
     normalize_reference_transcript: Callable[[str], str] = identity
     loss: LossConventions = field(default_factory=LossConventions)
+    config_notes: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check("voice_prompt", self.voice_prompt, VOICE_PROMPT_PLACEMENTS)
+        object.__setattr__(self, "config_notes", dict(self.config_notes))
         object.__setattr__(self, "trained_turns", frozenset(self.trained_turns))
         for turn in self.trained_turns:
             _check("trained_turns[]", turn, TRAINABLE_TURNS)
@@ -170,7 +177,8 @@ class Conventions:
                 "system_message": function_name(self.system_message),
                 "normalize_transcript": function_name(self.normalize_transcript),
                 "normalize_reference_transcript": function_name(self.normalize_reference_transcript),
-                "loss": self.loss.to_json()}
+                "loss": self.loss.to_json(),
+                "config_notes": {k: {"value": v, "why": why} for k, (v, why) in self.config_notes.items()}}
 
 
 def function_name(fn: Callable[..., Any]) -> str:

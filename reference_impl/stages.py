@@ -61,6 +61,16 @@ CONVENTIONS = Conventions(
     normalize_transcript=_read_transcript,
     normalize_reference_transcript=identity,
     loss=LOSS_CONVENTIONS,
+    config_notes={
+        "collator.class": ("ExtendedHiggsAudioSampleCollator", "train-higgs-audio wraps the upstream collator (ExtendedHiggsAudioSampleCollator) to set "
+                          "label_audio_ids = audio_out_ids"),
+        "lora.task_type": ("CAUSAL_LM", "train-higgs-audio builds its LoraConfig with task_type=CAUSAL_LM (hence its model accepts "
+                          "labels= and inputs_embeds=)"),
+        "distributed.find_unused_parameters": (True, "train-higgs-audio passes ddp_find_unused_parameters=True to the HF "
+                                              "Trainer (speed only: every trainable parameter gets a gradient)"),
+        "optimizer.no_decay": (["bias", "norm"], "the HF Trainer exempts biases and LayerNorm/RMSNorm weights from "
+                                                         "weight decay"),
+    },
 )
 
 

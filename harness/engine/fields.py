@@ -23,6 +23,7 @@ import torch
 from harness.engine.diff import FieldDiff, default_tolerance, diff_scalars, diff_tensors
 from harness.engine.tolerance import Tolerance
 from harness.explain import relations as R
+from harness.explain.window import window
 from harness.semantics.expectations import Catalogue
 
 Index = tuple[int, ...]
@@ -42,6 +43,7 @@ class FieldSpec:
     info: dict = field(default_factory=dict)
     check: str = "cross"
     side: str | None = None
+    token: Callable[[int], str] | None = None       # id -> token text, for the decoded window
 
 
 class FieldComparer:
@@ -111,6 +113,7 @@ class FieldComparer:
                 d.note = f"differs, but not as declared [{entry.id}]: {entry.reason}"
         if d.unexpected:
             d.relation = explain(compared[0], compared[1], spec)
+            d.window = window(compared[0], compared[1], d.first_index, axes=spec.axes, token=spec.token)
         return d
 
     def compare_mapping(self, stage: str, prefix: str, ref: Mapping[str, Any] | None, cus: Mapping[str, Any] | None,

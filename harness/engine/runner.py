@@ -183,10 +183,15 @@ class Comparison:
         LoRA B set to small identical non-zero values (recorded in the report)."""
         if self.side["reference"].model is not None:
             return
+        self.initial_lora_b: dict[str, list[str]] = {}
         for role, state in self.side.items():
             torch.manual_seed(state.ctx.seed)
             state.model = self.mod(role).build_model(state.ctx, self.train).to(state.ctx.device)
             state.model.train()
+            # LoRA must start as the identity (B = 0: the step-0 model IS the checkpoint); recorded
+            # before the harness sets B below, compared at the forward stage.
+            self.initial_lora_b[role] = sorted(n for n, p in state.model.named_parameters()
+                                               if p.requires_grad and "lora_B" in n and bool((p != 0).any()))
         ref_trainable = {n: p for n, p in self.side["reference"].model.named_parameters() if p.requires_grad}
         set_lora_b(ref_trainable, std=LORA_B_STD, seed=self.side["reference"].ctx.seed)
         self.lora_b_init = {"distribution": f"normal(0, {LORA_B_STD}^2)", "seed": self.side["reference"].ctx.seed,

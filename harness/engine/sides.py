@@ -111,6 +111,8 @@ def import_spec(spec: str) -> ModuleType:
 
 
 def _import(dotted: str, spec: str) -> ModuleType:
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))      # module paths resolve from the working directory, as `python -m`
     try:
         return importlib.import_module(dotted)
     except ModuleNotFoundError as exc:

@@ -87,6 +87,10 @@ class _Dummy:
     id, text, ref_text, audio, ref_audio, scene, speaker = "x", "t", "r", "a.wav", "r.wav", "s", "s"
 
 
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
 def run_config(c: Any) -> StageResult:
     t0 = time.perf_counter()
     ref_eff, cus_eff = c.side["reference"].effective, c.side["custom"].effective
@@ -121,6 +125,13 @@ def run_config(c: Any) -> StageResult:
                              "each start_index labels exactly the turns its side declares trained",
                              holds=lambda a, b, info: _start_index_ok(a, conv["reference"]) and
                              _start_index_ok(b, conv["custom"]))
+        elif key in conv["reference"].config_notes or key in conv["custom"].config_notes:
+            noted = {role: conv[role].config_notes[key] for role in ("reference", "custom")
+                     if key in conv[role].config_notes}
+            why = "; ".join(f"{role} {v!r}: {reason}" for role, (v, reason) in noted.items())
+            entry = Expected(f"noted:{key}", "config", key, f"declared implementation choice (config_notes): {why}",
+                             holds=lambda a, b, info, noted=noted: all(
+                                 (a if role == "reference" else b) == _plain(v) for role, (v, _r) in noted.items()))
         elif key == "faults":
             entry = Expected("faults", "config", key, f"faults switched on by request: {faults}",
                              holds=lambda a, b, info: a in ([], ABSENT) and b == faults)

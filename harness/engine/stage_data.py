@@ -135,7 +135,7 @@ def _dataset_spec(c: Any, key: str, sid: str, info: dict, declared: dict) -> Fie
         spec.rel_ctx = X.audio_context(declared.get("audio_ids_start"), int(declared["audio_ids_concat"].shape[1]),
                                        bos=c.bos, eos=c.eos)
     elif key in ("input_ids", "label_ids"):
-        spec.axes = ("position",)
+        spec.axes, spec.token = ("position",), c.decoder.token
         spec.decode = lambda idx, _sid=sid: f"sample {_sid}, position {idx[-1]}"
         spec.rel_ctx = X.text_context(declared["input_ids"], c.ids, c.tokenizer, audio_roles=[declared["audio_roles"]])
     elif key == "audio_ids_start":
@@ -227,6 +227,7 @@ def run_collator(c: Any) -> StageResult:
         spec = FieldSpec(tol=EXACT, info=info, decode=c.decoder.for_field(key, ids), keep_mask="audio" in key)
         if key in ("input_ids", "attention_mask", "label_ids"):
             spec.axes, spec.sample_of, spec.rel_ctx = ("sample", "position"), c.decoder.row_sample(ids), text_ctx
+            spec.token = c.decoder.token if key != "attention_mask" else None
         elif key.endswith("_start"):
             spec.axes = ("segment",)
         else:

@@ -60,6 +60,7 @@ def run_forward(c: Any) -> StageResult:
     for key in ("expanded_input_ids", "expanded_labels", "logits", "audio_logits"):
         a, b = getattr(ro, key), getattr(co, key)
         spec = FieldSpec(tol=_forward_tol(c, key, a), axes=axes[key], decode=c.decoder.for_field(key, ids),
+                         token=c.decoder.token if key in ("expanded_input_ids", "expanded_labels") else None,
                          sample_of=c.decoder.row_sample(ids) if key != "audio_logits" else None,
                          rel_ctx=text_ctx if key in ("expanded_input_ids", "expanded_labels") else
                          X.scale_context(c.scale_sources()))
@@ -71,6 +72,14 @@ def run_forward(c: Any) -> StageResult:
     d = c.fields.compare("forward", "trainable_parameters_only_on_one_side",
                          only_ref[0] if only_ref else None, only_cus[0] if only_cus else None, FieldSpec(tol=EXACT))
     d.note = f"{len(only_ref)} only in reference, {len(only_cus)} only in custom" if (only_ref or only_cus) else None
+    fields.append(d)
+    nz = c.initial_lora_b
+    d = c.fields.compare("forward", "lora_B_nonzero_at_init", len(nz["reference"]), len(nz["custom"]),
+                         FieldSpec(tol=EXACT))
+    if d.diverged:
+        side = "custom" if nz["custom"] else "reference"
+        d.note = (f"{len(nz[side])} LoRA B matrices are not zero as the {side} side builds them (first "
+                  f"{nz[side][0]!r}): its step-0 model is not the checkpoint")
     fields.append(d)
     return StageResult("forward", "ok", fields, compute, time.perf_counter() - t0)
 

@@ -292,6 +292,20 @@ def _random_layers(f: FieldDiff, x: Facts) -> Result:
     return None
 
 
+def _lora_init(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "forward" or f.field != "lora_B_nonzero_at_init":
+        return None
+    return ("LoRA is not initialised as the identity (B != 0 at step 0): the adapters' init was changed "
+            "(e.g. init_lora_weights=False), so training starts from a model that is not the checkpoint", f.note or "")
+
+
+def _trainable_set(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "forward" or f.field != "trainable_parameters_only_on_one_side":
+        return None
+    return ("the two sides train different parameters: LoRA target modules, frozen/unfrozen base weights or a "
+            "name filter differ", f.note or "")
+
+
 def _forward_values(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "forward" or f.field not in ("logits", "audio_logits"):
         return None
@@ -548,7 +562,7 @@ def _generic_declared(f: FieldDiff, x: Facts) -> Result:
 RULES: tuple[Rule, ...] = (
     _target_is_reference_clip, _codes_of_other_sample, _codes_length, _transcript, _text_supervision,
     _declared_dataset, _declared_collator, _all_labels_ignored, _audio_labels, _collator_text, _random_layers,
-    _forward_values, _no_shift_audio, _no_shift_text, _zero_term, _loss_scale, _loss_positions, _no_grad,
+    _lora_init, _trainable_set, _forward_values, _no_shift_audio, _no_shift_text, _zero_term, _loss_scale, _loss_positions, _no_grad,
     _grad_values, _accumulation, _ddp, _step, _native, _config, _generic_declared,
 )
 

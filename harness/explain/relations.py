@@ -232,6 +232,14 @@ def _nonfinite(ref, cus, axes, ctx) -> Relation | None:
 
 
 def _dtype_roundtrip(ref, cus, axes, ctx) -> Relation | None:
+    if not _is_float(ref) and not _is_float(cus):        # ids / codes through a float cast and back
+        for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float16, "float16")):
+            back = ref.to(dtype).to(ref.dtype)
+            if not bool(torch.equal(back, ref)) and bool(torch.equal(back, cus.to(ref.dtype))):
+                return Relation("dtype_roundtrip", f"the custom values equal the reference values cast to {name} and "
+                                                   "back (integers above 256 are not exact in bfloat16)",
+                                details={"dtype": name, "side": "custom"})
+        return None
     if not (_is_float(ref) and _is_float(cus)) or ref.dtype not in (torch.float32, torch.float64):
         return None
     for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float16, "float16")):

@@ -40,14 +40,48 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 FIELD_HEADER = ["field", "status", "expected", "mismatches", "max_abs", "max_rel", "first index",
-                "reference", "custom", "decoded", "sample", "note"]
+                "reference / declared", "custom / actual", "decoded", "sample", "relation", "cause", "note"]
+FIRST_HEADER = ["stage", "field", "status", "sample", "index", "reference / declared", "custom / actual", "decoded",
+                "relation", "cause", "evidence"]
 
 
 def _field_row(f: FieldDiff) -> list[Any]:
     expected = f"yes: {f.expected_reason}" if f.expected else ""
     counts = f"{f.mismatches}/{f.numel}" if f.status in ("equal", "mismatch", "nonfinite") else ""
+    relation = (f.relation or {}).get("words")
+    cause = (f.cause or {}).get("mechanism")
     return [f.field, f.status, expected, counts, f.max_abs, f.max_rel, f.first_index,
-            f.reference, f.custom, f.decoded, f.sample, f.note]
+            f.reference, f.custom, f.decoded, f.sample, relation, cause, f.note]
+
+
+def _first_row(fd: dict) -> list[Any]:
+    return [fd["stage"], fd["field"], fd["status"], fd["sample"], fd["index"], fd["reference"], fd["custom"],
+            fd["decoded"], fd.get("relation"), fd.get("cause"), fd.get("cause_evidence")]
+
+
+def _window_md(win: dict | None) -> list[str]:
+    if not win:
+        return []
+    head = ["", f"{win['axis']} " + " ".join(f"**{p}**" if p == win["first"] else str(p) for p in win["positions"])]
+    rows = [[r["label"], "reference", " ".join(r["reference"])] for r in win["rows"]]
+    rows += [[r["label"], "custom", " ".join(r["custom"])] for r in win["rows"]]
+    return ["", f"Around the first index ({win['axis']} {win['positions'][0]}..{win['positions'][-1]}):", ""] + \
+        _table(["row", "side", " ".join(str(p) for p in win["positions"])], rows) + [""]
+
+
+def _window_html(win: dict | None) -> str:
+    if not win:
+        return ""
+    head = "".join(f"<th>{'<u>' if p == win['first'] else ''}{p}{'</u>' if p == win['first'] else ''}</th>"
+                   for p in win["positions"])
+    out = [f"<p>Around the first index ({html.escape(str(win['axis']))}):</p>",
+           f"<table><tr><th>row</th><th>side</th>{head}</tr>"]
+    for r in win["rows"]:
+        for side in ("reference", "custom"):
+            cells = "".join(f"<td><code>{html.escape(str(v))}</code></td>" for v in r[side])
+            out.append(f"<tr><td>{html.escape(str(r['label']))}</td><td>{side}</td>{cells}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
 
 
 def _shown_fields(st: StageResult) -> tuple[list[FieldDiff], int]:
@@ -79,10 +113,7 @@ def render_markdown(report: Report) -> str:
     if fd is None:
         lines += ["No unexpected divergence.", ""]
     else:
-        lines += _table(["stage", "field", "status", "sample", "index", "reference", "custom",
-                         "decoded", "cause"],
-                        [[fd["stage"], fd["field"], fd["status"], fd["sample"], fd["index"],
-                          fd["reference"], fd["custom"], fd["decoded"], fd["cause"]]]) + [""]
+        lines += _table(FIRST_HEADER, [_first_row(fd)]) + _window_md(fd.get("window")) + [""]
 
     lines += ["## Stages", ""]
     lines += _table(["stage", "status", "fields", "diverged", "expected", "first diverged field",
@@ -219,10 +250,8 @@ def render_html(report: Report) -> str:
     if fd is None:
         parts.append("<p>No unexpected divergence.</p>")
     else:
-        parts.append(_html_table(["stage", "field", "status", "sample", "index", "reference",
-                                  "custom", "decoded", "cause"],
-                                 [[fd["stage"], fd["field"], fd["status"], fd["sample"], fd["index"],
-                                   fd["reference"], fd["custom"], fd["decoded"], fd["cause"]]]))
+        parts.append(_html_table(FIRST_HEADER, [_first_row(fd)]))
+        parts.append(_window_html(fd.get("window")))
     plots_html = _plots(report)
     if plots_html:
         parts += ["<h2>Plots</h2>"] + plots_html

@@ -39,12 +39,16 @@ def print_summary(report: Report, console: Console | None = None,
 
     verdict = report.verdict
     fd = report.first_divergence()
-    if fd is None:
+    errored = next((st for st in report.ordered_stages() if st.status == "error"), None)
+    if fd is None and errored is not None:
+        body = Text(f"Stage {errored.stage} could not run: {errored.error}\n"
+                    "Nothing diverged before it; later stages were not compared.")
+    elif fd is None:
         body = Text("No unexpected divergence.")
     else:
         body = Text()
         for key in ("stage", "field", "status", "sample", "index", "reference", "custom",
-                    "decoded", "cause"):
+                    "decoded", "relation", "cause"):
             if fd.get(key) is None:
                 continue
             body.append(f"{key:>9}: ", style="bold")

@@ -78,7 +78,7 @@ def test_data_folder_means_its_manifest(records, tmp_path, capsys):
     folder = tmp_path / "data"
     write_manifest(copy_records(records, folder, n=2), folder / "manifest.jsonl")
     assert main(["--data", str(folder), *BASE, "--out", str(tmp_path / "rep")]) in (0, 1)
-    assert json.loads((tmp_path / "rep" / "report.json").read_text())["config"]["data"] == str(folder.resolve())
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["config"]["data"] == str((folder / "manifest.jsonl").resolve())
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["--data", str(empty), *BASE, "--out", str(tmp_path / "rep2")]) == 2

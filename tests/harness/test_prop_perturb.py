@@ -24,15 +24,18 @@ from harness.engine.runner import STAGES, Comparison, RunOptions
 
 pytestmark = pytest.mark.property
 
-# field -> projections derived from it that may report the corruption instead of the raw field
+# field -> the fields derived from it (projections, declaration checks) that may report the
+# corruption instead of the raw field
 FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "dataset": {"audio_ids_concat": ("target_audio_codes", "reference_audio_codes")},
-    "collator": {"audio_out_ids": (), "label_audio_ids": ("supervised_audio_codes",), "input_ids": (),
-                 "attention_mask": ()},
+    "dataset": {"audio_ids_concat": ("target_audio_codes", "reference_audio_codes", "audio_ids_concat@custom")},
+    "collator": {"audio_out_ids": ("delay_pattern@custom",),
+                 "label_audio_ids": ("supervised_audio_codes", "audio_label_layout@custom"),
+                 "input_ids": ("mask_audio_out_token_label@custom",), "attention_mask": ()},
     "forward": {"logits": (), "audio_logits": ()},
-    "loss": {"text": (), "audio_token_ce": ("audio_ce_common",), "text_token_ce": ("text_ce_common",)},
+    "loss": {"text": ("text@custom",), "audio_token_ce": ("audio_ce_common", "audio_token_ce@custom"),
+             "text_token_ce": ("text_ce_common", "text_token_ce@custom")},
     "backward": {"grad": ()},
-    "step": {"param": ()},
+    "step": {"update": ()},
 }
 # At most ~1 s per example (the step stage runs every stage before it); the ci profile's budget.
 PERTURB_SETTINGS = settings(max_examples=max(6, settings.default.max_examples), deadline=None,
@@ -99,16 +102,29 @@ class Perturbation:
             self.done_field = self.field
             return dataclasses.replace(output, **{self.field: new})
         # backward / step: a mapping name -> tensor
+        if stage == "step" and self.calls > 1:        # corrupt the first step only
+            return output
         names = sorted(output)
         name = names[self._pick(len(names), self.u_name)]
         out = dict(output)
-        out[name], self.done_index = self._corrupt(output[name], **kw)
-        self.done_field = f"{self.field}/{name}"
+        out[name], idx = self._corrupt(output[name], **kw)
+        if stage == "step":   # the step stage compares updates of all parameters flattened, per step
+            offset = sum(output[n].numel() for n in names[:names.index(name)])
+            self.done_field, self.done_index = "update/step1", [offset + _ravel(idx, output[name].shape)]
+        else:
+            self.done_field, self.done_index = f"{self.field}/{name}", idx
         return out
 
 
+def _ravel(index: list[int], shape: torch.Size) -> int:
+    flat = 0
+    for i, d in zip(index, shape):
+        flat = flat * d + i
+    return flat
+
+
 @st.composite
-def perturbations(draw, stages=STAGES, fields=FIELDS):
+def perturbations(draw, stages=tuple(FIELDS), fields=FIELDS):
     stage = draw(st.sampled_from(stages))
     field = draw(st.sampled_from(sorted(fields[stage])))
     return Perturbation(stage, field, draw(st.floats(0, 1, exclude_max=True)), draw(st.floats(0, 1, exclude_max=True)))
@@ -125,7 +141,7 @@ def run_perturbed(ctx, records, perturbation: Perturbation, work_dir: Path) -> R
 
 
 def assert_pinpointed(report: Report, p: Perturbation) -> None:
-    assert p.calls == 1 and p.done_field is not None, "the perturbation hook never fired"
+    assert p.calls >= 1 and p.done_field is not None, "the perturbation hook never fired"
     first = report.first_divergence()
     what = f"corrupted {p.stage}:{p.done_field}{p.done_index}"
     assert first is not None, f"{what} went unreported"

@@ -68,9 +68,9 @@ def test_same_seed_gives_identical_codes(twin_builds):
     a, b = twin_builds
     ca = load_audio_tokenizer(a.audio_tokenizer).encode(WAVE, 24000)
     cb = load_audio_tokenizer(b.audio_tokenizer).encode(WAVE, 24000)
-    assert ca.shape == (4, 20)                                # (num_codebooks, 0.8 s * 25 fps)
+    assert ca.shape == (8, 20)                                # (num_codebooks, 0.8 s * 25 fps)
     torch.testing.assert_close(ca, cb, rtol=0, atol=0)
-    assert int(ca.max()) < 32 and int(ca.min()) >= 0
+    assert int(ca.max()) < 1024 and int(ca.min()) >= 0
     assert len(torch.unique(ca)) > 4, "codes should vary over a non-stationary waveform"
 
 
@@ -94,7 +94,9 @@ def test_loads_through_the_public_loaders(twin_builds):
     model = HiggsAudioModel.from_pretrained(str(a.model))
     assert cfg.audio_in_token_idx == tok.convert_tokens_to_ids("<|AUDIO|>")
     assert cfg.audio_out_token_idx == tok.convert_tokens_to_ids("<|AUDIO_OUT|>")
-    assert cfg.audio_num_codebooks == 4 and cfg.audio_codebook_size == 32
+    # the released discrete sizes: 8 codebooks x 1024 codes, stream BOS/EOS 1024/1025
+    assert cfg.audio_num_codebooks == 8 and cfg.audio_codebook_size == 1024
+    assert (cfg.audio_stream_bos_id, cfg.audio_stream_eos_id) == (1024, 1025)
     assert model.config.text_config.vocab_size == len(tok)
     reference = load_file(a.model / "model.safetensors")
     loaded = model.state_dict()

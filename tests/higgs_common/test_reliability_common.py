@@ -57,7 +57,7 @@ def test_codec_codebooks_of_default_assets(assets, ctx):
                                                         ctx.model_config.audio_codebook_size)
 
 
-@pytest.mark.parametrize("field,value", [("audio_num_codebooks", 8), ("audio_codebook_size", 1024)])
+@pytest.mark.parametrize("field,value", [("audio_num_codebooks", 4), ("audio_codebook_size", 32)])
 def test_checkpoint_codec_mismatch(assets, tmp_path, field, value):
     model = tmp_path / "model"
     shutil.copytree(assets.model, model)

@@ -33,9 +33,9 @@ MUTANTS: list[dict] = [
     dict(
         id="reference-dataset-parenthetical-dropped",
         file="reference_impl/dataset.py",
-        find="""        return normalize_transcript(text)""",
+        find="""        normalised = normalize_transcript(text)""",
         replace="""        text = re.sub(r"\\s*\\([^)]*\\)", "", text)   # drop (stage directions) before normalising
-        return normalize_transcript(text)""",
+        normalised = normalize_transcript(text)""",
         stage="dataset",
         mechanism="parenthesised words removed from the target transcript although the audio speaks them "
                   "(the reference normalisation only drops the brackets)",

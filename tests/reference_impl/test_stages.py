@@ -66,10 +66,10 @@ def test_forward_loss_backward_step(ctx, zero_shot_items, use_lora):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(grads) == trainable
     assert all("lora_" in n for n in grads) is use_lora
-    assert any(g.abs().sum() > 0 for g in grads.values())
+    assert any(g is not None and g.abs().sum() > 0 for g in grads.values())
     opt, sched = stages.make_optimizer(model, train)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    after = stages.step(model, opt, ctx)
+    after = stages.step(model, opt, ctx, train)
     assert set(after) == trainable
     assert any(not torch.equal(after[n], before[n]) for n in after)
 
@@ -95,10 +95,12 @@ def test_effective_config(ctx):
     assert cfg["collator"]["label_audio_ids"] == "audio_out_ids"
     assert cfg["message_layout"]["messages"] == ["system:text", "user:text", "assistant:audio", "user:text",
                                                  "assistant:audio"]
-    assert cfg["message_layout"]["reference_audio_placement"].startswith("assistant turn, <|AUDIO_OUT|>")
+    assert cfg["message_layout"]["voice_prompt"] == "assistant_turn"
+    assert cfg["message_layout"]["trained_turns"] == ["target", "voice_prompt"]
     assert cfg["lora"]["r"] == 16 and cfg["lora"]["dropout"] == 0.1 and cfg["lora"]["task_type"] == "CAUSAL_LM"
     assert cfg["optimizer"]["class"].endswith("AdamW") and cfg["optimizer"]["lr"] == 5e-5
     assert cfg["schedule"] == {"type": "linear", "warmup_steps": 100, "max_steps": 20}
     assert cfg["precision"]["mode"] == "fp32"          # bf16 only on CUDA
-    assert cfg["loss"]["delay_pattern_in_training"] is False
+    assert cfg["loss"] == stages.CONVENTIONS.loss.to_json()
+    assert cfg["loss"]["audio_shift_scope"] == "stream" and cfg["loss"]["total"] == "sum_positive"
     assert cfg["distributed"]["find_unused_parameters"] is True

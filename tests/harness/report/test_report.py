@@ -77,18 +77,19 @@ def test_first_divergence_follows_pipeline_order_not_list_order():
     assert [s["stage"] for s in r.to_json()["stages"]] == ["dataset", "collator", "loss"]
 
 
-def test_cause_prefers_matching_diagnosis():
-    fields = [mismatch("collator", "label_audio_ids")]
+def test_cause_is_the_fields_own_never_a_diagnosis_of_another_field():
+    f = mismatch("collator", "label_audio_ids")
     diags = [Diagnosis("other cause", "e0", "loss", "audio"),
              Diagnosis("stage-level cause", "e1", "collator", None),
-             Diagnosis("labels masked", "e2", "collator", "label_audio_ids")]
-    r = make_report([st("collator", fields)], diagnoses=diags)
-    assert r.first_divergence()["cause"] == "labels masked"
-    r = make_report([st("collator", fields)], diagnoses=diags[:2])
-    assert r.first_divergence()["cause"] == "stage-level cause"
-    # A diagnosis of another stage is never attached: a wrong cause is worse than none.
-    r = make_report([st("collator", fields)], diagnoses=diags[:1])
+             Diagnosis("BOS in audio labels (reference quirk), expected", "e2", "collator", "label_audio_ids")]
+    r = make_report([st("collator", [f])], diagnoses=diags)
+    # A diagnosis list never lends its text to a divergence: a wrong cause is worse than none.
     assert r.first_divergence()["cause"] is None
+    f.cause = {"mechanism": "audio labels shifted one frame left", "evidence": "shift -1 along frame", "rule": "x"}
+    f.relation = {"kind": "shift", "words": "shifted 1 frame left", "axis": "frame", "details": {"k": -1}}
+    fd = r.first_divergence()
+    assert fd["cause"] == "audio labels shifted one frame left" and fd["cause_evidence"] == "shift -1 along frame"
+    assert fd["relation"] == "shifted 1 frame left" and fd["relation_detail"]["details"]["k"] == -1
 
 
 def test_error_verdict_and_divergence_before_error_wins():
@@ -114,7 +115,16 @@ def test_refresh_status_after_catalogue():
 # ----------------------------------------------------------------------------- JSON determinism
 
 def _full_report(generated_at: str, seconds: float) -> Report:
+    from harness.explain.window import window
+
     f = codes_diff()
+    f.cause = {"mechanism": "audio labels | masked", "evidence": "all -100", "rule": "test"}
+    f.relation = {"kind": "none", "words": "no simple relation fits", "axis": None, "details": {}}
+    ref = torch.arange(4 * 30).reshape(4, 30) % 7
+    cus = ref.clone()
+    cus[1, 12] = 99
+    cus[3, 20:25] = 0
+    f.window = window(ref, cus, f.first_index, axes=("codebook", "frame"))
     ok = diff_tensors(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0]), stage="loss",
                       field="per_codebook")
     return make_report(
@@ -156,10 +166,16 @@ def test_json_identical_apart_from_volatile(tmp_path):
 def test_json_first_divergence_fields():
     j = _full_report("x", 1.0).to_json()
     ref_value = (torch.arange(120).reshape(4, 30) % 7)[1, 12].item()
-    assert j["first_divergence"] == {
+    fd = j["first_divergence"]
+    assert {k: fd[k] for k in ("stage", "field", "status", "sample", "index", "reference", "custom", "decoded",
+                               "cause", "cause_evidence", "relation", "check")} == {
         "stage": "dataset", "field": "audio_codes", "status": "mismatch", "sample": "spk1_0001",
-        "index": [1, 12], "reference": ref_value, "custom": 99,
-        "decoded": "codebook 1, frame 12", "cause": "audio labels | masked"}
+        "index": [1, 12], "reference": ref_value, "custom": 99, "decoded": "codebook 1, frame 12",
+        "cause": "audio labels | masked", "cause_evidence": "all -100", "relation": "no simple relation fits",
+        "check": "cross"}
+    win = fd["window"]
+    assert win["axis"] == "frame" and win["positions"] == list(range(8, 17)) and len(win["rows"]) == 4
+    assert win["rows"][1]["custom"][4] == "99"
     assert j["extras"]["per_codebook"]["custom"] == [0.0, 0.0, 0.0, 0.0]
 
 
@@ -175,6 +191,7 @@ def test_write_report_three_files_and_markdown_content(tmp_path):
     assert "audio labels \\| masked" in md                 # pipe escaped inside tables
     assert "| lr | 0.0001 | 5e-05 | **no** |" in md
     assert "reference keeps BOS" in md
+    assert "Around the first index" in md and "no simple relation fits" in md
     # every table row has the header's number of columns
     for block in re.findall(r"((?:^\|.*\|\n)+)", md, flags=re.M):
         rows = block.strip().splitlines()

@@ -1,0 +1,64 @@
+"""The mutation suite: realistic source-level bugs of both pipelines, with where they must be found.
+
+Two sources: `mutants_helper` (written by an engineer who had not read the harness's code) and
+`mutants_core` (the harness's authors, for kinds the first set does not cover).  Every mutant is a
+dict: id, file, find (a snippet that occurs exactly once), replace, stage (where the mutated code
+runs), mechanism (the bug in words), keywords (words a right explanation contains), note, and
+optionally args (extra `harness.compare` arguments, e.g. a 2-rank DDP check).
+
+`STAGE_OVERRIDES` re-files a mutant whose code runs in another stage than its author wrote, with
+the reason; `EQUIVALENT` lists mutants that cannot change anything the harness runs, with the reason
+(they are reported, and excluded from the score).
+"""
+
+from __future__ import annotations
+
+from tests.mutation import mutants_core, mutants_helper
+
+STAGES = ("dataset", "collator", "forward", "loss", "backward", "step", "config")
+
+STAGE_OVERRIDES: dict[str, tuple[str, str]] = {
+    "custom-backward-lora-targets-hardcoded": (
+        "forward", "LoRA placement is model construction: it changes the trainable set and, with LoRA B non-zero, "
+                   "the forward pass"),
+    "custom-backward-rslora-scaling": ("forward", "the LoRA scaling factor multiplies the adapter output in the forward pass"),
+    "custom-backward-base-unfrozen-with-lora": (
+        "forward", "which parameters are trainable is decided when the model is built; the forward stage compares "
+                   "the trainable sets"),
+    "reference-backward-freeze-audio-by-name": (
+        "forward", "freezing parameters is decided when the model is built; the forward stage compares the "
+                   "trainable sets"),
+}
+
+EQUIVALENT: dict[str, str] = {
+    "custom-step-scheduler-before-optimizer": (
+        "mutates the order of scheduler and optimizer steps inside custom_impl's accumulation probe (`ddp_run`), whose "
+        "single-process and multi-rank runs share the mutated code and run the harness's constant-LR configuration: "
+        "no output the harness compares can change (the pipeline's own make_optimizer/step/scheduler are checked at "
+        "the step stage)"),
+}
+
+
+def all_mutants() -> list[dict]:
+    out = []
+    for source, mutants in (("helper", mutants_helper.MUTANTS), ("core", mutants_core.MUTANTS)):
+        for m in mutants:
+            m = dict(m, author=source)
+            if m["id"] in STAGE_OVERRIDES:
+                m["written_stage"] = m["stage"]
+                m["stage"], m["stage_reason"] = STAGE_OVERRIDES[m["id"]]
+            m["equivalent"] = EQUIVALENT.get(m["id"])
+            m.setdefault("args", ())
+            out.append(m)
+    ids = [m["id"] for m in out]
+    if len(ids) != len(set(ids)):
+        raise ValueError("duplicate mutant ids")
+    return out
+
+
+def apply(text: str, mutant: dict) -> str:
+    """The file text with the mutant applied; raises ValueError unless `find` occurs exactly once."""
+    n = text.count(mutant["find"])
+    if n != 1:
+        raise ValueError(f"mutant {mutant['id']}: snippet occurs {n} times in {mutant['file']}")
+    return text.replace(mutant["find"], mutant["replace"])
