@@ -249,5 +249,11 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
+def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `higgs-train-reference` console command: `main`, exit status 0 (errors raise, as before)."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
     main()
