@@ -2,10 +2,14 @@
 
 Hypothesis profiles: ``ci`` (default; derandomized, 25 examples) and ``thorough`` (500 examples),
 chosen with the environment variable HYPOTHESIS_PROFILE.
+
+Every report.json the suite writes must follow the shipped schema
+(`harness/schemas/report.schema.json`): see `_reports_follow_schema`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -41,3 +45,37 @@ def records():
     if not DEFAULT_MANIFEST.is_file():
         pytest.skip(f"{DEFAULT_MANIFEST} is missing")
     return load_manifest(DEFAULT_MANIFEST)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reports_follow_schema(tmp_path_factory):
+    """Validate every report.json the test suite writes against harness/schemas/report.schema.json.
+
+    Reports written in-process go through `harness.report.render.write_report`, which serialises with
+    the module-level `report_json_text`: wrapping that name validates each report as it is written, so
+    the test that wrote an invalid one fails.  Reports written by subprocesses
+    (`python -m harness.compare`, `higgs-diff compare`) into pytest's temporary folders are validated
+    when the session ends.
+    """
+    from harness.report import render
+    from harness.schemas import ReportSchemaError, validate_report
+
+    original = render.report_json_text
+
+    def report_json_text_validated(report):
+        text = original(report)
+        validate_report(json.loads(text))
+        return text
+
+    render.report_json_text = report_json_text_validated
+    try:
+        yield
+    finally:
+        render.report_json_text = original
+    invalid = []
+    for path in sorted(tmp_path_factory.getbasetemp().rglob("report.json")):
+        try:
+            validate_report(json.loads(path.read_text(encoding="utf-8")))
+        except ReportSchemaError as exc:
+            invalid.append(f"{path}: {exc}")
+    assert not invalid, "report.json files that do not follow the schema:\n" + "\n".join(invalid)

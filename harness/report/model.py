@@ -178,6 +178,7 @@ class Report:
     def to_json(self) -> dict:
         """Plain JSON; everything run-dependent is under ``"volatile"`` (see module docstring)."""
         out = {
+            "schema_version": "1.0.0",   # report.json format (harness/schemas/report.schema.json; README)
             "run_name": self.run_name,
             "mode": self.mode,
             "stages_requested": list(self.stages_requested),
