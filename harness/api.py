@@ -57,7 +57,8 @@ def portable(path: Path | None) -> str | None:
 
 
 def compare(reference: str | None = None, custom: str | None = None, *, stage: str = "all",
-            mode: str = "isolated", data: Path | str | None = None, samples: int = 4, faults: Sequence[str] = (),
+            mode: str = "isolated", data: Path | str | None = None, samples: int = 4, dataset_samples: int = 64,
+            faults: Sequence[str] = (),
             device: str = "auto", model: Path | None = None, audio_tokenizer: Path | None = None, seed: int = 0,
             tolerances: dict[str, tuple[float, float]] | None = None, precision: str = "fp32",
             ddp_world_size: int = 2, ddp_steps: int = 3, optimizer_steps: int = 3, skip_bad_samples: bool = False,
@@ -67,7 +68,9 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
     """Diff two pipeline adapters stage by stage and return the report (nothing is written).
 
     reference, custom: adapter SPECs (module path or .py file; default: the in-repo pipelines).
-    stage: one of STAGE_CHOICES (earlier stages run to feed it).  faults: named faults of the custom
+    stage: one of STAGE_CHOICES (earlier stages run to feed it).  samples: records every stage runs on;
+    dataset_samples: records the (cheap) dataset stage checks, a superset of those (bugs that only some
+    records trigger, like a transcript rule, show there).  faults: named faults of the custom
     adapter.  Raises HiggsDiffError (or ManifestError) subclasses for bad input, naming the file,
     sample and field; `report.skipped` lists samples left out with `skip_bad_samples`.
     Test hooks: `perturb(stage, side, output) -> output` is applied to every stage output, and
@@ -112,18 +115,21 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
         skip_log.add(exc)
     ctx = build_context(model, audio_tokenizer, device=device, seed=seed,
                         options={"max_audio_seconds": max_seconds, **(options or {})})
+    wide = max(samples, dataset_samples)
     if skip_bad_samples:   # screen everything, then pick: the same picks as without bad samples
-        records = select_records(screen_records(all_records, ctx, skip=True, skip_log=skip_log, manifest=data_path,
-                                                max_seconds=max_seconds, sides=sides), samples)
-        if not records:
+        good = screen_records(all_records, ctx, skip=True, skip_log=skip_log, manifest=data_path,
+                              max_seconds=max_seconds, sides=sides)
+        dataset_records = select_records(good, wide)
+        if not dataset_records:
             raise HiggsDiffError(f"every sample of {data_path} is bad input (skipped {len(skip_log)})")
     else:
-        records = screen_records(select_records(all_records, samples), ctx, skip=False, skip_log=skip_log,
-                                 manifest=data_path, max_seconds=max_seconds, sides=sides)
+        dataset_records = screen_records(select_records(all_records, wide), ctx, skip=False, skip_log=skip_log,
+                                         manifest=data_path, max_seconds=max_seconds, sides=sides)
+    records = dataset_records[:samples]     # select_records' picks for n are a prefix of its picks for more
     stages = STAGES if stage == "all" else (stage,)
     with tempfile.TemporaryDirectory(prefix="higgs-diff-") as work:
-        comparison = Comparison(records, ctx, list(faults), Path(work),
-                                RunOptions(stages=stages, mode=mode, tolerances=dict(tolerances or {}),
+        comparison = Comparison(records, ctx, list(faults), Path(work), dataset_records=dataset_records,
+                                options=RunOptions(stages=stages, mode=mode, tolerances=dict(tolerances or {}),
                                            precision=precision, ddp_world_size=ddp_world_size, ddp_steps=ddp_steps,
                                            optimizer_steps=optimizer_steps, progress=progress,
                                            perturb=perturb, grad_noise=grad_noise),
@@ -136,7 +142,8 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
         config={
             "device": device, "seed": seed, "faults": sorted(faults), "data": portable(data_path),
             "model": portable(ctx.model_path), "audio_tokenizer": portable(ctx.audio_tokenizer_path),
-            "samples": [r.id for r in records], "common_train_config": _train_json(comparison.train),
+            "samples": [r.id for r in records], "dataset_samples": len(dataset_records),
+            "common_train_config": _train_json(comparison.train),
             "torch": torch.__version__, "lora_b_init": comparison.lora_b_init,
             "sides": {role: _side_json(s, ctx.model_config) for role, s in sides.items()},
             **({"skipped_samples": [{"sample_id": i.sample_id, "field": i.field, "error": i.error}

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-tokenizer", type=Path, default=None,
                    help="audio tokenizer folder (config.json + model.pth); default: the embedded one")
     p.add_argument("--samples", type=int, default=4, help="number of samples, one per speaker in turn (default: 4)")
+    p.add_argument("--dataset-samples", type=int, default=64,
+                   help="records the dataset stage checks (cheap; a superset of --samples, so bugs that only some "
+                        "records trigger show there; default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed for everything random (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run name>)")
     p.add_argument("--tolerance", action="append", default=[], metavar="FIELD=RTOL,ATOL",
@@ -154,7 +157,7 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
             console.log(msg)
 
     report = compare(args.reference, args.custom, stage=args.stage, mode=args.mode, data=args.data,
-                     samples=args.samples, faults=args.fault, device=args.device, model=args.model,
+                     samples=args.samples, dataset_samples=args.dataset_samples, faults=args.fault, device=args.device, model=args.model,
                      audio_tokenizer=args.audio_tokenizer, seed=args.seed, tolerances=tolerances,
                      precision=args.precision, ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
                      optimizer_steps=args.optimizer_steps, skip_bad_samples=args.skip_bad_samples,

@@ -96,8 +96,12 @@ class Comparison:
     """One differential run over a list of canonical records."""
 
     def __init__(self, records: Sequence[Any], ctx: StageContext, faults: Sequence[str], work_dir: Path,
-                 options: RunOptions, sides: dict[str, Side] | None = None) -> None:
+                 options: RunOptions, sides: dict[str, Side] | None = None,
+                 dataset_records: Sequence[Any] | None = None) -> None:
         self.records = list(records)
+        # the dataset stage may check more records than the later stages run on (a superset whose
+        # first len(records) entries are `records`)
+        self.dataset_records = list(dataset_records) if dataset_records else list(records)
         self.options = options
         self.work_dir = Path(work_dir)
         self.sides = sides or load_sides()

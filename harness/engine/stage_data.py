@@ -94,17 +94,19 @@ DECLARED_DATASET = ("input_ids", "label_ids", "audio_ids_concat", "audio_ids_sta
 
 def run_dataset(c: Any) -> StageResult:
     compute = 0.0
+    all_items = {}
     for role, state in c.side.items():
         mod = c.mod(role)
-        native = mod.write_native(c.records, c.work_dir / "native" / role)
-        state.items, dt = c.timed(lambda: mod.dataset(native, state.ctx))
-        state.items = c.perturbed("dataset", role, state.items)
+        native = mod.write_native(c.dataset_records, c.work_dir / "native" / role)
+        items, dt = c.timed(lambda: mod.dataset(native, state.ctx))
+        all_items[role] = c.perturbed("dataset", role, items)
+        state.items = all_items[role][: len(c.records)]      # later stages run on the first `records`
         compute += dt
     t0 = time.perf_counter()
-    ref_items, cus_items = c.side["reference"].items, c.side["custom"].items
+    ref_items, cus_items = all_items["reference"], all_items["custom"]
     fields = [c.fields.compare("dataset", "sample_ids", [i.sample_id for i in ref_items],
                                [i.sample_id for i in cus_items], FieldSpec(tol=EXACT))]
-    by_id = {r.id: r for r in c.records}
+    by_id = {r.id: r for r in c.dataset_records}
     rows = []
     for r_item, c_item in zip(ref_items, cus_items):
         record = by_id.get(c_item.sample_id) or by_id.get(r_item.sample_id)
@@ -193,7 +195,7 @@ def run_collator(c: Any) -> StageResult:
         if actual_delay is None:
             actual_delay = AL.is_delayed(P.batch_field(b, "audio_in_ids"), P.batch_field(b, "audio_in_ids_start"), bos=c.bos)
         layout = AL.label_layout(P.batch_field(b, "label_audio_ids"), P.batch_field(b, "audio_out_ids_start"),
-                                 delayed=c.delayed[role], bos=c.bos)
+                                 delayed=c.delayed[role], bos=c.bos, eos=c.eos)
         masking = _masking_of(b, trained[role], c.audio_out_token_id)
         checks = (("delay_pattern", c.delayed[role], actual_delay),
                   ("audio_label_layout", conv.audio_label_layout, layout),
@@ -241,7 +243,10 @@ def run_collator(c: Any) -> StageResult:
     ev = {}
     for role, b in (("reference", rb), ("custom", cb)):
         lab = P.batch_field(b, "label_audio_ids")
+        mask = P.batch_field(b, "attention_mask")
+        padded_rows = mask is not None and bool((mask == 0).any())
         ev[role] = {"label_audio_all_ignored": lab is None or lab.numel() == 0 or bool((lab == P.IGNORE).all()),
-                    "label_audio_has_bos": lab is not None and lab.numel() > 0 and bool((lab == c.bos).any())}
+                    "label_audio_has_bos": lab is not None and lab.numel() > 0 and bool((lab == c.bos).any()),
+                    "pad_side": None if not padded_rows else ("left" if bool((mask[:, 0] == 0).any()) else "right")}
     c.evidence["collator"] = ev
     return StageResult("collator", "ok", fields, compute, time.perf_counter() - t0)

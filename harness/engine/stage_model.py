@@ -161,16 +161,13 @@ def run_loss(c: Any) -> StageResult:
     fields.append(c.fields.compare("loss", "text_ce_common", *P.common_positions(rl.text_token_ce, cl.text_token_ce),
                                    FieldSpec(tol=tol_text_ce, axes=("sample", "position"), rel_ctx=scale_ctx)))
     values = {"reference": _terms_of(rl), "custom": _terms_of(cl)}
-    for name in ("text", "audio", "per_codebook", "total", "text_supervised_tokens", "audio_supervised_tokens"):
-        spec = FieldSpec(tol=tols.get(name, EXACT), info=info, rel_ctx=scale_ctx,
-                         axes=("codebook",) if name == "per_codebook" else None)
-        fields.append(c.fields.compare("loss", name, values["reference"][name], values["custom"][name], spec))
-    # each side against the independent implementation of its declared loss
+    declared: dict[str, dict[str, Any]] = {}
+    # 1. each side's per-position CE and supervised counts against its declared loss (alignment)
     for role, lb in (("reference", rl), ("custom", cl)):
         terms, t_ce, a_ce = oracle[role]
-        declared = {"text": terms.text.detach(), "audio": terms.audio.detach(),
-                    "per_codebook": terms.per_codebook.detach(), "total": terms.total.detach(),
-                    "text_supervised_tokens": terms.text_tokens, "audio_supervised_tokens": terms.audio_tokens}
+        declared[role] = {"text": terms.text.detach(), "audio": terms.audio.detach(),
+                          "per_codebook": terms.per_codebook.detach(), "total": terms.total.detach(),
+                          "text_supervised_tokens": terms.text_tokens, "audio_supervised_tokens": terms.audio_tokens}
         if lb.audio_token_ce is not None and a_ce is not None:
             fields.append(c.fields.compare("loss", f"audio_token_ce@{role}", a_ce.nan_map(), lb.audio_token_ce.detach(),
                                            FieldSpec(tol=tol_audio_ce, axes=("frame", "codebook"), check="declared",
@@ -180,17 +177,32 @@ def run_loss(c: Any) -> StageResult:
             fields.append(c.fields.compare("loss", f"text_token_ce@{role}", t_ce.nan_map(), lb.text_token_ce.detach(),
                                            FieldSpec(tol=tol_text_ce, axes=("sample", "position"), check="declared",
                                                      side=role, rel_ctx=scale_ctx)))
-        for name, want in declared.items():
-            got = values[role][name]
-            if name == "per_codebook":
-                want, got = _supervised_only(want, got, terms.per_codebook_tokens)
-            fields.append(c.fields.compare("loss", f"{name}@{role}", want, got,
-                                           FieldSpec(tol=tols.get(name, EXACT), check="declared", side=role,
-                                                     rel_ctx=scale_ctx,
-                                                     axes=("codebook",) if name == "per_codebook" else None)))
+        for name in ("audio_supervised_tokens", "text_supervised_tokens"):
+            fields.append(c.fields.compare("loss", f"{name}@{role}", declared[role][name], values[role][name],
+                                           FieldSpec(tol=EXACT, check="declared", side=role, rel_ctx=scale_ctx)))
+        want, got = _supervised_only(declared[role]["per_codebook"], values[role]["per_codebook"],
+                                     terms.per_codebook_tokens)
+        fields.append(c.fields.compare("loss", f"per_codebook@{role}", want, got,
+                                       FieldSpec(tol=tol_audio, check="declared", side=role, rel_ctx=scale_ctx,
+                                                 axes=("codebook",))))
+    # 2. the reduced terms across sides (expected differences derived from the two declarations)
+    for name in ("text", "audio", "per_codebook", "total", "text_supervised_tokens", "audio_supervised_tokens"):
+        spec = FieldSpec(tol=tols.get(name, EXACT), info=info, rel_ctx=scale_ctx,
+                         axes=("codebook",) if name == "per_codebook" else None)
+        fields.append(c.fields.compare("loss", name, values["reference"][name], values["custom"][name], spec))
+    # 3. each side's reduced terms against its declared reduction
+    for role in ("reference", "custom"):
+        for name in ("text", "audio", "total"):
+            fields.append(c.fields.compare("loss", f"{name}@{role}", declared[role][name], values[role][name],
+                                           FieldSpec(tol=tols[name], check="declared", side=role, rel_ctx=scale_ctx)))
     c.extras["per_codebook"] = {"reference": [float(x) for x in rl.per_codebook.detach().cpu()],
                                 "custom": [float(x) for x in cl.per_codebook.detach().cpu()]}
     c.evidence["loss"] = _loss_evidence(rl, cl, outputs, batch)
+    if any(f.unexpected for f in fields):   # which misreading of the declared loss reproduces each side
+        from harness.semantics.loss_hypotheses import loss_evidence
+        c.evidence["loss"]["hypotheses"] = {
+            role: loss_evidence(c.input_for(role, "outputs"), to_device(c.input_for(role, "batch"), c.device),
+                                c.conv[role].loss, lb) for role, lb in (("reference", rl), ("custom", cl))}
     return StageResult("loss", "ok", fields, compute, time.perf_counter() - t0)
 
 
@@ -258,17 +270,62 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in inner.named_parameters() if p.requires_grad}
 
 
-def expected_grads(c: Any, role: str, batch: Any) -> dict[str, torch.Tensor | None]:
-    """`role`'s declared loss back-propagated through the OTHER side's model, on `role`'s batch."""
+def expected_grads(c: Any, role: str, batch: Any, term: str = "total") -> dict[str, torch.Tensor | None]:
+    """`role`'s declared loss (or one of its terms) back-propagated through the OTHER side's model."""
     other = "custom" if role == "reference" else "reference"
     st = c.side[other]
     st.model.zero_grad(set_to_none=True)
     out = c.mod(other).forward(st.model, batch, st.ctx)
     terms, _t, _a = _oracle(c, role, out, batch)
-    terms.total.backward()
+    getattr(terms, term).backward()
     grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in _trainable(st.model).items()}
     st.model.zero_grad(set_to_none=True)
     return grads
+
+
+def _ratio(expected: dict, actual: dict) -> float | None:
+    num = den = 0.0
+    for k, e in expected.items():
+        a = actual.get(k)
+        if e is None or a is None:
+            continue
+        num += float((e.double() * a.double().to(e.device)).sum())
+        den += float((e.double() * e.double()).sum())
+    return num / den if den > 0 else None
+
+
+def _matches(want: dict, got: dict) -> bool:
+    keys = [k for k in want if want[k] is not None or got.get(k) is not None]
+    if not keys:
+        return False
+    for k in keys:
+        a, b = want.get(k), got.get(k)
+        if (a is None) != (b is None):
+            if not ((a is None and bool((b == 0).all())) or (b is None and bool((a == 0).all()))):
+                return False
+            continue
+        if a is not None and not torch.allclose(b.float().to(a.device), a.float(), rtol=1e-3,
+                                                atol=1e-4 * float(a.abs().max() if a.numel() else 0) + 1e-12):
+            return False
+    return True
+
+
+def grad_hypotheses(c: Any, role: str, batch: Any, expected: dict) -> dict[str, Any]:
+    """Which part of the declared loss the side's gradient is the gradient of (text or audio term
+    alone), and its overall ratio to the declared gradient."""
+    actual = c.side[role].grads or {}
+    out: dict[str, Any] = {"ratio": _ratio(expected, actual)}
+    for term, words in (("text", "the text term alone: the audio term sends no gradient (detached, or computed "
+                                 "outside the graph)"),
+                        ("audio", "the audio term alone: the text term sends no gradient (detached, or computed "
+                                  "outside the graph)")):
+        if _matches(expected_grads(c, role, batch, term), actual):
+            out["hypothesis"] = words
+            break
+    none = [n for n, g in actual.items() if g is None]
+    out["no_gradient"] = none[:5]
+    out["no_gradient_count"] = len(none)
+    return out
 
 
 def grad_tolerance(c: Any, expected: dict[str, Any], n_tokens: int):
@@ -317,6 +374,9 @@ def run_backward(c: Any) -> StageResult:
 
     fields += c.fields.compare_mapping("backward", "grad@reference", expected["reference"], c.side["reference"].grads,
                                        ref_spec)
+    for role, prefix in (("custom", "grad/"), ("reference", "grad@reference/")):
+        if any(f.unexpected for f in fields if f.field.startswith(prefix)):
+            c.evidence.setdefault("backward", {})[role] = grad_hypotheses(c, role, batches[role], expected[role])
     acc_fields, acc_compute = accumulation.backward_fields(c)
     fields += acc_fields
     diff_s = time.perf_counter() - t0 - acc_compute

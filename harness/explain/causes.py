@@ -119,6 +119,16 @@ def _codes_of_other_sample(f: FieldDiff, x: Facts) -> Result:
 def _codes_length(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "dataset" or not (f.field.endswith("codes") or f.field.startswith("audio_ids_concat")):
         return None
+    side = "custom" if f.check == "cross" else _side(f)
+    if _kind(f) == "permutation" and _rel(f).get("axis") == "codebook":
+        return (f"codebook order differs on the {side} side: the codec's codebook rows are stacked in the order "
+                f"{_details(f).get('order')}, so every codebook trains on another's codes", _words(f))
+    if _kind(f) == "dtype_roundtrip":
+        return (f"audio codes passed through {_details(f).get('dtype')} on the {side} side: codes >= 256 are not "
+                "exact there (a cast of the code tensor to the model's float dtype)", _words(f))
+    if _kind(f) == "shift":
+        return (f"audio codes shifted {abs(_details(f).get('k', 0))} frame(s) along {_rel(f).get('axis')} on the "
+                f"{side} side: an offset in the audio read or the frame slicing", _words(f))
     if _kind(f) in ("truncation", "extension"):
         k = _details(f).get("k")
         return (f"audio codes {'cut short' if _kind(f) == 'truncation' else 'extended'} by {k} frame(s) on the "
@@ -127,9 +137,24 @@ def _codes_length(f: FieldDiff, x: Facts) -> Result:
     return None
 
 
+_TEXT_TRANSFORMS = (
+    ("lower-cased", str.lower), ("upper-cased", str.upper), ("stripped of surrounding whitespace", str.strip),
+    ("stripped of its final period", lambda t: t.rstrip(".")), ("given a final period", lambda t: t + "."),
+    ("whitespace-collapsed", lambda t: " ".join(t.split())),
+    ("stripped of punctuation", lambda t: "".join(ch for ch in t if ch.isalnum() or ch.isspace())),
+)
+
+
 def _transcript(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "dataset" or "transcript" not in f.field:
         return None
+    if isinstance(f.reference, str) and isinstance(f.custom, str):
+        for words, fn in _TEXT_TRANSFORMS:
+            if fn(f.reference) == f.custom:
+                which = "target" if f.field.startswith("target") else "reference"
+                side = f"the {_side(f)} side" if f.check == "declared" else "the custom side"
+                return (f"the {which} transcript is {words} on {side} before tokenising, against the declared "
+                        "normalisation", _words(f))
     d = _details(f)
     ref_part, cus_part = d.get("reference_part", ""), d.get("custom_part", "")
     which = "target" if f.field.startswith("target") else "reference"
@@ -147,6 +172,18 @@ def _text_supervision(f: FieldDiff, x: Facts) -> Result:
         return None
     key = f.field.split("/", 1)[1] if "/" in f.field else ""
     text = f"{f.custom!s}"
+    views = x.evidence.get("dataset", {}).get(f.sample or "")
+    if key and views:
+        for side, view in zip(("reference", "custom"), views):
+            if view.get("supervised_text/prompt"):
+                return (f"the prompt is trained on the {side} side: system/user tokens carry text labels (label_ids "
+                        "copied from input_ids, or the assistant-turn / start_index rule ignored)",
+                        f"{side} supervises {view['supervised_text/prompt'][:80]!r} outside assistant turns")
+        for side, view in zip(("reference", "custom"), views):
+            if "[label" in str(view.get("supervised_text/target", "")):
+                return (f"text labels are shifted against their input tokens in the {side} dataset: upstream labels "
+                        "equal the inputs and the loss shifts them, so this is a second next-token shift",
+                        f"{side} target turn labels: {str(view['supervised_text/target'])[:100]!r}")
     if key == "prompt" and f.custom:
         return ("the prompt is trained: system/user tokens carry text labels (label_ids copied from input_ids, or "
                 "the assistant-turn / start_index rule ignored)", f"custom supervises {text[:80]!r} outside assistant turns")
@@ -166,10 +203,11 @@ def _text_supervision(f: FieldDiff, x: Facts) -> Result:
             return (f"text labels shifted {abs(_details(f).get('k', 1))} position(s) in the dataset on the {_side(f)} "
                     "side: labels must equal the inputs (the loss does the next-token shift)", _words(f))
         if _kind(f) == "unmasked":
-            return (f"tokens that must be -100 carry labels on the {_side(f)} side ({_kinds_text(f)}): the wrong turns "
-                    "are trained", _words(f))
+            return (f"tokens that must be -100 carry labels on the {_side(f)} side ({_kinds_text(f)}): turns its "
+                    "declaration does not train are trained", _words(f))
         if _kind(f) == "masked":
-            return (f"tokens that must be supervised are -100 on the {_side(f)} side ({_kinds_text(f)})", _words(f))
+            return (f"tokens that must be supervised are -100 on the {_side(f)} side ({_kinds_text(f)}): a turn the "
+                    "pipeline declares trained is not trained (start_index / trained-turn rule)", _words(f))
     return None
 
 
@@ -202,6 +240,9 @@ def _declared_collator(f: FieldDiff, x: Facts) -> Result:
         return (f"the {f.side} side declares the delay pattern {'on' if f.reference else 'off'} but its collator "
                 f"{'does not apply' if f.reference else 'applies'} it", f"declared {f.reference}, batch {f.custom}")
     if name == "audio_label_layout":
+        if f.custom == "eos_first":
+            return (f"the {f.side} side's audio labels start with the stream EOS where it declares {f.reference}: "
+                    "the audio BOS id is wrong (the EOS id used as BOS)", f"first label of each segment: the stream EOS")
         return (f"the {f.side} side declares {f.reference} audio labels but its batch has {f.custom} ones",
                 f"first label of each segment: declared {f.reference}, actual {f.custom}")
     if name == "mask_audio_out_token_label":
@@ -242,12 +283,14 @@ def _audio_labels(f: FieldDiff, x: Facts) -> Result:
     if kind in ("truncation", "extension") and _rel(f).get("axis") == "frame":
         return (f"{what}: {d.get('k')} frame(s) {'missing' if kind == 'truncation' else 'added'} at the {d.get('where')} "
                 f"({d.get('values') or 'codes'}): the stream EOS/BOS handling or the segment length differs", _words(f))
-    if kind == "masked":
+    if kind in ("masked", "unmasked"):
         kinds = _kinds_text(f)
+        side = "custom" if kind == "masked" else "reference"
         if "last frame" in kinds:
-            return ("the stream EOS of each audio segment is not supervised (masked to -100): the model never learns to "
-                    "stop", _words(f))
-        return (f"{what}: {d.get('count')} supervised position(s) masked to -100 ({kinds})", _words(f))
+            return (f"the stream EOS of each audio segment is not supervised (masked to -100) on the {side} side: the "
+                    "model never learns to stop", _words(f))
+        return (f"{what}: {d.get('count')} position(s) supervised on one side are -100 on the {side} side "
+                f"({kinds})", _words(f))
     if kind == "replaced":
         return (f"{what}: positions replaced by {d.get('name')} ({_kinds_text(f)})", _words(f))
     if kind == "dtype_roundtrip":
@@ -263,6 +306,10 @@ def _collator_text(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "collator" or f.field not in ("input_ids", "label_ids", "attention_mask"):
         return None
     kind = _kind(f)
+    sides = {role: e.get("pad_side") for role, e in x.evidence.get("collator", {}).items()}
+    if sides.get("reference") and sides.get("custom") and sides["reference"] != sides["custom"]:
+        return (f"batches are padded on the {sides['custom']} on the custom side and on the {sides['reference']} on "
+                "the reference side (pad_left)", f"padding side: reference {sides['reference']}, custom {sides['custom']}")
     if kind == "shift" and _rel(f).get("axis") == "position":
         return ("batch rows shifted along the positions: padding on the other side (pad_left) or a shifted copy of the "
                 "labels", _words(f))
@@ -302,8 +349,22 @@ def _lora_init(f: FieldDiff, x: Facts) -> Result:
 def _trainable_set(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "forward" or f.field != "trainable_parameters_only_on_one_side":
         return None
-    return ("the two sides train different parameters: LoRA target modules, frozen/unfrozen base weights or a "
-            "name filter differ", f.note or "")
+    first = f.reference or f.custom
+    side = "reference" if f.reference else "custom"
+    frozen = "frozen on the custom side" if f.reference else "frozen on the reference side"
+    return (f"the two sides train different parameters ({f.note}): e.g. {first!r} trains only on the {side} side "
+            f"({frozen}): LoRA target modules, frozen/unfrozen base weights or a name filter differ", f.note or "")
+
+
+def _forward_labels(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "forward" or f.field not in ("expanded_labels", "expanded_input_ids"):
+        return None
+    if f.status == "missing" or _kind(f) == "absent":
+        side = "custom" if f.custom is None else "reference"
+        return (f"the {side} forward gets no text labels (label_ids kept out of the model call), so expanded_labels "
+                "is None and the text loss has nothing to score", f.note or _words(f))
+    return (f"the model merges {f.field.split('_', 1)[1]} differently on the two sides: the batch passed to the model "
+            "differs from the collated one (a field dropped, renamed or altered in forward)", _words(f))
 
 
 def _forward_values(f: FieldDiff, x: Facts) -> Result:
@@ -316,8 +377,13 @@ def _forward_values(f: FieldDiff, x: Facts) -> Result:
         return (f"non-finite {f.field} on the {d.get('side')} side: overflow in the forward pass", _words(f))
     only = x.field("forward", "trainable_parameters_only_on_one_side")
     if only is not None and only.unexpected:
-        return ("LoRA wraps different modules on the two sides (trainable parameter names differ), so the same weights "
-                "give different outputs", f"first name on one side only: {only.reference or only.custom}")
+        return ("LoRA wraps different target modules on the two sides (trainable parameter names differ), so the same "
+                "weights give different outputs", f"first name on one side only: {only.reference or only.custom}")
+    dtypes = x.evidence.get("parameters", {}).get("frozen_dtypes", {})
+    if dtypes and dtypes.get("reference") != dtypes.get("custom"):
+        return (f"the frozen weights are {dtypes.get('custom')} on the custom side and {dtypes.get('reference')} on "
+                "the reference side: the checkpoint is loaded in another dtype (bf16 weights in an fp32 comparison)",
+                f"frozen parameter dtypes: {dtypes}")
     return ("same weights, same batch, different outputs in train mode: the model wiring differs (LoRA placement, "
             "scaling alpha/r or dropout, a modified layer, or training-only code such as dropout that ignores the "
             "configuration)", _words(f))
@@ -347,6 +413,29 @@ def _no_shift_text(f: FieldDiff, x: Facts) -> Result:
     return None
 
 
+def _loss_hypothesis(f: FieldDiff, x: Facts) -> Result:
+    if f.stage != "loss":
+        return None
+    hyps = x.evidence.get("loss", {}).get("hypotheses", {})
+    name = _name(f)
+    sides = [_side(f)] if f.check == "declared" else ["custom", "reference"]
+    for side in sides:
+        h = hyps.get(side) or {}
+        if name in ("audio_token_ce", "audio_ce_common", "audio", "per_codebook", "audio_supervised_tokens", "total") \
+                and h.get("audio_map"):
+            return (f"the {side} audio loss is computed with {h['audio_map']}", "its per-position audio CE equals that "
+                    "computation on the same outputs")
+        if name in ("text_token_ce", "text_ce_common", "text", "text_supervised_tokens", "total") and h.get("text_map"):
+            return (f"the {side} text loss is computed with {h['text_map']}",
+                    "its per-position text CE equals that computation on the same outputs")
+        terms = h.get("terms") or {}
+        for term in ((name,) if name in ("audio", "text", "total") else ("audio", "text", "total")):
+            if term in terms:
+                return (f"the {side} {term} loss is the declared one computed with {terms[term]}",
+                        f"recomputing the declared loss that way reproduces the {side} {term} value")
+    return None
+
+
 def _zero_term(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "loss":
         return None
@@ -359,6 +448,11 @@ def _zero_term(f: FieldDiff, x: Facts) -> Result:
                     "silently skipped or zeroed" + (" (custom fault silent-zero-audio-loss)"
                                                     if term == "audio" and side == "custom" else ""),
                     f"{term} = 0.0 with {e.get('audio_supervised_tokens')} supervised audio tokens")
+    if name == "per_codebook" and _kind(f) in ("nonfinite_onset", "masked", "none") and f.first_index:
+        cb = f.first_index[-1]
+        if f.check == "declared" and (f.custom is None or (isinstance(f.custom, float) and math.isnan(f.custom))):
+            return (f"codebook {cb} gets no audio loss on the {side} side (the per-codebook loop skips it, or its "
+                    "labels are never supervised)", _words(f))
     if name in ("per_codebook",) and _kind(f) in ("masked", "none"):
         pcb = e.get("per_codebook", [])
         zeros = [i for i, v in enumerate(pcb) if v == 0.0]
@@ -429,6 +523,15 @@ def _grad_values(f: FieldDiff, x: Facts) -> Result:
         return None
     kind, d = _kind(f), _details(f)
     side = "reference" if f.field.startswith("grad@") else "custom"
+    hyp = x.evidence.get("backward", {}).get(side, {})
+    if hyp.get("hypothesis"):
+        return (f"the {side} gradient is the gradient of {hyp['hypothesis']}", "its gradients equal the declared "
+                "loss's term back-propagated alone through the other side's model")
+    ratio = hyp.get("ratio")
+    if ratio is not None and abs(ratio - 1) > 1e-3 and kind in ("scale", "none"):
+        return (f"the {side} gradient is {ratio:.4g}x what its declared loss gives: the back-propagated loss is "
+                "scaled (a weight, a division by the accumulation steps or the world size, a halved loss)",
+                f"overall gradient ratio {ratio:.6g}")
     loss_ok = not any(g.unexpected for g in (x.stages.get("loss").fields if x.stages.get("loss") else []))
     if kind == "sign_flip":
         return (f"the {side} gradient has the wrong sign: the loss is negated (maximised)", _words(f))
@@ -451,11 +554,11 @@ def _accumulation(f: FieldDiff, x: Facts) -> Result:
     ratio = ev.get("grad_ratio")
     k = ev.get("micro_batches")
     if ratio is not None and k and math.isclose(ratio, k, rel_tol=1e-3):
-        return (f"{k} micro-batches give {k}x the one-batch gradient: micro-batch losses are summed without "
-                "normalising by the global token count", f"gradient ratio {ratio}")
+        return (f"gradient accumulation: {k} micro-batches give {k}x the one-batch gradient: micro-batch losses are "
+                "summed without normalising by the global token count", f"gradient ratio {ratio}")
     if ratio is not None and k and math.isclose(ratio, 1.0 / k, rel_tol=1e-3):
-        return (f"{k} micro-batches give 1/{k} of the one-batch gradient: the loss is divided by the number of "
-                "micro-batches on top of a global normalisation", f"gradient ratio {ratio}")
+        return (f"gradient accumulation: {k} micro-batches give 1/{k} of the one-batch gradient: the loss is divided "
+                "by the number of micro-batches on top of a global normalisation", f"gradient ratio {ratio}")
     return ("gradient accumulation is not equivalent to one batch: each micro-batch is normalised by its own "
             "supervised-token count (or mean) instead of the global count over all micro-batches",
             f"k={k} micro-batches vs one batch; overall gradient ratio {ratio}")
@@ -488,38 +591,47 @@ def _ddp(f: FieldDiff, x: Facts) -> Result:
 # ---------------------------------------------------------------------------------- step
 
 
+_HYPER_WORDS = {"beta1": "beta1", "beta2": "beta2 (the second-moment decay)", "eps": "eps",
+                "weight_decay": "weight decay"}
+
+
 def _step(f: FieldDiff, x: Facts) -> Result:
+    """One diagnosis of the step stage from all its diverged fields, attached to whichever comes first."""
     if f.stage != "step" or not re.match(r"(update|exp_avg|exp_avg_sq|step|lr|hyperparameters)(/|$)", f.field):
         return None
-    kind, d = _kind(f), _details(f)
     hyper = x.field("step", "hyperparameters")
-    if hyper is not None and hyper.unexpected and f.field != "hyperparameters":
-        return (f"optimizer hyperparameters differ ({hyper.decoded}): betas, eps or weight decay of the custom "
-                "optimizer are not the configured ones", f"first at {hyper.decoded}: {hyper.reference} vs {hyper.custom}")
-    if f.field == "hyperparameters":
-        return (f"optimizer hyperparameter {f.decoded} is {f.custom} instead of {f.reference}", _words(f))
+    if hyper is not None and hyper.unexpected:
+        what = (hyper.decoded or "").split(": ")[-1]
+        return (f"the custom optimizer's {_HYPER_WORDS.get(what, what)} is {hyper.custom} instead of the configured "
+                f"{hyper.reference}", f"first at {hyper.decoded}")
+    lr = next(iter(x.diverged("step", "lr/")), None)
+    if lr is not None:
+        return ("the learning-rate schedule (warmup / decay) or the base learning rate differs: at "
+                f"{lr.field.split('/')[-1]} the reference steps with {lr.reference}, the custom side with {lr.custom}",
+                _words(lr))
+    update = next(iter(x.diverged("step", "update/")), None)
+    if update is not None and _kind(update) == "zero":
+        side = _details(update).get("side", "custom")
+        return (f"the {side} optimizer step changes nothing: the gradients are cleared (zero_grad) before "
+                "optimizer.step(), or never reach the optimizer", _words(update))
     cfg = x.extras.get("step_config", {})
     clip_factor = (cfg.get("first_gradient_norm") or 0) / (cfg.get("max_grad_norm") or 1)
-    if f.field.startswith(("exp_avg/", "exp_avg_sq/")) and kind == "scale":
-        factor = d.get("factor") or 0
-        expect = clip_factor if f.field.startswith("exp_avg/") else clip_factor ** 2
-        if expect and math.isclose(factor, expect, rel_tol=1e-2):
-            return ("gradient clipping is missing on the custom side: the optimizer state is the unclipped gradient's "
-                    f"(x{factor}, the clip factor ‖g‖/max_grad_norm = {clip_factor:g})", _words(f))
-        return (f"the gradient that reaches the custom optimizer is {factor}x the one given: an extra scaling before "
-                "the step (normalisation, clipping threshold, loss scale)", _words(f))
-    if f.field.startswith("lr/"):
-        return ("the learning rate differs at this step: the schedule (warmup, decay) or the base learning rate is "
-                "not the configured one", _words(f))
-    if f.field.startswith("update/"):
-        lr_bad = x.diverged("step", "lr/")
-        state_bad = x.diverged("step", "exp_avg")
-        if lr_bad:
-            return ("updates differ because the learning rate differs (see lr/step*)", _words(f))
-        if not state_bad:
-            return ("same gradients, same optimizer state, different update: the step itself differs (weight decay "
-                    "applied differently, bias correction, or the clipped gradient is not the one stepped)", _words(f))
-        return ("the optimizer state differs, so the update does", _words(f))
+    m = next(iter(x.diverged("step", "exp_avg/")), None)
+    if m is not None:
+        d = _details(m)
+        if _kind(m) == "scale":
+            factor = d.get("factor") or 0
+            if clip_factor and math.isclose(factor, clip_factor, rel_tol=1e-2):
+                return ("gradient clipping does not act on the custom side: the optimizer state holds the unclipped "
+                        f"gradient (x{factor}, the clip factor ||g||/max_grad_norm = {clip_factor:g}); clipping is "
+                        "missing or runs after optimizer.step()", _words(m))
+            return (f"the gradient that reaches the custom optimizer is {factor}x the one given: gradient clipping "
+                    "(threshold or norm type) or an extra normalisation differs", _words(m))
+        return ("the gradient that reaches the custom optimizer differs from the one given: gradient clipping (norm "
+                "type, threshold, which parameters) or a transformation before the step", _words(m))
+    if update is not None:
+        return ("same gradients, same optimizer state, different update: the step itself differs (weight decay "
+                "applied differently, bias correction, or the update is applied to other tensors)", _words(update))
     return None
 
 
@@ -562,7 +674,7 @@ def _generic_declared(f: FieldDiff, x: Facts) -> Result:
 RULES: tuple[Rule, ...] = (
     _target_is_reference_clip, _codes_of_other_sample, _codes_length, _transcript, _text_supervision,
     _declared_dataset, _declared_collator, _all_labels_ignored, _audio_labels, _collator_text, _random_layers,
-    _lora_init, _trainable_set, _forward_values, _no_shift_audio, _no_shift_text, _zero_term, _loss_scale, _loss_positions, _no_grad,
+    _lora_init, _trainable_set, _forward_labels, _forward_values, _no_shift_audio, _no_shift_text, _loss_hypothesis, _zero_term, _loss_scale, _loss_positions, _no_grad,
     _grad_values, _accumulation, _ddp, _step, _native, _config, _generic_declared,
 )
 

@@ -102,9 +102,11 @@ def convert_labels(labels: torch.Tensor, starts: torch.Tensor | None, *, from_la
     return torch.cat(out, dim=1)
 
 
-def label_layout(labels: torch.Tensor | None, starts: torch.Tensor | None, *, delayed: bool, bos: int) -> str | None:
-    """The layout the labels actually have: "bos_first", "ignore_first", "mixed", or None when no
-    supervised segment exists.  Unsupervised (all -100) segments are not counted."""
+def label_layout(labels: torch.Tensor | None, starts: torch.Tensor | None, *, delayed: bool, bos: int,
+                 eos: int | None = None) -> str | None:
+    """The layout the labels actually have: "bos_first", "ignore_first", "eos_first" (the first
+    column holds the stream EOS), "mixed", or None when no supervised segment exists.  Unsupervised
+    (all -100) segments are not counted."""
     seen = set()
     for seg in segments(labels, starts):
         plain = revert_delay(seg) if delayed and seg.shape[-1] >= seg.shape[0] else seg
@@ -115,6 +117,8 @@ def label_layout(labels: torch.Tensor | None, starts: torch.Tensor | None, *, de
             seen.add("bos_first")
         elif bool((first == IGNORE).all()):
             seen.add("ignore_first")
+        elif eos is not None and bool((first == eos).all()):
+            seen.add("eos_first")
         else:
             seen.add("mixed")
     if not seen:

@@ -30,6 +30,11 @@ STAGE_OVERRIDES: dict[str, tuple[str, str]] = {
                    "trainable sets"),
 }
 
+# Extra `harness.compare` arguments a mutant needs to be observable at all (documented by its author).
+ARGS: dict[str, tuple[str, ...]] = {
+    "custom-backward-ddp-world-scale-dropped": ("--ddp-world-size", "2"),   # invisible with one process
+}
+
 EQUIVALENT: dict[str, str] = {
     "custom-step-scheduler-before-optimizer": (
         "mutates the order of scheduler and optimizer steps inside custom_impl's accumulation probe (`ddp_run`), whose "
@@ -48,7 +53,7 @@ def all_mutants() -> list[dict]:
                 m["written_stage"] = m["stage"]
                 m["stage"], m["stage_reason"] = STAGE_OVERRIDES[m["id"]]
             m["equivalent"] = EQUIVALENT.get(m["id"])
-            m.setdefault("args", ())
+            m["args"] = tuple(m.get("args", ())) + ARGS.get(m["id"], ())
             out.append(m)
     ids = [m["id"] for m in out]
     if len(ids) != len(set(ids)):

@@ -18,7 +18,7 @@ MUTANTS: list[dict] = [
                  "    import torch.utils.checkpoint as _ckpt   # save memory on the first decoder layer\n"
                  "    _layer = [m for n, m in model.named_modules() if n.endswith('layers.0')][0]\n"
                  "    _fwd = _layer.forward\n"
-                 "    _layer.forward = lambda *a, **k: (_ckpt.checkpoint(_fwd, *a, use_reentrant=True, **k)\n"
+                 "    _layer.forward = lambda *a, **k: (_ckpt.checkpoint(lambda *aa: _fwd(*aa, **k), *a, use_reentrant=True)\n"
                  "                                     if _layer.training else _fwd(*a, **k))\n",
          stage="backward", mechanism="re-entrant activation checkpointing cuts the layer's LoRA adapters off from "
                                      "their gradient (no input requires grad)",
