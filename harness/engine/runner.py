@@ -140,6 +140,15 @@ class Comparison:
             self.options.progress(msg)
         log.info(msg)
 
+    def gather(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Evidence for explanations, best effort: an explanation must never cost the comparison its
+        result, so a failure here is logged and recorded (as {"error": ...}) instead of raised."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - logged and kept in the evidence, never silent
+            log.warning("could not gather %s: %s: %s", what, type(exc).__name__, exc)
+            return {"error": f"{what}: {type(exc).__name__}: {exc}"}
+
     def mod(self, role: str) -> Any:
         return self.side[role].side.module
 

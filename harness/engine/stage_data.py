@@ -88,8 +88,8 @@ CROSS_DATASET = ("target_audio_codes", "reference_audio_codes", "target_is_refer
                  "reference_transcript", "supervised_text/target", "supervised_text/voice_prompt",
                  "supervised_text/prompt", "supervised_text/other_assistant", "reference_audio_is_label",
                  "label_audio_count")
-DECLARED_DATASET = ("input_ids", "label_ids", "audio_ids_concat", "audio_ids_start", "target_transcript",
-                    "reference_transcript", "reference_audio_is_label")
+DECLARED_DATASET = ("target_transcript", "reference_transcript", "reference_audio_is_label", "audio_ids_concat",
+                    "audio_ids_start", "label_ids", "input_ids")
 
 
 def run_dataset(c: Any) -> StageResult:

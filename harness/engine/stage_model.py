@@ -73,6 +73,8 @@ def run_forward(c: Any) -> StageResult:
                          only_ref[0] if only_ref else None, only_cus[0] if only_cus else None, FieldSpec(tol=EXACT))
     d.note = f"{len(only_ref)} only in reference, {len(only_cus)} only in custom" if (only_ref or only_cus) else None
     fields.append(d)
+    if any(f.unexpected for f in fields if f.field in ("logits", "audio_logits")):
+        c.evidence["forward"] = c.gather("forward hypotheses", lambda: forward_hypotheses(c))
     nz = c.initial_lora_b
     d = c.fields.compare("forward", "lora_B_nonzero_at_init", len(nz["reference"]), len(nz["custom"]),
                          FieldSpec(tol=EXACT))
@@ -82,6 +84,46 @@ def run_forward(c: Any) -> StageResult:
                   f"{nz[side][0]!r}): its step-0 model is not the checkpoint")
     fields.append(d)
     return StageResult("forward", "ok", fields, compute, time.perf_counter() - t0)
+
+
+def _lora_settings(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """{module: {"scaling", "dropout"}} of every peft LoRA layer (adapter "default")."""
+    out = {}
+    for name, m in model.named_modules():
+        scaling = getattr(m, "scaling", None)
+        if isinstance(scaling, dict) and "default" in scaling:
+            drops = getattr(m, "lora_dropout", None)
+            drop = drops["default"] if drops is not None and "default" in drops else None
+            out[name] = {"scaling": float(scaling["default"]), "dropout": float(getattr(drop, "p", 0.0) or 0.0)}
+    return out
+
+
+def forward_hypotheses(c: Any) -> dict[str, Any]:
+    """Why two models with the same weights disagree: train-mode-only code, LoRA scaling or dropout."""
+    out: dict[str, Any] = {}
+    lora = {role: _lora_settings(st.model) for role, st in c.side.items()}
+    common = sorted(set(lora["reference"]) & set(lora["custom"]))
+    diff_scaling = [(n, lora["reference"][n]["scaling"], lora["custom"][n]["scaling"]) for n in common
+                    if lora["reference"][n]["scaling"] != lora["custom"][n]["scaling"]]
+    diff_dropout = [(n, lora["reference"][n]["dropout"], lora["custom"][n]["dropout"]) for n in common
+                    if lora["reference"][n]["dropout"] != lora["custom"][n]["dropout"]]
+    if diff_scaling:
+        out["lora_scaling"] = {"module": diff_scaling[0][0], "reference": diff_scaling[0][1],
+                               "custom": diff_scaling[0][2], "count": len(diff_scaling)}
+    if diff_dropout:
+        out["lora_dropout"] = {"module": diff_dropout[0][0], "reference": diff_dropout[0][1],
+                               "custom": diff_dropout[0][2], "count": len(diff_dropout)}
+    st = c.side["custom"]
+    batch = to_device(c.input_for("custom", "batch"), st.ctx.device)
+    ref = c.side["reference"].outputs
+    try:
+        st.model.eval()
+        with torch.no_grad():
+            out_eval = c.mod("custom").forward(st.model, batch, st.ctx)
+        out["eval_mode_matches"] = bool(torch.allclose(out_eval.logits.float(), ref.logits.float(), rtol=1e-5, atol=1e-5))
+    finally:
+        st.model.train()
+    return out
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -201,8 +243,9 @@ def run_loss(c: Any) -> StageResult:
     if any(f.unexpected for f in fields):   # which misreading of the declared loss reproduces each side
         from harness.semantics.loss_hypotheses import loss_evidence
         c.evidence["loss"]["hypotheses"] = {
-            role: loss_evidence(c.input_for(role, "outputs"), to_device(c.input_for(role, "batch"), c.device),
-                                c.conv[role].loss, lb) for role, lb in (("reference", rl), ("custom", cl))}
+            role: c.gather("loss hypotheses", lambda role=role, lb=lb: loss_evidence(
+                c.input_for(role, "outputs"), to_device(c.input_for(role, "batch"), c.device), c.conv[role].loss, lb))
+            for role, lb in (("reference", rl), ("custom", cl))}
     return StageResult("loss", "ok", fields, compute, time.perf_counter() - t0)
 
 
@@ -376,7 +419,8 @@ def run_backward(c: Any) -> StageResult:
                                        ref_spec)
     for role, prefix in (("custom", "grad/"), ("reference", "grad@reference/")):
         if any(f.unexpected for f in fields if f.field.startswith(prefix)):
-            c.evidence.setdefault("backward", {})[role] = grad_hypotheses(c, role, batches[role], expected[role])
+            c.evidence.setdefault("backward", {})[role] = c.gather(
+                "gradient hypotheses", lambda role=role: grad_hypotheses(c, role, batches[role], expected[role]))
     acc_fields, acc_compute = accumulation.backward_fields(c)
     fields += acc_fields
     diff_s = time.perf_counter() - t0 - acc_compute

@@ -132,7 +132,8 @@ def run_step(c: Any) -> StageResult:
     c.extras["step_config"] = {"optimizer_steps": n_steps, "weight_decay": train.weight_decay,
                                "schedule": train.schedule, "max_steps": train.max_steps,
                                "max_grad_norm": round(train.max_grad_norm, 6),
-                               "first_gradient_norm": round(_grad_norm(g1), 6), "learning_rate": train.learning_rate}
+                               "first_gradient_norm": round(_grad_norm(g1), 6), "learning_rate": train.learning_rate,
+                               "betas": list(train.adam_betas), "eps": train.adam_eps}
     opts = {role: c.mod(role).make_optimizer(c.side[role].model, train) for role in c.side}
     names = sorted(set(_trainable(c.side["reference"].model)) & set(_trainable(c.side["custom"].model)))
     shapes = {n: p.shape for n, p in _trainable(c.side["custom"].model).items()}

@@ -138,7 +138,7 @@ def _codes_length(f: FieldDiff, x: Facts) -> Result:
 
 
 _TEXT_TRANSFORMS = (
-    ("lower-cased", str.lower), ("upper-cased", str.upper), ("stripped of surrounding whitespace", str.strip),
+    ("lowercased", str.lower), ("uppercased", str.upper), ("stripped of surrounding whitespace", str.strip),
     ("stripped of its final period", lambda t: t.rstrip(".")), ("given a final period", lambda t: t + "."),
     ("whitespace-collapsed", lambda t: " ".join(t.split())),
     ("stripped of punctuation", lambda t: "".join(ch for ch in t if ch.isalnum() or ch.isspace())),
@@ -375,6 +375,21 @@ def _forward_values(f: FieldDiff, x: Facts) -> Result:
         return (f"{f.field} computed in {d.get('dtype')} on one side (autocast or a cast of the weights)", _words(f))
     if kind == "nonfinite_onset":
         return (f"non-finite {f.field} on the {d.get('side')} side: overflow in the forward pass", _words(f))
+    fh = x.evidence.get("forward", {})
+    if fh.get("lora_scaling"):
+        ls = fh["lora_scaling"]
+        return (f"LoRA scaling differs: the custom adapters are scaled by {ls['custom']:.6g} where the reference's are "
+                f"scaled by {ls['reference']:.6g} (alpha/r; rsLoRA's alpha/sqrt(r), or another alpha or r)",
+                f"{ls['count']} LoRA layers, first {ls['module']}")
+    if fh.get("lora_dropout"):
+        ld = fh["lora_dropout"]
+        return (f"LoRA dropout is {ld['custom']} on the custom side where the configuration (and the reference) has "
+                f"{ld['reference']}: the dropout setting is ignored, and in train() mode the forward is random",
+                f"{ld['count']} LoRA layers, first {ld['module']}")
+    if fh.get("eval_mode_matches"):
+        return ("the outputs differ only in train() mode: training-only code on the custom side (dropout that ignores "
+                "the configured 0, or another branch on model.training)", "in eval() mode the custom outputs equal the "
+                "reference's")
     only = x.field("forward", "trainable_parameters_only_on_one_side")
     if only is not None and only.unexpected:
         return ("LoRA wraps different target modules on the two sides (trainable parameter names differ), so the same "
@@ -581,6 +596,11 @@ def _ddp(f: FieldDiff, x: Facts) -> Result:
                 "and from each other")
     ratio = d.get("grad_ratio")
     words = f"ranks agree with each other; gradient ratio vs one process {ratio}"
+    world = d.get("world_size") or 1
+    if ratio is not None and world > 1 and math.isclose(ratio, 1.0 / world, rel_tol=1e-3):
+        return (f"gradients 1/{world} of the single process while ranks agree: DDP averages gradients over the "
+                f"{world} ranks, so the global loss must be scaled by the world size (or summed) - that scaling is "
+                "missing", words)
     if ratio is not None and not math.isclose(ratio, 1.0, rel_tol=1e-3):
         return (f"gradients {ratio}x the single process while ranks agree: loss normalised per micro-batch or per rank "
                 "instead of by the global token count (token counts not all-reduced), or averaged twice", words)
@@ -602,8 +622,14 @@ def _step(f: FieldDiff, x: Facts) -> Result:
     hyper = x.field("step", "hyperparameters")
     if hyper is not None and hyper.unexpected:
         what = (hyper.decoded or "").split(": ")[-1]
-        return (f"the custom optimizer's {_HYPER_WORDS.get(what, what)} is {hyper.custom} instead of the configured "
-                f"{hyper.reference}", f"first at {hyper.decoded}")
+        cfg = x.extras.get("step_config", {})
+        configured = {"beta1": (cfg.get("betas") or [None, None])[0], "beta2": (cfg.get("betas") or [None, None])[1],
+                      "eps": cfg.get("eps"), "weight_decay": cfg.get("weight_decay")}.get(what)
+        side, value = ("reference", hyper.reference) if configured is not None and hyper.custom == configured and \
+            hyper.reference != configured else ("custom", hyper.custom)
+        return (f"the {side} optimizer's {_HYPER_WORDS.get(what, what)} is {value} instead of the configured "
+                f"{configured if configured is not None else (hyper.reference if side == 'custom' else hyper.custom)}",
+                f"first at {hyper.decoded}: reference {hyper.reference}, custom {hyper.custom}")
     lr = next(iter(x.diverged("step", "lr/")), None)
     if lr is not None:
         return ("the learning-rate schedule (warmup / decay) or the base learning rate differs: at "

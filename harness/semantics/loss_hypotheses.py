@@ -74,6 +74,10 @@ def audio_map_hypotheses(audio_logits: torch.Tensor, labels: torch.Tensor, start
     rows, cols = _rows(starts, n, conv.audio_shift_scope, 1, dev)
     out["codebooks in reverse order (labels of codebook C-1-c scored against logits of codebook c)"] = \
         _pairs_ce(audio_logits, labels.flip(0), rows, cols)
+    eos = audio_logits.shape[-1] - 1                     # K = codebook_size + 2: BOS = K - 2, EOS = K - 1
+    declared = out["declared"]
+    keep = declared.mask & (labels.T != eos)
+    out["the stream EOS left unsupervised (its labels masked)"] = PositionCE(declared.values * keep, keep)
     return out
 
 
@@ -150,36 +154,51 @@ def ignored_as_zero(audio_logits: torch.Tensor, labels: torch.Tensor, starts: to
     return _pairs_ce(audio_logits, labels.to(audio_logits.device), rows, cols, keep_ignored=True)
 
 
+def _same_map(want: torch.Tensor, actual: torch.Tensor, rtol: float, atol: float) -> bool:
+    if want.shape != actual.shape:
+        return False
+    actual = actual.to(want.device)
+    if not torch.equal(torch.isnan(want), torch.isnan(actual)):
+        return False
+    both = ~torch.isnan(want)
+    return bool(both.any()) and bool(torch.allclose(want[both], actual[both].float(), rtol=rtol, atol=atol))
+
+
 def match_map(actual: torch.Tensor | None, hypotheses: dict[str, PositionCE], *, rtol: float = 1e-4,
               atol: float = 1e-5) -> str | None:
-    """The first hypothesis (in order, 'declared' excluded) whose NaN pattern and values equal `actual`."""
-    if actual is None:
+    """The first hypothesis (in order) whose NaN pattern and values equal `actual`, provided `actual`
+    is NOT the declared map and the hypothesis is distinguishable from it on these outputs."""
+    if actual is None or "declared" not in hypotheses:
+        return None
+    declared = hypotheses["declared"].nan_map()
+    if _same_map(declared, actual, rtol, atol):
         return None
     for name, h in hypotheses.items():
         if name == "declared":
             continue
-        want = h.nan_map().to(actual.device)
-        if want.shape != actual.shape:
-            continue
-        same_nan = torch.equal(torch.isnan(want), torch.isnan(actual))
-        both = ~torch.isnan(want)
-        if same_nan and bool(both.any()) and bool(torch.allclose(want[both], actual[both].float(), rtol=rtol,
-                                                                 atol=atol)):
+        want = h.nan_map()
+        if _same_map(declared, want, rtol, atol):
+            continue                 # indistinguishable from the declared computation here
+        if _same_map(want, actual, rtol, atol):
             return name
     return None
 
 
-def match_terms(actual: dict[str, float], hypotheses: dict[str, dict[str, float]], *, rtol: float = 1e-4) -> dict[str, str]:
-    """For each of text / audio / total: the first hypothesis that reproduces the side's value while the
-    declared computation does not (caller checks the latter)."""
+def match_terms(actual: dict[str, float], hypotheses: dict[str, dict[str, float]], declared: dict[str, float],
+                *, rtol: float = 1e-4) -> dict[str, str]:
+    """For each of text / audio / total whose value is NOT the declared one: the first hypothesis that
+    reproduces it (and differs from the declared value)."""
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= rtol * max(abs(b), 1e-12) + 1e-7
+
     found: dict[str, str] = {}
     for term in ("audio", "text", "total"):
         got = actual.get(term)
-        if got is None:
+        if got is None or (term in declared and close(got, declared[term])):
             continue
         for name, vals in hypotheses.items():
             v = vals.get(term)
-            if v is not None and abs(v - got) <= rtol * max(abs(got), 1e-12) + 1e-7:
+            if v is not None and close(got, v) and not (term in declared and close(v, declared[term])):
                 found[term] = name
                 break
     return found
@@ -212,7 +231,10 @@ def loss_evidence(outputs: Any, batch: Any, conv: LossConventions, lb: Any) -> d
                 if name != "declared":
                     hyps[name] = {"audio": _reduce_audio(h, conv)}
         actual = {"text": float(lb.text), "audio": float(lb.audio), "total": float(lb.total.detach())}
-        out["terms"] = match_terms(actual, hyps)
+        from harness.semantics.loss_oracle import reduce
+        red = reduce(t, a, conv)
+        declared = {"text": float(red.text), "audio": float(red.audio), "total": float(red.total)}
+        out["terms"] = match_terms(actual, hyps, declared)
     return out
 
 
