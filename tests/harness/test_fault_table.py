@@ -27,6 +27,12 @@ FAULT_TABLE: dict[str, tuple[str, str, str]] = {
 DDP_FAULTS = {"ddp-unwrapped-forward", "inverted-no-sync"}
 
 
+@pytest.mark.slow
+def test_clean_run_passes_at_the_readme_defaults(tmp_path):
+    out = tmp_path / "report"
+    assert compare.main(["--stage", "all", "--quiet", "--out", str(out)]) == 0
+
+
 def _run(tmp_path, *extra: str) -> tuple[int, dict]:
     out = tmp_path / "report"
     code = compare.main(["--stage", "all", "--quiet", "--samples", "2", "--out", str(out), *extra])
@@ -45,7 +51,8 @@ def test_no_fault_passes_with_only_catalogued_differences(tmp_path):
     diverged = [f for st in report["stages"] for f in st["fields"] if f["diverged"]]
     assert diverged, "the pipelines differ by design; the catalogue must have matched something"
     assert all(f["expected"] and f["expected_reason"] for f in diverged)
-    assert {st["stage"] for st in report["stages"]} == {"dataset", "collator", "forward", "loss", "backward", "step"}
+    assert {st["stage"] for st in report["stages"]} == {"dataset", "collator", "forward", "loss", "backward", "step",
+                                                        "config"}
 
 
 @pytest.mark.slow
