@@ -263,7 +263,7 @@ class Conformance:
             if lb.total.dim() != 0 or not bool(torch.isfinite(lb.total)) or not lb.total.requires_grad:
                 raise _Failed("LossBreakdown.total must be a finite scalar that keeps the autograd graph")
             self.state["loss"] = lb
-            return f"total {float(lb.total):.4g}"
+            return f"total {float(lb.total.detach()):.4g}"
 
         @self.check("gradients", needs=("loss",))
         def _() -> str:
@@ -317,14 +317,14 @@ class Conformance:
         def _() -> str:
             from harness.api import compare
 
-            report = compare(self.spec, self.spec, stage="loss", samples=self.samples, ddp_world_size=0)
+            report = compare(self.spec, self.spec, stage="all", samples=self.samples, ddp_world_size=0)
             bad = [f for st in report.stages for f in st.fields if f.check == "declared" and f.diverged]
             if bad:
                 f = bad[0]
                 raise _Failed(f"{len(bad)} declaration check(s) fail; first {f.stage}/{f.field}: declared "
                               f"{f.reference!r}, actual {f.custom!r}")
             n = sum(1 for st in report.stages for f in st.fields if f.check == "declared")
-            return f"{n} declaration checks hold (dataset, collator, loss)"
+            return f"{n} declaration checks hold (dataset, collator, loss, backward, step, config)"
 
         self.tmp.cleanup()
         return self.results

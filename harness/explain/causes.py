@@ -700,7 +700,7 @@ def _generic_declared(f: FieldDiff, x: Facts) -> Result:
 RULES: tuple[Rule, ...] = (
     _target_is_reference_clip, _codes_of_other_sample, _codes_length, _transcript, _text_supervision,
     _declared_dataset, _declared_collator, _all_labels_ignored, _audio_labels, _collator_text, _random_layers,
-    _lora_init, _trainable_set, _forward_labels, _forward_values, _no_shift_audio, _no_shift_text, _loss_hypothesis, _zero_term, _loss_scale, _loss_positions, _no_grad,
+    _lora_init, _trainable_set, _forward_labels, _forward_values, _no_shift_audio, _no_shift_text, _zero_term, _loss_hypothesis, _loss_scale, _loss_positions, _no_grad,
     _grad_values, _accumulation, _ddp, _step, _native, _config, _generic_declared,
 )
 

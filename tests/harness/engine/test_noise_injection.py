@@ -22,7 +22,7 @@ NOISE = 1e-7
 def test_clean_run_passes_under_reduction_order_noise(side):
     noise = ReductionNoise(NOISE, side=side)
     report = compare(stage="all", perturb=noise, grad_noise=NOISE)          # README defaults otherwise
-    assert noise.calls > 100, "the noise hook barely fired"
+    assert noise.calls >= 40, "the noise hook barely fired (logits, losses and every LoRA gradient are noised)"
     assert report.verdict == "pass", report.first_divergence()
 
 
