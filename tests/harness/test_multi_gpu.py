@@ -33,7 +33,7 @@ def test_two_gpus_over_nccl_agree_with_one_gpu_and_the_report_says_so(tmp_path):
     ran = {st.get("stage") or st.get("name") for st in report["stages"]}
     assert {"backward", "step"} <= ran, ran
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "DDP in sync" in md and "rtol 0.016" in md
+    assert "DDP in sync" in md
 
 
 @pytest.mark.parametrize("fault", ["ddp-unwrapped-forward", "inverted-no-sync"])
