@@ -84,6 +84,10 @@ CONVENTIONS = Conventions(
                                                       "(every trainable parameter gets a gradient)"),
         "optimizer.no_decay": ([], "AdamW decays every trainable parameter (LoRA adapters have no bias or norm "
                                    "weights)"),
+        "precision.autocast": ("none", "with LoRA (the default recipe) the manual loop runs the frozen base as loaded "
+                                       "(bf16 on CUDA) without autocast; autocast only for a full fine-tune"),
+        "precision.trainable_dtype": ("torch.float32", "LoRA adapters stay fp32 (peft's autocast_adapter_dtype), "
+                                                       "so AdamW updates them at full precision"),
     },
 )
 

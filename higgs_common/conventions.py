@@ -43,7 +43,8 @@ config_notes
     {effective_config key: (value, why)}: this pipeline's value of a setting no other convention
     determines, and why (e.g. ``"collator.class"``, ``"distributed.find_unused_parameters"``).  A
     configuration difference at a noted key is expected while every noting side really has the
-    noted value, with the note as its reason; any other undeclared difference diverges.
+    noted value, with the note as its reason; any other undeclared difference diverges.  A value
+    that depends on the device type is a `PerDevice` (e.g. autocast only on CUDA).
 
 All fields are plain data or pure functions of their arguments, so two adapters' declarations can
 be compared and printed.
@@ -178,7 +179,26 @@ class Conventions:
                 "normalize_transcript": function_name(self.normalize_transcript),
                 "normalize_reference_transcript": function_name(self.normalize_reference_transcript),
                 "loss": self.loss.to_json(),
-                "config_notes": {k: {"value": v, "why": why} for k, (v, why) in self.config_notes.items()}}
+                "config_notes": {k: {"value": v.to_json() if isinstance(v, PerDevice) else v, "why": why}
+                                 for k, (v, why) in self.config_notes.items()}}
+
+
+@dataclass(frozen=True)
+class PerDevice:
+    """A `config_notes` value that depends on the device type the pipeline runs on.
+
+    ``PerDevice(cpu="none", cuda="bf16")``: the harness compares the effective configuration with
+    ``on(device.type)`` (any device type other than ``"cuda"`` reads ``cpu``).
+    """
+
+    cpu: Any
+    cuda: Any
+
+    def on(self, device_type: str) -> Any:
+        return self.cuda if device_type == "cuda" else self.cpu
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "cuda": self.cuda}
 
 
 def function_name(fn: Callable[..., Any]) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from higgs_common.collator_settings import collator_settings
-from higgs_common.conventions import Conventions, identity
+from higgs_common.conventions import Conventions, PerDevice, identity
 from higgs_common.converters import write_reference_folder
 from higgs_common.manifest import CanonicalRecord
 from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, StageContext, TrainConfig,
@@ -70,6 +70,12 @@ CONVENTIONS = Conventions(
                                               "Trainer (speed only: every trainable parameter gets a gradient)"),
         "optimizer.no_decay": (["bias", "norm"], "the HF Trainer exempts biases and LayerNorm/RMSNorm weights from "
                                                          "weight decay"),
+        "precision.autocast": (PerDevice(cpu="none", cuda="bf16"),
+                               "train-higgs-audio sets bf16=True: on CUDA the HF Trainer runs forward and loss under "
+                               "torch.autocast(bfloat16); on a CPU the reference trains in fp32"),
+        "precision.trainable_dtype": (PerDevice(cpu="torch.float32", cuda="torch.bfloat16"),
+                                      "the reference's default recipe is a full fine-tune of the model as loaded "
+                                      "(torch_dtype=bfloat16 on CUDA), so its trainable weights are bf16 there"),
     },
 )
 
@@ -261,7 +267,9 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
                      "warmup_steps": args.get_warmup_steps(train.max_steps), "max_steps": train.max_steps},
         "precision": {"mode": precision, "autocast": "bf16" if precision == "bf16" else "none",
                       "weights_dtype": str(tr.torch_dtype(precision)),
-                      "trainable_dtype": str(tr.torch_dtype(precision))},
+                      # peft keeps LoRA adapters in fp32 (autocast_adapter_dtype); a full fine-tune trains
+                      # the weights in the dtype the model was loaded in
+                      "trainable_dtype": "torch.float32" if train.use_lora else str(tr.torch_dtype(precision))},
         "distributed": {"wrapper": "DistributedDataParallel", "no_sync": "all_but_last_micro_batch",
                         "sampler": "DistributedSampler", "find_unused_parameters": args.ddp_find_unused_parameters},
         "faults": [],

@@ -3,6 +3,7 @@
 #
 #   BATCH=8 scripts/gpu_multi.sh scaling OUT   # full checkpoint; both training CLIs under torchrun on 1 and 2 GPUs
 #   scripts/gpu_multi.sh harness OUT   # harness DDP check over NCCL: full model (no fault), tiny (faults), GPU tests
+#   scripts/gpu_multi.sh reference-bf16 OUT   # reference CLI, 20 LoRA steps on the full checkpoint under bf16 autocast
 #
 # Needs the project importable (PYTHONPATH=repo) and its pinned packages (see README "Benchmarks").
 # The full random checkpoint is built on the GPU into $FULL once (~75 s) and reused by both phases.
@@ -32,5 +33,13 @@ harness)
         python3 -m pytest -q -p no:cacheprovider -m gpu tests/harness/test_multi_gpu.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
     fi
     ;;
-*) echo "unknown phase $phase (scaling | harness)"; exit 2 ;;
+reference-bf16)
+    # issue 15: the reference runs under the Trainer's bf16 autocast (audio_merge.py casts the
+    # audio-out embedding to the embedding dtype, as the shipped train-higgs-audio does)
+    python3 -m reference_impl.train --model-path "$FULL/model" --audio-tokenizer-path "$FULL/audio_tokenizer" \
+        --use-lora --max-steps 20 --logging-steps 1 --per-device-train-batch-size 4 --learning-rate 1e-4 \
+        --warmup-steps 0 --report-to none --device cuda --output-dir /tmp/ref-bf16 2>&1 \
+        | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" | tee "$out/reference_train_bf16.log"
+    ;;
+*) echo "unknown phase $phase (scaling | harness | reference-bf16)"; exit 2 ;;
 esac

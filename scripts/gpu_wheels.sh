@@ -13,7 +13,7 @@ pin() { grep -hiE "^$1==" requirements.lock requirements-no-deps.lock | head -1 
 pkgs=(transformers tokenizers huggingface-hub peft accelerate librosa soundfile soxr audioread pooch decorator lazy-loader
       dacite loguru vector-quantize-pytorch torch-einops-utils einx frozendict omegaconf cffi
       pycparser boson-multimodal descript-audio-codec descript-audiotools docstring-parser ffmpy flatten-dict
-      importlib-resources msgpack)
+      importlib-resources msgpack jsonschema jsonschema-specifications referencing rpds-py attrs)
 for p in "${pkgs[@]}"; do
     spec=$(pin "$p"); spec=${spec:-$p}
     python3 -m pip download -q --no-deps --only-binary=:all: "${plat[@]}" -d .whl "$spec" 2>/dev/null \

@@ -73,7 +73,7 @@ def backward_fields(c: Any) -> tuple[list, float]:
     compute = time.perf_counter() - t0
     c.accum_runs = (single, runs, items)
     n_tokens = _tokens(c, items)
-    spec_for = _grad_spec(c, single.grads, n_tokens)
+    spec_for = _grad_spec(c, n_tokens)
     fields = c.fields.compare_mapping("backward", "accum_grad", single.grads, accum.grads, spec_for)
     unsynced = []
     for r, res in enumerate(runs.get("ddp", [])):
@@ -94,10 +94,17 @@ def backward_fields(c: Any) -> tuple[list, float]:
     return fields, compute
 
 
-def _grad_spec(c: Any, reference: dict, n_tokens: int):
+def _grad_tol(c: Any, n_tokens: int, g: torch.Tensor | None) -> TOL.Tolerance:
+    """One gradient of the single-process run vs a re-batched one (`TOL.rebatched_network`)."""
+    scale = float(g.abs().max()) if isinstance(g, torch.Tensor) and g.numel() else 0.0
+    text = getattr(c.model_config, "text_config", c.model_config)
+    width = max(int(getattr(text, "hidden_size", 1)), int(getattr(text, "intermediate_size", 1)))
+    return TOL.rebatched_network(n_tokens, int(getattr(text, "num_hidden_layers", 1)), width, scale)
+
+
+def _grad_spec(c: Any, n_tokens: int):
     def spec_for(name: str, value: Any) -> FieldSpec:
-        scale = float(value.abs().max()) if isinstance(value, torch.Tensor) and value.numel() else 0.0
-        return FieldSpec(tol=TOL.cancelling_reduction(n_tokens, scale), axes=("out", "in"),
+        return FieldSpec(tol=_grad_tol(c, n_tokens, value), axes=("out", "in"),
                          rel_ctx=X.scale_context(c.scale_sources()))
     return spec_for
 
@@ -117,12 +124,11 @@ def step_fields(c: Any) -> list:
         g = single.grads.get(name)
         if g is None or not isinstance(value, torch.Tensor):
             return FieldSpec(tol=TOL.Tolerance(0.0, 0.0, "exact"))
-        gtol = TOL.cancelling_reduction(n_tokens, float(g.abs().max()) if g.numel() else 0.0)
-        bound = TOL.elementwise_grad_bound(g, gtol)
+        bound = TOL.elementwise_grad_bound(g, _grad_tol(c, n_tokens, g))
         return FieldSpec(tol=TOL.adamw_update_bound(g, bound, lr=lr, eps=eps, theta_new=value, betas=betas, clip=clip),
                          axes=("out", "in"))
 
-    first_order = _first_order_loss_bound(single, n_tokens, lr, eps, betas, clip)
+    first_order = _first_order_loss_bound(c, single, n_tokens, lr, eps, betas, clip)
     for kind, results in (("accum", runs.get("accum", [])), ("ddp", runs.get("ddp", []))):
         for r, res in enumerate(results):
             prefix = "accum" if kind == "accum" else f"ddp_rank{r}"
@@ -151,15 +157,14 @@ def step_fields(c: Any) -> list:
     return fields
 
 
-def _first_order_loss_bound(single: Any, n_tokens: int, lr: float, eps: float, betas: tuple[float, float],
-                            clip: float) -> float:
+def _first_order_loss_bound(c: Any, single: Any, n_tokens: int, lr: float, eps: float,
+                            betas: tuple[float, float], clip: float) -> float:
     """sum_i |g_i| * (admissible |Δθ_i| after step 1): how far the next loss may move (first order)."""
     total = 0.0
     for name, g in single.grads.items():
         if g is None:
             continue
-        gtol = TOL.cancelling_reduction(n_tokens, float(g.abs().max()) if g.numel() else 0.0)
-        bound = TOL.adamw_update_bound(g, TOL.elementwise_grad_bound(g, gtol), lr=lr, eps=eps, betas=betas,
+        bound = TOL.adamw_update_bound(g, TOL.elementwise_grad_bound(g, _grad_tol(c, n_tokens, g)), lr=lr, eps=eps, betas=betas,
                                        clip=clip, theta_new=single.params[name]).bound
         total += float((g.abs().double() * bound.double()).sum())
     return total

@@ -24,7 +24,7 @@ from harness.report.model import StageResult
 from harness.semantics.configdiff import flatten
 from harness.semantics.expectations import Expected
 from harness.semantics.prompt import declared_messages
-from higgs_common.conventions import Conventions
+from higgs_common.conventions import Conventions, PerDevice
 from higgs_common.stages import TrainConfig
 
 EXACT = Tolerance(0.0, 0.0, "exact")
@@ -128,7 +128,10 @@ def run_config(c: Any) -> StageResult:
         elif key in conv["reference"].config_notes or key in conv["custom"].config_notes:
             noted = {role: conv[role].config_notes[key] for role in ("reference", "custom")
                      if key in conv[role].config_notes}
-            why = "; ".join(f"{role} {v!r}: {reason}" for role, (v, reason) in noted.items())
+            dev = c.device.type
+            noted = {role: (v.on(dev) if isinstance(v, PerDevice) else v, reason)
+                     for role, (v, reason) in noted.items()}
+            why = "; ".join(f"{role} {v!r} on {dev}: {reason}" for role, (v, reason) in noted.items())
             entry = Expected(f"noted:{key}", "config", key, f"declared implementation choice (config_notes): {why}",
                              holds=lambda a, b, info, noted=noted: all(
                                  (a if role == "reference" else b) == _plain(v) for role, (v, _r) in noted.items()))

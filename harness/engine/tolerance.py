@@ -87,6 +87,28 @@ def cancelling_reduction(n_terms: int, scale: float, dtype: torch.dtype = torch.
                                           f"lambda sqrt(n) u, lambda={LAMBDA:g}, scaled by max|value|")
 
 
+MATMULS_PER_LAYER = 4   # attention q/k/v (one input), attention output, MLP gate/up (one input), MLP down
+
+
+def rebatched_network(n_terms: int, num_layers: int, width: int, scale: float,
+                      dtype: torch.dtype = torch.float32) -> Tolerance:
+    """Gradients of one network evaluated on differently shaped batches (gradient accumulation,
+    DDP ranks vs one process): every matmul of the forward and the backward may reduce in another
+    order (kernels are chosen by shape), not only the final reduction over the n tokens.
+
+    Each of the 2 x `MATMULS_PER_LAYER` x num_layers sequential matmuls (forward and backward) adds
+    about sqrt(width) u relative error, the final reduction sqrt(n) u; independent roundings add in
+    quadrature: lambda u sqrt(n + 2 * 4 * num_layers * width), scaled by max|value| (Higham ch. 3,
+    probabilistic bound).  `width` is the widest inner dimension (hidden or intermediate size).
+    """
+    u = unit_roundoff(dtype)
+    depth = 2 * MATMULS_PER_LAYER * max(num_layers, 1)
+    r = LAMBDA * math.sqrt(max(n_terms, 1) + depth * max(width, 1)) * u
+    return Tolerance(r, r * float(scale),
+                     f"same network on re-shaped batches: lambda u sqrt(n + 2*{MATMULS_PER_LAYER}*L*width), n={n_terms}, "
+                     f"L={num_layers}, width={width}, lambda={LAMBDA:g}, scaled by max|value|")
+
+
 def parameter_update(theta_new: torch.Tensor, dtype: torch.dtype = torch.float32) -> Tolerance:
     """Δθ of two optimizer implementations fed identical inputs (element-wise rounding bound)."""
     u = unit_roundoff(dtype)

@@ -533,6 +533,20 @@ def _no_grad(f: FieldDiff, x: Facts) -> Result:
     return None
 
 
+def _rounding_only(f: FieldDiff, x: Facts) -> Result:
+    """A computed value (forward, loss, backward) that differs only as much as re-ordered floating-point
+    arithmetic does: no mechanism is claimed, the report says what the numbers show."""
+    if f.stage not in ("forward", "loss", "backward") or _kind(f) != "reduction_order":
+        return None
+    err = _details(f).get("relative_error")
+    return ("rounding-level difference only: the values agree up to the order of floating-point operations "
+            + (f"(norm-wise {err:.2e} relative) " if err is not None else "")
+            + "but exceed this field's element-wise tolerance; an operation along the way changed its order or "
+              "precision (kernel choice for another batch shape, TF32, a re-associated sum), or the tolerance "
+              f"({f.tolerance_rule}) is tighter than this device's rounding; no semantic change is visible",
+            _words(f))
+
+
 def _grad_values(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "backward" or not f.field.startswith(("grad/", "grad@")):
         return None
@@ -701,7 +715,7 @@ RULES: tuple[Rule, ...] = (
     _target_is_reference_clip, _codes_of_other_sample, _codes_length, _transcript, _text_supervision,
     _declared_dataset, _declared_collator, _all_labels_ignored, _audio_labels, _collator_text, _random_layers,
     _lora_init, _trainable_set, _forward_labels, _forward_values, _no_shift_audio, _no_shift_text, _zero_term, _loss_hypothesis, _loss_scale, _loss_positions, _no_grad,
-    _grad_values, _accumulation, _ddp, _step, _native, _config, _generic_declared,
+    _rounding_only, _grad_values, _accumulation, _ddp, _step, _native, _config, _generic_declared,
 )
 
 

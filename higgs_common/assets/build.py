@@ -7,6 +7,8 @@ bit-identical weights and codes.
 
 * ``--size tiny`` (default): 2-layer hidden-64 backbone, 8 x 1024 codec (the released discrete sizes);
   under a minute on a CPU.
+* ``--size probe``: the tiny backbone with a 4 x 32 codec, only for the copy-probe demonstration
+  of `reference-audio-as-label` (README "Watching reference-audio-as-label collapse").
 * ``--size full``: the released architecture (5.77 B parameters).  By default it is only
   instantiated on the meta device and its parameter count printed; ``--materialize`` writes real
   bf16 weights (needs ~11 GiB; meant for the GPU machine).
@@ -40,7 +42,7 @@ from higgs_common.assets.paths import (
     default_code_cache_dir,
 )
 
-SIZES = ("tiny", "full")
+SIZES = ("tiny", "probe", "full")
 
 
 def parameter_count(size: str = "full", seed: int = 0) -> int:
@@ -85,7 +87,7 @@ def _build_into(tmp: Path, *, size: str, seed: int, device: str) -> dict:
     text_tok = build_text_tokenizer(seed=seed)
     codec = build_audio_tokenizer(size, seed, device=device if size == "full" else "cpu")
     num_codebooks, codebook_size = int(codec.n_q), int(codec.quantizer.bins)
-    if size == "tiny":
+    if size in ("tiny", "probe"):
         config = tiny_config(text_tok, num_codebooks=num_codebooks, codebook_size=codebook_size)
         dtype = torch.float32
     else:
@@ -164,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Build the offline random-init Higgs Audio v2 checkpoint (model + text tokenizer + codec).")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: $HIGGS_DIFF_ASSETS or <repo>/.cache/assets/<size>-seed<seed>)")
-    p.add_argument("--size", choices=SIZES, default="tiny", help="tiny (CPU tests) or full (released architecture)")
+    p.add_argument("--size", choices=SIZES, default="tiny", help="tiny (CPU tests), probe (tiny with 4 x 32 codes: the copy-probe demonstration) "
+                        "or full (released architecture)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random init (default 0)")
     p.add_argument("--materialize", action="store_true",
                    help="with --size full: write real bf16 weights instead of only counting on the meta device")

@@ -68,7 +68,12 @@ FULL_HUBERT_CONFIG: dict[str, Any] = {}   # HubertConfig() defaults = HuBERT bas
 
 # (codec config, HuBERT config, calibration seconds): k-means initialises each codebook from the
 # calibration frames, so it needs at least `bins` of them: 1024 codes / 25 frames/s = 41 s -> 48 s.
+# "probe": the tiny codec with 4 x 32 codes, for the copy-probe demonstration only
+# (higgs_common.assets.copy_probe): a hidden-64 model learns to copy 4 x 5 bits per frame from its
+# prompt within a few hundred steps, not 8 x 10 bits.
+PROBE_CODEC_CONFIG: dict[str, Any] = dict(TINY_CODEC_CONFIG, bins=32, n_q=4)
 CODEC_SIZES = {"tiny": (TINY_CODEC_CONFIG, TINY_HUBERT_CONFIG, 48.0),
+               "probe": (PROBE_CODEC_CONFIG, TINY_HUBERT_CONFIG, 4.0),
                "full": (FULL_CODEC_CONFIG, FULL_HUBERT_CONFIG, 60.0)}
 
 

@@ -55,9 +55,10 @@ class AssetPaths:
 
 
 def default_assets_dir(size: str = "tiny", seed: int = 0) -> Path:
-    """``$HIGGS_DIFF_ASSETS`` if set, else ``<repo>/.cache/assets/<size>-seed<seed>``."""
+    """``$HIGGS_DIFF_ASSETS`` (the embedded default, tiny seed 0, only) if set, else
+    ``<repo>/.cache/assets/<size>-seed<seed>``."""
     env = os.environ.get(ASSETS_ENV)
-    if env:
+    if env and (size, seed) == ("tiny", 0):
         return Path(env)
     return REPO_ROOT / ".cache" / "assets" / f"{size}-seed{seed}"
 
