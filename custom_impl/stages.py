@@ -21,6 +21,8 @@ from custom_impl import collator as _collator
 from custom_impl import dataset as _dataset
 from custom_impl import loss as _loss
 from custom_impl import model as _model
+from custom_impl import speed as _speed
+from custom_impl import speedups as _speedups
 from custom_impl.distributed import accumulate, free_port
 from custom_impl import faults as _faults_registry
 from custom_impl.faults import check_faults
@@ -143,10 +145,13 @@ def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext, train: Train
     return {n: p.detach().clone() for n, p in _model.trainable_named_parameters(model)}
 
 
-def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]:
+def make_optimizer(model: torch.nn.Module, train: TrainConfig, *, fused: bool = False) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters and the schedule; `fused` (speed switch fused-adamw,
+    CUDA): torch's single-kernel AdamW, the same update rule."""
     params = [p for _, p in _model.trainable_named_parameters(model)]
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=tuple(train.adam_betas),
-                                  eps=train.adam_eps, weight_decay=train.weight_decay)
+                                  eps=train.adam_eps, weight_decay=train.weight_decay,
+                                  **({"fused": True} if fused else {}))
     if train.schedule == "cosine":
         scheduler = get_cosine_schedule_with_warmup(optimizer, train.warmup_steps, train.max_steps)
     elif train.schedule == "linear":
@@ -229,6 +234,10 @@ def _accumulation_run(rank: int, world_size: int, ctx: StageContext, train: Trai
     per = max(1, len(local) // grad_accum)
     micro = [local[i * per:(i + 1) * per] for i in range(grad_accum)]
     model = _model.build_model(ctx, train).to(ctx.device)
+    # The training loop's speed switches (device defaults, $HIGGS_CUSTOM_SPEED), compilation left
+    # out: it changes no result and would cost every worker minutes.
+    speed = _speed.resolve(ctx.device).replace(compile_layers=False)
+    _speedups.apply(model, speed)
     if init_state:
         with torch.no_grad():
             for n, p in _model.trainable_named_parameters(model):
@@ -241,7 +250,7 @@ def _accumulation_run(rank: int, world_size: int, ctx: StageContext, train: Trai
             find_unused_parameters=False)
         if grad_noise:
             wrapped.register_comm_hook(None, _noisy_allreduce_hook(grad_noise))
-    optimizer, scheduler = make_optimizer(model, train)
+    optimizer, scheduler = make_optimizer(model, train, fused=_speedups.fused_adamw(speed, ctx.device))
     params = [p for _, p in _model.trainable_named_parameters(wrapped)]
     batches = [_collator.batch_to_device(_collator.collate(m, ctx), ctx.device) for m in micro]
     ids = [[it.sample_id for it in m] for m in micro]
