@@ -76,6 +76,7 @@ def process_settings(opts: SpeedOptions) -> Iterator[None]:
         restore()
 
 
-def fused_adamw(opts: SpeedOptions, device: torch.device) -> bool:
-    """Whether AdamW runs fused (CUDA only: torch's fused AdamW has no CPU kernel before 2.4)."""
+def fused_adamw(opts: SpeedOptions, device: torch.device | str) -> bool:
+    """Whether AdamW runs fused (`stages.make_optimizer`): the switch is on and the parameters are on
+    CUDA (the switch is meant for the GPU; CPU runs keep torch's default AdamW)."""
     return opts.fused_adamw and torch.device(device).type == "cuda"

@@ -145,13 +145,13 @@ def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext, train: Train
     return {n: p.detach().clone() for n, p in _model.trainable_named_parameters(model)}
 
 
-def make_optimizer(model: torch.nn.Module, train: TrainConfig, *, fused: bool = False) -> tuple[Any, Any]:
-    """AdamW over the trainable parameters and the schedule; `fused` (speed switch fused-adamw,
-    CUDA): torch's single-kernel AdamW, the same update rule."""
+def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters and the schedule.  torch's single-kernel (fused) AdamW,
+    the same update rule, when the model carries the speed switch fused-adamw and sits on CUDA."""
     params = [p for _, p in _model.trainable_named_parameters(model)]
-    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=tuple(train.adam_betas),
-                                  eps=train.adam_eps, weight_decay=train.weight_decay,
-                                  **({"fused": True} if fused else {}))
+    fused = {"fused": True} if params and _speedups.fused_adamw(_speed.speed_of(model), params[0].device) else {}
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=tuple(train.adam_betas), **fused,
+                                  eps=train.adam_eps, weight_decay=train.weight_decay)
     if train.schedule == "cosine":
         scheduler = get_cosine_schedule_with_warmup(optimizer, train.warmup_steps, train.max_steps)
     elif train.schedule == "linear":
@@ -236,8 +236,7 @@ def _accumulation_run(rank: int, world_size: int, ctx: StageContext, train: Trai
     model = _model.build_model(ctx, train).to(ctx.device)
     # The training loop's speed switches (device defaults, $HIGGS_CUSTOM_SPEED), compilation left
     # out: it changes no result and would cost every worker minutes.
-    speed = _speed.resolve(ctx.device).replace(compile_layers=False)
-    _speedups.apply(model, speed)
+    _speedups.apply(model, _speed.resolve(ctx.device).replace(compile_layers=False))
     if init_state:
         with torch.no_grad():
             for n, p in _model.trainable_named_parameters(model):
@@ -250,7 +249,7 @@ def _accumulation_run(rank: int, world_size: int, ctx: StageContext, train: Trai
             find_unused_parameters=False)
         if grad_noise:
             wrapped.register_comm_hook(None, _noisy_allreduce_hook(grad_noise))
-    optimizer, scheduler = make_optimizer(model, train, fused=_speedups.fused_adamw(speed, ctx.device))
+    optimizer, scheduler = make_optimizer(model, train)
     params = [p for _, p in _model.trainable_named_parameters(wrapped)]
     batches = [_collator.batch_to_device(_collator.collate(m, ctx), ctx.device) for m in micro]
     ids = [[it.sample_id for it in m] for m in micro]

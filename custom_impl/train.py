@@ -373,7 +373,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
     model = S.build_model(ctx, train)
     speed_report = _speedups.apply(model, speed)
     model = wrap(model, info, bucket_cap_mb=args.ddp_bucket_cap_mb)
-    optimizer, scheduler = S.make_optimizer(model, train, fused=_speedups.fused_adamw(speed, info.device))
+    optimizer, scheduler = S.make_optimizer(model, train)
     start_step, position = 0, {"epoch": 0, "batch": 0}
     if args.resume is not None:
         ckpt = resolve_resume(args.resume, out_dir)

@@ -8,18 +8,21 @@
 # Writes reports/bench/<name>/{bench.json,bench.md,bench.log,gpu.txt} and copies them into $OUT when
 # set (the device tool's output folder).  Ends well inside 10 minutes on one H200: the full random
 # checkpoint builds into $FULL (~75 s, reused when already there), then `python -m harness.bench`
-# stops launching runs after $BUDGET seconds (skipped runs are listed as such in bench.md) and is
-# killed at $HARD_LIMIT seconds whatever happens; bench.json is rewritten after every run, so what
-# was measured comes back either way.  Variants are in priority order (a budget cut skips the last).
+# stops launching runs $BUDGET seconds into its sweep (skipped runs are listed as such in
+# bench.md) and is killed $HARD_LIMIT seconds after this script started, whatever happens;
+# bench.json is rewritten after every run, so what was measured comes back either way.  Variants
+# are in priority order (a budget cut skips the last).
 #
 # Knobs (environment): FULL, BUDGET, HARD_LIMIT, STEPS, WARMUP, BATCHES, VARIANTS, VARIANT_BATCH,
-# EPOCH_BATCH, CUSTOM_SPEED (e.g. "default,-compile" for the main custom rows), WHL.
+# EPOCH_BATCH, CUSTOM_SPEED (e.g. "default,-compile" for the main custom rows), WHL, and TESTS=1:
+# afterwards, in the time left before 590 s, `pytest -m gpu tests/custom_impl/test_speed.py` (the
+# switches' bf16 loss and gradients on CUDA, tiny checkpoint; ~2 min; e.g. TESTS=1 BUDGET=250).
 set -uo pipefail
 name=${1:-h200-speed}
 WHL=${WHL:-.whl}
 FULL=${FULL:-/tmp/higgs-full}
 BUDGET=${BUDGET:-380}
-HARD_LIMIT=${HARD_LIMIT:-560}
+HARD_LIMIT=${HARD_LIMIT:-575}        # seconds since this script started
 STEPS=${STEPS:-5}
 WARMUP=${WARMUP:-3}
 BATCHES=${BATCHES:-8,32,max}
@@ -43,13 +46,23 @@ nvidia-smi -L | tee "$res/gpu.txt"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$res/gpu.txt"
 python3 -c "import liger_kernel" 2>/dev/null && echo "liger-kernel importable" | tee -a "$res/gpu.txt"
 
-timeout --signal=KILL "$HARD_LIMIT" python3 -m harness.bench --build-full "$FULL" --sections train \
+timeout --signal=KILL "$((HARD_LIMIT - SECONDS))" python3 -m harness.bench --build-full "$FULL" --sections train \
     --configs lora-common --batch-sizes "$BATCHES" --max-batch 256 --steps "$STEPS" --warmup "$WARMUP" \
     --no-flop-count --custom-speed "$CUSTOM_SPEED" --variants "$VARIANTS" --variant-batch "$VARIANT_BATCH" \
     --epoch-batch "$EPOCH_BATCH" --deadline-s "$BUDGET" --out "$res" 2>&1 | tee "$res/bench.log"
 status=${PIPESTATUS[0]}
 echo "harness.bench exit status $status" | tee -a "$res/bench.log"
+if [ "${TESTS:-0}" = 1 ]; then
+    left=$((590 - SECONDS))
+    if [ "$left" -gt 60 ]; then
+        timeout --signal=KILL "$left" python3 -m pytest -q -p no:cacheprovider -m gpu tests/custom_impl/test_speed.py \
+            2>&1 | tee "$res/gpu_tests.log"
+    else
+        echo "TESTS=1: only $left s left, tests not run" | tee "$res/gpu_tests.log"
+    fi
+fi
 if [ -n "${OUT:-}" ]; then
     cp "$res"/bench.json "$res"/bench.md "$res"/bench.log "$res"/gpu.txt "$OUT"/ 2>/dev/null
+    [ -f "$res/gpu_tests.log" ] && cp "$res/gpu_tests.log" "$OUT"/
 fi
 exit "$status"

@@ -375,8 +375,8 @@ def render_markdown(res: dict[str, Any]) -> str:
             lines += ["", "largest batch that ran (lora-common): " + ", ".join(
                 f"{k} {v}" for k, v in tr["largest_batch"].items())]
         lines += ["", "| config | batch | pipeline | variant | batching | weights | trainable | step ms | tokens/s | "
-                      "samples/s | peak GiB | model TFLOP/s | MFU | counted TFLOP/s | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "samples/s | peak GiB | model TFLOP/s | MFU | counted TFLOP/s | step-1 loss | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tr["rows"]:
             f = lambda v, fmt: (fmt.format(v) if v is not None else "-")  # noqa: E731
             lines.append(
@@ -386,7 +386,11 @@ def render_markdown(res: dict[str, Any]) -> str:
                 f"{f(r.get('tokens_per_s'), '{:.0f}')} | {f(r.get('samples_per_s'), '{:.1f}')} | "
                 f"{f(r.get('peak_memory_gib'), '{:.1f}')} | {f(r.get('analytic_tflops'), '{:.0f}')} | "
                 f"{f(r.get('mfu') and 100 * r['mfu'], '{:.1f}%')} | {f(r.get('counted_tflops'), '{:.0f}')} | "
+                f"{f(r['losses'][0] if r['pipeline'] == 'custom' and r.get('losses') else None, '{:.4f}')} | "
                 f"{r['status']}{': ' + r['error'][:80] if r.get('error') else ''} |")
+        lines += ["", "step-1 loss: the custom loss of the first (untimed) step; at one batch size and batching "
+                      "every custom row starts from the same weights on the same batch, so the variants' values "
+                      "must agree within bf16 noise (the speed switches change no result)."]
         formulas = [r["flop_formula"] for r in tr["rows"] if r.get("flop_formula")]
         if formulas:
             lines += ["", f"FLOP model (useful work, the same for both pipelines): `{formulas[0]}`", ""]

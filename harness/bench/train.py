@@ -274,7 +274,7 @@ def run_custom(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence[Ba
         speedups.apply(model, speed)
         model.train()
         m.trainable_params, m.weights_dtype = _trainable(model), _weights_dtype(model)
-        opt, sched = cs.make_optimizer(model, train, fused=speedups.fused_adamw(speed, device))
+        opt, sched = cs.make_optimizer(model, train)      # fused when the switch says so (CUDA)
         params = [p for _, p in cm.trainable_named_parameters(model)]
 
         def one_step(batch: Any) -> float:

@@ -368,3 +368,34 @@ def test_training_cli_rejects_an_unknown_switch(capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(["--speed", "compiel"])
     assert exc.value.code == 2 and "unknown speed switch 'compiel'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ CUDA (skipped without)
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_defaults_keep_the_bf16_loss_and_gradients(assets, items):
+    """On CUDA (bf16 frozen base, fp32 LoRA): the device defaults (compile included) and, when
+    liger-kernel is installed, its kernels give the plain pipeline's loss within bf16 noise."""
+    from harness.engine.common_config import common_train_config
+    from higgs_common.context import build_context
+
+    from custom_impl.collator import batch_to_device
+
+    ctx = build_context(assets.model, assets.audio_tokenizer, device="cuda")
+    train = common_train_config("cuda")
+    cuda_batches = [batch_to_device(S.collate(items[i:i + 4], ctx), ctx.device) for i in (0, 4)]
+    variants = [SpeedOptions.defaults("cuda")]
+    try:
+        import liger_kernel  # noqa: F401
+        variants.append(SpeedOptions.defaults("cuda").replace(liger_rmsnorm=True, liger_swiglu=True, liger_ce=True))
+        variants.append(SpeedOptions.none().replace(fast_head=True, liger_rmsnorm=True, liger_swiglu=True))
+    except ImportError:
+        pass
+    _, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), cuda_batches, train=train)
+    for opts in variants:
+        _, on_total, on_grads = _accumulate(ctx, opts, cuda_batches, train=train)
+        torch.testing.assert_close(on_total, off_total, rtol=1e-2, atol=1e-3, msg=opts.describe())
+        for name, g in off_grads.items():
+            diff = float((on_grads[name].float() - g.float()).norm())
+            assert diff <= 3e-2 * float(g.float().norm()) + 1e-6, (opts.describe(), name, diff)
