@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from custom_impl.faults import is_on
 from custom_impl.loss import batch_label_counts, breakdown, compute_terms, global_objective
 from custom_impl.model import forward
+from custom_impl.speed import SpeedOptions, speed_of
 from higgs_common.guards import NonFiniteLossError  # noqa: F401  (re-exported: raised by check_finite)
 from higgs_common.stages import LossBreakdown, StageContext
 
@@ -108,14 +109,18 @@ def check_finite(lb: LossBreakdown, *, step: int, sample_ids: Sequence[str]) -> 
 def accumulate(model: torch.nn.Module, micro_batches: Sequence[Any], ctx: StageContext, *,
                precision: str = "fp32", step: int = 0,
                sample_ids: Sequence[Sequence[str]] | None = None,
-               objectives: list[torch.Tensor] | None = None) -> list[LossBreakdown]:
+               objectives: list[torch.Tensor] | None = None,
+               speed: SpeedOptions | None = None) -> list[LossBreakdown]:
     """Forward/loss/backward over the micro-batches of one optimizer step (gradients accumulate).
 
     Objective = mean loss over the whole global batch (all micro-batches of all ranks): the
     denominators (supervised text tokens, per-codebook audio frames) are all-reduced first.
     Returns each micro-batch's local LossBreakdown for logging; `objectives`, if given, receives
     each micro-batch's detached share of the global loss (their sum over ranks is the global loss).
+    `speed` (default: the options `custom_impl.speedups.apply` attached to the model, else
+    `SpeedOptions()`): with `fast_head` (the default) the text head runs only at supervised rows.
     """
+    speed = speed if speed is not None else speed_of(model)
     faults = ctx.faults
     cfg = ctx.model_config
     n = len(micro_batches)
@@ -139,7 +144,7 @@ def accumulate(model: torch.nn.Module, micro_batches: Sequence[Any], ctx: StageC
         ids = sample_ids[i] if sample_ids is not None else []
         sync = syncs_on(i, n, faults) or not isinstance(model, DDP)
         with (nullcontext() if sync else model.no_sync()):
-            outputs = forward(model, batch, ctx, precision=precision)
+            outputs = forward(model, batch, ctx, precision=precision, speed=speed)
             terms = compute_terms(outputs, batch, faults=faults)
             if terms.text_count != counts[i][0] or (
                     terms.audio_counts.numel() and not torch.equal(terms.audio_counts, counts[i][1])):

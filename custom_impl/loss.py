@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 
+from custom_impl.fast_head import TextHeadInputs, gathered_text_terms
 from custom_impl.faults import is_on
 from higgs_common.conventions import LossConventions
 from higgs_common.stages import ForwardOutputs, HiggsDiffError, LossBreakdown
@@ -128,11 +129,20 @@ def audio_terms(audio_logits: torch.Tensor, labels: torch.Tensor, segment_starts
 
 
 def compute_terms(outputs: ForwardOutputs, batch: Any, *, faults: frozenset[str] = frozenset()) -> LossTerms:
-    """Loss sums/counts for any HiggsAudioBatchInput-like batch (upstream, reference or custom)."""
+    """Loss sums/counts for any HiggsAudioBatchInput-like batch (upstream, reference or custom).
+
+    Text terms come from `outputs.logits` (B, L, V), or, in the training path, from
+    `outputs.extra["text_head"]` (a `fast_head.TextHeadInputs`: the head applied only at the
+    supervised rows, `custom_impl.fast_head`).
+    """
     shift = not is_on(faults, "no-shift")
     if outputs.expanded_labels is None:
         raise ValueError("forward outputs carry no expanded_labels; cannot compute the text loss")
-    t_sum, n_text, t_map = text_terms(outputs.logits, outputs.expanded_labels, shift=shift)
+    head = outputs.extra.get("text_head") if outputs.extra else None
+    if isinstance(head, TextHeadInputs):
+        t_sum, n_text, t_map = gathered_text_terms(head, outputs.expanded_labels, shift=shift)
+    else:
+        t_sum, n_text, t_map = text_terms(outputs.logits, outputs.expanded_labels, shift=shift)
     notes: list[str] = []
     if not shift:
         notes.append("FAULT no-shift: logits scored against labels at the same position")

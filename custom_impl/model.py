@@ -17,7 +17,9 @@ from boson_multimodal.model.higgs_audio import HiggsAudioModel
 from peft import LoraConfig, get_peft_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from custom_impl.fast_head import TextHeadInputs, text_head_bypassed
 from custom_impl.faults import is_on
+from custom_impl.speed import SpeedOptions
 from higgs_common.stages import ForwardOutputs, StageContext, TrainConfig
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -97,8 +99,14 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
-def forward(model: torch.nn.Module, batch: Any, ctx: StageContext, *, precision: str = "fp32") -> ForwardOutputs:
+def forward(model: torch.nn.Module, batch: Any, ctx: StageContext, *, precision: str = "fp32",
+            speed: SpeedOptions | None = None) -> ForwardOutputs:
     """Run the model (DDP-, peft- or plain-wrapped) on a collated batch.
+
+    `speed=None` (the stage contract): upstream's outputs, full `logits` (B, L, V).  With
+    `speed.fast_head` (the training path, `distributed.accumulate`): `logits` is None and
+    `extra["text_head"]` holds the final hidden states (B, L, H) and the head's weight, for the
+    loss to apply the head only at supervised rows (`custom_impl.fast_head`).
 
     Fault `ddp-unwrapped-forward`: calls `model.module(...)`, bypassing DDP's gradient hooks.
     """
@@ -107,14 +115,19 @@ def forward(model: torch.nn.Module, batch: Any, ctx: StageContext, *, precision:
         target = model.module
     if getattr(unwrap(model), "higgs_weights_dtype", torch.float32) != torch.float32:
         precision = "fp32"   # weights already bf16: no autocast (see build_model)
-    with autocast_for(ctx.device, precision):
+    gathered = speed is not None and speed.fast_head
+    with autocast_for(ctx.device, precision), (text_head_bypassed(model) if gathered else nullcontext()) as head:
         out = target(**model_inputs(batch))
+    extra: dict[str, Any] = {"audio_out_mask": out.audio_out_mask, "attention_mask": out.attention_mask}
+    if gathered:
+        extra["text_head"] = TextHeadInputs(hidden=out.logits, weight=head.weight, chunk_rows=speed.ce_chunk_rows,
+                                            liger=speed.liger_ce)
     return ForwardOutputs(
-        logits=out.logits,
+        logits=None if gathered else out.logits,
         audio_logits=out.audio_logits,
         expanded_labels=out.expanded_labels,
         expanded_input_ids=out.expanded_input_ids,
-        extra={"audio_out_mask": out.audio_out_mask, "attention_mask": out.attention_mask},
+        extra=extra,
     )
 
 

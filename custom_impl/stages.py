@@ -21,6 +21,8 @@ from custom_impl import collator as _collator
 from custom_impl import dataset as _dataset
 from custom_impl import loss as _loss
 from custom_impl import model as _model
+from custom_impl import speed as _speed
+from custom_impl import speedups as _speedups
 from custom_impl.distributed import accumulate, free_port
 from custom_impl import faults as _faults_registry
 from custom_impl.faults import check_faults
@@ -148,8 +150,11 @@ def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext, train: Train
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters and the schedule.  torch's single-kernel (fused) AdamW,
+    the same update rule, when the model carries the speed switch fused-adamw and sits on CUDA."""
     params = [p for _, p in _model.trainable_named_parameters(model)]
-    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=tuple(train.adam_betas),
+    fused = {"fused": True} if params and _speedups.fused_adamw(_speed.speed_of(model), params[0].device) else {}
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=tuple(train.adam_betas), **fused,
                                   eps=train.adam_eps, weight_decay=train.weight_decay)
     if train.schedule == "cosine":
         scheduler = get_cosine_schedule_with_warmup(optimizer, train.warmup_steps, train.max_steps)
@@ -233,6 +238,9 @@ def _accumulation_run(rank: int, world_size: int, ctx: StageContext, train: Trai
     per = max(1, len(local) // grad_accum)
     micro = [local[i * per:(i + 1) * per] for i in range(grad_accum)]
     model = _model.build_model(ctx, train).to(ctx.device)
+    # The training loop's speed switches (device defaults, $HIGGS_CUSTOM_SPEED), compilation left
+    # out: it changes no result and would cost every worker minutes.
+    _speedups.apply(model, _speed.resolve(ctx.device).replace(compile_layers=False))
     if init_state:
         with torch.no_grad():
             for n, p in _model.trainable_named_parameters(model):

@@ -34,6 +34,11 @@ the step, the sample ids and the loss breakdown; a trainable parameter left with
 `--skip-bad-samples` leaves them out instead, logging each one and the count.  Without it the CLI
 prints that one line and exits with status 2.
 
+Speed switches (`custom_impl.speed`: gathered text head, length-grouped batches, index-based
+dual FFN, per-layer torch.compile, ...) change how the step runs, not what it computes: on by
+default on CUDA, `--speed SPEC` (or `$HIGGS_CUSTOM_SPEED`) sets them, e.g. `--speed none` for the
+plain pipeline or `--speed default,-compile`; the run's choice is in run_config.json.
+
 Warmup defaults to min(100, max_steps // 10): upstream's 100 warmup steps would leave a 20-step
 smoke run at a tiny fraction of the learning rate, so it could not show learning.  The learning
 rate defaults to upstream's 2e-4 for a real checkpoint and to 5e-3 for the embedded tiny random
@@ -61,7 +66,10 @@ from torch.utils.data.distributed import DistributedSampler
 from custom_impl import collator as _collator
 from custom_impl import dataset as _dataset
 from custom_impl import model as _model
+from custom_impl import speed as _speed
+from custom_impl import speedups as _speedups
 from custom_impl import stages as S
+from custom_impl.length_grouping import grouped_batches, item_merged_length
 from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
 from higgs_common import DEFAULT_MANIFEST
@@ -104,12 +112,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
     p.add_argument("--ddp-bucket-cap-mb", type=float, default=None,
                    help="DDP gradient bucket size in MB (default: torch's 25); see distributed.wrap")
+    p.add_argument("--speed", default=None, metavar="SPEC",
+                   help="speed switches, applied after the device defaults and $HIGGS_CUSTOM_SPEED: comma list of "
+                        "default | none | all | [+-]NAME with NAME in " + ", ".join(_speed.SWITCHES)
+                        + " (see custom_impl/speed.py)")
     p.add_argument("--allow-zero-audio-loss", action="store_true",
                    help="turn off the guard that stops on an audio loss of exactly 0.0 with target audio; only "
                         "to reproduce the historical loop (with --fault silent-zero-audio-loss the log then "
                         "shows audio 0.0 every step, as in the seed report)")
     args = p.parse_args(argv)
     args.fault = sorted(check_faults(args.fault))
+    try:
+        _speed.resolve("cpu", args.speed)
+    except _speed.SpeedSpecError as exc:
+        p.error(str(exc))
     return args
 
 
@@ -148,16 +164,24 @@ def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
 
 # ------------------------------------------------------------------------------ data stream
 def batch_stream(n_items: int, info: DistInfo, batch_size: int, seed: int, start_epoch: int,
-                 start_batch: int) -> Iterator[tuple[int, int, list[int]]]:
-    """(epoch, batch index in epoch, item indices) forever; each epoch reshuffled by the sampler."""
+                 start_batch: int, lengths: Sequence[int] | None = None) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, batch index in epoch, item indices) forever; each epoch reshuffled by the sampler.
+
+    With `lengths` (merged length per item) the batches are length-grouped
+    (`length_grouping.grouped_batches`), else DistributedSampler's shard cut in order.
+    """
     sampler = DistributedSampler(range(n_items), num_replicas=info.world_size, rank=info.rank,
                                  shuffle=True, seed=seed, drop_last=True)
     epoch = start_epoch
     skip = start_batch
     while True:
-        sampler.set_epoch(epoch)
-        idx = list(sampler)
-        batches = [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
+        if lengths is not None:
+            batches = grouped_batches(lengths, batch_size, world_size=info.world_size, rank=info.rank, seed=seed,
+                                      epoch=epoch)
+        else:
+            sampler.set_epoch(epoch)
+            idx = list(sampler)
+            batches = [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
         if not batches:
             raise ValueError(f"{n_items} samples over {info.world_size} ranks cannot fill a batch of {batch_size}")
         for b in range(skip, len(batches)):
@@ -345,7 +369,10 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
         print(skip_log.summary(), file=sys.stderr, flush=True)
         (out_dir / "skipped_samples.json").write_text(json.dumps(skip_log.to_json(), indent=2) + "\n")
 
-    model = wrap(S.build_model(ctx, train), info, bucket_cap_mb=args.ddp_bucket_cap_mb)
+    speed = _speed.resolve(info.device, args.speed)
+    model = S.build_model(ctx, train)
+    speed_report = _speedups.apply(model, speed)
+    model = wrap(model, info, bucket_cap_mb=args.ddp_bucket_cap_mb)
     optimizer, scheduler = S.make_optimizer(model, train)
     start_step, position = 0, {"epoch": 0, "batch": 0}
     if args.resume is not None:
@@ -367,10 +394,13 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
         bar = tqdm(total=train.max_steps, initial=start_step, desc="custom train", file=sys.stderr)
         (out_dir / "run_config.json").write_text(json.dumps(
             {"args": {k: str(v) for k, v in vars(args).items()}, "world_size": info.world_size,
-             "effective_config": S.effective_config(ctx, train)}, indent=2, default=str))
+             "effective_config": S.effective_config(ctx, train),
+             "speed": {"switches": speed.to_json(), "applied": speed_report}}, indent=2, default=str))
 
-    stream = batch_stream(len(items), info, args.batch_size, args.seed, position["epoch"], position["batch"])
+    lengths = [item_merged_length(it.sample, ctx.model_config) for it in items] if speed.group_by_length else None
+    stream = batch_stream(len(items), info, args.batch_size, args.seed, position["epoch"], position["batch"], lengths)
     model.train()
+    restore_settings = _speedups.enter_process_settings(speed)   # undone in the finally below
     try:
         for step in range(start_step + 1, train.max_steps + 1):
             t0 = time.perf_counter()
@@ -431,6 +461,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
             metrics_fh.flush()
         raise
     finally:
+        restore_settings()
         if info.is_main:
             bar.close()
             writer.close()

@@ -13,8 +13,10 @@ depend on which samples the sampler drew; the ratio above is then exact, not an 
 samples of different lengths.  tokens_per_sample = text tokens of the custom sample + audio frames
 of its reference and target clips (the merged sequence length).  Step times come from each CLI's
 metrics.jsonl (custom: `wall_s`; reference: `step_seconds` of its StepLogCallback), first
-`--warmup` steps dropped.  The reference runs with bf16 weights and the Trainer's autocast off
-(`--no-autocast`): upstream HiggsAudioModel fails under bf16 autocast with bf16 weights (README).
+`--warmup` steps dropped.  The reference runs as configured: bf16 weights under the Trainer's bf16
+autocast (`reference_impl` carries the reference's dtype cast in the audio merge, so upstream's
+merge no longer fails there).  The custom command runs with its device-default speed switches
+(`custom_impl.speed`; `--custom-variant NAME=--speed SPEC` measures others).
 
 Results: `<out>/scaling.json` and `<out>/scaling.md`, with the device named.
 """
@@ -88,7 +90,7 @@ def launch(pipeline: str, gpus: int, args: argparse.Namespace, data: Path, out: 
                 "--grad-accum", "1", "--max-steps", str(steps), "--output-dir", str(out), *extra]
         key = "wall_s"
     else:
-        cmd += ["-m", "reference_impl.train", *common, "--data-dir", str(data), "--use-lora", "--no-autocast",
+        cmd += ["-m", "reference_impl.train", *common, "--data-dir", str(data), "--use-lora",
                 "--per-device-train-batch-size", str(args.batch_size), "--max-steps", str(steps),
                 "--save-steps", str(10 * steps), "--report-to", "none", "--output-dir", str(out)]
         key = "step_seconds"

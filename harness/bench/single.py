@@ -3,9 +3,13 @@
 Three sections, one run, one device (`nox -s bench` runs this):
 
 1. train   training throughput of reference_impl (HF Trainer path) and custom_impl (manual
-           micro-step) on the same batch: tokens/s, step time, peak GPU memory, MFU (FLOP model
-           in `harness.bench.train`), under LoRA with each pipeline's defaults, under the
-           harness's common configuration, and full fine-tuning.
+           micro-step, with its speed switches: `custom_impl.speed`) on the same batch: tokens/s,
+           step time, peak GPU memory, MFU (useful-work FLOP model in `harness.bench.train`),
+           under LoRA with each pipeline's defaults, under the harness's common configuration,
+           and full fine-tuning; the common configuration at every `--batch-sizes` size, `max`
+           adding a doubling search for the largest batch that fits (per pipeline); custom
+           speed variants (`--variants`) and an epoch-batching comparison (`--epoch-batch`,
+           where length grouping can show) as in `harness.bench.sweep`.
 2. harness `python -m harness.compare --stage all` in-process: time the pipelines spend computing
            the stages vs the time the harness spends diffing and writing the report.
 3. data    the data path on CPU (dataset + collator, warm code cache), samples/s, against the
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -55,9 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
     p.add_argument("--configs", default=",".join(TRAIN_CONFIGS), help=f"comma list of {TRAIN_CONFIGS}")
     p.add_argument("--batch-sizes", default="8", help="comma list; the first is used for every config, "
-                                                      "the others only for lora-common")
+                                                      "the others only for lora-common; a final 'max' doubles the "
+                                                      "largest until a run fails (out of memory) or --max-batch")
+    p.add_argument("--max-batch", type=int, default=512, help="upper bound of the 'max' search")
+    p.add_argument("--custom-speed", default=None, metavar="SPEC",
+                   help="the custom pipeline's speed switches for its main rows (custom_impl.speed SPEC, applied "
+                        "after the device defaults and $HIGGS_CUSTOM_SPEED; e.g. 'none' for the plain pipeline)")
+    p.add_argument("--variants", default="", metavar="SPEC;SPEC",
+                   help="';'-separated custom speed SPECs, each applied on top of the main custom options and "
+                        "measured at --variant-batch (e.g. 'none;-compile;-fast-head')")
+    p.add_argument("--variant-batch", type=int, default=None, help="batch size of the variants (default: the "
+                                                                   "second --batch-sizes size, else the first)")
+    p.add_argument("--epoch-batch", type=int, default=None,
+                   help="also compare both pipelines over one pool of samples at this batch size, each with its own "
+                        "batching (reference: random; custom: length-grouped, and with group-by-length flipped)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="stop launching train runs after this many seconds (the rest are reported as skipped)")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per measurement")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (torch.compile compiles in the first)")
     p.add_argument("--no-flop-count", action="store_true", help="skip the torch.utils.flop_counter cross-check")
     p.add_argument("--compare-samples", type=int, default=4, help="samples for the harness section")
     p.add_argument("--ddp-world-size", type=int, default=None,
@@ -163,64 +182,35 @@ def train_configs(names: Sequence[str], device: torch.device) -> dict[str, dict[
     return {n: table[n] for n in names}
 
 
-def section_train(ctx: Any, items: list[Any], config_names: Sequence[str], batch_sizes: Sequence[int], *,
-                  steps: int, warmup: int, count: bool, peak: float | None) -> dict[str, Any]:
-    from custom_impl import collator as ccol
-    from custom_impl import model as cm
-    from harness.bench.train import AUTOCAST_CRASH, batch_shape, flop_model, run_custom, run_reference
-    from higgs_common.stages import TrainConfig
+def section_train(ctx: Any, items: list[Any], config_names: Sequence[str], plan: Any, custom_speed: Any, *,
+                  peak: float | None, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the sweep (`harness.bench.sweep`), printing each row as it lands; `on_progress` gets
+    the section so far after every row (the caller saves it, so a run cut short keeps its rows)."""
+    from harness.bench.sweep import SweepState, run_sweep
 
-    results: list[dict[str, Any]] = []
-    crashes: list[dict[str, Any]] = []
-    reference_autocast = True
-    shapes: dict[int, dict] = {}
-    configs = train_configs(config_names, ctx.device)
-    probe_train = TrainConfig(use_lora=True, precision="bf16" if ctx.device.type == "cuda" else "fp32")
-    probe = cm.build_model(ctx, probe_train)
-    batches = {}
-    for bs in batch_sizes:
-        batch = ccol.batch_to_device(ccol.collate(cycle(items, bs), ctx), ctx.device)
-        batches[bs] = (batch, batch_shape(probe, batch, ctx))
-    del probe
-    for name, per_side in configs.items():
-        for bs in (batch_sizes if name == "lora-common" else batch_sizes[:1]):
-            batch, shape = batches[bs]
-            shapes[bs] = vars(shape) | {"padded_tokens": shape.padded_tokens}
-            for pipeline, runner in (("reference", run_reference), ("custom", run_custom)):
-                train = per_side[pipeline]
-                log.info("train %s %s batch %d", name, pipeline, bs)
-                kw = dict(config_name=name, steps=steps, warmup=warmup, shape=shape, count=count)
-                if pipeline == "reference" and ctx.device.type == "cuda":
-                    kw["autocast"] = reference_autocast
-                m = runner(ctx, train, batch, **kw)
-                if pipeline == "reference" and m.status == "error" and AUTOCAST_CRASH in (m.error or ""):
-                    # The reference as configured (bf16 weights + Trainer bf16 autocast) crashes in
-                    # upstream code: record that once, then measure its loop without autocast.
-                    crashes.append(dict(m.to_json(shape, peak), flop_formula=None))
-                    print(_train_line(crashes[-1]), flush=True)
-                    reference_autocast = False
-                    kw["autocast"] = False
-                    m = runner(ctx, train, batch, **kw)
-                fm = flop_model(ctx.model_config, shape, lora_params=m.trainable_params if train.use_lora else 0,
-                                full_ft=not train.use_lora)
-                m.analytic_flops_per_step = fm["train_flops"]
-                row = m.to_json(shape, peak)
-                row.update(lora_r=train.lora_r if train.use_lora else None,
-                           lora_targets=list(train.lora_target_modules) if train.use_lora else None,
-                           lora_dropout=train.lora_dropout if train.use_lora else None,
-                           flop_formula=fm["formula"])
-                results.append(row)
-                print(_train_line(row), flush=True)
-    return {"rows": results, "batch_shapes": shapes, "reference_autocast_crashes": crashes}
+    state = SweepState()
+    section: dict[str, Any] = {"rows": state.rows, "batch_shapes": state.shapes, "largest_batch": state.largest,
+                               "custom_speed": custom_speed.to_json()}
+
+    def landed(row: dict[str, Any]) -> None:
+        print(_train_line(row), flush=True)
+        if on_progress is not None:
+            on_progress(section)
+
+    run_sweep(ctx, items, train_configs(config_names, ctx.device), plan, custom_speed, peak=peak, on_row=landed,
+              state=state)
+    return section
 
 
 def _train_line(r: dict) -> str:
+    who = r["pipeline"] + ("" if r.get("variant", "default") == "default" else f" {r['variant']}") + (
+        "" if r.get("batching", "fixed") == "fixed" else f" [{r['batching']}]")
     if r["status"] != "ok":
-        return f"  {r['config']:<14} b{r['batch_size']:<3} {r['pipeline']:<9} {r['status']}: {r['error']}"
+        return f"  {r['config']:<14} b{r['batch_size']:<4} {who:<24} {r['status']}: {r['error']}"
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
     mem = f"{r['peak_memory_gib']:.1f} GiB" if r.get("peak_memory_gib") is not None else "-"
-    return (f"  {r['config']:<14} b{r['batch_size']:<3} {r['pipeline']:<9} step {1e3 * r['step_s_median']:8.1f} ms  "
-            f"{r['tokens_per_s']:10.0f} tok/s  peak {mem:>10}  MFU {mfu}")
+    return (f"  {r['config']:<14} b{r['batch_size']:<4} {who:<24} step {1e3 * r['step_s_median']:8.1f} ms  "
+            f"{r['tokens_per_s']:10.0f} tok/s  peak {mem:>10}  MFU {mfu}  ({r.get('wall_s') or 0:.0f} s)")
 
 
 @contextlib.contextmanager
@@ -309,7 +299,9 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     """The four target checks, from the sections' numbers."""
     s: dict[str, Any] = {}
     rows = res.get("train", {}).get("rows", [])
-    ok = [r for r in rows if r["status"] == "ok"]
+    # The main rows: each pipeline as configured (custom: its main speed options), fixed batches.
+    ok = [r for r in rows if r["status"] == "ok" and r.get("variant", "default") == "default"
+          and r.get("batching", "fixed") == "fixed"]
 
     def pick(cfg: str, pipe: str, bs: int | None = None) -> dict | None:
         cands = [r for r in ok if r["config"] == cfg and r["pipeline"] == pipe and (bs is None or r["batch_size"] == bs)]
@@ -324,6 +316,17 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
                                                             if cus.get("peak_memory_gib") and ref.get("peak_memory_gib") else None),
                 "target_speedup_1.15_met": cus["tokens_per_s"] / ref["tokens_per_s"] >= 1.15,
             }
+    best = {pipe: max((r for r in ok if r["config"] == "lora-common" and r["pipeline"] == pipe),
+                      key=lambda r: r["tokens_per_s"], default=None) for pipe in ("reference", "custom")}
+    if best["reference"] and best["custom"]:
+        ratio = best["custom"]["tokens_per_s"] / best["reference"]["tokens_per_s"]
+        s["common_best"] = {
+            "reference_batch": best["reference"]["batch_size"], "custom_batch": best["custom"]["batch_size"],
+            "reference_tokens_per_s": best["reference"]["tokens_per_s"],
+            "custom_tokens_per_s": best["custom"]["tokens_per_s"],
+            "speedup_custom_over_reference": ratio, "target_speedup_2.0_met": ratio >= 2.0,
+            "largest_batch": res.get("train", {}).get("largest_batch", {}),
+        }
     lora_mfu = [r["mfu"] for r in ok if r["config"].startswith("lora") and r.get("mfu")]
     if lora_mfu:
         s["best_lora_mfu"] = max(lora_mfu)
@@ -355,29 +358,42 @@ def render_markdown(res: dict[str, Any]) -> str:
                       "measured_matmul_tflops") else "", ""]
     if "train" in res:
         tr = res["train"]
-        lines += ["## Training throughput (same batch for both pipelines)", ""]
+        lines += ["## Training throughput (fixed batching: the same batch for both pipelines)", ""]
         for bs, sh in tr["batch_shapes"].items():
-            lines.append(f"- batch {bs}: merged length {sh['padded_len']}, {sh['tokens']} real positions "
-                         f"({sh['audio_out_positions']} audio-out), {sh['text_supervised']} supervised text tokens, "
-                         f"{sh['audio_supervised']} supervised audio codes")
-        lines += ["", "| config | batch | pipeline | weights | trainable | step ms | tokens/s | samples/s | "
-                      "peak GiB | model TFLOP/s | MFU | counted TFLOP/s | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            line = (f"- batch {bs}: merged length {sh['padded_len']}, {sh['tokens']} real positions "
+                    f"({sh['audio_out_positions']} audio-out), {sh['text_supervised']} supervised text tokens, "
+                    f"{sh['audio_supervised']} supervised audio codes")
+            if sh.get("timed_steps"):
+                line += (f"; over its {sh['timed_steps']} timed batches {sh['timed_tokens']} real of "
+                         f"{sh['timed_padded_tokens']} padded positions ({100 * sh['padding_efficiency']:.1f}%)")
+            lines.append(line)
+        if tr.get("custom_speed"):
+            on = [k for k, v in tr["custom_speed"].items() if v is True]
+            lines += ["", f"custom speed switches (main rows): {', '.join(on) or 'none'} (`custom_impl.speed`); "
+                          "variant rows flip the switches named."]
+        if tr.get("largest_batch"):
+            lines += ["", "largest batch that ran (lora-common): " + ", ".join(
+                f"{k} {v}" for k, v in tr["largest_batch"].items())]
+        lines += ["", "| config | batch | pipeline | variant | batching | weights | trainable | step ms | tokens/s | "
+                      "samples/s | peak GiB | model TFLOP/s | MFU | counted TFLOP/s | step-1 loss | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tr["rows"]:
             f = lambda v, fmt: (fmt.format(v) if v is not None else "-")  # noqa: E731
             lines.append(
-                f"| {r['config']} | {r['batch_size']} | {r['pipeline']} | {r['weights_dtype']} | "
+                f"| {r['config']} | {r['batch_size']} | {r['pipeline']} | {r.get('variant', 'default')} | "
+                f"{r.get('batching', 'fixed')} | {r['weights_dtype'] or '-'} | "
                 f"{r['trainable_params']:,} | {f(r['step_s_median'] and 1e3 * r['step_s_median'], '{:.1f}')} | "
                 f"{f(r.get('tokens_per_s'), '{:.0f}')} | {f(r.get('samples_per_s'), '{:.1f}')} | "
                 f"{f(r.get('peak_memory_gib'), '{:.1f}')} | {f(r.get('analytic_tflops'), '{:.0f}')} | "
                 f"{f(r.get('mfu') and 100 * r['mfu'], '{:.1f}%')} | {f(r.get('counted_tflops'), '{:.0f}')} | "
+                f"{f(r['losses'][0] if r['pipeline'] == 'custom' and r.get('losses') else None, '{:.4f}')} | "
                 f"{r['status']}{': ' + r['error'][:80] if r.get('error') else ''} |")
-        if tr["rows"]:
-            lines += ["", f"FLOP model: `{tr['rows'][0]['flop_formula']}`", ""]
-        for c in tr.get("reference_autocast_crashes", []):
-            lines += [f"- reference as configured (bf16 weights + Trainer bf16 autocast), {c['config']} batch "
-                      f"{c['batch_size']}: **crashed** ({c['error'][:160]}); its rows above are the same Trainer "
-                      "loop with autocast off.", ""]
+        lines += ["", "step-1 loss: the custom loss of the first (untimed) step; at one batch size and batching "
+                      "every custom row starts from the same weights on the same batch, so the variants' values "
+                      "must agree within bf16 noise (the speed switches change no result)."]
+        formulas = [r["flop_formula"] for r in tr["rows"] if r.get("flop_formula")]
+        if formulas:
+            lines += ["", f"FLOP model (useful work, the same for both pipelines): `{formulas[0]}`", ""]
     if "harness" in res:
         h = res["harness"]
         lines += ["## Harness cost (`harness.compare --stage all`)", "",
@@ -416,6 +432,17 @@ def _jsonable(x: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ main
 
+def parse_batch_sizes(spec: str) -> tuple[list[int], bool]:
+    """'8,32,max' -> ([8, 32], True): explicit sizes and whether to search for the largest."""
+    items = [b.strip() for b in spec.split(",") if b.strip()]
+    search = bool(items) and items[-1] == "max"
+    sizes = [int(b) for b in (items[:-1] if search else items)]
+    if not sizes:
+        raise SystemExit(f"--batch-sizes {spec!r}: give at least one size before 'max'")
+    return sizes, search
+
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -423,8 +450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = sorted(set(sections) - set(SECTIONS))
     if bad:
         raise SystemExit(f"unknown --sections {bad}; known: {SECTIONS}")
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    batch_sizes, search_max = parse_batch_sizes(args.batch_sizes)
     device = resolve_device(args.device)
+    from custom_impl import speed as custom_speed
+
+    try:
+        main_speed = custom_speed.resolve(device, args.custom_speed)
+        variants = [(spec.strip(), custom_speed.apply_spec(main_speed, spec, device))
+                    for spec in args.variants.split(";") if spec.strip()]
+    except custom_speed.SpeedSpecError as exc:
+        raise SystemExit(f"--custom-speed/--variants: {exc}") from exc
     from harness.bench.train import datasheet_peak
     from higgs_common.assets.model import count_parameters  # noqa: F401  (import check)
     from higgs_common.context import build_context
@@ -452,7 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device_info": info,
         "settings": {"model": str(ctx.model_path), "audio_tokenizer": str(ctx.audio_tokenizer_path),
                      "model_parameters": n_params, "steps": args.steps, "warmup": args.warmup,
-                     "batch_sizes": batch_sizes, "configs": args.configs.split(","), "sections": sections,
+                     "batch_sizes": batch_sizes + (["max"] if search_max else []), "max_batch": args.max_batch,
+                     "custom_speed": main_speed.describe(), "variants": [label for label, _ in variants],
+                     "variant_batch": args.variant_batch, "epoch_batch": args.epoch_batch,
+                     "deadline_s": args.deadline_s,
+                     "configs": args.configs.split(","), "sections": sections,
                      "codes": f"{ctx.model_config.audio_num_codebooks} x {ctx.model_config.audio_codebook_size} "
                               "from the codec in the settings (code cache)"},
         "notes": [],
@@ -474,8 +513,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "bench.md").write_text(render_markdown(res))
 
     if "train" in sections:
-        res["train"] = section_train(ctx, items, [c for c in args.configs.split(",") if c], batch_sizes,
-                                     steps=args.steps, warmup=args.warmup, count=not args.no_flop_count, peak=peak)
+        from harness.bench.sweep import SweepPlan
+
+        plan = SweepPlan(config_names=[c for c in args.configs.split(",") if c], batch_sizes=batch_sizes,
+                         search_max=search_max, max_batch=args.max_batch, variants=variants,
+                         variant_batch=args.variant_batch or (batch_sizes[1] if len(batch_sizes) > 1 else batch_sizes[0]),
+                         epoch_batch=args.epoch_batch, steps=args.steps, warmup=args.warmup,
+                         count=not args.no_flop_count, deadline_s=args.deadline_s)
+
+        def progress(section: dict[str, Any]) -> None:
+            res["train"] = section
+            save()
+        res["train"] = section_train(ctx, items, plan.config_names, plan, main_speed, peak=peak, on_progress=progress)
         save()
     if "harness" in sections:
         res["harness"] = section_harness(args, ctx, device, out, tiny)

@@ -1,25 +1,38 @@
 """Training-throughput measurement of both pipelines on one device, and the FLOP model behind MFU.
 
-Both pipelines train on the SAME collated batch (the custom collator's, converted to the
-reference's batch class), so tokens, sequence length and padding are identical and any
-difference in step time is the pipelines' own:
+Both pipelines train on batches collated by the custom collator (converted to the reference's
+batch class for it), so tokens, sequence length and padding are the pipelines' inputs, not their
+code:
+
+* fixed batching (default): every step of both pipelines runs the SAME batch; any difference in
+  step time is the pipelines' own.
+* epoch batching (`--batching epoch`): each pipeline trains on its own batches of one pool of
+  samples (warm-up steps from one part of it, timed steps from the rest): the reference cuts the
+  shuffled pool in order (its Trainer's random sampler), the custom pipeline groups it by length
+  when its `group-by-length` switch is on (`custom_impl.length_grouping`).  Timed steps of both
+  cover exactly the same samples, so they do the same useful work and tokens/s compares them.
 
 * reference: its real HF path, `reference_impl.trainer.HiggsAudioTrainer.train()` over a dataset
-  whose collator always returns that batch (Trainer + accelerate autocast + its AdamW, clip and
-  schedule); a callback times `on_step_begin` -> `on_step_end` with CUDA syncs, so data loading
-  is outside the timed region.
+  whose collator returns the prepared batches in turn (Trainer + accelerate's bf16 autocast over
+  bf16 weights, as the reference is configured; its AdamW, clip and schedule); a callback times
+  `on_step_begin` -> `on_step_end` with CUDA syncs, so data loading is outside the timed region.
 * custom: its manual loop's micro-step, `custom_impl.distributed.accumulate` (forward + loss +
   backward) + clip + AdamW + scheduler, as in `custom_impl.train` (its per-step logging,
-  `step_record`, is left out).
+  `step_record`, is left out), with the speed switches given (`custom_impl.speed`) applied to
+  the model as the training CLI applies them.
 
-FLOPs (stated in every report, `flop_model()`): per token of the merged sequence, forward =
-2 x (matmul parameters one token meets: per layer q,k,v,o + ONE 3-matrix MLP, text or audio, which
-are the same size here) + 2 x hidden x vocab (upstream applies the text head at every position)
-+ 2 x hidden x codebooks x (codebook_size + 2) at audio-out positions + causal attention
-2 x layers x seq x heads x head_dim.  Training = 3 x forward for full fine-tuning (forward,
-input gradients, weight gradients) and 2 x forward + 6 x (LoRA adapter parameters) for LoRA (the
-frozen weights need no weight gradient).  MFU = that / step time / the GPU's bf16 dense peak.
-`torch.utils.flop_counter` counts are reported beside it as a cross-check.
+FLOPs (stated in every report, `flop_model()`) count the USEFUL work of a step, the same for both
+pipelines whatever each computes: per REAL token of the merged sequences (padding is waste, not
+work), forward = 2 x (matmul parameters one token meets: per layer q,k,v,o + ONE 3-matrix MLP,
+text or audio, which are the same size here) + 2 x hidden x codebooks x (codebook_size + 2) at
+audio-out positions (both pipelines score nearly all of them) + 2 x hidden x vocab only at the
+SUPERVISED text rows (the only rows of the 128k-vocabulary text head either pipeline's loss reads:
+the reference computes the head at every position, the custom pipeline at those rows; the rest
+is waste) + causal attention 2 x layers x heads x head_dim x sum over samples of length^2.
+Training = 3 x forward for full fine-tuning (forward, input gradients, weight gradients) and
+2 x forward + 6 x (LoRA adapter parameters) x tokens for LoRA (the frozen weights need no weight
+gradient).  MFU = that / step time / the GPU's bf16 dense peak.  `torch.utils.flop_counter`
+counts (everything each pipeline really computes) are reported beside it as a cross-check.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -63,6 +76,7 @@ class BatchShape:
     audio_out_positions: int
     text_supervised: int
     audio_supervised: int        # frames x codebooks
+    sum_sq_len: int = 0          # sum over samples of (real merged length)^2: causal attention work
 
     @property
     def padded_tokens(self) -> int:
@@ -74,37 +88,58 @@ class TrainMeasurement:
     pipeline: str
     config: str
     batch_size: int
-    status: str = "ok"           # ok | oom | error
+    variant: str = "default"     # custom: the speed switches flipped from the run's main options
+    speed: str = ""              # custom: the switches that were on (custom_impl.speed)
+    batching: str = "fixed"
+    status: str = "ok"           # ok | oom | error | skipped
     error: str | None = None
     precision: str = ""
     weights_dtype: str = ""
     trainable_params: int = 0
     step_seconds: list[float] = field(default_factory=list)
+    step_shapes: list[BatchShape] = field(default_factory=list)   # the timed steps' batches, in order
     peak_memory_gib: float | None = None
     analytic_flops_per_step: float | None = None
     counted_flops_per_step: float | None = None
     losses: list[float] = field(default_factory=list)
+    wall_s: float | None = None  # model build + every step: what the measurement cost
 
     @property
     def step_s(self) -> float | None:
         return statistics.median(self.step_seconds) if self.step_seconds else None
 
-    def to_json(self, shape: BatchShape, peak: float | None) -> dict[str, Any]:
+    def _per_step_totals(self) -> tuple[float, float, int] | None:
+        """(seconds, tokens, steps): median step x tokens for one fixed batch, sums otherwise."""
+        if not self.step_seconds or not self.step_shapes:
+            return None
+        if len({(s.tokens, s.padded_len) for s in self.step_shapes}) == 1:
+            return self.step_s, float(self.step_shapes[0].tokens), 1
+        n = min(len(self.step_seconds), len(self.step_shapes))
+        return sum(self.step_seconds[:n]), float(sum(s.tokens for s in self.step_shapes[:n])), n
+
+    def to_json(self, peak: float | None) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        s = self.step_s
-        out["step_s_median"] = s
-        out["tokens_per_s"] = shape.tokens / s if s else None
-        out["samples_per_s"] = shape.batch_size / s if s else None
-        out["analytic_tflops"] = self.analytic_flops_per_step / s / 1e12 if s and self.analytic_flops_per_step else None
-        out["counted_tflops"] = self.counted_flops_per_step / s / 1e12 if s and self.counted_flops_per_step else None
-        out["mfu"] = (self.analytic_flops_per_step / s / peak) if s and peak and self.analytic_flops_per_step else None
+        out.pop("step_shapes")
+        out["step_s_median"] = self.step_s
+        totals = self._per_step_totals()
+        seconds, tokens, n = totals if totals else (None, None, 0)
+        shapes = self.step_shapes[:max(n, 1)]
+        out["tokens_per_step"] = tokens / n if n else None
+        out["padded_tokens_per_step"] = (sum(s.padded_tokens for s in shapes) / len(shapes)) if shapes else None
+        out["tokens_per_s"] = tokens / seconds if seconds else None
+        out["samples_per_s"] = n * self.batch_size / seconds if seconds else None
+        flops = self.analytic_flops_per_step
+        out["analytic_tflops"] = flops * n / seconds / 1e12 if seconds and flops else None
+        out["counted_tflops"] = (self.counted_flops_per_step * n / seconds / 1e12
+                                 if seconds and self.counted_flops_per_step else None)
+        out["mfu"] = flops * n / seconds / peak if seconds and peak and flops else None
         return out
 
 
 # ------------------------------------------------------------------------------------ FLOPs
 
 def flop_model(config: Any, shape: BatchShape, *, lora_params: int, full_ft: bool) -> dict[str, Any]:
-    """Analytic training FLOPs of one step (see module docstring); returns the terms too."""
+    """Analytic useful training FLOPs of one step (see module docstring); returns the terms too."""
     t = config.text_config
     h, inter, layers = t.hidden_size, t.intermediate_size, t.num_hidden_layers
     heads, kv = t.num_attention_heads, t.num_key_value_heads
@@ -115,14 +150,17 @@ def flop_model(config: Any, shape: BatchShape, *, lora_params: int, full_ft: boo
     text_head = h * t.vocab_size
     audio_head = h * config.audio_num_codebooks * (config.audio_codebook_size + 2)
     tokens = shape.tokens
+    sum_sq = shape.sum_sq_len or shape.padded_len * tokens   # older shapes: the padded-length bound
     fwd = (2 * per_token_params * tokens
-           + 2 * text_head * tokens
+           + 2 * text_head * shape.text_supervised
            + 2 * audio_head * shape.audio_out_positions
-           + 2 * layers * shape.padded_len * heads * hd * tokens)   # causal QK^T + AV: 4*S*d/2 per layer
+           + 2 * layers * heads * hd * sum_sq)              # causal QK^T + AV: 2 * len^2 * d per layer and head
     train = 3 * fwd if full_ft else 2 * fwd + 6 * lora_params * tokens
-    return {"per_token_matmul_params": per_token_params + text_head, "forward_flops": fwd,
+    return {"per_token_matmul_params": per_token_params, "text_head_params": text_head, "forward_flops": fwd,
             "train_flops": train,
-            "formula": ("fwd = 2*T*(layers*(attn+mlp) + hidden*vocab) + 2*A*hidden*C*(K+2) + 2*layers*S*heads*hd*T; "
+            "formula": ("fwd = 2*T*layers*(attn+mlp) + 2*N_text*hidden*vocab + 2*A*hidden*C*(K+2) "
+                        "+ 2*layers*heads*hd*sum(len^2)  [T real tokens, N_text supervised text rows, "
+                        "A audio-out positions]; "
                         + ("train = 3*fwd (full fine-tuning)" if full_ft else
                            "train = 2*fwd + 6*T*N_lora (LoRA: no weight grads for frozen weights)"))}
 
@@ -138,19 +176,30 @@ def count_flops(fn: Callable[[], Any]) -> float:
 
 # ------------------------------------------------------------------------------------ batch
 
-def batch_shape(model: torch.nn.Module, batch: Any, ctx: Any) -> BatchShape:
-    """Run one no-grad forward of the custom model to read the merged sequence's shape."""
-    from custom_impl import loss as cl
-    from custom_impl import model as cm
+def batch_shape(batch: Any, ctx: Any) -> BatchShape:
+    """The merged sequence's shape and supervised counts, read off the collated batch (no model).
 
-    with torch.no_grad():
-        out = cm.forward(model, batch, ctx, precision="bf16" if ctx.device.type == "cuda" else "fp32")
-        terms = cl.compute_terms(out, batch)
-    mask = out.extra["attention_mask"]
-    aom = out.extra["audio_out_mask"]
-    return BatchShape(batch_size=int(out.expanded_input_ids.shape[0]), padded_len=int(out.expanded_input_ids.shape[1]),
-                      tokens=int(mask.sum()), audio_out_positions=int(aom.sum()) if aom is not None else 0,
-                      text_supervised=int(terms.text_count), audio_supervised=int(terms.audio_counts.sum()))
+    Lengths as upstream's merge builds them (`custom_impl.length_grouping.batch_merged_lengths`,
+    padded to a multiple of 8); supervised counts as the custom loss counts them.
+    """
+    from custom_impl.length_grouping import batch_merged_lengths, padded_length
+    from custom_impl.loss import batch_label_counts
+
+    cfg = ctx.model_config
+    lengths = batch_merged_lengths(batch, cfg.audio_in_token_idx, cfg.audio_out_token_idx)
+    text, audio = batch_label_counts(batch, audio_in_token_id=cfg.audio_in_token_idx,
+                                     audio_out_token_id=cfg.audio_out_token_idx)
+    out = batch.audio_out_ids
+    return BatchShape(batch_size=len(lengths), padded_len=padded_length(lengths), tokens=sum(lengths),
+                      audio_out_positions=int(out.shape[-1]) if out is not None else 0,
+                      text_supervised=int(text), audio_supervised=int(audio.sum()) if audio.numel() else 0,
+                      sum_sq_len=sum(n * n for n in lengths))
+
+
+def mean_flops(config: Any, shapes: Sequence[BatchShape], *, lora_params: int, full_ft: bool) -> tuple[float, str]:
+    """Mean analytic train FLOPs over the steps' shapes, and the formula."""
+    models = [flop_model(config, s, lora_params=lora_params, full_ft=full_ft) for s in shapes]
+    return sum(m["train_flops"] for m in models) / len(models), models[0]["formula"]
 
 
 def to_reference_batch(batch: Any) -> Any:
@@ -192,27 +241,43 @@ def _weights_dtype(model: torch.nn.Module) -> str:
     return f"frozen {f} / trainable {t}"
 
 
+def _timed_shapes(shapes: Sequence[BatchShape], warmup: int, steps: int) -> list[BatchShape]:
+    """The shapes of steps warmup .. warmup+steps-1 when the steps cycle through `shapes`."""
+    return [shapes[i % len(shapes)] for i in range(warmup, warmup + steps)]
+
+
 # ------------------------------------------------------------------------------------ runners
 
-def run_custom(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: int, warmup: int,
-               shape: BatchShape, count: bool = True) -> TrainMeasurement:
-    """The custom loop's micro-step (accumulate + clip + AdamW + schedule), timed per step."""
+def run_custom(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence[BatchShape], *, config_name: str,
+               steps: int, warmup: int, speed: Any, variant: str = "default", batching: str = "fixed",
+               count: bool = True) -> TrainMeasurement:
+    """The custom loop's micro-step (accumulate + clip + AdamW + schedule), timed per step.
+
+    Step i trains on batches[i % len(batches)]; `speed` (custom_impl.speed.SpeedOptions) is
+    applied to the model and the process as the training CLI applies it.
+    """
     from custom_impl import model as cm
+    from custom_impl import speedups
     from custom_impl import stages as cs
     from custom_impl.distributed import accumulate
 
-    m = TrainMeasurement("custom", config_name, shape.batch_size, precision=train.precision)
+    m = TrainMeasurement("custom", config_name, shapes[0].batch_size, variant=variant, speed=speed.describe(),
+                         batching=batching, precision=train.precision,
+                         step_shapes=_timed_shapes(shapes, warmup, steps))
     device = ctx.device
     model = opt = None
+    t_start = time.perf_counter()
+    restore = speedups.enter_process_settings(speed)
     try:
         _reset_peak(device)
         model = cs.build_model(ctx, train)
+        speedups.apply(model, speed)
         model.train()
         m.trainable_params, m.weights_dtype = _trainable(model), _weights_dtype(model)
-        opt, sched = cs.make_optimizer(model, train)
+        opt, sched = cs.make_optimizer(model, train)      # fused when the switch says so (CUDA)
         params = [p for _, p in cm.trainable_named_parameters(model)]
 
-        def one_step() -> float:
+        def one_step(batch: Any) -> float:
             lbs = accumulate(model, [batch], ctx, precision=train.precision)
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
             opt.step()
@@ -223,21 +288,23 @@ def run_custom(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: int
         for i in range(warmup + steps):
             sync(device)
             t0 = time.perf_counter()
-            loss = one_step()
+            loss = one_step(batches[i % len(batches)])
             sync(device)
             if i >= warmup:
                 m.step_seconds.append(time.perf_counter() - t0)
             m.losses.append(loss)
         m.peak_memory_gib = _peak(device)
-        if count:
+        if count and not speed.compile_layers:   # the flop counter's dispatch mode and compiled graphs do not mix
             m.counted_flops_per_step = count_flops(
-                lambda: accumulate(model, [batch], ctx, precision=train.precision))
+                lambda: accumulate(model, [batches[0]], ctx, precision=train.precision))
             opt.zero_grad(set_to_none=True)
     except Exception as exc:  # noqa: BLE001 - an OOM/crash is a measurement result, reported in the table
         _record_failure(m, exc, device, "custom", config_name)
     finally:
+        restore()
         del model, opt
         _free()
+    m.wall_s = time.perf_counter() - t_start
     return m
 
 
@@ -246,7 +313,8 @@ def _record_failure(m: "TrainMeasurement", exc: Exception, device: Any, pipeline
     m.status = "oom" if _is_oom(exc) else "error"
     m.error = f"{type(exc).__name__}: {str(exc)[:300]}"
     m.peak_memory_gib = _peak(device)
-    log.warning("%s %s failed: %s", pipeline, config_name, m.error)
+    m.step_seconds = []
+    log.warning("%s %s batch %d failed: %s", pipeline, config_name, m.batch_size, m.error)
 
 
 class _StepTimer:
@@ -276,7 +344,7 @@ class _StepTimer:
 
 
 class _RepeatDataset(torch.utils.data.Dataset):
-    """n indices; the collator ignores them and returns the fixed batch."""
+    """n indices; the collator ignores them and returns the prepared batches in turn."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -288,15 +356,24 @@ class _RepeatDataset(torch.utils.data.Dataset):
         return i
 
 
-AUTOCAST_CRASH = "Index put requires the source and destination dtypes match"
+class _BatchCycle:
+    """Collator returning the prepared batches in turn (step i gets batch i % n: the Trainer's
+    dataloader calls the collator once per step, in order, with one batch of prefetch at most)."""
+
+    def __init__(self, batches: Sequence[Any]) -> None:
+        self.batches, self.i = list(batches), 0
+
+    def __call__(self, _features: Any) -> Any:
+        batch = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return batch
 
 
-def _training_args(tr: Any, train: Any, tmp: str, device: torch.device, shape: BatchShape, steps: int,
-                   autocast: bool) -> Any:
-    """The reference's TrainingArguments; `autocast=False` turns off the Trainer's bf16 autocast.
+def _training_args(tr: Any, train: Any, tmp: str, device: torch.device, batch_size: int, steps: int) -> Any:
+    """The reference's TrainingArguments (bf16 autocast on CUDA, as the reference is configured).
 
     transformers keeps the mixed-precision choice in ACCELERATE_MIXED_PRECISION and accelerate in
-    a process-wide AcceleratorState, so both are reset around building the arguments.
+    a process-wide AcceleratorState, so both are reset before building the arguments.
     """
     import os
 
@@ -304,41 +381,36 @@ def _training_args(tr: Any, train: Any, tmp: str, device: torch.device, shape: B
 
     AcceleratorState._reset_state(reset_partial_state=True)
     os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
-    args = tr.build_training_args(train, tmp, device=device, per_device_train_batch_size=shape.batch_size,
+    return tr.build_training_args(train, tmp, device=device, per_device_train_batch_size=batch_size,
                                   max_steps=steps, logging_steps=10**6, save_steps=10**6,
                                   report_to=[], disable_tqdm=True)
-    if not autocast and args.bf16:
-        os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
-        args = dataclasses.replace(args, bf16=False)
-    return args
 
 
-def run_reference(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: int, warmup: int,
-                  shape: BatchShape, count: bool = True, autocast: bool = True) -> TrainMeasurement:
-    """The reference's HF Trainer loop on the fixed batch (its own autocast, optimizer, clip).
-
-    `autocast=False`: the same loop with TrainingArguments.bf16 off (the weights are bf16 already).
-    Needed because upstream HiggsAudioModel cannot run with bf16 weights under bf16 autocast: its
-    audio-code embedding sum is autocast to fp32 and the index_put into the bf16 sequence raises.
-    """
+def run_reference(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence[BatchShape], *, config_name: str,
+                  steps: int, warmup: int, batching: str = "fixed", count: bool = True) -> TrainMeasurement:
+    """The reference's HF Trainer loop over the prepared batches in turn (its own bf16 autocast over
+    bf16 weights on CUDA, optimizer, clip): since issue 15 `reference_impl` carries the reference's
+    dtype cast in the audio merge, so it runs as configured."""
     from reference_impl import stages as rs
     from reference_impl import trainer as tr
 
-    m = TrainMeasurement("reference", config_name, shape.batch_size,
-                         precision=tr.effective_precision(train, ctx.device) + ("" if autocast else " (no autocast)"))
+    m = TrainMeasurement("reference", config_name, shapes[0].batch_size, batching=batching,
+                         precision=tr.effective_precision(train, ctx.device),
+                         step_shapes=_timed_shapes(shapes, warmup, steps))
     device = ctx.device
     model = trainer = None
-    ref_batch = to_reference_batch(batch)
+    ref_batches = [to_reference_batch(b) for b in batches]
+    t_start = time.perf_counter()
     try:
         _reset_peak(device)
         model = rs.build_model(ctx, train)
         m.trainable_params, m.weights_dtype = _trainable(model), _weights_dtype(model)
         timer = _StepTimer(device, warmup)
         with tempfile.TemporaryDirectory(prefix="higgs-bench-ref-") as tmp:
-            args = _training_args(tr, train, tmp, device, shape, warmup + steps, autocast)
+            args = _training_args(tr, train, tmp, device, m.batch_size, warmup + steps)
             trainer = tr.HiggsAudioTrainer(model=model, args=args,
-                                           train_dataset=_RepeatDataset(shape.batch_size * (warmup + steps)),
-                                           data_collator=lambda _features: ref_batch,
+                                           train_dataset=_RepeatDataset(m.batch_size * (warmup + steps)),
+                                           data_collator=_BatchCycle(ref_batches),
                                            callbacks=[timer.callback])
             result = trainer.train()
         m.step_seconds = timer.seconds
@@ -347,7 +419,7 @@ def run_reference(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: 
         if count:
             def fwd_bwd() -> None:
                 with trainer.compute_loss_context_manager():
-                    loss = trainer.compute_loss(trainer.model_wrapped, ref_batch)
+                    loss = trainer.compute_loss(trainer.model_wrapped, ref_batches[0])
                 loss.backward()
             m.counted_flops_per_step = count_flops(fwd_bwd)
     except Exception as exc:  # noqa: BLE001 - an OOM/crash is a measurement result, reported in the table
@@ -355,6 +427,7 @@ def run_reference(ctx: Any, train: Any, batch: Any, *, config_name: str, steps: 
     finally:
         del model, trainer
         _free()
+    m.wall_s = time.perf_counter() - t_start
     return m
 
 

@@ -1,0 +1,205 @@
+"""Upstream's dual-FFN decoder layer with the text/audio split done by precomputed indices.
+
+Upstream (`HiggsAudioDualFFNDecoderLayer.forward`, boson_multimodal 0.1.1, training path: no
+cache, no audio self-attention, not fast-forward) computes, with `m` = audio_out_mask (B, L)
+(which `HiggsAudioModel.forward` fills with `audio_in_discrete_codes_mask | audio_out_mask`):
+
+    residual = h
+    h = where(m, audio_input_layernorm(h), input_layernorm(h))
+    h = residual + self_attn(h)
+    residual = h
+    t = mlp(post_attention_layernorm(h[~m]))              # boolean-mask gather (nonzero: host sync)
+    a = audio_mlp(audio_post_attention_layernorm(h[m]))
+    residual[~m] += t;  residual[m] += a                  # boolean-mask index_put (graph break)
+    return residual
+
+`dual_ffn_core` computes exactly that with the split given as flat index tensors (`TokenSplit`,
+computed once per model forward and shared by all layers): `index_select` gathers the rows and
+`index_add` adds the FFN outputs back out of place.  Rows are gathered in the same (ascending)
+order and each output row gets the same single addition, so the result is bit-identical to
+upstream's in fp32 (tests/custom_impl/test_speed.py).  Without data-dependent shapes inside,
+`torch.compile` captures the whole layer (attention, norms, both FFNs, LoRA) as one graph.
+
+`install(model_base, compile_layers=...)` replaces `forward` on each eligible layer INSTANCE of one
+model (the class and every other model, e.g. the reference's, keep upstream's forward); any call
+the core does not cover (cache, attention outputs, ...) goes to upstream's forward unchanged.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from boson_multimodal.model.higgs_audio.modeling_higgs_audio import HiggsAudioDualFFNDecoderLayer
+from loguru import logger
+
+UPSTREAM_FORWARD = HiggsAudioDualFFNDecoderLayer.forward
+# torch.compile's recompile budget per code object (default 8): every layer and every new batch
+# shape may cost one; above it dynamo silently falls back to eager.
+RECOMPILE_LIMIT = 64
+
+
+@dataclass
+class TokenSplit:
+    """Text/audio rows of a (B, L) audio mask as flat indices into the (B * L) rows."""
+
+    mask: torch.Tensor          # (B, L) bool, True at audio positions (the tensor the layers receive)
+    text_idx: torch.Tensor      # (n_text,) long, ascending
+    audio_idx: torch.Tensor     # (n_audio,) long, ascending; n_text + n_audio = B * L
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> "TokenSplit":
+        flat = mask.reshape(-1)                                     # (B * L,)
+        return cls(mask=mask, text_idx=torch.nonzero(~flat).squeeze(1), audio_idx=torch.nonzero(flat).squeeze(1))
+
+
+class SplitCache:
+    """The split of the mask the current forward passes to every layer (computed by the first)."""
+
+    def __init__(self) -> None:
+        self.split: TokenSplit | None = None
+
+    def get(self, mask: torch.Tensor) -> TokenSplit:
+        # Identity, not value: one forward passes the same mask object to all layers.  The cache
+        # holds that object, so a later forward's mask cannot reuse its id.
+        if self.split is None or self.split.mask is not mask:
+            self.split = TokenSplit.of(mask)
+        return self.split
+
+
+def dual_ffn_core(layer: HiggsAudioDualFFNDecoderLayer, hidden_states: torch.Tensor,
+                  attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
+                  cache_position: torch.Tensor | None, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                  audio_mask: torch.Tensor, text_idx: torch.Tensor, audio_idx: torch.Tensor) -> torch.Tensor:
+    """One dual-FFN layer, training path (see module docstring).
+
+    hidden_states (B, L, H), audio_mask (B, L) bool, text_idx (n_text,), audio_idx (n_audio,)
+    -> (B, L, H).
+    """
+    residual = hidden_states                                                        # (B, L, H)
+    hidden_states = torch.where(audio_mask.unsqueeze(-1), layer.audio_input_layernorm(hidden_states),
+                                layer.input_layernorm(hidden_states))              # (B, L, H)
+    attn_out = layer.self_attn(hidden_states=hidden_states, attention_mask=attention_mask,
+                               position_ids=position_ids, past_key_value=None, output_attentions=False,
+                               use_cache=False, cache_position=cache_position,
+                               position_embeddings=position_embeddings)[0]        # (B, L, H)
+    hidden_states = residual + attn_out                                             # (B, L, H)
+    flat = hidden_states.reshape(-1, hidden_states.shape[-1])                       # (B*L, H)
+    text = layer.mlp(layer.post_attention_layernorm(flat.index_select(0, text_idx)))             # (n_text, H)
+    audio = layer.audio_mlp(layer.audio_post_attention_layernorm(flat.index_select(0, audio_idx)))  # (n_audio, H)
+    out = flat.index_add(0, text_idx, text).index_add(0, audio_idx, audio)          # (B*L, H)
+    return out.view_as(hidden_states)
+
+
+_COMPILED_CORE: Callable[..., torch.Tensor] | None = None
+
+
+def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
+    """Dynamo's per-code-object recompile limit to at least `limit` (renamed in torch 2.6+)."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < limit:
+            setattr(cfg, name, limit)
+
+
+def compiled_core() -> Callable[..., torch.Tensor]:
+    """`dual_ffn_core` under torch.compile, one per process: layers of the same structure share
+    its graphs (dynamo treats the layer's parameters as inputs)."""
+    global _COMPILED_CORE
+    if _COMPILED_CORE is None:
+        raise_recompile_limit()
+        _COMPILED_CORE = torch.compile(dual_ffn_core)
+    return _COMPILED_CORE
+
+
+def eligible(layer: torch.nn.Module) -> bool:
+    """A dual-FFN layer the core covers: not fast-forward, no audio self-attention."""
+    return (isinstance(layer, HiggsAudioDualFFNDecoderLayer) and not layer.fast_forward
+            and not layer.use_audio_attention)
+
+
+def _index_forward(self: HiggsAudioDualFFNDecoderLayer, hidden_states: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None, audio_attention_mask: torch.Tensor | None = None,
+                   fast_forward_attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                   audio_out_mask: torch.Tensor | None = None, is_decoding_audio_token: bool | None = None,
+                   past_key_value: Any = None, output_attentions: bool | None = False, use_cache: bool | None = False,
+                   cache_position: torch.Tensor | None = None,
+                   position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   is_using_cuda_graph: bool | None = False, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+    """Same signature as upstream's forward; the training path runs `dual_ffn_core`."""
+    covered = (audio_out_mask is not None and audio_out_mask.dim() == 2 and audio_out_mask.shape[0] > 0
+               and tuple(audio_out_mask.shape) == tuple(hidden_states.shape[:2])
+               and not use_cache and not output_attentions and past_key_value is None and not is_using_cuda_graph
+               and position_embeddings is not None and not kwargs)
+    if not covered:
+        return UPSTREAM_FORWARD(self, hidden_states, attention_mask=attention_mask,
+                                audio_attention_mask=audio_attention_mask,
+                                fast_forward_attention_mask=fast_forward_attention_mask, position_ids=position_ids,
+                                audio_out_mask=audio_out_mask, is_decoding_audio_token=is_decoding_audio_token,
+                                past_key_value=past_key_value, output_attentions=output_attentions,
+                                use_cache=use_cache, cache_position=cache_position,
+                                position_embeddings=position_embeddings, is_using_cuda_graph=is_using_cuda_graph,
+                                **kwargs)
+    split = self.higgs_split_cache.get(audio_out_mask)
+    hidden_states = hidden_states.contiguous()      # a strided view would cost the compiled core a recompile
+    if self.higgs_core is not dual_ffn_core:
+        mark_dynamic_shapes(hidden_states, attention_mask, position_ids, cache_position, position_embeddings, split)
+    out = self.higgs_core(self, hidden_states, attention_mask, position_ids, cache_position, position_embeddings,
+                          split.mask, split.text_idx, split.audio_idx)
+    return (out,)
+
+
+def mark_dynamic_shapes(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
+                        position_ids: torch.Tensor | None, cache_position: torch.Tensor | None,
+                        position_embeddings: tuple[torch.Tensor, torch.Tensor], split: TokenSplit) -> None:
+    """Batch and sequence sizes (and the text/audio row counts) as dynamic dimensions of the
+    compiled core, the hidden size static: one graph serves every batch shape from the first call
+    on (otherwise dynamo compiles a static graph first and recompiles at the second shape)."""
+    mark = torch._dynamo.maybe_mark_dynamic
+    mark(hidden_states, 0)
+    mark(hidden_states, 1)
+    mark(split.mask, 0)
+    mark(split.mask, 1)
+    mark(split.text_idx, 0)
+    mark(split.audio_idx, 0)
+    if attention_mask is not None:                                   # (B, 1, L, L)
+        for dim in (0, 2, 3):
+            mark(attention_mask, dim)
+    if position_ids is not None:                                     # (B, L)
+        mark(position_ids, 0)
+        mark(position_ids, 1)
+    if cache_position is not None:                                   # (L,)
+        mark(cache_position, 0)
+    for t in position_embeddings:                                    # cos, sin (B, L, head_dim)
+        mark(t, 0)
+        mark(t, 1)
+
+
+def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool) -> dict[str, int]:
+    """Patch the decoder layers of ONE HiggsAudioModel instance (`base`, unwrapped from peft/DDP).
+
+    index_ffn: eligible dual-FFN layers run `dual_ffn_core` (compiled when `compile_layers`).
+    compile_layers: the other layers (or all, without index_ffn: then upstream's boolean-mask
+    layer, whose graph breaks) are compiled whole with `nn.Module.compile`.
+    Returns counts of what was done, for logs and reports.
+    """
+    cache = SplitCache()
+    done = {"index_ffn_layers": 0, "compiled_layers": 0, "layers": len(base.layers)}
+    if compile_layers:
+        raise_recompile_limit()
+    for layer in base.layers:
+        if index_ffn and eligible(layer):
+            layer.higgs_split_cache = cache
+            layer.higgs_core = compiled_core() if compile_layers else dual_ffn_core
+            layer.forward = types.MethodType(_index_forward, layer)
+            done["index_ffn_layers"] += 1
+            done["compiled_layers"] += int(compile_layers)
+        elif compile_layers:
+            layer.compile()
+            done["compiled_layers"] += 1
+    if index_ffn and done["index_ffn_layers"] < len(base.layers):
+        logger.info(f"index-ffn: {done['index_ffn_layers']} of {len(base.layers)} layers eligible "
+                    "(fast-forward or audio-attention layers keep upstream's forward)")
+    return done

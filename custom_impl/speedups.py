@@ -1,0 +1,82 @@
+"""Apply the speed switches (`custom_impl.speed`) to one custom model instance and the process.
+
+    model = build_model(ctx, train)
+    report = speedups.apply(model, opts)          # before DDP wrapping
+    with speedups.process_settings(opts):         # tf32: process-wide, undone on exit
+        ...train...
+
+`apply` attaches the options to the model (`model.higgs_speed`, read by
+`distributed.accumulate` for the gathered text head) and patches only that instance: the
+reference model, and any other custom model, keep upstream's code.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from loguru import logger
+
+from custom_impl import attention as _attention
+from custom_impl import dual_ffn as _dual_ffn
+from custom_impl import kernels as _kernels
+from custom_impl.speed import SpeedOptions
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The HiggsAudioModel inside DDP and peft wrappers."""
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
+def apply(model: torch.nn.Module, opts: SpeedOptions) -> dict[str, Any]:
+    """Install `opts` on `model` (peft- or plain-wrapped, not yet DDP-wrapped); returns what was done.
+
+    Raises kernels.MissingKernelError when a liger switch is on without liger-kernel.
+    """
+    if opts.liger_ce:
+        _kernels.liger_functional()
+    base = base_model(model)
+    done: dict[str, Any] = {"options": opts.describe()}
+    if opts.liger_rmsnorm:
+        done["liger_rmsnorm_modules"] = _kernels.install_rmsnorm(base)
+    if opts.liger_swiglu:
+        done["liger_swiglu_modules"] = _kernels.install_swiglu(base)
+    if opts.causal_attn:
+        reason = _attention.install(base)
+        done["causal_attn"] = "installed" if reason is None else f"not installed: {reason}"
+        if reason is not None:
+            logger.warning(f"speed switch causal-attn not applied: {reason}")
+    if opts.index_ffn or opts.compile_layers:
+        done.update(_dual_ffn.install(base, index_ffn=opts.index_ffn, compile_layers=opts.compile_layers))
+    model.higgs_speed = opts
+    return done
+
+
+def enter_process_settings(opts: SpeedOptions) -> Callable[[], None]:
+    """Set the process-wide settings of `opts` (tf32 matmuls); returns the function undoing it."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if opts.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    def restore() -> None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+    return restore
+
+
+@contextmanager
+def process_settings(opts: SpeedOptions) -> Iterator[None]:
+    """`enter_process_settings` as a context manager."""
+    restore = enter_process_settings(opts)
+    try:
+        yield
+    finally:
+        restore()
+
+
+def fused_adamw(opts: SpeedOptions, device: torch.device | str) -> bool:
+    """Whether AdamW runs fused (`stages.make_optimizer`): the switch is on and the parameters are on
+    CUDA (the switch is meant for the GPU; CPU runs keep torch's default AdamW)."""
+    return opts.fused_adamw and torch.device(device).type == "cuda"

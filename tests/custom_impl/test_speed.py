@@ -1,0 +1,401 @@
+"""Issue 17's speed switches change how the custom pipeline runs, never what it computes.
+
+CPU, tiny checkpoint, fp32: every switch on vs off gives the same losses and gradients (up to
+summation order); the index-based dual-FFN layer equals upstream's layer; the stage-contract
+forward still returns upstream's full logits; length-grouped micro-batches give the padded
+batch's loss and per-token terms; the batches themselves are deterministic and DDP-shardable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from custom_impl import attention, dual_ffn, speedups
+from custom_impl import loss as L
+from custom_impl import stages as S
+from custom_impl.distributed import accumulate
+from custom_impl.fast_head import TextHeadInputs, gathered_text_terms
+from custom_impl.length_grouping import (batch_merged_lengths, grouped_batches, item_merged_length, padded_length,
+                                         padding_efficiency)
+from custom_impl.model import forward
+from custom_impl.speed import (ENV_VAR, SWITCHES, SpeedOptions, SpeedSpecError, apply_spec, flipped, resolve,
+                               speed_of)
+
+TRAIN = S.DEFAULT_TRAIN.replace(lora_dropout=0.0)
+# Every switch that runs on a CPU without optional packages (fused AdamW is CUDA-only here,
+# compile has its own slow test, tf32 changes numerics on purpose).
+CPU_ALL = SpeedOptions.all().replace(fused_adamw=False, compile_layers=False)
+
+
+def _model(ctx, opts: SpeedOptions | None = None, train=TRAIN):
+    model = S.build_model(ctx, train)
+    if opts is not None:
+        speedups.apply(model, opts)
+    return model
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _accumulate(ctx, opts, batches, train=TRAIN):
+    model = _model(ctx, opts, train)
+    objectives: list[torch.Tensor] = []
+    lbs = accumulate(model, batches, ctx, objectives=objectives)
+    return lbs, torch.stack(objectives).sum(), _grads(model)
+
+
+def _assert_grads_close(a, b, rtol=1e-4, atol=1e-6):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.fixture(scope="module")
+def batches(items, ctx):
+    return [S.collate(items[i:i + 4], ctx) for i in (0, 4)]
+
+
+# ------------------------------------------------------------------------------ switches
+
+def test_every_switch_leaves_losses_and_gradients_unchanged(ctx, batches):
+    off_lbs, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches)
+    on_lbs, on_total, on_grads = _accumulate(ctx, CPU_ALL, batches)
+    for a, b in zip(off_lbs, on_lbs):
+        torch.testing.assert_close(b.total.detach(), a.total.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b.text, a.text, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b.per_codebook, a.per_codebook, rtol=1e-5, atol=1e-6)
+        assert (b.text_supervised_tokens, b.audio_supervised_tokens) == (a.text_supervised_tokens,
+                                                                         a.audio_supervised_tokens)
+    torch.testing.assert_close(on_total, off_total, rtol=1e-5, atol=1e-6)
+    _assert_grads_close(on_grads, off_grads)
+
+
+@pytest.mark.parametrize("name", ["fast-head", "index-ffn", "causal-attn"])
+def test_each_switch_alone_leaves_the_loss_unchanged(ctx, batches, name):
+    off_lbs, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches[:1])
+    on_lbs, on_total, on_grads = _accumulate(ctx, apply_spec(SpeedOptions.none(), name, "cpu"), batches[:1])
+    torch.testing.assert_close(on_total, off_total, rtol=1e-5, atol=1e-6)
+    _assert_grads_close(on_grads, off_grads)
+
+
+def test_full_finetuning_gets_the_same_head_gradient_through_the_gathered_head(ctx, batches):
+    full = TRAIN.replace(use_lora=False)
+    _, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches[:1], train=full)
+    _, on_total, on_grads = _accumulate(ctx, CPU_ALL, batches[:1], train=full)
+    torch.testing.assert_close(on_total, off_total, rtol=1e-5, atol=1e-6)
+    head = [n for n in off_grads if n.endswith("text_lm_head.weight")]
+    assert head and float(off_grads[head[0]].abs().sum()) > 0
+    _assert_grads_close(on_grads, off_grads, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_layers_leave_losses_and_gradients_unchanged(ctx, batches):
+    """torch.compile (inductor, CPU here) of every layer: same loss, gradients within fp32 noise,
+    one graph shared by all layers (two: layer 0's input needs no gradient)."""
+    from torch._dynamo.utils import counters
+
+    off_lbs, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches)
+    counters.clear()
+    on_lbs, on_total, on_grads = _accumulate(ctx, CPU_ALL.replace(compile_layers=True), batches)
+    torch.testing.assert_close(on_total, off_total, rtol=1e-5, atol=1e-6)
+    _assert_grads_close(on_grads, off_grads, rtol=1e-3, atol=1e-6)
+    assert counters["frames"]["ok"] <= 2, dict(counters["frames"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+# ------------------------------------------------------------------------------ dual FFN
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_index_dual_ffn_layer_equals_upstream_layer(ctx, padded):
+    base = speedups.base_model(_model(ctx))
+    layer = base.layers[0]
+    assert dual_ffn.eligible(layer)
+    g = torch.Generator().manual_seed(0)
+    b, n, h = 3, 24, base.config.text_config.hidden_size
+    hidden = torch.randn(b, n, h, generator=g)
+    mask = torch.rand(b, n, generator=g) < 0.4                                   # (B, L) audio positions
+    position_ids = torch.arange(n).unsqueeze(0).expand(b, n)
+    pos_emb = base.rotary_emb(hidden, position_ids)
+    attn_mask = None
+    if padded:                                                                   # (B, 1, L, L) additive causal
+        keep = torch.ones(b, n)
+        keep[0, 18:] = 0
+        attn_mask = base._update_causal_mask(keep, hidden, torch.arange(n), None, False)
+
+    def run(fn):
+        x = hidden.clone().requires_grad_(True)
+        out = fn(x)
+        out.pow(2).sum().backward()
+        grads = [p.grad.clone() for p in layer.parameters() if p.requires_grad] + [x.grad.clone()]
+        layer.zero_grad()
+        return out.detach(), grads
+
+    up_out, up_grads = run(lambda x: dual_ffn.UPSTREAM_FORWARD(
+        layer, x, attention_mask=attn_mask, position_ids=position_ids, audio_out_mask=mask,
+        cache_position=torch.arange(n), position_embeddings=pos_emb)[0])
+    split = dual_ffn.TokenSplit.of(mask)
+    ix_out, ix_grads = run(lambda x: dual_ffn.dual_ffn_core(layer, x, attn_mask, position_ids, torch.arange(n),
+                                                            pos_emb, mask, split.text_idx, split.audio_idx))
+    assert torch.equal(ix_out, up_out)                                          # bit-identical forward
+    for a, c in zip(ix_grads, up_grads):
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+
+
+def test_installed_layers_fall_back_to_upstream_outside_the_training_path(ctx, batches):
+    model = _model(ctx, SpeedOptions.none().replace(index_ffn=True))
+    base = speedups.base_model(model)
+    assert all(layer.forward.__func__ is dual_ffn._index_forward for layer in base.layers)
+    assert type(base.layers[0]).forward is dual_ffn.UPSTREAM_FORWARD                   # the class is untouched
+    other = speedups.base_model(_model(ctx))
+    assert "forward" not in vars(other.layers[0])                                      # other models too
+    layer = base.layers[0]
+    x = torch.randn(1, 5, base.config.text_config.hidden_size)
+    mask = torch.zeros(1, 5, dtype=torch.bool)
+    pos = base.rotary_emb(x, torch.arange(5).unsqueeze(0))
+    out = layer(x, audio_out_mask=mask, output_attentions=True, position_embeddings=pos,
+                position_ids=torch.arange(5).unsqueeze(0), cache_position=torch.arange(5))
+    assert len(out) == 2                                                               # upstream's (hidden, attn)
+
+
+# ------------------------------------------------------------------------------ stage contract
+
+def test_stage_forward_still_returns_full_logits_equal_to_before(ctx, batches):
+    batch = batches[0]
+    plain = S.forward(_model(ctx), batch, ctx)
+    fast = S.forward(_model(ctx, CPU_ALL), batch, ctx)                 # switches installed on the model
+    vocab = ctx.model_config.text_config.vocab_size
+    assert plain.logits.shape[-1] == vocab and fast.logits.shape == plain.logits.shape
+    real = plain.extra["attention_mask"].bool()                         # padding rows are nobody's input
+    torch.testing.assert_close(fast.logits[real], plain.logits[real], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.audio_logits, plain.audio_logits, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fast.expanded_labels, plain.expanded_labels)
+
+
+def test_training_forward_carries_hidden_states_and_the_real_head(ctx, batches):
+    model = _model(ctx)
+    out = forward(model, batches[0], ctx, speed=SpeedOptions())
+    head = out.extra["text_head"]
+    assert out.logits is None and isinstance(head, TextHeadInputs)
+    assert head.hidden.shape[-1] == ctx.model_config.text_config.hidden_size
+    proj = speedups.base_model(model).audio_decoder_proj
+    assert isinstance(proj.text_lm_head, torch.nn.Linear) and head.weight is proj.text_lm_head.weight   # restored
+
+
+@pytest.mark.parametrize("faults", [(), ("no-shift",)])
+def test_gathered_head_terms_equal_full_logits_terms(ctx, batches, with_faults, faults):
+    fctx = with_faults(*faults)
+    model = _model(ctx)
+    model.eval()
+    with torch.no_grad():
+        full = L.compute_terms(S.forward(model, batches[0], fctx), batches[0], faults=fctx.faults)
+        fast = L.compute_terms(forward(model, batches[0], fctx, speed=SpeedOptions()), batches[0], faults=fctx.faults)
+    assert fast.text_count == full.text_count > 0
+    torch.testing.assert_close(fast.text_sum, full.text_sum, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.text_token_ce, full.text_token_ce, rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(fast.audio_sums, full.audio_sums, rtol=1e-6, atol=1e-6)
+
+
+def test_chunked_cross_entropy_equals_one_chunk():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 9, 8, generator=g, requires_grad=True)
+    weight = torch.randn(50, 8, generator=g, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 9), generator=g)
+    labels[0, :3] = -100
+    sums, grads = [], []
+    for chunk in (0, 2):
+        s, n, _ = gathered_text_terms(TextHeadInputs(hidden, weight, chunk_rows=chunk), labels)
+        s.backward()
+        sums.append(s.detach())
+        grads.append((hidden.grad.clone(), weight.grad.clone()))
+        hidden.grad = weight.grad = None
+    assert n == int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(sums[1], sums[0])
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------------------ length grouping
+
+def test_merged_lengths_match_the_model(ctx, items, batches):
+    batch = batches[0]
+    with torch.no_grad():
+        out = S.forward(_model(ctx), batch, ctx)
+    real = out.extra["attention_mask"].sum(dim=1).tolist()
+    cfg = ctx.model_config
+    assert batch_merged_lengths(batch, cfg.audio_in_token_idx, cfg.audio_out_token_idx) == real
+    assert [item_merged_length(it.sample, cfg) for it in items[:4]] == real
+    assert padded_length(real) == out.expanded_input_ids.shape[1]
+
+
+def _per_sample_ce(lb, batch, ids):
+    """sample id -> (text CE values, audio CE rows (n, C)) from a breakdown's per-token maps."""
+    out = {}
+    starts = batch.audio_out_ids_start.tolist() + [lb.audio_token_ce.shape[0]]
+    owner = batch.audio_out_ids_start_group_loc.tolist()
+    for b, sid in enumerate(ids):
+        row = lb.text_token_ce[b]
+        audio = [lb.audio_token_ce[starts[s]:starts[s + 1]] for s in range(len(owner)) if owner[s] == b]
+        out[sid] = (row[~torch.isnan(row)], torch.cat(audio))
+    return out
+
+
+def test_length_grouped_micro_batches_give_the_padded_batch_loss(ctx, items):
+    eight = items[:8]
+    cfg = ctx.model_config
+    lengths = [item_merged_length(it.sample, cfg) for it in eight]
+    groups = grouped_batches(lengths, 4, seed=3)
+    assert sorted(i for g in groups for i in g) == list(range(8))
+    plain_batch = S.collate(eight, ctx)
+    grouped = [S.collate([eight[i] for i in g], ctx) for g in groups]
+    assert sum(b.attention_mask.numel() for b in grouped) <= plain_batch.attention_mask.numel()
+    p_lbs, p_total, p_grads = _accumulate(ctx, SpeedOptions.none(), [plain_batch])
+    g_lbs, g_total, g_grads = _accumulate(ctx, CPU_ALL, grouped)
+    torch.testing.assert_close(g_total, p_total, rtol=1e-5, atol=1e-6)             # global-token normalisation
+    _assert_grads_close(g_grads, p_grads)
+    plain = _per_sample_ce(p_lbs[0], plain_batch, [it.sample_id for it in eight])
+    per_group = {}
+    for lb, batch, g in zip(g_lbs, grouped, groups):
+        per_group |= _per_sample_ce(lb, batch, [eight[i].sample_id for i in g])
+    assert per_group.keys() == plain.keys()
+    for sid, (text, audio) in plain.items():
+        torch.testing.assert_close(per_group[sid][0], text, rtol=1e-5, atol=1e-6, msg=sid)
+        torch.testing.assert_close(per_group[sid][1], audio, rtol=1e-5, atol=1e-6, equal_nan=True, msg=sid)
+
+
+def test_grouped_batches_are_deterministic_and_shard_across_ranks():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(100, 400, (103,), generator=g).tolist()
+    one = grouped_batches(lengths, 4, world_size=3, rank=1, seed=7, epoch=2)
+    assert one == grouped_batches(lengths, 4, world_size=3, rank=1, seed=7, epoch=2)
+    assert one != grouped_batches(lengths, 4, world_size=3, rank=1, seed=7, epoch=3)
+    ranks = [grouped_batches(lengths, 4, world_size=3, rank=r, seed=7, epoch=2) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) == 103 // 12
+    seen = [i for r in ranks for b in r for i in b]
+    assert len(seen) == len(set(seen)) == 12 * (103 // 12)                          # each sample at most once
+    assert all(len(b) == 4 for r in ranks for b in r)
+    # step k of every rank comes from one length-sorted global batch: similar lengths on all ranks
+    for step in zip(*ranks):
+        merged = sorted((lengths[i] for b in step for i in b), reverse=True)
+        assert max(merged) == max(lengths[i] for i in step[0] + step[1] + step[2]) and len(merged) == 12
+    assert max(lengths[i] for b in (r[0] for r in ranks) for i in b) == max(
+        lengths[i] for r in ranks for b in r for i in b)                             # longest batch first
+    random_order = torch.randperm(103, generator=g).tolist()[:96]
+    random_batches = [random_order[i:i + 4] for i in range(0, 96, 4)]
+    grouped = [b for r in ranks for b in r]
+    assert padding_efficiency(grouped, lengths) > padding_efficiency(random_batches, lengths)
+
+
+def test_grouped_batches_refuse_too_few_samples():
+    with pytest.raises(ValueError, match="cannot fill a batch"):
+        grouped_batches([5, 6, 7], 2, world_size=2)
+
+
+# ------------------------------------------------------------------------------ options
+
+def test_speed_spec_grammar(monkeypatch):
+    cuda = SpeedOptions.defaults("cuda")
+    assert cuda.fast_head and cuda.index_ffn and cuda.compile_layers and cuda.group_by_length
+    assert not cuda.tf32 and not cuda.liger_rmsnorm
+    assert SpeedOptions.defaults("cpu") == SpeedOptions() == SpeedOptions.none().replace(fast_head=True)
+    assert apply_spec(cuda, "-compile,no-index-ffn,+tf32", "cuda") == cuda.replace(compile_layers=False,
+                                                                                   index_ffn=False, tf32=True)
+    assert apply_spec(cuda, "none,fast-head", "cuda") == SpeedOptions()
+    assert apply_spec(SpeedOptions(), "ce-chunk-rows=7", "cpu").ce_chunk_rows == 7
+    with pytest.raises(SpeedSpecError, match="unknown speed switch 'compiel'"):
+        apply_spec(cuda, "compiel", "cuda")
+    monkeypatch.setenv(ENV_VAR, "none,index-ffn")
+    assert resolve("cpu", "causal-attn") == SpeedOptions.none().replace(index_ffn=True, causal_attn=True)
+    assert resolve("cpu", None, env=False) == SpeedOptions()
+    labels = [label for label, _ in flipped(cuda, ["compile", "tf32", "none"])]
+    assert labels == ["-compile", "+tf32", "none"]
+    assert set(SWITCHES) == set(cuda.to_json()) - {"ce-chunk-rows"}
+
+
+def test_options_travel_with_the_model(ctx):
+    model = _model(ctx, CPU_ALL)
+    assert speed_of(model) == CPU_ALL
+    assert speed_of(_model(ctx)) == SpeedOptions()
+
+
+def test_causal_attention_only_for_right_padding(ctx):
+    assert attention.is_right_padded(torch.tensor([[1, 1, 0], [1, 1, 1]]))
+    assert not attention.is_right_padded(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    assert not attention.is_right_padded(torch.tensor([[1, 0, 1]]))
+    base = speedups.base_model(_model(ctx))
+    assert attention.unsupported_reason(base) is None
+    report = speedups.apply(_model(ctx), SpeedOptions.none().replace(causal_attn=True))
+    assert report["causal_attn"] == "installed"
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    x = torch.zeros(2, 4, base.config.text_config.hidden_size)
+    attention.install(base)
+    assert base._update_causal_mask(left, x, torch.arange(4), None, False) is not None   # upstream's mask
+    assert base._update_causal_mask(torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]), x, torch.arange(4), None,
+                                    False) is None
+
+
+def test_liger_switches_say_what_is_missing(ctx):
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        from custom_impl.kernels import MissingKernelError
+        with pytest.raises(MissingKernelError, match="pip install liger-kernel"):
+            speedups.apply(_model(ctx), SpeedOptions.none().replace(liger_rmsnorm=True))
+    else:
+        pytest.skip("liger-kernel is installed here (its kernels need CUDA: tests/harness/test_gpu_pipelines.py)")
+
+
+@pytest.mark.slow
+def test_training_cli_runs_with_every_switch_and_the_same_first_loss(tmp_path):
+    from tests.custom_impl.train_runner import run_train
+
+    common = ("--max-steps", "2", "--grad-accum", "1", "--batch-size", "2")
+    plain = run_train(tmp_path / "plain", *common, "--speed", "none", nproc=1)
+    fast = run_train(tmp_path / "fast", *common, "--speed", "all,-group-by-length", nproc=1)
+    grouped = run_train(tmp_path / "grouped", *common, "--speed", "all", nproc=1)
+    assert len(plain) == len(fast) == len(grouped) == 2
+    assert math.isclose(fast[0]["loss"], plain[0]["loss"], rel_tol=1e-5)
+    assert plain[0]["rank0_sample_ids"] == fast[0]["rank0_sample_ids"]
+    assert all(math.isfinite(r["loss"]) for r in grouped)
+
+
+def test_training_cli_rejects_an_unknown_switch(capsys):
+    from custom_impl.train import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--speed", "compiel"])
+    assert exc.value.code == 2 and "unknown speed switch 'compiel'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ CUDA (skipped without)
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_defaults_keep_the_bf16_loss_and_gradients(assets, items):
+    """On CUDA (bf16 frozen base, fp32 LoRA): the device defaults (compile included) and, when
+    liger-kernel is installed, its kernels give the plain pipeline's loss within bf16 noise."""
+    from harness.engine.common_config import common_train_config
+    from higgs_common.context import build_context
+
+    from custom_impl.collator import batch_to_device
+
+    ctx = build_context(assets.model, assets.audio_tokenizer, device="cuda")
+    train = common_train_config("cuda")
+    cuda_batches = [batch_to_device(S.collate(items[i:i + 4], ctx), ctx.device) for i in (0, 4)]
+    variants = [SpeedOptions.defaults("cuda")]
+    try:
+        import liger_kernel  # noqa: F401
+        variants.append(SpeedOptions.defaults("cuda").replace(liger_rmsnorm=True, liger_swiglu=True, liger_ce=True))
+        variants.append(SpeedOptions.none().replace(fast_head=True, liger_rmsnorm=True, liger_swiglu=True))
+    except ImportError:
+        pass
+    _, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), cuda_batches, train=train)
+    for opts in variants:
+        _, on_total, on_grads = _accumulate(ctx, opts, cuda_batches, train=train)
+        torch.testing.assert_close(on_total, off_total, rtol=1e-2, atol=1e-3, msg=opts.describe())
+        for name, g in off_grads.items():
+            diff = float((on_grads[name].float() - g.float()).norm())
+            assert diff <= 3e-2 * float(g.float().norm()) + 1e-6, (opts.describe(), name, diff)
