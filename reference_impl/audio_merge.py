@@ -16,8 +16,11 @@ bound to a copy of its module's globals in which `merge_input_ids_with_audio_fea
 another model (the custom pipeline's) running in the same process, thread or not, is unaffected.
 `reference_impl.model.HiggsAudioModelWithLoss.forward` calls it instead of `super().forward`.
 
-Only the audio-OUT embedding is cast, as in the reference: its layouts put every audio in an
-assistant turn (`<|AUDIO_OUT|>`), so an audio-in embedding never reaches the merge there.  With
+The reference casts the audio-OUT embedding: its layouts put every audio in an assistant turn
+(`<|AUDIO_OUT|>`), so an audio-in embedding never reaches the merge there.  Batches of another
+collator can carry one (the benchmark feeds the custom collator's zero-shot batches, voice prompt
+in the `<|AUDIO|>` slot, to both pipelines); `audio_in_embed` gets the same cast so the reference
+runs them under autocast as it runs its own.  No batch of the reference's own layouts is affected.  With
 matching dtypes (fp32 everywhere, e.g. every CPU run and the harness's common configuration) the
 cast is the identity (`Tensor.to` returns the tensor itself), so results are unchanged.
 """
@@ -45,10 +48,11 @@ def merge_input_ids_with_audio_features(*args: Any, **kwargs: Any) -> Any:
     into the merged embedding; everything else is passed through unchanged.
     """
     bound = _MERGE_SIGNATURE.bind(*args, **kwargs)
-    audio_out = bound.arguments.get("audio_out_embed")
     inputs_embeds = bound.arguments["inputs_embeds"]
-    if isinstance(audio_out, torch.Tensor) and audio_out.dtype != inputs_embeds.dtype:
-        bound.arguments["audio_out_embed"] = audio_out.to(inputs_embeds.dtype)
+    for name in ("audio_out_embed", "audio_in_embed"):   # audio_in: foreign batches only (module docstring)
+        emb = bound.arguments.get(name)
+        if isinstance(emb, torch.Tensor) and emb.dtype != inputs_embeds.dtype:
+            bound.arguments[name] = emb.to(inputs_embeds.dtype)
     return UPSTREAM_MERGE(*bound.args, **bound.kwargs)
 
 

@@ -218,14 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         # TrainingArguments already told accelerate "bf16" through the environment: undo both.
         os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
         training_args = dataclasses.replace(training_args, bf16=False)
-    if training_args.n_gpu > 1:
-        # Outside torchrun, HF Trainer wraps the model in nn.DataParallel over every visible GPU, which
-        # scatters the collator's (num_codebooks, T) audio tensors along codebooks and crashes in
-        # upstream `_embed_audio_ids` (train-higgs-audio does the same under `python train.py`).
-        logger.warning("%d GPUs visible outside torchrun: training on %s only (nn.DataParallel would split "
-                       "the (num_codebooks, T) audio tensors along codebooks); launch with torchrun to use "
-                       "all of them", training_args.n_gpu, device)
-        training_args._n_gpu = 1
+    training_args = tr.one_gpu_outside_torchrun(training_args)   # a replace() above rebuilds the devices
     trainer = tr.HiggsAudioTrainer(
         model=model, args=training_args, train_dataset=train_dataset, processing_class=ctx.text_tokenizer,
         data_collator=ExtendedHiggsAudioSampleCollator.from_config(ctx.model_config, ctx.text_tokenizer),

@@ -158,9 +158,10 @@ def build_training_args(train: TrainConfig, output_dir: Path | str, *, device: t
                         report_to: str | list[str] = CLI_DEFAULTS.report_to,
                         logging_dir: Optional[Path | str] = None,
                         disable_tqdm: Optional[bool] = None) -> TrainingArguments:
-    """The reference's TrainingArguments, with the numbers from `train`."""
+    """The reference's TrainingArguments, with the numbers from `train` (one GPU outside torchrun:
+    `one_gpu_outside_torchrun`)."""
     on_cuda = torch.device(device).type == "cuda"
-    return TrainingArguments(
+    return one_gpu_outside_torchrun(TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=num_train_epochs,
         max_steps=max_steps if max_steps is not None else -1,
@@ -186,7 +187,24 @@ def build_training_args(train: TrainConfig, output_dir: Path | str, *, device: t
         seed=train.seed,
         use_cpu=not on_cuda,
         disable_tqdm=disable_tqdm,
-    )
+    ))
+
+
+def one_gpu_outside_torchrun(args: TrainingArguments) -> TrainingArguments:
+    """Train on the first GPU when several are visible and no process group was launched.
+
+    Outside torchrun the HF Trainer wraps the model in `nn.DataParallel` over every visible GPU
+    (``args.n_gpu > 1``), which scatters the collator's (num_codebooks, T) audio tensors along the
+    codebook axis and crashes in upstream `HiggsAudioModel._embed_audio_ids` (train-higgs-audio
+    does the same under ``python train.py``).  Sets ``args._n_gpu = 1`` (a warning says so);
+    torchrun runs (one GPU per process) are untouched.
+    """
+    if args.n_gpu > 1:
+        logger.warning("%d GPUs visible outside torchrun: training on %s only (nn.DataParallel would split the "
+                       "(num_codebooks, T) audio tensors along codebooks); launch with torchrun to use all of them",
+                       args.n_gpu, args.device)
+        args._n_gpu = 1
+    return args
 
 
 def decay_parameter_names(model: torch.nn.Module) -> list[str]:

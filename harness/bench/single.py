@@ -47,9 +47,9 @@ TRAIN_CONFIGS = ("lora-defaults", "lora-common", "full-ft")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Targets checked in the report: custom >= 1.15x reference tokens/s under the "
-                                       "common configuration at no more peak memory; MFU >= 40%% with LoRA; "
-                                       "diff+report <= 10%% of compute; data path >= 5x the GPU's sample rate.")
+                                epilog="Targets checked in the report (issue 17): custom >= 2x reference tokens/s at the same "
+                                       "batch size under the common configuration; best MFU >= 25%; diff+report <= 10% "
+                                       "of compute; data path >= 5x the GPU's sample rate.")
     p.add_argument("--model", type=Path, default=None, help="checkpoint folder (default: embedded tiny)")
     p.add_argument("--audio-tokenizer", type=Path, default=None, help="codec folder (default: embedded tiny)")
     p.add_argument("--build-full", type=Path, default=None, metavar="DIR",
@@ -314,7 +314,7 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
                 "speedup_custom_over_reference": cus["tokens_per_s"] / ref["tokens_per_s"],
                 "peak_memory_ratio_custom_over_reference": (cus["peak_memory_gib"] / ref["peak_memory_gib"]
                                                             if cus.get("peak_memory_gib") and ref.get("peak_memory_gib") else None),
-                "target_speedup_1.15_met": cus["tokens_per_s"] / ref["tokens_per_s"] >= 1.15,
+                "target_speedup_2.0_met": cus["tokens_per_s"] / ref["tokens_per_s"] >= 2.0,
             }
     best = {pipe: max((r for r in ok if r["config"] == "lora-common" and r["pipeline"] == pipe),
                       key=lambda r: r["tokens_per_s"], default=None) for pipe in ("reference", "custom")}
@@ -330,7 +330,7 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     lora_mfu = [r["mfu"] for r in ok if r["config"].startswith("lora") and r.get("mfu")]
     if lora_mfu:
         s["best_lora_mfu"] = max(lora_mfu)
-        s["target_mfu_0.40_met"] = max(lora_mfu) >= 0.40
+        s["target_mfu_0.25_met"] = max(lora_mfu) >= 0.25
     h = res.get("harness")
     if h and h.get("diff_plus_report_over_compute") is not None:
         s["harness_overhead"] = h["diff_plus_report_over_compute"]

@@ -11,7 +11,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def test_twenty_steps_learn_with_finite_audio_loss(tmp_path):
-    recs = run_train(tmp_path / "run", "--max-steps", "20")
+    # Full fine-tune: with LoRA the tiny model's audio head (8 x 1026 codes) stays frozen and random,
+    # and 20 steps move the audio loss by < 0.01 (6.946 -> 6.937, measured; the text loss falls).
+    # Fully fine-tuned, measured 6.944 -> 5.72 (first / last 3-step means) from chance ln(1026) = 6.93.
+    recs = run_train(tmp_path / "run", "--max-steps", "20", "--full-finetune")
     assert [r["step"] for r in recs] == list(range(1, 21))
     for r in recs:
         assert math.isfinite(r["audio_loss"]) and r["audio_loss"] > 0 and r["audio_tokens"] > 0
@@ -19,7 +22,7 @@ def test_twenty_steps_learn_with_finite_audio_loss(tmp_path):
         assert r["rank_weight_checksums"][0] == r["rank_weight_checksums"][1]   # DDP keeps ranks equal
     first = sum(r["audio_loss"] for r in recs[:3]) / 3
     last = sum(r["audio_loss"] for r in recs[-3:]) / 3
-    assert last < first - 0.02, (first, last)
+    assert last < first - 0.5, (first, last)
     assert recs[-1]["loss"] < recs[0]["loss"]
     assert (tmp_path / "run" / "checkpoint-20" / "trainable.pt").is_file()
     assert any((tmp_path / "run" / "tb").iterdir())

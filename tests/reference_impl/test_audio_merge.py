@@ -42,6 +42,23 @@ def test_upstream_merge_fails_on_a_float32_audio_embedding_and_the_reference_mer
         assert (a is None and b is None) or torch.equal(a, b)
 
 
+def test_audio_in_embedding_of_a_foreign_batch_is_cast_too():
+    # [t, <|AUDIO|>, t, <|AUDIO_OUT|>]: a zero-shot batch of the custom collator (voice prompt in the
+    # audio-in slot), as the benchmark feeds it to the reference; 2 audio-in frames, 3 audio-out frames
+    torch.manual_seed(0)
+    input_ids = torch.tensor([[1, AUDIO_IN, 2, AUDIO_OUT]])
+    inputs_embeds = torch.randn(1, 4, 8).to(torch.bfloat16)
+    audio_in, audio_out = torch.randn(2, 8), torch.randn(3, 8)          # float32, as under CUDA autocast
+    args = (None, None, audio_in, torch.tensor([0]), audio_out, torch.tensor([0]), AUDIO_IN, AUDIO_OUT,
+            inputs_embeds, input_ids, torch.ones(1, 4, dtype=torch.long), input_ids.clone())
+    with pytest.raises(RuntimeError, match="Index put requires the source and destination dtypes match"):
+        UPSTREAM_MERGE(*args, pad_token_id=0, round_to=1, left_padding=False)
+    embeds = merge_input_ids_with_audio_features(*args, pad_token_id=0, round_to=1, left_padding=False)[0]
+    assert embeds.dtype == torch.bfloat16 and embeds.shape == (1, 7, 8)   # 4 tokens - 2 placeholders + 5 frames
+    torch.testing.assert_close(embeds[0, 1:3], audio_in.to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(embeds[0, 4:7], audio_out.to(torch.bfloat16), rtol=0, atol=0)
+
+
 def test_upstream_module_is_not_patched():
     assert modeling_higgs_audio.merge_input_ids_with_audio_features is upstream_utils.merge_input_ids_with_audio_features
     assert upstream_utils.merge_input_ids_with_audio_features is UPSTREAM_MERGE

@@ -73,3 +73,16 @@ def test_lora_run_adapter_reload_and_merge(tmp_path, ctx):
     assert not torch.equal(dict(merged.named_parameters())[name], dict(base.named_parameters())[name])
     folded = reloaded.merge_and_unload()
     torch.testing.assert_close(dict(merged.named_parameters())[name], dict(folded.named_parameters())[name])
+
+
+def test_several_gpus_outside_torchrun_train_on_one():
+    # HF Trainer would wrap the model in nn.DataParallel and scatter (num_codebooks, T) audio tensors
+    # along codebooks (seen on a 2-GPU H200 host: "size of tensor a (4) must match ... b (8)").
+    from types import SimpleNamespace
+
+    from reference_impl.trainer import one_gpu_outside_torchrun
+
+    args = SimpleNamespace(n_gpu=2, _n_gpu=2, device="cuda:0")
+    assert one_gpu_outside_torchrun(args) is args and args._n_gpu == 1
+    one = SimpleNamespace(n_gpu=1, _n_gpu=1, device="cuda:0")
+    assert one_gpu_outside_torchrun(one)._n_gpu == 1
