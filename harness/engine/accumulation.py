@@ -182,18 +182,6 @@ def _same(a: dict, b: dict) -> bool:
     return True
 
 
-def _ratio(a: dict, b: dict) -> float | None:
-    """<b, a> / <a, a> over all gradients: the scale of b relative to a (None when undefined)."""
-    num = den = 0.0
-    for k, x in a.items():
-        y = b.get(k)
-        if x is None or y is None:
-            continue
-        num += float((x.double() * y.double()).sum())
-        den += float((x.double() * x.double()).sum())
-    return round(num / den, 6) if den > 0 else None
-
-
 class _models_off_gpu:
     """Park both sides' models on the CPU while DDP workers need the GPUs' memory (full model)."""
 
@@ -212,3 +200,8 @@ class _models_off_gpu:
     def __exit__(self, *exc: Any) -> None:
         for name, dev in self.devices.items():
             self.c.side[name].model.to(dev)
+
+
+def _ratio(a: dict, b: dict) -> float | None:
+    r = X.gradient_ratio(a, b)
+    return round(r, 6) if r is not None else None

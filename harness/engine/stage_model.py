@@ -326,17 +326,6 @@ def expected_grads(c: Any, role: str, batch: Any, term: str = "total") -> dict[s
     return grads
 
 
-def _ratio(expected: dict, actual: dict) -> float | None:
-    num = den = 0.0
-    for k, e in expected.items():
-        a = actual.get(k)
-        if e is None or a is None:
-            continue
-        num += float((e.double() * a.double().to(e.device)).sum())
-        den += float((e.double() * e.double()).sum())
-    return num / den if den > 0 else None
-
-
 def _matches(want: dict, got: dict) -> bool:
     keys = [k for k in want if want[k] is not None or got.get(k) is not None]
     if not keys:
@@ -357,7 +346,7 @@ def grad_hypotheses(c: Any, role: str, batch: Any, expected: dict) -> dict[str, 
     """Which part of the declared loss the side's gradient is the gradient of (text or audio term
     alone), and its overall ratio to the declared gradient."""
     actual = c.side[role].grads or {}
-    out: dict[str, Any] = {"ratio": _ratio(expected, actual)}
+    out: dict[str, Any] = {"ratio": X.gradient_ratio(expected, actual)}
     for term, words in (("text", "the text term alone: the audio term sends no gradient (detached, or computed "
                                  "outside the graph)"),
                         ("audio", "the audio term alone: the text term sends no gradient (detached, or computed "

@@ -145,6 +145,17 @@ _TEXT_TRANSFORMS = (
 )
 
 
+def _transcript_side(f: FieldDiff, x: Facts) -> str:
+    """Which side's transcript departs: the field's own side for a declared check; for a cross check,
+    the side whose declared check of the same transcript and sample diverged too, if only one did."""
+    if f.check == "declared":
+        return f"the {_side(f)} side"
+    base = f.field.split("@", 1)[0]
+    sides = [role for role in ("reference", "custom")
+             if any(g.sample == f.sample for g in x.diverged("dataset", f"{base}@{role}"))]
+    return f"the {sides[0]} side" if len(sides) == 1 else "one side"
+
+
 def _transcript(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "dataset" or "transcript" not in f.field:
         return None
@@ -152,13 +163,13 @@ def _transcript(f: FieldDiff, x: Facts) -> Result:
         for words, fn in _TEXT_TRANSFORMS:
             if fn(f.reference) == f.custom:
                 which = "target" if f.field.startswith("target") else "reference"
-                side = f"the {_side(f)} side" if f.check == "declared" else "the custom side"
+                side = _transcript_side(f, x)
                 return (f"the {which} transcript is {words} on {side} before tokenising, against the declared "
                         "normalisation", _words(f))
     d = _details(f)
     ref_part, cus_part = d.get("reference_part", ""), d.get("custom_part", "")
     which = "target" if f.field.startswith("target") else "reference"
-    side = f"the {_side(f)} side" if f.check == "declared" else "the custom side"
+    side = _transcript_side(f, x)
     if _kind(f) in ("truncation", "extension", "replaced") and len((ref_part or "") + (cus_part or "")) <= 2:
         return (f"the {which} transcript the model reads differs from the declared normalisation of the record by "
                 f"{(ref_part or cus_part)!r} on {side}: a normalisation rule (punctuation, final period, whitespace) "

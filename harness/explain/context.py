@@ -80,3 +80,18 @@ def audio_context(starts: torch.Tensor | None, total: int, *, bos: int, eos: int
 
 def scale_context(scale_sources: Mapping[str, float]) -> Context:
     return Context(scale_sources=dict(scale_sources))
+
+
+def gradient_ratio(expected: Mapping[str, torch.Tensor | None],
+                   actual: Mapping[str, torch.Tensor | None]) -> float | None:
+    """<actual, expected> / <expected, expected> over every parameter both have a gradient for: the
+    least-squares scale of `actual` relative to `expected` (float64; None when `expected` is all zero).
+    A loss scaled by k gives k; a detached term gives the other term's share."""
+    num = den = 0.0
+    for name, e in expected.items():
+        a = actual.get(name)
+        if e is None or a is None:
+            continue
+        num += float((e.double() * a.double().to(e.device)).sum())
+        den += float((e.double() * e.double()).sum())
+    return num / den if den > 0 else None
