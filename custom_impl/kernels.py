@@ -10,6 +10,10 @@ transformers classes, which would change the reference too).
   norms and `torch.where` (liger's in-place backward would overwrite a gradient still in use).
 * SwiGLU: `LlamaMLP.forward` = `down_proj(silu(gate_proj(x)) * up_proj(x))`; liger fuses the
   silu-multiply (forward and backward).  The projections stay peft's LoRA modules.
+* Under the `compile` switch the liger calls run outside the compiled graph
+  (`torch.compiler.disable`, one graph break each): inductor on torch 2.11 fails to re-trace
+  liger's Triton kernels (`InductorError` in `decompose_triton_kernel_wrapper_functional`,
+  measured on an H200 with liger-kernel 0.6), so compiled layers call them eagerly.
 """
 
 from __future__ import annotations
@@ -36,14 +40,25 @@ def liger_functional() -> Any:
     return functional
 
 
-def _liger_rmsnorm_forward(self: LlamaRMSNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+@torch.compiler.disable
+def _rms_norm(hidden_states: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """liger RMSNorm, (..., hidden) -> same shape and dtype; never traced (module docstring)."""
     fn = liger_functional().liger_rms_norm
-    return fn(hidden_states, self.weight, self.variance_epsilon, offset=0.0, casting_mode="llama", in_place=False)
+    return fn(hidden_states, weight, eps, offset=0.0, casting_mode="llama", in_place=False)
+
+
+@torch.compiler.disable
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """liger's fused silu(gate) * up, (..., intermediate); never traced (module docstring)."""
+    return liger_functional().liger_swiglu(gate, up)
+
+
+def _liger_rmsnorm_forward(self: LlamaRMSNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+    return _rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
 
 def _liger_swiglu_forward(self: LlamaMLP, x: torch.Tensor) -> torch.Tensor:
-    fn = liger_functional().liger_swiglu
-    return self.down_proj(fn(self.gate_proj(x), self.up_proj(x)))
+    return self.down_proj(_silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 def install_rmsnorm(base: torch.nn.Module) -> int:

@@ -13,7 +13,7 @@
 # bench.json is rewritten after every run, so what was measured comes back either way.  Variants
 # are in priority order (a budget cut skips the last).
 #
-# Knobs (environment): FULL, BUDGET, HARD_LIMIT, STEPS, WARMUP, BATCHES, VARIANTS, VARIANT_BATCH,
+# Knobs (environment; pass SPECs starting with "-" as they are: the script uses --variants=...): FULL, BUDGET, HARD_LIMIT, STEPS, WARMUP, BATCHES, VARIANTS, VARIANT_BATCH,
 # EPOCH_BATCH, CUSTOM_SPEED (e.g. "default,-compile" for the main custom rows), WHL, and TESTS=1:
 # afterwards, in the time left before 590 s, `pytest -m gpu tests/custom_impl/test_speed.py` (the
 # switches' bf16 loss and gradients on CUDA, tiny checkpoint; ~2 min; e.g. TESTS=1 BUDGET=250).
@@ -29,7 +29,7 @@ BATCHES=${BATCHES:-8,32,max}
 VARIANT_BATCH=${VARIANT_BATCH:-32}
 EPOCH_BATCH=${EPOCH_BATCH:-32}
 CUSTOM_SPEED=${CUSTOM_SPEED:-default}
-VARIANTS=${VARIANTS:-"none;-compile;-fast-head;-fused-adamw;-compile,+liger-rmsnorm,+liger-swiglu;-causal-attn;+tf32;-index-ffn;+liger-rmsnorm,+liger-swiglu"}
+VARIANTS=${VARIANTS:-"none;-compile;-fast-head;-fused-adamw;-compile,+liger-rmsnorm,+liger-swiglu;-causal-attn;-tf32;-index-ffn;+liger-rmsnorm,+liger-swiglu"}
 res=reports/bench/$name
 mkdir -p "$res"
 export PYTHONUNBUFFERED=1
@@ -48,7 +48,7 @@ python3 -c "import liger_kernel" 2>/dev/null && echo "liger-kernel importable" |
 
 timeout --signal=KILL "$((HARD_LIMIT - SECONDS))" python3 -m harness.bench --build-full "$FULL" --sections train \
     --configs lora-common --batch-sizes "$BATCHES" --max-batch 256 --steps "$STEPS" --warmup "$WARMUP" \
-    --no-flop-count --custom-speed "$CUSTOM_SPEED" --variants "$VARIANTS" --variant-batch "$VARIANT_BATCH" \
+    --no-flop-count --custom-speed="$CUSTOM_SPEED" --variants="$VARIANTS" --variant-batch "$VARIANT_BATCH" \
     --epoch-batch "$EPOCH_BATCH" --deadline-s "$BUDGET" --out "$res" 2>&1 | tee "$res/bench.log"
 status=${PIPESTATUS[0]}
 echo "harness.bench exit status $status" | tee -a "$res/bench.log"

@@ -298,11 +298,11 @@ def test_grouped_batches_refuse_too_few_samples():
 
 def test_speed_spec_grammar(monkeypatch):
     cuda = SpeedOptions.defaults("cuda")
-    assert cuda.fast_head and cuda.index_ffn and cuda.compile_layers and cuda.group_by_length
-    assert not cuda.tf32 and not cuda.liger_rmsnorm
+    assert cuda.fast_head and cuda.index_ffn and cuda.compile_layers and not cuda.group_by_length
+    assert cuda.tf32 and not cuda.liger_rmsnorm and not SpeedOptions.all().tf32
     assert SpeedOptions.defaults("cpu") == SpeedOptions() == SpeedOptions.none().replace(fast_head=True)
-    assert apply_spec(cuda, "-compile,no-index-ffn,+tf32", "cuda") == cuda.replace(compile_layers=False,
-                                                                                   index_ffn=False, tf32=True)
+    assert apply_spec(cuda, "-compile,no-index-ffn,-tf32", "cuda") == cuda.replace(compile_layers=False,
+                                                                                   index_ffn=False, tf32=False)
     assert apply_spec(cuda, "none,fast-head", "cuda") == SpeedOptions()
     assert apply_spec(SpeedOptions(), "ce-chunk-rows=7", "cpu").ce_chunk_rows == 7
     with pytest.raises(SpeedSpecError, match="unknown speed switch 'compiel'"):
@@ -311,7 +311,7 @@ def test_speed_spec_grammar(monkeypatch):
     assert resolve("cpu", "causal-attn") == SpeedOptions.none().replace(index_ffn=True, causal_attn=True)
     assert resolve("cpu", None, env=False) == SpeedOptions()
     labels = [label for label, _ in flipped(cuda, ["compile", "tf32", "none"])]
-    assert labels == ["-compile", "+tf32", "none"]
+    assert labels == ["-compile", "-tf32", "none"]
     assert set(SWITCHES) == set(cuda.to_json()) - {"ce-chunk-rows"}
 
 
