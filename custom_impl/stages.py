@@ -138,14 +138,27 @@ def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
             for n, p in _model.trainable_named_parameters(model)}
 
 
-def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext, train: TrainConfig) -> dict[str, torch.Tensor]:
-    """Clip to train.max_grad_norm (as the training loop does), optimizer step, zero grads; returns
-    the trainable parameters."""
-    params = [p for _, p in _model.trainable_named_parameters(model)]
-    if train.max_grad_norm and train.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+def optimizer_update(params: list[torch.Tensor], optimizer: Any, scheduler: Any | None, train: TrainConfig) -> float:
+    """One optimizer update of the custom pipeline, the ONE copy every caller runs (the training
+    CLI's loop, `ddp_run`, the stage contract's `step`): clip the global L2 norm of the gradients
+    to `train.max_grad_norm` (no clipping when it is 0 or unset), AdamW step, scheduler step (when
+    given), zero the gradients.  Returns the gradient norm before clipping (a Python float: one
+    host sync).  Follows upstream boson-ai/higgs-audio trainer and HF Trainer's order (clip, step,
+    schedule, zero)."""
+    max_norm = train.max_grad_norm if train.max_grad_norm and train.max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext, train: TrainConfig,
+         scheduler: Any | None = None) -> dict[str, torch.Tensor]:
+    """`optimizer_update`, the training loop's own update (with `scheduler` when the caller hands it
+    over, else the caller steps it); returns the trainable parameters."""
+    optimizer_update([p for _, p in _model.trainable_named_parameters(model)], optimizer, scheduler, train)
     return {n: p.detach().clone() for n, p in _model.trainable_named_parameters(model)}
 
 
@@ -274,10 +287,7 @@ def _accumulation_run(rank: int, world_size: int, ctx: StageContext, train: Trai
         losses.append(float(share))
         if step_no == 1:
             result["grads"] = {k: (None if v is None else v.cpu()) for k, v in grads_of(wrapped).items()}
-        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_update(params, optimizer, scheduler, train)
         if step_no == 1:
             result["params"] = {n: p.detach().cpu().clone() for n, p in _model.trainable_named_parameters(wrapped)}
     result["losses"] = torch.tensor(losses, dtype=torch.float64)

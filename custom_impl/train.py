@@ -428,11 +428,8 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
                 check_grads_flow(_model.trainable_named_parameters(model), step=step, sample_ids=flat_ids,
                                  losses=_loss_terms(lbs[-1]))
             params = [p for _, p in _model.trainable_named_parameters(model)]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm))
             lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = S.optimizer_update(params, optimizer, scheduler, train)
             rec = step_record(model, step, lbs, lr, grad_norm, [i for g in ids for i in g], info, info.device,
                               time.perf_counter() - t0)
             if info.is_main:

@@ -20,7 +20,10 @@ module-level names (`REQUIRED_CONTRACT`):
     make_optimizer(model, train) -> (optimizer, scheduler)   # a torch optimizer and LR scheduler
     step(model, optimizer, ctx, train) -> dict[str, Tensor]  # clip to train.max_grad_norm, optimizer.step(),
                                                              # zero_grad; returns trainable params (the
-                                                             # caller steps the scheduler, as HF Trainer does)
+                                                             # caller steps the scheduler, as HF Trainer does,
+                                                             # unless step takes a `scheduler=` keyword: then
+                                                             # the harness hands it over and the adapter's own
+                                                             # update order runs)
     effective_config(ctx, train) -> dict[str, Any]   # settings for the configuration stage
 
 Optional names: `VERSION` (str, shown in reports), `FAULTS` (name -> object with `stage` and

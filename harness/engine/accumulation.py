@@ -8,7 +8,10 @@ ranks, must give the gradients of one batch of k*b):
 * under DDP: `--ddp-world-size` ranks x `--ddp-grad-accum` micro-batches (NCCL on CUDA with enough
   GPUs, gloo processes otherwise) vs one process, for `--ddp-steps` optimizer steps.
 
-Backward-stage fields: `accum_grad/<param>` and `ddp_rank{r}_grad/<param>` (step-1 gradients after
+Backward-stage fields: `train_path_grad/<param>` (the hook's single-process, one-micro-batch
+gradients against the side's own stage-contract forward/loss/backward on the same global batch:
+code only the training loop runs, e.g. the gathered text head, must compute the declared loss),
+`accum_grad/<param>` and `ddp_rank{r}_grad/<param>` (step-1 gradients after
 the all-reduce).  Step-stage fields: `ddp_equal_rank{r}_param/<param>` (rank r bit-identical to
 rank 0 after step 1), `ddp_rank{r}_param/<param>` (vs one process, within the tolerance propagated
 through AdamW's first update: `harness.engine.tolerance.adamw_update_bound`) and
@@ -75,6 +78,11 @@ def backward_fields(c: Any) -> tuple[list, float]:
     n_tokens = _tokens(c, items)
     spec_for = _grad_spec(c, n_tokens)
     fields = c.fields.compare_mapping("backward", "accum_grad", single.grads, accum.grads, spec_for)
+    # The training path (the hook's loop: its own loss reduction, the speed switches' gathered text
+    # head) against the side's stage-contract forward/loss/backward on the same global batch.
+    contract, contract_s = contract_gradients(c, "custom", items)
+    compute += contract_s
+    fields = c.fields.compare_mapping("backward", "train_path_grad", contract, single.grads, spec_for) + fields
     unsynced = []
     for r, res in enumerate(runs.get("ddp", [])):
         rf = c.fields.compare_mapping("backward", f"ddp_rank{r}_grad", single.grads, res.grads, spec_for)
@@ -86,12 +94,32 @@ def backward_fields(c: Any) -> tuple[list, float]:
     accum_diverged = any(f.unexpected for f in fields if f.field.startswith("accum_grad/"))
     c.evidence["accumulation"] = {"micro_batches": len(items), "accum_diverged": accum_diverged,
                                   "grad_ratio": _ratio(single.grads, accum.grads)}
+    if accum_diverged:
+        c.evidence["accumulation"]["lone_micro_batch"] = c.gather(
+            "which micro-batch the accumulated gradient is", lambda: _lone_micro_batch(c, items, accum.grads))
+    if any(f.unexpected for f in fields if f.field.startswith("train_path_grad/")):
+        c.evidence["train_path"] = {"grad_ratio": _ratio(contract, single.grads),
+                                    "cosine": _cosine(contract, single.grads), "samples": len(items)}
     if ranks:
         c.evidence["ddp"] = {"world_size": world, "ranks_agree": ranks_agree, "unsynced_ranks": unsynced,
                              "backend": backend, "grad_accum": max(2, c.options.ddp_grad_accum), "steps": steps,
                              "global_batch": len(items), "grad_ratio": _ratio(single.grads, ranks[0].grads),
                              "rank_ratio": _ratio(ranks[0].grads, ranks[-1].grads)}
     return fields, compute
+
+
+def contract_gradients(c: Any, role: str, items: list) -> tuple[dict[str, torch.Tensor | None], float]:
+    """`role`'s stage-contract collate -> forward -> loss -> backward on `items` as ONE batch, on the
+    side's model (trainables at the harness's initial values); gradients on the CPU, and seconds."""
+    from harness.engine.runner import to_device
+
+    st, mod = c.side[role], c.mod(role)
+    t0 = time.perf_counter()
+    batch = to_device(mod.collate(items, st.ctx), st.ctx.device)
+    st.model.zero_grad(set_to_none=True)
+    grads = mod.backward(mod.loss(mod.forward(st.model, batch, st.ctx), batch, st.ctx), st.model)
+    st.model.zero_grad(set_to_none=True)
+    return {k: (None if v is None else v.detach().cpu()) for k, v in grads.items()}, time.perf_counter() - t0
 
 
 def _grad_tol(c: Any, n_tokens: int, g: torch.Tensor | None) -> TOL.Tolerance:
@@ -200,6 +228,33 @@ class _models_off_gpu:
     def __exit__(self, *exc: Any) -> None:
         for name, dev in self.devices.items():
             self.c.side[name].model.to(dev)
+
+
+def _flat(g: dict) -> torch.Tensor:
+    parts = [v.detach().float().reshape(-1).cpu() for _k, v in sorted(g.items()) if v is not None]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _cosine(a: dict, b: dict) -> float | None:
+    """Cosine between two gradients (all parameters as one vector); None when either is empty or zero."""
+    keys = sorted(k for k in a if a[k] is not None and b.get(k) is not None)
+    if not keys:
+        return None
+    x, y = _flat({k: a[k] for k in keys}), _flat({k: b[k] for k in keys})
+    nx, ny = float(x.norm()), float(y.norm())
+    return round(float(x @ y) / (nx * ny), 6) if nx > 0 and ny > 0 else None
+
+
+def _lone_micro_batch(c: Any, items: list, accum: dict) -> dict | None:
+    """The micro-batch (first or last sample of the global batch) whose gradient ALONE points the way
+    the accumulated one does (cosine > 0.9999): the others were lost (zero_grad inside the loop,
+    gradients overwritten).  None when neither does."""
+    for i in (len(items) - 1, 0):
+        lone, _s = contract_gradients(c, "custom", [items[i]])
+        cos = _cosine(lone, accum)
+        if cos is not None and cos > 0.9999:
+            return {"index": i, "of": len(items), "cosine": cos}
+    return None
 
 
 def _ratio(a: dict, b: dict) -> float | None:

@@ -235,7 +235,10 @@ class Comparison:
         last = max((flow.index(s) for s in wanted if s in flow), default=-1)
         order = flow[: last + 1] + (["config"] if "config" in wanted else [])
         results: list[StageResult] = []
+        failed = False
         for stage in order:
+            if failed and stage != "config":
+                continue      # the data flow is broken; config (not in the flow) still explains the run
             self.say(f"stage {stage}")
             try:
                 res = runners[stage](self)
@@ -247,7 +250,8 @@ class Comparison:
                     raise cause from exc
                 log.exception("stage %s failed", stage)
                 results.append(StageResult(stage, "error", [], error=f"{type(exc).__name__}: {exc}"))
-                break
+                failed = True
+                continue
             res.refresh_status()
             if stage in wanted:
                 results.append(res)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from harness.engine import wiring
 from harness.engine.fields import FieldSpec
 from harness.engine.tolerance import Tolerance
 from harness.report.model import StageResult
@@ -144,4 +145,28 @@ def run_config(c: Any) -> StageResult:
             src = conv[role] if key in ckeys else train[role]
             fields.append(c.fields.compare("config", f"{key}@{role}", fn(src), flat.get(key, ABSENT),
                                            FieldSpec(tol=EXACT, check="declared", side=role)))
-    return StageResult("config", "ok", fields, 0.0, time.perf_counter() - t0)
+    compute = 0.0
+    for role in ("reference", "custom"):
+        wf, dt = _wiring_fields(c, role, train[role])
+        fields += wf
+        compute += dt
+    return StageResult("config", "ok", fields, compute, time.perf_counter() - t0 - compute)
+
+
+def _wiring_fields(c: Any, role: str, recipe: TrainConfig) -> tuple[list, float]:
+    """`lora_built.<key>@<role>`: what the side's build_model builds from its own recipe, against
+    what the recipe asks for (`harness.engine.wiring`).  A build that raises is a divergence too."""
+    t0 = time.perf_counter()
+    try:
+        info = wiring.probe(c.mod(role), wiring.probe_context(c.side[role].ctx), recipe)
+    except Exception as exc:  # noqa: BLE001 - reported as a diverged field naming the exception, never silent
+        err = f"{type(exc).__name__}: {exc}"
+        c.evidence.setdefault("wiring", {})[role] = {"error": err}
+        field = c.fields.compare("config", f"lora_built.builds@{role}", "builds", err[:300],
+                                 FieldSpec(tol=EXACT, check="declared", side=role))
+        return [field], time.perf_counter() - t0
+    c.evidence.setdefault("wiring", {})[role] = info
+    fields = [c.fields.compare("config", f"lora_built.{key}@{role}", info["requested"][key], info["built"][key],
+                               FieldSpec(tol=EXACT, check="declared", side=role))
+              for key in ("r", "scaling", "dropout", "targets", "init_repeatable")]
+    return fields, time.perf_counter() - t0

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any
@@ -257,6 +258,7 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
     names = sorted(params)
     owners = _owner_types(model)
     opt, sched = mod.make_optimizer(model, train)
+    takes_scheduler = "scheduler" in inspect.signature(mod.step).parameters
     max_norm = float(opt_decl.get("max_grad_norm", train.max_grad_norm) or 0.0)
     # the independent twin
     twin = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
@@ -290,8 +292,11 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
                 params[n].grad = synth[n].to(params[n].device, params[n].dtype)
                 twin[n].grad = synth[n].to(twin[n].device, twin[n].dtype)
         clip = TOL.clip_coefficient(list(synth.values()), max_norm)
-        after = mod.step(model, opt, st.ctx, train)
-        sched.step()
+        if takes_scheduler:        # the adapter's own update order (clip, step, schedule) runs
+            after = mod.step(model, opt, st.ctx, train, scheduler=sched)
+        else:
+            after = mod.step(model, opt, st.ctx, train)
+            sched.step()
         if max_norm > 0:
             torch.nn.utils.clip_grad_norm_([twin[n] for n in names], max_norm)
         twin_before = {n: t.detach().clone() for n, t in twin.items()}
@@ -300,6 +305,10 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
         twin_opt.zero_grad(set_to_none=True)
         got = {n: after[n].detach() - before[n] for n in names if n in after}
         want = {n: twin[n].detach() - twin_before[n] for n in names}
+        if role not in c.evidence.get("native_schedule", {}):
+            hyp = _schedule_order(got, want, names, lr_k[0], float(twin_opt.param_groups[0]["lr"]), k)
+            if hyp is not None:
+                c.evidence.setdefault("native_schedule", {})[role] = hyp
         clipped = {n: clip * synth[n] for n in names}
         b = bounds.step(clipped, {n: eps_clip * g.abs() for n, g in clipped.items()}, lr=lr_k[0], wd=wd,
                         theta_old=twin_before, theta_new={n: twin[n].detach() for n in names})
@@ -313,6 +322,21 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
                                    type(opt).__name__, FieldSpec(tol=EXACT, check="declared", side=role)))
     del model
     return fields
+
+
+def _schedule_order(got: dict, want: dict, names: list[str], lr_now: float, lr_next: float, k: int) -> dict | None:
+    """Evidence that a side's update at step k used the schedule's NEXT learning rate (the scheduler
+    stepped before the optimizer): AdamW's update is linear in the lr, so it equals the declared
+    update times lr_next / lr_now; at an lr of 0 (warmup from zero) the declared update is 0."""
+    g, w = _flat(got, names).double(), _flat(want, names).double()
+    if g.shape != w.shape or torch.allclose(g, w, rtol=1e-4, atol=1e-12) or lr_next == lr_now:
+        return None
+    out = {"step": k, "lr_declared": lr_now, "lr_next": lr_next}
+    if lr_now == 0.0 and float(w.abs().max()) == 0.0 and float(g.abs().max()) > 0.0:
+        return out
+    if lr_now > 0.0 and torch.allclose(g, w * (lr_next / lr_now), rtol=1e-3, atol=1e-12):
+        return out
+    return None
 
 
 def _lr_curve_field(c: Any, role: str, train: TrainConfig, kind: str, base_lr: float) -> Any:

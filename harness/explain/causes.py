@@ -110,7 +110,12 @@ def _codes_of_other_sample(f: FieldDiff, x: Facts) -> Result:
             other = ref_view.get(key)
             if other is not None and other.shape == got.shape and bool((other == got).all()) and (sid, key) != (f.sample, f.field):
                 what = "target" if key == "target_audio_codes" else "reference clip"
-                return (f"the custom {f.field.replace('_codes', '').replace('_', ' ')} of sample {f.sample!r} is the "
+                mine_name = f.field.replace('_codes', '').replace('_', ' ')
+                if sid == f.sample:
+                    return (f"the custom {mine_name} of sample {f.sample!r} is that same record's {what}: the target "
+                            "and voice-prompt (reference) clips are swapped, or one clip's path is read for both",
+                            f"custom codes equal the reference side's {key} of the same sample")
+                return (f"the custom {mine_name} of sample {f.sample!r} is the "
                         f"{what} of sample {sid!r}: audio paired with the wrong record (index/ordering bug)",
                         f"custom codes equal the reference side's {key} of {sid!r}")
     return None
@@ -156,6 +161,21 @@ def _transcript_side(f: FieldDiff, x: Facts) -> str:
     return f"the {sides[0]} side" if len(sides) == 1 else "one side"
 
 
+def _common_cut(f: FieldDiff, x: Facts) -> tuple[int, int] | None:
+    """(n, samples) when every diverged sample of this transcript field is the other side's text cut
+    to the same n characters, over at least two samples; else None."""
+    lengths, count = set(), 0
+    for g in x.diverged("dataset", f.field.split("@", 1)[0]):
+        if g.field != f.field or not (isinstance(g.reference, str) and isinstance(g.custom, str)):
+            continue
+        short, long_ = sorted((g.reference, g.custom), key=len)
+        if short == long_ or not long_.startswith(short):
+            return None
+        lengths.add(len(short))
+        count += 1
+    return (lengths.pop(), count) if count >= 2 and len(lengths) == 1 else None
+
+
 def _transcript(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "dataset" or "transcript" not in f.field:
         return None
@@ -170,6 +190,11 @@ def _transcript(f: FieldDiff, x: Facts) -> Result:
     ref_part, cus_part = d.get("reference_part", ""), d.get("custom_part", "")
     which = "target" if f.field.startswith("target") else "reference"
     side = _transcript_side(f, x)
+    cut = _common_cut(f, x)
+    if cut is not None:
+        n, count = cut
+        return (f"the {which} transcripts are cut to their first {n} characters on {side} ({count} samples): a "
+                "maximum-length truncation of the text before tokenising", _words(f))
     if _kind(f) in ("truncation", "extension", "replaced") and len((ref_part or "") + (cus_part or "")) <= 2:
         return (f"the {which} transcript the model reads differs from the declared normalisation of the record by "
                 f"{(ref_part or cus_part)!r} on {side}: a normalisation rule (punctuation, final period, whitespace) "
@@ -261,6 +286,41 @@ def _declared_collator(f: FieldDiff, x: Facts) -> Result:
                 f"trained turns are {'masked' if f.custom is True else 'kept' if f.custom is False else f.custom}",
                 f"declared {f.reference}, actual {f.custom}")
     return None
+
+
+def _batch_order(f: FieldDiff, x: Facts) -> Result:
+    """Collator fields of a batch whose rows are the same samples in another order."""
+    if f.stage != "collator":
+        return None
+    rows = [g for g in x.diverged("collator", "") if _kind(g) == "permutation" and _rel(g).get("axis") == "sample"]
+    if not rows:
+        return None
+    order = _details(rows[0]).get("order")
+    names = ", ".join(g.field for g in rows[:3])
+    return (f"the {_side(f)} collator reorders the samples: batch row i holds item order[i] instead of item i, order = {order} "
+            "(sorted by length, shuffled or grouped inside collate), so every per-sample field and the concatenated "
+            "audio segments come in another order than the items given",
+            f"{names}: the rows are the reference's in the order {order}")
+
+
+def _collator_settings(f: FieldDiff, x: Facts) -> Result:
+    """A collator divergence while the collators themselves are built with undeclared different settings
+    (the config stage reads them off the collator objects)."""
+    if f.stage != "collator":
+        return None
+    keys = [g for g in x.diverged("config", "collator.") if g.check == "cross"]
+    if not keys:
+        return None
+    pairs = {g.field.split(".", 1)[1]: (g.reference, g.custom) for g in keys}
+    ids = {k: v for k, v in pairs.items() if k.endswith("token_id")}
+    swapped = [(a, b) for a in ids for b in ids if a < b and ids[a][0] == ids[b][1] and ids[a][1] == ids[b][0]]
+    if swapped:
+        a, b = swapped[0]
+        return (f"the custom collator is built with {a} and {b} swapped ({a} = {ids[a][1]!r}, {b} = {ids[b][1]!r}): "
+                "the streams those ids select trade places in the batch", f"config: {a} {ids[a]}, {b} {ids[b]}")
+    shown = "; ".join(f"{k} = {v[1]!r} (reference {v[0]!r})" for k, v in list(pairs.items())[:3])
+    return (f"the custom collator is built with undeclared different settings: {shown}",
+            f"config stage: {', '.join(g.field for g in keys[:5])}")
 
 
 def _all_labels_ignored(f: FieldDiff, x: Facts) -> Result:
@@ -599,9 +659,30 @@ def _accumulation(f: FieldDiff, x: Facts) -> Result:
     if ratio is not None and k and math.isclose(ratio, 1.0 / k, rel_tol=1e-3):
         return (f"gradient accumulation: {k} micro-batches give 1/{k} of the one-batch gradient: the loss is divided "
                 "by the number of micro-batches on top of a global normalisation", f"gradient ratio {ratio}")
+    lone = ev.get("lone_micro_batch")
+    if isinstance(lone, dict) and lone.get("index") is not None:
+        which = "last" if lone["index"] == lone["of"] - 1 else "first"
+        return (f"gradient accumulation keeps only the {which} micro-batch's gradient: the gradients are cleared "
+                "(zero_grad) inside the micro-batch loop, or overwritten instead of accumulated",
+                f"the accumulated gradient points along micro-batch {lone['index']}'s gradient alone (cosine "
+                f"{lone['cosine']}) of {lone['of']}; overall ratio to one batch {ratio}")
     return ("gradient accumulation is not equivalent to one batch: each micro-batch is normalised by its own "
             "supervised-token count (or mean) instead of the global count over all micro-batches",
             f"k={k} micro-batches vs one batch; overall gradient ratio {ratio}")
+
+
+def _train_path(f: FieldDiff, x: Facts) -> Result:
+    if not f.field.startswith("train_path_grad/"):
+        return None
+    ev = x.evidence.get("train_path", {})
+    ratio, cos = ev.get("grad_ratio"), ev.get("cosine")
+    how = (f"scaled by {ratio}" if ratio is not None and cos is not None and cos > 0.9999
+           else f"in another direction (cosine {cos}, ratio {ratio})")
+    return ("the custom training loop's gradient is not the gradient of the side's own declared loss on the same "
+            f"batch ({how}): code only the training path runs computes another loss (the loop's loss reduction or "
+            "normalisation, the gathered text head of the fast-head speed switch, a term added or dropped there)",
+            f"one micro-batch of {ev.get('samples')} samples through the training loop vs the stage-contract "
+            "forward/loss/backward")
 
 
 def _ddp(f: FieldDiff, x: Facts) -> Result:
@@ -676,9 +757,14 @@ def _step(f: FieldDiff, x: Facts) -> Result:
                 return ("gradient clipping does not act on the custom side: the optimizer state holds the unclipped "
                         f"gradient (x{factor}, the clip factor ||g||/max_grad_norm = {clip_factor:g}); clipping is "
                         "missing or runs after optimizer.step()", _words(m))
-            return (f"the gradient that reaches the custom optimizer is {factor}x the one given: gradient clipping "
-                    "(threshold or norm type) or an extra normalisation differs", _words(m))
-        return ("the gradient that reaches the custom optimizer differs from the one given: gradient clipping (norm "
+            if clip_factor and factor and math.isclose(1.0 / factor, clip_factor, rel_tol=1e-2):
+                return ("gradient clipping does not act on the reference side: its optimizer state holds the unclipped "
+                        f"gradient (custom / reference = {factor}, 1 / the clip factor ||g||/max_grad_norm = "
+                        f"{clip_factor:g}); clipping is missing or runs after optimizer.step()", _words(m))
+            return (f"the gradients that reach the two optimizers differ by a factor (custom / reference = {factor}) "
+                    "for the same given gradient: gradient clipping (threshold or norm type) or an extra normalisation "
+                    "differs on one side (the ratio alone does not say which)", _words(m))
+        return ("the gradient that reaches one optimizer differs from the one given: gradient clipping (norm "
                 "type, threshold, which parameters) or a transformation before the step", _words(m))
     if update is not None:
         return ("same gradients, same optimizer state, different update: the step itself differs (weight decay "
@@ -696,11 +782,54 @@ def _native(f: FieldDiff, x: Facts) -> Result:
                 f"(warmup/decay): {where}", _words(f))
     if f.field.endswith("optimizer_class"):
         return (f"the {side} optimizer class is {f.custom}, its effective_config declares {f.reference}", "")
+    order = (x.evidence.get("native_schedule") or {}).get(side)
+    if order is not None:
+        return (f"the {side} side steps the learning-rate scheduler before the optimizer: its update at step "
+                f"{order['step']} uses the schedule's next value ({order['lr_next']:.6g}) instead of "
+                f"{order['lr_declared']:.6g} (scheduler.step() ahead of optimizer.step(): the order is wrong)",
+                "the update equals the declared one at the next step's learning rate")
     return (f"the {side} optimizer step does not do what its effective_config declares (lr, betas, eps, weight decay "
             "and its no-decay groups, or gradient clipping)", _words(f))
 
 
 # ---------------------------------------------------------------------------------- config
+
+
+def _wiring(f: FieldDiff, x: Facts) -> Result:
+    """`lora_built.*`: what build_model built from the side's own recipe (`harness.engine.wiring`)."""
+    if f.stage != "config" or not f.field.startswith("lora_built."):
+        return None
+    key, side = _name(f).split(".", 1)[1], f.side or "custom"
+    want, got = f.reference, f.custom
+    ev = f"requested {want!r}, built {got!r} (the side's DEFAULT_TRAIN with LoRA on, on the tiny checkpoint)"
+    if key == "builds":
+        return (f"the {side} side's build_model raises on its own training recipe: {got}", ev)
+    if key == "targets":
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        parts = []
+        if missing:
+            parts.append(f"requested LoRA target(s) {missing} wrap no module of the model: peft skips a name that "
+                         "matches nothing, so those projections train without adapters (a typo, or another "
+                         "architecture's module naming)")
+        if extra:
+            parts.append(f"module(s) {extra} get LoRA adapters although the recipe does not ask for them "
+                         "(target list hard-coded or extended in build_model)")
+        return (f"the {side} side's " + "; ".join(parts), ev)
+    if key == "init_repeatable":
+        first = (x.evidence.get("wiring", {}).get(side) or {}).get("first_difference")
+        return (f"the {side} side's build_model does not seed its random initialisation: the adapters' initial "
+                "values depend on the RNG state before the call (train.seed is ignored), so two runs with the same "
+                "seed start from different weights", f"two builds after different RNG states differ first at {first!r}")
+    words = {"r": "the LoRA rank r is not what the recipe asks: lora_r not passed to LoraConfig (peft's default 8) "
+                  "or overridden",
+             "scaling": "the LoRA scaling is not lora_alpha / r: lora_alpha not passed to LoraConfig (peft's default "
+                        "8), rsLoRA (alpha / sqrt(r)) switched on, or another r or alpha used",
+             "dropout": "the LoRA dropout is not what the recipe asks: lora_dropout not passed to LoraConfig (peft's "
+                        "default 0.0) or overridden"}
+    if key in words:
+        return (f"the {side} side's build_model: {words[key]}", ev)
+    return None
 
 
 def _config(f: FieldDiff, x: Facts) -> Result:
@@ -724,9 +853,9 @@ def _generic_declared(f: FieldDiff, x: Facts) -> Result:
 
 RULES: tuple[Rule, ...] = (
     _target_is_reference_clip, _codes_of_other_sample, _codes_length, _transcript, _text_supervision,
-    _declared_dataset, _declared_collator, _all_labels_ignored, _audio_labels, _collator_text, _random_layers,
+    _declared_dataset, _declared_collator, _batch_order, _collator_settings, _all_labels_ignored, _audio_labels, _collator_text, _random_layers,
     _lora_init, _trainable_set, _forward_labels, _forward_values, _no_shift_audio, _no_shift_text, _zero_term, _loss_hypothesis, _loss_scale, _loss_positions, _no_grad,
-    _rounding_only, _grad_values, _accumulation, _ddp, _step, _native, _config, _generic_declared,
+    _rounding_only, _grad_values, _train_path, _accumulation, _ddp, _step, _native, _wiring, _config, _generic_declared,
 )
 
 

@@ -55,8 +55,9 @@ def _rows(starts: torch.Tensor | None, n: int, scope: str, offset: int, device: 
 
 
 def audio_map_hypotheses(audio_logits: torch.Tensor, labels: torch.Tensor, starts: torch.Tensor | None,
-                         conv: LossConventions) -> dict[str, PositionCE]:
-    """Per-position audio CE under the declared alignment and its usual misreadings."""
+                         conv: LossConventions, actual: torch.Tensor | None = None) -> dict[str, PositionCE]:
+    """Per-position audio CE under the declared alignment and its usual misreadings (label smoothing
+    fitted to the side's `actual` map when given)."""
     labels = labels.to(audio_logits.device)
     n = audio_logits.shape[0]
     dev = audio_logits.device
@@ -78,10 +79,71 @@ def audio_map_hypotheses(audio_logits: torch.Tensor, labels: torch.Tensor, start
     declared = out["declared"]
     keep = declared.mask & (labels.T != eos)
     out["the stream EOS left unsupervised (its labels masked)"] = PositionCE(declared.values * keep, keep)
+    smooth = fitted_smoothing(declared, _audio_uniform(audio_logits, labels, starts, conv.audio_shift_scope), actual)
+    if smooth is not None:
+        out[smooth[0]] = smooth[1]
     return out
 
 
-def text_map_hypotheses(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, PositionCE]:
+def fitted_smoothing(declared: PositionCE, uniform: torch.Tensor, actual: torch.Tensor | None
+                     ) -> tuple[str, PositionCE] | None:
+    """Label smoothing with the epsilon that best explains `actual` (least squares), as a hypothesis map.
+
+    torch's `cross_entropy(..., label_smoothing=e)` is (1 - e) * CE + e * U per position, U the mean
+    over the classes of -log p.  `declared` is the plain CE map, `uniform` U at the same positions
+    (same shape, 0 where unsupervised), `actual` the side's map (NaN where unsupervised).  None when
+    no epsilon in (0, 1) is suggested; `match_map` then decides whether the fitted map reproduces it.
+    """
+    if actual is None or actual.shape != declared.mask.shape:
+        return None
+    actual = actual.to(declared.values.device).float()
+    m = declared.mask & ~torch.isnan(actual)
+    if not bool(m.any()):
+        return None
+    ce, u = declared.values.detach()[m].double(), uniform[m].double()
+    d = u - ce
+    denom = float((d * d).sum())
+    if denom == 0.0:
+        return None
+    eps = float((d * (actual[m].double() - ce)).sum()) / denom
+    if not 1e-4 < eps < 1.0:
+        return None
+    values = torch.where(declared.mask, (1.0 - eps) * declared.values.detach() + eps * uniform,
+                         torch.zeros_like(uniform))
+    return (f"label smoothing {eps:.3g} (cross_entropy(..., label_smoothing={eps:.3g}): the targets are not one-hot)",
+            PositionCE(values, declared.mask))
+
+
+def _text_uniform(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """U = -mean_v log_softmax(logits[t-1])_v at every supervised text position t (B, L), 0 elsewhere."""
+    b, length = labels.shape
+    out = logits.new_zeros((b, length), dtype=torch.float32)
+    if length > 1:
+        sup = labels[:, 1:] != IGNORE
+        if bool(sup.any()):
+            rows = logits[:, :-1][sup].float()                                     # (n, V)
+            body = out[:, 1:].clone()
+            body[sup] = -torch.log_softmax(rows, dim=-1).mean(-1)
+            out = torch.cat([out[:, :1], body], dim=1)
+    return out
+
+
+def _audio_uniform(audio_logits: torch.Tensor, labels: torch.Tensor, starts: torch.Tensor | None,
+                   scope: str) -> torch.Tensor:
+    """U at every declared audio target position (N, C): rows t-1 predict frame t (oracle's alignment)."""
+    n, c, _ = audio_logits.shape
+    out = audio_logits.new_zeros((n, c), dtype=torch.float32)
+    rows, cols = _rows(starts, n, scope, 1, audio_logits.device)
+    if cols.numel():
+        u = -torch.log_softmax(audio_logits[rows].float(), dim=-1).mean(-1)       # (m, C)
+        out = out.index_put((cols,), u)
+    return out
+
+
+def text_map_hypotheses(logits: torch.Tensor, labels: torch.Tensor, actual: torch.Tensor | None = None
+                        ) -> dict[str, PositionCE]:
+    """Per-position text CE as declared and under its usual misreadings; with the side's `actual`
+    map, also label smoothing at the epsilon fitted to it."""
     labels = labels.to(logits.device)
     out = {"declared": text_ce(logits, labels)}
     b, length = labels.shape
@@ -99,6 +161,9 @@ def text_map_hypotheses(logits: torch.Tensor, labels: torch.Tensor) -> dict[str,
             values = torch.cat([values[:, :k], body], dim=1)
             mask[:, k:] = sup
         out[name] = PositionCE(values, mask)
+    smooth = fitted_smoothing(out["declared"], _text_uniform(logits, labels), actual)   # last: fitted, not fixed
+    if smooth is not None:
+        out[smooth[0]] = smooth[1]
     return out
 
 
@@ -214,11 +279,11 @@ def loss_evidence(outputs: Any, batch: Any, conv: LossConventions, lb: Any) -> d
     starts = getattr(batch, "audio_out_ids_start", None)
     out: dict[str, Any] = {}
     with torch.no_grad():
-        tmaps = text_map_hypotheses(outputs.logits.detach(), outputs.expanded_labels)
+        tmaps = text_map_hypotheses(outputs.logits.detach(), outputs.expanded_labels, lb.text_token_ce)
         out["text_map"] = match_map(lb.text_token_ce, tmaps)
         amaps = None
         if outputs.audio_logits is not None and labels is not None and labels.numel():
-            amaps = audio_map_hypotheses(outputs.audio_logits.detach(), labels, starts, conv)
+            amaps = audio_map_hypotheses(outputs.audio_logits.detach(), labels, starts, conv, lb.audio_token_ce)
             out["audio_map"] = match_map(lb.audio_token_ce, amaps)
         # reduced terms: computed from the side's own maps where it gives them (so a reduction bug is
         # separated from an alignment bug), else from the declared maps

@@ -405,12 +405,10 @@ MUTANTS: list[dict] = [
     dict(
         id="custom-step-clip-after-step",
         file="custom_impl/stages.py",
-        find="""    if train.max_grad_norm and train.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        find="""    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     optimizer.step()""",
         replace="""    optimizer.step()
-    if train.max_grad_norm and train.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)""",
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))""",
         stage="step",
         mechanism="gradient clipping applied after optimizer.step(), so the update uses unclipped gradients",
         keywords=("clip",),
@@ -437,10 +435,12 @@ MUTANTS: list[dict] = [
     dict(
         id="custom-step-scheduler-before-optimizer",
         file="custom_impl/stages.py",
-        find="""        optimizer.step()
+        find="""    optimizer.step()
+    if scheduler is not None:
         scheduler.step()""",
-        replace="""        scheduler.step()
-        optimizer.step()""",
+        replace="""    if scheduler is not None:
+        scheduler.step()
+    optimizer.step()""",
         stage="step",
         mechanism="scheduler.step() called before optimizer.step(): every update uses the next step's learning "
                   "rate (the first one skips the step-0 LR)",

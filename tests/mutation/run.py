@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "reports" / "mutation"
 # Reviewed explanation judgements that keyword matching gets wrong: id -> (right?, reason).
 JUDGEMENTS: dict[str, tuple[bool, str]] = {
+    "custom-forward-audio-in-dropped": (True, "reviewed: 'the batch passed to the model differs from the collated one (a "
+                                              "field dropped, renamed or altered in forward)' is the mechanism; it does "
+                                              "not name audio_in_ids"),
     "custom-loss-audio-ignore-not-masked": (True, "reviewed: the cause names ignored (-100) labels scored as code 0, "
                                                   "i.e. their cross-entropy not masked out; the keyword 'mask' is absent"),
 }

@@ -15,7 +15,8 @@ import pytest
 from tests.mutation.catalog import EQUIVALENT, STAGE_OVERRIDES, STAGES, all_mutants, apply
 from tests.mutation.run import REPO, run_one
 
-SAMPLE = ("custom-dataset-labels-include-prompt", "custom-loss-audio-sum-over-codebooks", "custom-step-clip-after-step")
+SAMPLE = ("custom-dataset-labels-include-prompt", "custom-loss-audio-sum-over-codebooks", "custom-step-clip-after-step",
+          "custom-backward-fast-head-label-smoothing", "custom-config-lora-target-typo")
 
 
 def test_every_mutant_applies_once_and_names_its_stage():
@@ -26,7 +27,7 @@ def test_every_mutant_applies_once_and_names_its_stage():
         assert m["stage"] in STAGES and m["mechanism"] and m["keywords"]
     by_stage = {s: sum(1 for m in mutants if m["stage"] == s) for s in STAGES if s != "config"}
     assert all(n >= 3 for n in by_stage.values()), by_stage
-    assert {m["author"] for m in mutants} == {"helper", "core"}
+    assert {m["author"] for m in mutants} == {"helper", "core", "fresh"}
     assert set(STAGE_OVERRIDES) | set(EQUIVALENT) <= {m["id"] for m in mutants}
 
 

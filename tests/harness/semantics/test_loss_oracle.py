@@ -59,3 +59,61 @@ def test_hypotheses_name_a_reversed_shift_and_a_summed_reduction(setup, ctx):
         summed = hyps["audio reduced as sum over codebooks"]["audio"]
         found = H.match_terms({"audio": summed}, hyps, {"audio": float(declared.audio)})
         assert found["audio"] == "audio reduced as sum over codebooks"
+
+
+# ------------------------------------------------------------------------------ label smoothing
+
+def _smoothed_text_map(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """What a pipeline with cross_entropy(label_smoothing=eps) reports: (B, L), NaN unsupervised."""
+    b, length = labels.shape
+    out = torch.full((b, length), float("nan"))
+    sup = labels[:, 1:] != -100
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1][sup], labels[:, 1:][sup], reduction="none",
+                                           label_smoothing=eps)
+    body = out[:, 1:].clone()
+    body[sup] = ce
+    out[:, 1:] = body
+    return out
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.3])
+def test_text_label_smoothing_is_recognised_with_its_epsilon(eps):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 12, 50, generator=g)
+    labels = torch.randint(0, 50, (2, 12), generator=g)
+    labels[:, :4] = -100
+    actual = _smoothed_text_map(logits, labels, eps)
+    hyps = H.text_map_hypotheses(logits, labels, actual)
+    found = H.match_map(actual, hyps)
+    assert found is not None and found.startswith(f"label smoothing {eps:.3g}"), found
+
+
+def test_plain_text_ce_gets_no_smoothing_hypothesis_and_a_shift_is_not_called_smoothing():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 12, 50, generator=g)
+    labels = torch.randint(0, 50, (2, 12), generator=g)
+    plain = _smoothed_text_map(logits, labels, 0.0)
+    hyps = H.text_map_hypotheses(logits, labels, plain)
+    assert not any(k.startswith("label smoothing") for k in hyps)
+    assert H.match_map(plain, hyps) is None
+    unshifted = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), labels.reshape(-1),
+                                                  reduction="none").reshape(2, 12)       # logits[t] vs labels[t]
+    assert H.match_map(unshifted, H.text_map_hypotheses(logits, labels, unshifted)).startswith("no next-token shift")
+
+
+def test_audio_label_smoothing_is_recognised(setup, ctx):
+    model, batch = setup
+    custom = importlib.import_module("custom_impl.stages")
+    conv = custom.CONVENTIONS.loss
+    with torch.no_grad():
+        out = custom.forward(model, batch, ctx)
+    logits, labels, starts = out.audio_logits, batch.label_audio_ids, batch.audio_out_ids_start
+    rows, cols = H._rows(starts, logits.shape[0], conv.audio_shift_scope, 1, logits.device)
+    tgt = labels[:, cols].T                                                    # (m, C)
+    sup = tgt != -100
+    ce = torch.nn.functional.cross_entropy(logits[rows].reshape(-1, logits.shape[-1]), tgt.reshape(-1).clamp_min(0),
+                                           reduction="none", label_smoothing=0.2).reshape(tgt.shape)
+    actual = torch.full(logits.shape[:2], float("nan"))
+    actual[cols] = torch.where(sup, ce, torch.full_like(ce, float("nan")))
+    found = H.match_map(actual, H.audio_map_hypotheses(logits, labels, starts, conv, actual))
+    assert found is not None and found.startswith("label smoothing 0.2"), found
