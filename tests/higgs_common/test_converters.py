@@ -195,3 +195,26 @@ def test_read_chatml_names_the_bad_json_field(tmp_path: Path) -> None:
     path.write_text(json.dumps(items), encoding="utf-8")
     with pytest.raises(SampleError, match=r"sample='s1' field='messages\[2\]\.content\[0\]\.audio_url'"):
         read_chatml_json(path)
+
+
+def test_reference_folder_files_are_replaced_whole_never_truncated(records: list[CanonicalRecord], tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """A copy that dies half-way (or a second torchrun rank writing the same folder) leaves the
+    previous complete file in place and no temporary behind."""
+    import shutil
+
+    import higgs_common.converters as conv
+
+    out = write_reference_folder(records, tmp_path / "ref")
+    before = {p.name: p.read_bytes() for p in out.glob("*.wav")}
+
+    def dies_half_way(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(conv.shutil, "copyfile", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        write_reference_folder(records, out)
+    monkeypatch.setattr(conv.shutil, "copyfile", shutil.copyfile)
+    assert {p.name: p.read_bytes() for p in out.glob("*.wav")} == before
+    assert not list(out.rglob("*.tmp"))

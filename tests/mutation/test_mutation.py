@@ -16,7 +16,7 @@ from tests.mutation.catalog import EQUIVALENT, STAGE_OVERRIDES, STAGES, all_muta
 from tests.mutation.run import REPO, run_one
 
 SAMPLE = ("custom-dataset-labels-include-prompt", "custom-loss-audio-sum-over-codebooks", "custom-step-clip-after-step",
-          "custom-backward-fast-head-label-smoothing", "custom-config-lora-target-typo")
+          "custom-backward-zero-grad-per-micro-batch", "custom-config-lora-target-typo")
 
 
 def test_every_mutant_applies_once_and_names_its_stage():
