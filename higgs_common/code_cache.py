@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from higgs_common.atomic import atomic_path
 from higgs_common.audio_io import AudioError, load_audio
 from higgs_common.codec_limits import min_codec_samples
 from higgs_common.stages import SampleError
@@ -150,11 +149,5 @@ class CodeCache:
         entry.parent.mkdir(parents=True, exist_ok=True)
         arr = codes.numpy()
         dtype = np.int16 if arr.max(initial=0) <= np.iinfo(np.int16).max and arr.min(initial=0) >= 0 else np.int32
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, arr.astype(dtype), allow_pickle=False)
-            os.replace(tmp, entry)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(entry) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, arr.astype(dtype), allow_pickle=False)

@@ -21,14 +21,13 @@ Both writers fail before writing anything if a wav is missing or unreadable, wit
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import soundfile as sf
 
+from higgs_common.atomic import atomic_path
 from higgs_common.manifest import CanonicalRecord
 from higgs_common.stages import SampleError
 
@@ -116,7 +115,7 @@ def write_reference_folder(records: Iterable[CanonicalRecord], out_dir: Path, *,
 
     The task (`zero_shot_voice_cloning` etc.) is not stored: the reference takes it from a flag.
     Files already in `out_dir` are overwritten or left alone, never deleted; every file is written
-    atomically (temporary file + `os.replace`), so the ranks of a torchrun job may all write the
+    atomically (`higgs_common.atomic`), so the ranks of a torchrun job may all write the
     same folder while others read it (the training CLIs do: each rank converts the manifest).  The
     reference loads only what metadata.json lists, and its no-metadata fallback globs only top-level wavs, so
     clips under ref/ are never mistaken for samples.
@@ -154,10 +153,13 @@ def write_reference_folder(records: Iterable[CanonicalRecord], out_dir: Path, *,
         })
 
     for r in recs:
-        _atomic_copy(Path(r.audio), out_dir / f"{r.id}.wav")
-        _atomic_write(out_dir / f"{r.id}.txt", r.text.encode("utf-8"))
+        with atomic_path(out_dir / f"{r.id}.wav") as tmp:
+            shutil.copyfile(r.audio, tmp)
+        with atomic_path(out_dir / f"{r.id}.txt") as tmp:
+            tmp.write_text(r.text, encoding="utf-8")
     for name, src in ref_sources.items():
-        _atomic_copy(src, ref_dir / name)
+        with atomic_path(ref_dir / name) as tmp:
+            shutil.copyfile(src, tmp)
 
     speakers = list(dict.fromkeys(r.speaker for r in recs))
     total = sum(s["duration"] for s in samples)
@@ -172,34 +174,9 @@ def write_reference_folder(records: Iterable[CanonicalRecord], out_dir: Path, *,
         },
         "samples": samples,
     }
-    _atomic_write(out_dir / METADATA_FILE, (json.dumps(metadata, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    with atomic_path(out_dir / METADATA_FILE) as tmp:
+        tmp.write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return out_dir
-
-
-def _atomic_write(dst: Path, data: bytes) -> None:
-    """Write `dst` through a temporary file in its folder and `os.replace`: a reader (another rank of
-    a torchrun job writing the same folder, say) sees the old file or the whole new one, never a
-    truncated one."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    """`shutil.copyfile` made atomic the same way (`_atomic_write`)."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_reference_folder(out_dir: Path) -> list[CanonicalRecord]:

@@ -99,7 +99,7 @@ def backward_fields(c: Any) -> tuple[list, float]:
             "which micro-batch the accumulated gradient is", lambda: _lone_micro_batch(c, items, accum.grads))
     if any(f.unexpected for f in fields if f.field.startswith("train_path_grad/")):
         c.evidence["train_path"] = {"grad_ratio": _ratio(contract, single.grads),
-                                    "cosine": _cosine(contract, single.grads), "samples": len(items)}
+                                    "cosine": X.gradient_cosine(contract, single.grads), "samples": len(items)}
     if ranks:
         c.evidence["ddp"] = {"world_size": world, "ranks_agree": ranks_agree, "unsynced_ranks": unsynced,
                              "backend": backend, "grad_accum": max(2, c.options.ddp_grad_accum), "steps": steps,
@@ -230,28 +230,13 @@ class _models_off_gpu:
             self.c.side[name].model.to(dev)
 
 
-def _flat(g: dict) -> torch.Tensor:
-    parts = [v.detach().float().reshape(-1).cpu() for _k, v in sorted(g.items()) if v is not None]
-    return torch.cat(parts) if parts else torch.zeros(0)
-
-
-def _cosine(a: dict, b: dict) -> float | None:
-    """Cosine between two gradients (all parameters as one vector); None when either is empty or zero."""
-    keys = sorted(k for k in a if a[k] is not None and b.get(k) is not None)
-    if not keys:
-        return None
-    x, y = _flat({k: a[k] for k in keys}), _flat({k: b[k] for k in keys})
-    nx, ny = float(x.norm()), float(y.norm())
-    return round(float(x @ y) / (nx * ny), 6) if nx > 0 and ny > 0 else None
-
-
 def _lone_micro_batch(c: Any, items: list, accum: dict) -> dict | None:
     """The micro-batch (first or last sample of the global batch) whose gradient ALONE points the way
     the accumulated one does (cosine > 0.9999): the others were lost (zero_grad inside the loop,
     gradients overwritten).  None when neither does."""
     for i in (len(items) - 1, 0):
         lone, _s = contract_gradients(c, "custom", [items[i]])
-        cos = _cosine(lone, accum)
+        cos = X.gradient_cosine(lone, accum)
         if cos is not None and cos > 0.9999:
             return {"index": i, "of": len(items), "cosine": cos}
     return None

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness.engine import accumulation
+from harness.engine import accumulation, wiring
 from harness.engine import tolerance as TOL
 from harness.engine.common_config import CUDA_FIELD_TOLERANCES
 from harness.engine.fields import FieldSpec
@@ -86,22 +86,10 @@ def run_forward(c: Any) -> StageResult:
     return StageResult("forward", "ok", fields, compute, time.perf_counter() - t0)
 
 
-def _lora_settings(model: torch.nn.Module) -> dict[str, dict[str, float]]:
-    """{module: {"scaling", "dropout"}} of every peft LoRA layer (adapter "default")."""
-    out = {}
-    for name, m in model.named_modules():
-        scaling = getattr(m, "scaling", None)
-        if isinstance(scaling, dict) and "default" in scaling:
-            drops = getattr(m, "lora_dropout", None)
-            drop = drops["default"] if drops is not None and "default" in drops else None
-            out[name] = {"scaling": float(scaling["default"]), "dropout": float(getattr(drop, "p", 0.0) or 0.0)}
-    return out
-
-
 def forward_hypotheses(c: Any) -> dict[str, Any]:
     """Why two models with the same weights disagree: train-mode-only code, LoRA scaling or dropout."""
     out: dict[str, Any] = {}
-    lora = {role: _lora_settings(st.model) for role, st in c.side.items()}
+    lora = {role: wiring.lora_layers(st.model) for role, st in c.side.items()}
     common = sorted(set(lora["reference"]) & set(lora["custom"]))
     diff_scaling = [(n, lora["reference"][n]["scaling"], lora["custom"][n]["scaling"]) for n in common
                     if lora["reference"][n]["scaling"] != lora["custom"][n]["scaling"]]

@@ -95,3 +95,16 @@ def gradient_ratio(expected: Mapping[str, torch.Tensor | None],
         num += float((e.double() * a.double().to(e.device)).sum())
         den += float((e.double() * e.double()).sum())
     return num / den if den > 0 else None
+
+
+def gradient_cosine(a: Mapping[str, torch.Tensor | None], b: Mapping[str, torch.Tensor | None]) -> float | None:
+    """Cosine between two gradients taken as one vector over every parameter both have (float64,
+    rounded to 6 digits); None when either is all zero or they share none."""
+    dot = na = nb = 0.0
+    for name, x in a.items():
+        y = b.get(name)
+        if x is None or y is None:
+            continue
+        x, y = x.double(), y.double().to(x.device)
+        dot, na, nb = dot + float((x * y).sum()), na + float((x * x).sum()), nb + float((y * y).sum())
+    return round(dot / (na * nb) ** 0.5, 6) if na > 0 and nb > 0 else None

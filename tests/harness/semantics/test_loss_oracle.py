@@ -43,12 +43,17 @@ def test_oracle_equals_the_pipelines_loss_and_gradient(setup, ctx, spec):
         torch.testing.assert_close(a_, b_, rtol=1e-4, atol=1e-6)
 
 
-def test_hypotheses_name_a_reversed_shift_and_a_summed_reduction(setup, ctx):
+def _custom_outputs(setup, ctx):
+    """(outputs, batch, loss conventions) of the custom pipeline on the fixture batch, no autograd."""
     model, batch = setup
     custom = importlib.import_module("custom_impl.stages")
-    conv = custom.CONVENTIONS.loss
     with torch.no_grad():
-        out = custom.forward(model, batch, ctx)
+        return custom.forward(model, batch, ctx), batch, custom.CONVENTIONS.loss
+
+
+def test_hypotheses_name_a_reversed_shift_and_a_summed_reduction(setup, ctx):
+    out, batch, conv = _custom_outputs(setup, ctx)
+    with torch.no_grad():
         maps = H.audio_map_hypotheses(out.audio_logits, batch.label_audio_ids, batch.audio_out_ids_start, conv)
         reversed_name = next(k for k in maps if "reversed" in k)
         assert H.match_map(maps[reversed_name].nan_map(), maps) == reversed_name
@@ -102,11 +107,7 @@ def test_plain_text_ce_gets_no_smoothing_hypothesis_and_a_shift_is_not_called_sm
 
 
 def test_audio_label_smoothing_is_recognised(setup, ctx):
-    model, batch = setup
-    custom = importlib.import_module("custom_impl.stages")
-    conv = custom.CONVENTIONS.loss
-    with torch.no_grad():
-        out = custom.forward(model, batch, ctx)
+    out, batch, conv = _custom_outputs(setup, ctx)
     logits, labels, starts = out.audio_logits, batch.label_audio_ids, batch.audio_out_ids_start
     rows, cols = H._rows(starts, logits.shape[0], conv.audio_shift_scope, 1, logits.device)
     tgt = labels[:, cols].T                                                    # (m, C)
