@@ -54,6 +54,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                         "run a training command unchanged and record what its first optimizer steps do"),
     "compare-traces": Subcommand("harness.trace.cli",
                                  "diff two traces: symptoms first, then the first step/stage/field where they part"),
+    "check-resume": Subcommand("harness.trace.resume",
+                               "kill a training command after step k, resume it, and check it continues exactly"),
+    "check-flags": Subcommand("harness.trace.flags",
+                              "change each option of a training command in turn and name the ones the run ignores"),
     "bench": Subcommand("harness.bench.single",
                         "benchmark both pipelines and the harness on one device (= python -m harness.bench)"),
 }

@@ -329,18 +329,20 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
               "one run logs a value the other does not")
 
 
-def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int]) -> str | None:
-    """Step by step until the first step with an unexpected divergence; returns a note on what was left out."""
-    na, nb = (len(t.rank_steps(ranks[0])) for t in (a, b))
-    steps = min(na, nb)
+def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], b_subset: bool = False) -> str | None:
+    """Step by step (aligned by step number) until the first step with an unexpected divergence;
+    returns a note on what was left out."""
+    steps_a = {r: {st.step: st for st in a.rank_steps(r)} for r in ranks}
+    steps_b = {r: {st.step: st for st in b.rank_steps(r)} for r in ranks}
+    common = sorted(set(steps_a[ranks[0]]) & set(steps_b[ranks[0]]))
     pa, pb = ("", "")
-    first_a, first_b = a.rank_steps(ranks[0]), b.rank_steps(ranks[0])
-    if first_a and first_b:
-        pa, pb = common_prefix_alignment(first_a[0].grads(), first_b[0].grads())
-    for i in range(steps):
+    if common:
+        pa, pb = common_prefix_alignment(steps_a[ranks[0]][common[0]].grads(), steps_b[ranks[0]][common[0]].grads())
+    for i, s in enumerate(common):
         for r in ranks:
-            sa, sb = a.rank_steps(r)[i], b.rank_steps(r)[i]
-            s = sa.step
+            sa, sb = steps_a[r].get(s), steps_b[r].get(s)
+            if sa is None or sb is None:
+                continue
             _compare_batches(c, s, sa, sb)
             _compare_forward(c, s, sa, sb, pa, pb)
             _compare_loss(c, s, sa, sb)
@@ -350,11 +352,14 @@ def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int]) ->
             c.scalar("run", f"step{s}.rank{r}.complete", sa.complete, sb.complete,
                      words="one run ended inside this step")
         if c.unexpected():
-            left = steps - (i + 1)
-            return (f"stopped after step {i + 1}, the first with an unexpected divergence; "
+            left = len(common) - (i + 1)
+            return (f"stopped after step {s}, the first with an unexpected divergence; "
                     f"{left} later step(s) not listed (they differ as its consequence)") if left else None
-    if na != nb:
-        c.scalar("run", "steps_recorded", na, nb, words="the runs recorded a different number of optimizer steps")
+    only_a = [] if b_subset else sorted(set(steps_a[ranks[0]]) - set(common))
+    only_b = sorted(set(steps_b[ranks[0]]) - set(common))
+    if only_a or only_b:
+        c.scalar("run", "steps_recorded", len(steps_a[ranks[0]]), len(steps_b[ranks[0]]),
+                 words=f"the runs recorded different steps (only A: {only_a}, only B: {only_b})")
     return None
 
 
@@ -407,9 +412,10 @@ def symptom_fields(c: _Collector, sym_a: list[Symptom], sym_b: list[Symptom]) ->
 
 
 def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
-                   progress: Callable[[str], None] | None = None) -> Report:
+                   progress: Callable[[str], None] | None = None, b_subset: bool = False) -> Report:
     """Compare trace B (under test) with trace A (trusted); a `Report` in the usual schema.
 
+    `b_subset`: B covers only some of A's steps (a resumed run), so A's other steps are not missing.
     Never raises on odd trace contents (missing records, None gradients, empty tensors): those are
     findings.  Raises `harness.trace.load.TraceError` only for folders that are not traces.
     """
@@ -426,7 +432,7 @@ def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
     try:
         if same:
             say(f"same program ({a.program()}): step-by-step comparison")
-            note = compare_same_program(c, a, b, ranks)
+            note = compare_same_program(c, a, b, ranks, b_subset)
         else:
             say(f"different programs ({a.program()} vs {b.program()}): structural comparison")
             note = compare_different_programs(c, a, b)

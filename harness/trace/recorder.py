@@ -43,6 +43,9 @@ import torch
 
 ENV_DIR, ENV_STEPS, ENV_LAYERS, ENV_MAX_NUMEL = ("HIGGS_TRACE_DIR", "HIGGS_TRACE_STEPS", "HIGGS_TRACE_LAYERS",
                                                  "HIGGS_TRACE_MAX_NUMEL")
+# check-resume: number recorded steps from this offset + 1 (a resumed run), and SIGKILL the process when
+# the step after this one starts (its checkpoint of this step is then complete: both CLIs save in the loop).
+ENV_STEP_OFFSET, ENV_KILL_AFTER = "HIGGS_TRACE_STEP_OFFSET", "HIGGS_TRACE_KILL_AFTER_STEP"
 FORMAT_VERSION = 1
 _THIS_FILE = os.path.abspath(__file__)
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -78,7 +81,9 @@ class Recorder:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.dir = os.path.join(out_dir, f"rank{self.rank}")
         self.steps, self.layers, self.max_numel = steps, layers, max_numel
-        self.step = 1                 # the optimizer step being recorded (1-based)
+        self.offset = int(os.environ.get(ENV_STEP_OFFSET, "0"))
+        self.kill_after = int(os.environ.get(ENV_KILL_AFTER, "0"))
+        self.step = self.offset + 1   # the optimizer step being recorded (1-based, program numbering)
         self.seq = 0                  # order of every record in this process
         self.lock = threading.RLock()
         self.optimizer_params: dict[int, torch.nn.Parameter] = {}   # id -> param of every optimizer
@@ -97,7 +102,7 @@ class Recorder:
     # ------------------------------------------------------------------ bookkeeping
     @property
     def active(self) -> bool:
-        return self.step <= self.steps
+        return self.step <= self.offset + self.steps
 
     def _empty_step(self) -> dict[str, Any]:
         return {"step": getattr(self, "step", 1), "rank": getattr(self, "rank", 0), "model_calls": [],
@@ -223,6 +228,14 @@ class Recorder:
         return hook
 
     # ------------------------------------------------------------------ hooks
+    def maybe_kill(self) -> None:
+        """SIGKILL this process when the step after ENV_KILL_AFTER starts (check-resume's crash)."""
+        if self.kill_after and self.step > self.kill_after:
+            self.event("killed", reason=f"{ENV_KILL_AFTER}={self.kill_after}")
+            sys.stderr.write(f"[higgs-trace] rank {self.rank}: killed after step {self.kill_after} (check-resume)\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), 9)
+
     def model_call(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any, site: list) -> None:
         with self.lock:
             self.close_pending()
@@ -386,7 +399,7 @@ class Recorder:
     # ------------------------------------------------------------------ output
     def flush(self, complete: bool) -> None:
         """Write the current step (complete after an optimizer step; else the run ended inside it)."""
-        if not self.active:
+        if self.step > self.offset + self.steps:
             return
         has_content = any(self.current[k] for k in ("model_calls", "cross_entropy", "backward", "logged")) \
             or self.current["optimizer"] is not None
@@ -464,6 +477,10 @@ def install() -> Recorder | None:
             owns = torch.is_grad_enabled() and any(id(p) in rec.optimizer_params for p in self.parameters())
             if not owns:
                 return orig(self, *args, **kwargs)
+            if rec.pending:
+                with rec.lock:
+                    rec.close_pending()
+            rec.maybe_kill()
             rec.model_depth += 1
             try:
                 out = orig(self, *args, **kwargs)

@@ -359,8 +359,8 @@ def logging_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
     """
     out: list[Symptom] = []
     per_rank = {r: {st.step: st for st in trace.rank_steps(r)} for r in trace.ranks}
-    sums: list[float] = []
-    means: list[float] = []
+    history: list[tuple[float, float]] = []          # (sum, mean) of the back-propagated losses, per step
+    last_logged: dict[str, int] = {}                 # tag -> index into history after its previous log
     for st in trace.rank_steps(rank):
         rank_sums, rank_means = [], []
         for r in trace.ranks:
@@ -372,28 +372,25 @@ def logging_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
                 rank_means.append(sum(bw) / len(bw))
         if not rank_sums:
             continue
-        sums.append(sum(rank_sums) / len(rank_sums))
-        means.append(sum(rank_means) / len(rank_means))
+        history.append((sum(rank_sums) / len(rank_sums), sum(rank_means) / len(rank_means)))
         tags = {k: v for k, v in st.logged().items() if LOSS_TAG.search(k.split(":", 1)[-1])}
-        if not tags:
-            continue
-        candidates = (sum(sums) / len(sums), sum(means) / len(means), sums[-1], means[-1])
         for tag, v in tags.items():
-            if not math.isfinite(v):
+            since = history[last_logged.get(tag, 0):]
+            last_logged[tag] = len(history)
+            if not math.isfinite(v) or not since:
                 continue
+            candidates = (sum(x[0] for x in since) / len(since), sum(x[1] for x in since) / len(since),
+                          history[-1][0], history[-1][1])
             if not any(math.isclose(v, c, rel_tol=2e-3, abs_tol=2e-4) for c in candidates):
-                c0 = candidates[0]
-                ratio = v / c0 if c0 else float("inf")
                 name = tag.split(":", 1)[-1]
                 out.append(Symptom(
                     "logged_loss", f"logged {name} = {v:.6g} at step {st.step}, but the loss back-propagated in "
-                    f"that step is {c0:.6g} (ratio {ratio:.3g})",
+                    f"that step is {history[-1][0]:.6g} (ratio {v / history[-1][0] if history[-1][0] else float('inf'):.3g})",
                     "the logged value is not the loss that trains: summed over micro-batches, never reset between "
                     "steps, or scaled differently", "log", f"logged:{name}", [st.step],
                     where(next((r.get("call_site") for r in st.meta.get("logged") or []
                                 if name in (r.get("values") or {})), None))))
                 return out
-        sums, means = [], []
     return out
 
 
