@@ -154,6 +154,8 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
         diagnoses=causes.diagnoses(results, comparison.evidence),
         extras=comparison.extras,
     )
+    report.symptoms = comparison_symptoms(comparison, {role: err for (stage_, role), err in
+                                                       comparison.side_errors.items() if stage_ == "backward"})
     report.skipped = skip_log
     return report
 
@@ -172,4 +174,5 @@ def _train_json(train: Any) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(train).items()}
 
 
+from harness.engine.symptoms import comparison_symptoms  # noqa: E402
 from harness.report.model import Report  # noqa: E402  (annotation target; imported late to keep import light)

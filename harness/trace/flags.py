@@ -65,10 +65,10 @@ def candidate_values(opt: Option) -> list[str]:
         d = opt.default
         return [repr(d * 2 if d else 1.0), repr(d / 2 if d else 0.5)] if not float(d).is_integer() or "e" in repr(d) \
             else [str(int(d) + 1), str(int(d) + 2)]
-    if FLOAT_HINTS.search(name):
-        return ["0.0123", "0.0456"]
     if INT_HINTS.search(name):
         return ["3", "5"]
+    if FLOAT_HINTS.search(name):
+        return ["0.0123", "0.0456"]
     return []
 
 
