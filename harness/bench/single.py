@@ -281,6 +281,7 @@ def section_harness(args: argparse.Namespace, ctx: Any, device: torch.device, ou
     diff = sum(v["diff_s"] for v in stages.values())
     write = sum(report_seconds)
     return {"argv": argv, "exit_code": exit_code, "verdict": rep.get("verdict"), "ddp_world_size": world,
+            "samples": args.compare_samples,
             "per_stage": stages, "compute_s": compute, "diff_s": diff, "report_write_s": write,
             "total_s": total, "other_s": total - compute - diff - write,
             "diff_plus_report_over_compute": (diff + write) / compute if compute else None,
@@ -397,6 +398,13 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     if h and h.get("diff_plus_report_over_compute") is not None:
         s["harness_overhead"] = h["diff_plus_report_over_compute"]
         s["target_harness_0.10_met"] = h["diff_plus_report_over_compute"] <= 0.10
+    if h and h.get("samples"):
+        # the whole compare run against one training step of each pipeline on a batch of as many samples
+        steps = {p: r["step_s_median"] for p in ("reference", "custom")
+                 if (r := pick("lora-common", p, h["samples"])) and r.get("step_s_median")}
+        if steps:
+            s["harness_total_s"] = h["total_s"]
+            s["harness_total_in_train_steps"] = {p: h["total_s"] / v for p, v in steps.items()}
     d = res.get("data")
     if d and ok:
         gpu_rate = max(r["samples_per_s"] for r in ok)
@@ -517,6 +525,11 @@ def render_markdown(res: dict[str, Any]) -> str:
                       f"{h['report_write_s']:.2f} s, other (context, model loading, native files) "
                       f"{h['other_s']:.2f} s; (diff + report) / compute = "
                       f"{100 * (h['diff_plus_report_over_compute'] or 0):.1f}%", ""]
+        in_steps = res.get("summary", {}).get("harness_total_in_train_steps")
+        if in_steps:
+            lines += [f"The whole `compare --stage all` run ({h['total_s']:.1f} s, {h.get('samples')} samples) costs as much "
+                      "as " + " / ".join(f"{v:.0f} {p} training steps" for p, v in in_steps.items())
+                      + f" at batch {h.get('samples')} (lora-common, the rows above).", ""]
     if "data" in res:
         lines += ["## Data path (CPU, warm code cache)", "", "| pipeline | samples | dataset s | collate s | samples/s |",
                   "|---|---|---|---|---|"]

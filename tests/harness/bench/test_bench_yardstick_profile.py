@@ -177,3 +177,12 @@ def test_speed_suite_smoke_run(tmp_path, assets):
     assert res["profile"]["status"] == "ok" and res["summary"]["repeats_b1"]["custom"]["tokens_per_s"]
     md = (tmp_path / "bench.md").read_text()
     assert "Run-to-run spread at batch 1" in md and "## Profile: custom pipeline, batch 1" in md
+
+
+def test_summary_puts_the_compare_run_against_training_steps():
+    row = dict(status="ok", config="lora-common", batch_size=4, peak_memory_gib=1.0, mfu=0.1, samples_per_s=1.0)
+    res = {"train": {"rows": [dict(row, pipeline="reference", tokens_per_s=1.0, step_s_median=0.5),
+                              dict(row, pipeline="custom", tokens_per_s=2.0, step_s_median=0.25)], "largest_batch": {}},
+           "harness": {"diff_plus_report_over_compute": 0.05, "total_s": 100.0, "samples": 4}}
+    s = bench.summarise(res)
+    assert s["harness_total_in_train_steps"] == {"reference": 200.0, "custom": 400.0}
