@@ -24,7 +24,9 @@
 #
 # Knobs (environment): GPU_WHEELS (.gpu-wheels), GPU_SITE (/tmp/higgs-site), FULL (/tmp/higgs-full,
 # the full random checkpoint, built there in ~75 s and reused), HARD_LIMIT (570: seconds after which
-# the suite is killed), BUDGET (speed: 330 s of sweep after which no new run starts), PYTHON (python3).
+# the suite is killed), BUDGET (speed: 330 s of sweep after which no new run starts), PYTHON (python3),
+# BENCH_ARGS (speed, harness: more `python -m harness.bench` options, e.g. "--variants=-compile;-tf32"),
+# PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed").
 set -uo pipefail
 
 SUITES=(speed harness tests)
@@ -154,19 +156,19 @@ speed)
     step "speed: full checkpoint into $FULL, then reference / custom / yardstick at batch 8, 32, 64, 3 repeats at 8, profile at 32"
     timeout -s KILL "$(left)" "$PYTHON" -m harness.bench --build-full "$FULL" --sections train --configs lora-common \
         --batch-sizes 8,32,64 --repeats 3 --yardstick --profile-batch 32 --profile-steps 3 --steps 5 --warmup 3 \
-        --no-flop-count --deadline-s "${BUDGET:-330}" --out "$RES"
+        --no-flop-count --deadline-s "${BUDGET:-330}" --out "$RES" ${BENCH_ARGS:-}
     status=$?
     ;;
 harness)
     step "harness: full checkpoint into $FULL, both training steps at batch 4, then compare --stage all (4 samples)"
     timeout -s KILL "$(left)" "$PYTHON" -m harness.bench --build-full "$FULL" --sections train,harness \
         --configs lora-common --batch-sizes 4 --steps 5 --warmup 3 --no-flop-count --compare-samples 4 \
-        --ddp-world-size 0 --compare-progress --out "$RES"
+        --ddp-world-size 0 --compare-progress --out "$RES" ${BENCH_ARGS:-}
     status=$?
     ;;
 tests)
     step "tests: pytest -m gpu (builds the tiny checkpoint first)"
-    timeout -s KILL "$(left)" "$PYTHON" -m pytest -m gpu -p no:cacheprovider -rA -q --junitxml "$RES/junit.xml" tests \
+    timeout -s KILL "$(left)" "$PYTHON" -m pytest -m gpu -p no:cacheprovider -rA -q --junitxml "$RES/junit.xml" ${PYTEST_ARGS:-} tests \
         2>&1 | tee "$RES/pytest.log"
     status=${PIPESTATUS[0]}
     ;;
