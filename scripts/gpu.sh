@@ -26,11 +26,12 @@
 # the full random checkpoint, built there in ~75 s and reused), HARD_LIMIT (570: seconds after which
 # the suite is killed), BUDGET (speed: 330 s of sweep after which no new run starts), PYTHON (python3),
 # BENCH_ARGS (speed, harness: more `python -m harness.bench` options, e.g. "--variants=-compile;-tf32"),
-# PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed").
+# PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed"), GPU_ALLOW_CPU=1 (run without CUDA: a
+# dry run of the flow, e.g. `tests`, where every GPU test is skipped).
 set -uo pipefail
 
 SUITES=(speed harness tests)
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=auto
 suite=""
 for arg in "$@"; do
@@ -102,7 +103,7 @@ finish() {   # $1: exit status; writes summary.md, packs the folder into $OUT
         speed | harness)
             if [ -f "$RES/bench.md" ]; then cat "$RES/bench.md"; else echo "no bench.md was written (see run.log)"; fi ;;
         tests)
-            echo '```'; grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|error" "$RES/pytest.log" 2>/dev/null | tail -40; echo '```' ;;
+            echo '```'; grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|skipped|error" "$RES/pytest.log" 2>/dev/null | tail -40; echo '```' ;;
         esac
     } >"$RES/summary.md"
     step "summary ($RES/summary.md):"
@@ -129,7 +130,8 @@ step "installing $(wc -l <"$WHEELS/manifest.txt") wheels into $SITE (--no-deps -
     { step "FAILED: pip install of $WHEELS"; finish 3; }
 export PYTHONPATH="$SITE:$repo" PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false PYTHONWARNINGS="ignore::SyntaxWarning,ignore::FutureWarning"
-"$PYTHON" - "$WHEELS/manifest.txt" >"$RES/env.txt" <<'EOF' || { cat "$RES/env.txt"; step "FAILED: the installed packages are not the locked ones"; finish 3; }
+"$PYTHON" - "$WHEELS/manifest.txt" >"$RES/env.txt" <<'EOF' || { cat "$RES/env.txt"; step "FAILED: the installed packages are not the locked ones, or no CUDA device"; finish 3; }
+import os
 import sys
 from importlib.metadata import version
 import torch
@@ -146,10 +148,13 @@ print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {tra
 print("GPUs:", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none")
 for b in bad:
     print("MISMATCH", b)
-sys.exit(1 if bad or not torch.cuda.is_available() else 0)
+cpu_ok = os.environ.get("GPU_ALLOW_CPU") == "1"
+if not torch.cuda.is_available():
+    print("no CUDA device" + (" (GPU_ALLOW_CPU=1: a dry run of the flow)" if cpu_ok else ""))
+sys.exit(1 if bad or not (torch.cuda.is_available() or cpu_ok) else 0)
 EOF
 cat "$RES/env.txt"
-git rev-parse HEAD >>"$RES/env.txt" 2>/dev/null || echo "commit: unknown (no .git here)" >>"$RES/env.txt"
+echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)" >>"$RES/env.txt"
 
 case "$suite" in
 speed)
