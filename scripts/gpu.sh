@@ -89,7 +89,7 @@ HARD_LIMIT=${HARD_LIMIT:-570}
 SITE=${GPU_SITE:-/tmp/higgs-site}
 FULL=${FULL:-/tmp/higgs-full}
 step() { echo "[gpu.sh +${SECONDS}s] $*"; }
-left() { echo $((HARD_LIMIT - SECONDS)); }
+left() { local l=$((HARD_LIMIT - SECONDS)); echo $((l > 1 ? l : 1)); }   # seconds left (timeout 0 would mean none)
 
 finish() {   # $1: exit status; writes summary.md, packs the folder into $OUT
     local status=$1
@@ -109,7 +109,9 @@ finish() {   # $1: exit status; writes summary.md, packs the folder into $OUT
     step "summary ($RES/summary.md):"
     sed -n '1,12p' "$RES/summary.md"
     if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
-        tar -czf "$OUT/$name.tar.gz" -C "$(dirname "$RES")" "$name" && cp "$RES/summary.md" "$RES/run.log" "$OUT"/
+        # run.log is still being written: tar may report it changed, which costs nothing here
+        tar -czf "$OUT/$name.tar.gz" -C "$(dirname "$RES")" "$name" 2>/dev/null || step "tar: $(ls -l "$OUT/$name.tar.gz" 2>&1)"
+        cp "$RES/summary.md" "$RES/run.log" "$OUT"/
         step "packed into \$OUT: $name.tar.gz, summary.md, run.log"
     fi
     exit "$status"
