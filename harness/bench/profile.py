@@ -11,7 +11,10 @@ a few unprofiled steps, then profiles a few more with `torch.profiler` (CPU + CU
   elementwise (everything else: fused pointwise/reduction kernels, copies, cross-entropy);
 * idle GPU: the profiled wall time minus the union of kernel intervals, i.e. time the GPU waited
   for the host (kernel launches, Python, host syncs): the share of a launch/host-bound step;
-* the top kernels by device time.
+* the top kernels by device time;
+* on CUDA, the host syncs of one step (`torch.cuda.set_sync_debug_mode("warn")`: every `.item()`,
+  `float(tensor)`, `.tolist()`, boolean-mask indexing, blocking copy), each a point where the host
+  waits for the GPU to drain.
 
 The profiler adds host overhead per operator, so the profiled step is slower than the unprofiled
 one (both are reported) and the idle share is an upper bound.  On the CPU (smoke runs) the
@@ -109,6 +112,24 @@ def device_kernels(prof: Any, device: torch.device) -> list[Kernel]:
             for e in events if e.device_type == DeviceType.CPU and not e.is_async and e.self_cpu_time_total > 0]
 
 
+def count_host_syncs(fn: Any, device: torch.device) -> int | None:
+    """How many synchronizing CUDA calls `fn()` makes (torch's sync debug mode, one warning each);
+    None off CUDA."""
+    import warnings
+
+    if device.type != "cuda":
+        return None
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
+
+
 def profile_custom(ctx: Any, train: Any, batch: Any, speed: Any, *, warmup: int = 3, steps: int = 3) -> dict[str, Any]:
     """Profile `steps` custom training steps on `batch` after `warmup` + `steps` unprofiled ones.
 
@@ -148,6 +169,7 @@ def profile_custom(ctx: Any, train: Any, batch: Any, speed: Any, *, warmup: int 
             tb.sync(device)
             if i >= warmup:
                 plain.append(time.perf_counter() - t0)
+        syncs = count_host_syncs(one_step, device)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -160,7 +182,8 @@ def profile_custom(ctx: Any, train: Any, batch: Any, speed: Any, *, warmup: int 
             wall = time.perf_counter() - t0
         out = summarise_kernels(device_kernels(prof, device), wall_s=wall, steps=steps)
         out.update(unprofiled_step_ms=statistics.median(plain) * 1e3, batch_size=int(batch.input_ids.shape[0]),
-                   speed=speed.describe(), device=str(device), peak_memory_gib=tb._peak(device))
+                   speed=speed.describe(), device=str(device), peak_memory_gib=tb._peak(device),
+                   host_syncs_per_step=syncs)
         return out
     finally:
         restore()
@@ -176,7 +199,9 @@ def render_profile(p: dict[str, Any]) -> str:
              f"(the profiler's host overhead); GPU busy {p['gpu_busy_ms_per_step']:.1f} ms per step, "
              f"{p['kernels_per_step']:.0f} device activities per step.", "",
              f"**Idle GPU (launch/host bound): {100 * p['idle_share']:.1f}% of the profiled step** "
-             "(an upper bound: the profiler slows the host).", "",
+             "(an upper bound: the profiler slows the host)."
+             + (f" Host syncs per step: {p['host_syncs_per_step']} (`torch.cuda.set_sync_debug_mode`)."
+                if p.get("host_syncs_per_step") is not None else ""), "",
              "| category | ms per step | share of step |", "|---|---|---|"]
     for name, v in p["categories"].items():
         lines.append(f"| {name} | {v['ms_per_step']:.2f} | {100 * v['share_of_step']:.1f}% |")

@@ -144,8 +144,9 @@ def test_summary_counts_overlaps_once_and_the_rest_as_idle():
     assert p["categories"]["optimizer"]["share_of_step"] == pytest.approx(0.05)
     assert p["categories"]["idle (host gaps)"]["ms_per_step"] == pytest.approx(1.3)
     assert [k["name"] for k in p["top_kernels"]][0] == "nvjet_gemm"
-    md = render_profile(p | dict(batch_size=32, device="cuda", speed="compile", unprofiled_step_ms=1.5))
-    assert "| matmul | 0.40 | 20.0% |" in md and "65.0%" in md
+    md = render_profile(p | dict(batch_size=32, device="cuda", speed="compile", unprofiled_step_ms=1.5,
+                                 host_syncs_per_step=14))
+    assert "| matmul | 0.40 | 20.0% |" in md and "65.0%" in md and "Host syncs per step: 14" in md
     with pytest.raises(ValueError, match="at least one step"):
         summarise_kernels(kernels, wall_s=1.0, steps=0)
 
@@ -160,6 +161,7 @@ def test_profile_custom_runs_on_the_cpu(ctx, items):
     assert p["batch_size"] == 2 and p["steps"] == 1 and p["unprofiled_step_ms"] > 0
     assert p["categories"]["matmul"]["ms_per_step"] > 0                 # aten::mm / addmm self time
     assert 0 <= p["idle_share"] <= 1 and p["top_kernels"]
+    assert p["host_syncs_per_step"] is None                            # counted on CUDA only
 
 
 @pytest.mark.slow
