@@ -15,6 +15,9 @@
 #   harness  the harness's own cost on the full checkpoint: `compare --stage all` (timed per stage,
 #            progress printed) against both pipelines' training step at the same batch of 4
 #   tests    pytest -m gpu (tiny checkpoint, built there)
+#   trace    both training CLIs traced on the full checkpoint: CUDA defaults vs every speed switch off
+#            (custom) and bf16 autocast vs off (reference), compare-traces at bf16 tolerance, and the
+#            trace's overhead per step (scripts/gpu_trace_suite.py)
 #
 # Results go to a NEW folder, reports/bench/<suite>-<UTC time>/ ($GPU_RESULTS_DIR to name another; an
 # existing folder is refused, so committed results are never written over).  When $OUT is set (the
@@ -30,8 +33,8 @@
 # dry run of the flow, e.g. `tests`, where every GPU test is skipped).
 set -uo pipefail
 
-SUITES=(speed harness tests)
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+SUITES=(speed harness tests trace)
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=auto
 suite=""
 for arg in "$@"; do
@@ -100,6 +103,8 @@ finish() {   # $1: exit status; writes summary.md, packs the folder into $OUT
         echo
         [ -f "$RES/env.txt" ] && { echo '```'; cat "$RES/env.txt"; echo '```'; echo; }
         case "$suite" in
+        trace)
+            if [ -f "$RES/trace_suite.md" ]; then cat "$RES/trace_suite.md"; else echo "no trace_suite.md (see run.log)"; fi ;;
         speed | harness)
             if [ -f "$RES/bench.md" ]; then cat "$RES/bench.md"; else echo "no bench.md was written (see run.log)"; fi ;;
         tests)
@@ -171,6 +176,12 @@ harness)
     timeout -s KILL "$(left)" "$PYTHON" -m harness.bench --build-full "$FULL" --sections train,harness \
         --configs lora-common --batch-sizes 4 --steps 5 --warmup 3 --no-flop-count --compare-samples 4 \
         --ddp-world-size 0 --compare-progress --out "$RES" ${BENCH_ARGS:-}
+    status=$?
+    ;;
+trace)
+    step "trace: full checkpoint into $FULL, both CLIs traced (scripts/gpu_trace_suite.py)"
+    timeout -s KILL "$(left)" "$PYTHON" -c "import sys, torch; from harness.bench.single import build_full_assets; build_full_assets(__import__('pathlib').Path(sys.argv[1]), torch.device('cuda'))" "$FULL" &&
+        timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full "$FULL" --out "$RES"
     status=$?
     ;;
 tests)

@@ -329,7 +329,7 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
               "one run logs a value the other does not")
 
 
-def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], b_subset: bool = False) -> str | None:
+def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], common_steps_only: bool = False) -> str | None:
     """Step by step (aligned by step number) until the first step with an unexpected divergence;
     returns a note on what was left out."""
     steps_a = {r: {st.step: st for st in a.rank_steps(r)} for r in ranks}
@@ -355,9 +355,9 @@ def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], b_
             left = len(common) - (i + 1)
             return (f"stopped after step {s}, the first with an unexpected divergence; "
                     f"{left} later step(s) not listed (they differ as its consequence)") if left else None
-    only_a = [] if b_subset else sorted(set(steps_a[ranks[0]]) - set(common))
+    only_a = sorted(set(steps_a[ranks[0]]) - set(common))
     only_b = sorted(set(steps_b[ranks[0]]) - set(common))
-    if only_a or only_b:
+    if (only_a or only_b) and not common_steps_only:
         c.scalar("run", "steps_recorded", len(steps_a[ranks[0]]), len(steps_b[ranks[0]]),
                  words=f"the runs recorded different steps (only A: {only_a}, only B: {only_b})")
     return None
@@ -412,10 +412,11 @@ def symptom_fields(c: _Collector, sym_a: list[Symptom], sym_b: list[Symptom]) ->
 
 
 def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
-                   progress: Callable[[str], None] | None = None, b_subset: bool = False) -> Report:
+                   progress: Callable[[str], None] | None = None, common_steps_only: bool = False) -> Report:
     """Compare trace B (under test) with trace A (trusted); a `Report` in the usual schema.
 
-    `b_subset`: B covers only some of A's steps (a resumed run), so A's other steps are not missing.
+    `common_steps_only`: compare the steps both traces recorded and nothing else (a resumed run covers only
+    the steps after its checkpoint; a short trace of a long run).
     Never raises on odd trace contents (missing records, None gradients, empty tensors): those are
     findings.  Raises `harness.trace.load.TraceError` only for folders that are not traces.
     """
@@ -432,7 +433,7 @@ def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
     try:
         if same:
             say(f"same program ({a.program()}): step-by-step comparison")
-            note = compare_same_program(c, a, b, ranks, b_subset)
+            note = compare_same_program(c, a, b, ranks, common_steps_only)
         else:
             say(f"different programs ({a.program()} vs {b.program()}): structural comparison")
             note = compare_different_programs(c, a, b)

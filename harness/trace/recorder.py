@@ -95,6 +95,7 @@ class Recorder:
         self.pending = False          # the optimizer stepped; the step is written when the next starts
         self.in_flush = False
         self.tensors: dict[str, torch.Tensor] = {}
+        self.pending_stats: list[tuple[dict[str, Any], torch.Tensor, bool]] = []
         self.current: dict[str, Any] = self._empty_step()
         self.layer_hooks_on: set[int] = set()
         self.t0 = time.time()
@@ -134,26 +135,50 @@ class Recorder:
 
     # ------------------------------------------------------------------ tensors
     def keep(self, key: str, t: torch.Tensor) -> dict[str, Any]:
-        """Store `t` under `key` (or only its summary when larger than max_numel); its description."""
+        """Store `t` under `key` (or only its summary when larger than max_numel); its description.
+
+        The summary (non-finite count, sum, |sum|, min, max over finite values) is computed where the
+        tensor lives and read back once per step (`_fill_summaries`), so a GPU run pays one host sync
+        per step for all summaries, not several per tensor.
+        """
         t = t.detach()
         desc: dict[str, Any] = {"key": key, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
                                 "device": t.device.type}
-        if t.is_floating_point() or t.is_complex():
-            f = t.float()
-            finite = torch.isfinite(f)
-            desc["nonfinite"] = int((~finite).sum())
-            fin = f[finite]
-            if fin.numel():
-                desc.update(sum=float(fin.double().sum()), abs_sum=float(fin.double().abs().sum()),
-                            min=float(fin.min()), max=float(fin.max()))
-        elif t.numel():
-            desc.update(min=int(t.min()), max=int(t.max()))
+        if t.numel() and not t.is_complex():
+            with torch.no_grad():
+                if t.is_floating_point():
+                    f = t.float()
+                    finite = torch.isfinite(f)
+                    fz = torch.where(finite, f, torch.zeros((), device=f.device))
+                    stats = torch.stack([(~finite).sum().double(), fz.double().sum(), fz.double().abs().sum(),
+                                         torch.where(finite, f, torch.full((), float("inf"), device=f.device)).min().double(),
+                                         torch.where(finite, f, torch.full((), -float("inf"), device=f.device)).max().double()])
+                else:
+                    stats = torch.stack([torch.zeros((), dtype=torch.float64, device=t.device),
+                                         t.double().sum(), t.double().abs().sum(), t.min().double(), t.max().double()])
+            self.pending_stats.append((desc, stats, t.is_floating_point()))
         if t.numel() <= self.max_numel:
             self.tensors[key] = t.to("cpu").contiguous().clone()
             desc["stored"] = True
         else:
             desc["stored"] = False
         return desc
+
+    def _fill_summaries(self) -> None:
+        """Read every pending summary back in one transfer per device and write it into its description."""
+        by_device: dict[Any, list] = {}
+        for item in self.pending_stats:
+            by_device.setdefault(item[1].device, []).append(item)
+        self.pending_stats = []
+        for items in by_device.values():
+            values = torch.stack([st for _, st, _ in items]).cpu().tolist()
+            for (desc, _, is_float), (nonfinite, total, abs_total, lo, hi) in zip(items, values):
+                if is_float:
+                    desc.update(nonfinite=int(nonfinite), sum=total, abs_sum=abs_total)
+                    if desc["nonfinite"] < max(1, int(torch.Size(desc["shape"]).numel())):
+                        desc.update(min=lo, max=hi)
+                else:
+                    desc.update(sum=total, min=int(lo), max=int(hi))
 
     def row_hashes(self, t: torch.Tensor) -> list[str] | None:
         """Content hash of each row (dim 0) of an integer tensor: sample identity without sample ids."""
@@ -290,7 +315,7 @@ class Recorder:
                         rec["supervised"] = int((target != ignore_index).sum())
                         rec["targets_total"] = int(target.numel())
                 rec["result"] = self.keep(f"ce.{k}.result", result)
-                if isinstance(target, torch.Tensor) and not target.is_floating_point() and inp.numel() <= 200_000_000:
+                if isinstance(target, torch.Tensor) and not target.is_floating_point() and inp.numel() <= 50_000_000:
                     with torch.no_grad():
                         per = ce_fn(inp.detach().float(), target, ignore_index=ignore_index, reduction="none",
                                     label_smoothing=smoothing)
@@ -409,6 +434,7 @@ class Recorder:
         base = os.path.join(self.dir, f"step-{self.step:04d}")
         self.current.update(step=self.step, rank=self.rank, world_size=self.world_size, complete=complete,
                             format_version=FORMAT_VERSION)
+        self._fill_summaries()
         tensors, self.tensors = self.tensors, {}
         self.in_flush = True
         try:

@@ -111,7 +111,7 @@ def check_resume(command: Sequence[str], work: Path, *, steps: int, kill_after: 
         return None, (f"the interrupted run was not killed after step {kill_after} (exit {codes['interrupted']}); "
                       f"see {work / 'trace-interrupted' / 'command.log'}")
     straight, resumed = Trace.load(work / "trace-straight"), Trace.load(work / "trace-resumed")
-    report = compare_traces(straight, resumed, tolerance=Tolerance.for_precision(precision), b_subset=True)
+    report = compare_traces(straight, resumed, tolerance=Tolerance.for_precision(precision), common_steps_only=True)
     _check_restored_weights(report, straight, resumed, kill_after)
     report.run_name = "check-resume"
     report.config["check_resume"] = {"steps": steps, "kill_after": kill_after, "exit_codes": codes,
