@@ -329,6 +329,29 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
               "one run logs a value the other does not")
 
 
+CONSEQUENCE_FIELDS = (".backward", ".grad.", ".param.", ".state.", ".group", ".clip", ".scheduler")
+
+
+def _mark_inconsequential(c: _Collector, s: int) -> None:
+    """Divergences inside the forward pass and the loss's cross-entropy calls of step `s` that change
+    neither the loss handed to backward(), nor any gradient, nor the update are a different path to
+    the same result (a fused or gathered head, chunked cross-entropy, another output layout): they
+    are shown as expected, with that reason, below what changes training."""
+    tag = f"step{s}."
+    in_step = [f for st in ("forward", "loss", "backward", "step") for f in c.fields.get(st, [])
+               if f.field.startswith(tag)]
+    consequential = [f for f in in_step if f.unexpected and any(k in f.field for k in CONSEQUENCE_FIELDS)]
+    checked = [f for f in in_step if any(k in f.field for k in CONSEQUENCE_FIELDS)]
+    if consequential or not checked:
+        return
+    for st in ("forward", "loss"):
+        for f in c.fields.get(st, []):
+            if f.field.startswith(tag) and f.unexpected and not any(k in f.field for k in CONSEQUENCE_FIELDS):
+                f.expected = True
+                f.expected_reason = ("changes neither the loss handed to backward(), nor any gradient, nor the "
+                                     "update: a different path to the same result")
+
+
 def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], common_steps_only: bool = False) -> str | None:
     """Step by step (aligned by step number) until the first step with an unexpected divergence;
     returns a note on what was left out."""
@@ -351,6 +374,7 @@ def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], co
             _compare_logs(c, s, sa, sb)
             c.scalar("run", f"step{s}.rank{r}.complete", sa.complete, sb.complete,
                      words="one run ended inside this step")
+        _mark_inconsequential(c, s)
         if c.unexpected():
             left = len(common) - (i + 1)
             return (f"stopped after step {s}, the first with an unexpected divergence; "

@@ -137,7 +137,7 @@ class Recorder:
     def keep(self, key: str, t: torch.Tensor) -> dict[str, Any]:
         """Store `t` under `key` (or only its summary when larger than max_numel); its description.
 
-        The summary (non-finite count, sum, |sum|, min, max over finite values) is computed where the
+        The summary (non-finite count; sum, |sum|, min, max with non-finite values as 0) is computed where the
         tensor lives and read back once per step (`_fill_summaries`), so a GPU run pays one host sync
         per step for all summaries, not several per tensor.
         """
@@ -147,12 +147,11 @@ class Recorder:
         if t.numel() and not t.is_complex():
             with torch.no_grad():
                 if t.is_floating_point():
-                    f = t.float()
-                    finite = torch.isfinite(f)
-                    fz = torch.where(finite, f, torch.zeros((), device=f.device))
-                    stats = torch.stack([(~finite).sum().double(), fz.double().sum(), fz.double().abs().sum(),
-                                         torch.where(finite, f, torch.full((), float("inf"), device=f.device)).min().double(),
-                                         torch.where(finite, f, torch.full((), -float("inf"), device=f.device)).max().double()])
+                    # non-finite values count, and are summed (and min/max-ed) as 0
+                    fz = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+                    lo, hi = torch.aminmax(fz)
+                    stats = torch.stack([(~torch.isfinite(t)).sum().double(), fz.sum(dtype=torch.float64),
+                                         fz.abs().sum(dtype=torch.float64), lo.double(), hi.double()])
                 else:
                     stats = torch.stack([torch.zeros((), dtype=torch.float64, device=t.device),
                                          t.double().sum(), t.double().abs().sum(), t.min().double(), t.max().double()])
@@ -174,9 +173,7 @@ class Recorder:
             values = torch.stack([st for _, st, _ in items]).cpu().tolist()
             for (desc, _, is_float), (nonfinite, total, abs_total, lo, hi) in zip(items, values):
                 if is_float:
-                    desc.update(nonfinite=int(nonfinite), sum=total, abs_sum=abs_total)
-                    if desc["nonfinite"] < max(1, int(torch.Size(desc["shape"]).numel())):
-                        desc.update(min=lo, max=hi)
+                    desc.update(nonfinite=int(nonfinite), sum=total, abs_sum=abs_total, min=lo, max=hi)
                 else:
                     desc.update(sum=total, min=int(lo), max=int(hi))
 
