@@ -73,6 +73,7 @@ from custom_impl.length_grouping import grouped_batches, item_merged_length
 from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
 from higgs_common import DEFAULT_MANIFEST
+from higgs_common.audit import audit_before_training
 from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli, speech_options
 from higgs_common.crashpoints import maybe_kill
 from higgs_common.guards import (check_audio_loss_nonzero, check_codebook_losses_nonzero, check_grads_finite,
@@ -147,7 +148,7 @@ def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
     from higgs_common.converters import write_chatml_json
     from higgs_common.manifest import load_manifest, resolve_manifest
 
-    if data is not None and str(data) == COPY_PROBE and not data.exists():
+    if _is_copy_probe(data):
         from higgs_common.assets.copy_probe import ensure_copy_probe
         manifest = ensure_copy_probe() if write else None
     elif data is not None and data.is_dir():
@@ -160,6 +161,10 @@ def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
     if write:
         write_chatml_json(load_manifest(manifest), native)
     return native
+
+
+def _is_copy_probe(data: Path | None) -> bool:
+    return data is not None and str(data) == COPY_PROBE and not data.exists()
 
 
 # ------------------------------------------------------------------------------ data stream
@@ -361,6 +366,9 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
             ctx = build_context(args.model_path, args.audio_tokenizer_path, device=str(info.device),
                                 faults=tuple(args.fault), seed=args.seed,
                                 options={"max_audio_seconds": args.max_audio_seconds, **speech_options(args)})
+            if not _is_copy_probe(args.data):   # built-in synthetic set: its prompts are its targets on purpose
+                audit_before_training(args.data or DEFAULT_MANIFEST, prog="custom_impl.train", options=ctx.options,
+                                      min_samples=ctx.code_cache.min_samples, quiet=not info.is_main)
             data = resolve_data(args.data, out_dir, write=info.is_main)
             skip_log = SkipLog(where=f"custom dataset {data}")
             items = _dataset.load_dataset(data, ctx, skip_bad_samples=args.skip_bad_samples, skip_log=skip_log)

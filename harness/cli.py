@@ -2,6 +2,7 @@
 
     higgs-diff compare ...        = python -m harness.compare ...
     higgs-diff check-adapter ...  = python -m harness.check_adapter ...
+    higgs-diff audit DATA ...     = python -m harness.audit DATA ...
     higgs-diff bench ...          = python -m harness.bench ...
     higgs-diff --version
 
@@ -52,6 +53,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                                 "(= python -m harness.check_adapter)"),
     "bench": Subcommand("harness.bench.single",
                         "benchmark both pipelines and the harness on one device (= python -m harness.bench)"),
+    "audit": Subcommand("harness.audit",
+                        "check a data set (manifest, reference folder or ChatML JSON) before training: every "
+                        "finding names file, sample and field (= python -m harness.audit)"),
 }
 
 

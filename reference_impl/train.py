@@ -47,6 +47,7 @@ from transformers import TrainerCallback
 from reference_impl import trainer as tr
 from reference_impl.collator import ExtendedHiggsAudioSampleCollator
 from higgs_common import DEFAULT_MANIFEST
+from higgs_common.audit import audit_before_training
 from higgs_common.manifest import MANIFEST_NAME
 from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli
 from reference_impl.dataset import TASK_TYPES, ReferenceDataset
@@ -185,6 +186,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 ctx.model_path, ctx.audio_tokenizer_path, device, precision, lr, warmup, args.use_lora,
                 args.task_type)
 
+    # The data audit's own checks (higgs_common.audit): warnings printed once, errors stop here (exit 2).
+    audit_before_training(args.data_dir or args.data or DEFAULT_MANIFEST, prog="reference_impl.train",
+                          options={"max_audio_seconds": args.max_audio_seconds,
+                                   "speech_floor_dbfs": args.speech_floor_dbfs,
+                                   "allow_no_speech": args.allow_no_speech},
+                          min_samples=ctx.code_cache.min_samples, quiet=int(os.environ.get("RANK", "0")) != 0)
     data_dir, manifest = args.data_dir, args.data
     if data_dir is not None and not (data_dir / "metadata.json").is_file() and (data_dir / MANIFEST_NAME).is_file():
         logger.info("%s has no metadata.json but a %s: converting that manifest", data_dir, MANIFEST_NAME)

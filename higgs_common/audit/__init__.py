@@ -1,6 +1,6 @@
 """Data audit: every check the datasets run plus data-quality checks, each finding naming file, sample and field.
 
-One module per check kind: `encoding` (strict UTF-8), `sources` (read any of the three data
+One module per check kind (strict UTF-8 decoding is `higgs_common.text_encoding`): `sources` (read any of the three data
 formats without stopping at the first problem), `text_checks` (invisible characters in any text
 field, transcript checks), `audio_checks` (range, clipping, loudness, speech presence, `load_audio`),
 `rates` (characters per second, median/MAD), `consistency` (records that contradict each other).

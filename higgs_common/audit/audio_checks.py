@@ -75,12 +75,13 @@ def measure_clip(path: Path) -> ClipStats:
 
 
 def check_audio(records: Iterable[AuditRecord], *, options: Mapping[str, Any], min_samples: Optional[int],
-                clips: dict[str, ClipStats]) -> list[Finding]:
+                clips: dict[str, ClipStats], run_load_audio: bool = True) -> list[Finding]:
     """Every check of the module doc on every clip of `records`; fills `clips` (path -> stats).
 
     A clip named by several records is decoded once and its findings name the first record and
     field that use it.  `options` as for `audio_io.audio_check_kwargs` (max_audio_seconds,
-    speech_floor_dbfs, allow_no_speech).
+    speech_floor_dbfs, allow_no_speech).  `run_load_audio=False` skips `load_audio` (the caller's
+    dataset runs it) and clips that do not decode.
     """
     out: list[Finding] = []
     kwargs = audio_check_kwargs(options, min_samples=min_samples)
@@ -91,17 +92,18 @@ def check_audio(records: Iterable[AuditRecord], *, options: Mapping[str, Any], m
             if key in clips or key in _failed(out):
                 continue
             where = dict(path=key, sample_id=rec.sample_id, field=fld, clip=key)
-            try:
-                load_audio(path, sample_id=rec.sample_id, field=fld, **kwargs)
-            except AudioError as exc:
-                out.append(Finding(ERROR, f"audio.{type(exc).__name__}", str(exc).rsplit(" [sample=", 1)[0],
-                                   path=key, sample_id=rec.sample_id, field=fld))
-                if not path.is_file():
-                    continue
+            if run_load_audio:
+                try:
+                    load_audio(path, sample_id=rec.sample_id, field=fld, **kwargs)
+                except AudioError as exc:
+                    out.append(Finding(ERROR, f"audio.{type(exc).__name__}", str(exc).rsplit(" [sample=", 1)[0],
+                                       path=key, sample_id=rec.sample_id, field=fld))
+            if not path.is_file():
+                continue
             try:
                 stats = measure_clip(path)
             except (sf.LibsndfileError, RuntimeError, ValueError):
-                continue            # load_audio already reported it as undecodable
+                continue            # undecodable: load_audio reports it (here or in the dataset)
             clips[key] = stats
             out.extend(_judge(stats, fld in has_text, where))
     return out

@@ -3,7 +3,8 @@
 * the same sample id twice (error): every tool keys samples, reports and caches by id.
 * one clip (the same decoded samples, `ClipStats.sha256`, whatever its file name) claimed by two
   transcripts that differ (error): at most one can be right.  Transcripts are compared after
-  collapsing whitespace, so a trailing CR is reported by the text checks, not here.
+  collapsing whitespace and dropping invisible (Cc/Cf) characters, so a trailing CR or a BOM is
+  reported by the text checks, not here.
 * the same clip as the training target of two different ids (warning): a duplicated sample.
 * a record whose reference (voice prompt) clip is its own target clip (warning): the model can
   learn to copy the prompt instead of speaking the text.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from typing import Iterable
 
@@ -23,7 +25,8 @@ PROMPT_FIELDS = ("ref_audio", "ref_audio_file", "messages[1].content[1].audio_ur
 
 
 def _norm(text: str) -> str:
-    return " ".join(text.split())
+    visible = "".join(ch if unicodedata.category(ch) not in ("Cc", "Cf") else " " for ch in text)
+    return " ".join(visible.split())
 
 
 def check_consistency(records: list[AuditRecord], clips: dict[str, ClipStats]) -> list[Finding]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from higgs_common.audit.encoding import decode_utf8
+from higgs_common.text_encoding import decode_utf8
 from higgs_common.audit.findings import ERROR, Finding
 from higgs_common.manifest import MANIFEST_NAME, REQUIRED_FIELDS
 from higgs_common.stages import SampleError
@@ -130,7 +130,9 @@ def _read_canonical(path: Path) -> tuple[list[AuditRecord], list[Finding]]:
         try:
             line = decode_utf8(chunk, path=path, line_offset=lineno - 1, byte_offset=start)
         except SampleError as exc:
-            findings.append(_error(exc, "file.encoding"))
+            sid, fld = _locate_undecodable(chunk)
+            findings.append(Finding(ERROR, "file.encoding", str(exc).rsplit(" [sample=", 1)[0], exc.path,
+                                    sid or exc.sample_id, fld))
             continue
         if not line.strip():
             continue
@@ -158,6 +160,20 @@ def _read_canonical(path: Path) -> tuple[list[AuditRecord], list[Finding]]:
                      if a in rec.audio and isinstance(obj.get(t), str)]
         records.append(rec)
     return records, findings
+
+
+def _locate_undecodable(chunk: bytes) -> tuple[Optional[str], Optional[str]]:
+    """(sample id, first field holding non-ASCII text) of a JSON line that is not UTF-8, read as cp1252
+    (which decodes any byte but five), so the encoding finding can name the sample and field; Nones
+    when even that does not parse."""
+    try:
+        obj = json.loads(chunk.decode("cp1252", errors="replace"))
+    except json.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    fld = next((f for f, t in walk_strings(obj) if not t.isascii()), None)
+    return (str(obj["id"]) if "id" in obj else None), fld
 
 
 # ----------------------------------------------------------------------------- reference folder

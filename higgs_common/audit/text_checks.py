@@ -24,7 +24,8 @@ WHITESPACE_CONTROLS = {"\t": "TAB", "\n": "LF (line break)", "\r": "CR (carriage
 
 
 def _describe(ch: str) -> str:
-    return f"U+{ord(ch):04X} {unicodedata.name(ch, WHITESPACE_CONTROLS.get(ch, 'control'))}"
+    name = "BYTE ORDER MARK" if ch == "\ufeff" else unicodedata.name(ch, WHITESPACE_CONTROLS.get(ch, "control"))
+    return f"U+{ord(ch):04X} {name}"
 
 
 def invisible_characters(text: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
