@@ -35,8 +35,9 @@ def clip_png(path: str | Path, title: str) -> bytes:
     ax1.set_ylabel("amplitude")
     ax1.set_xlim(0, max(t[-1] if t.size else 0.0, 1e-3))
     finite = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0)
-    ax2.specgram(finite if finite.size >= 512 else np.pad(finite, (0, 512 - finite.size)), NFFT=512, Fs=sr,
-                 noverlap=256, cmap="magma")
+    with np.errstate(divide="ignore"):   # digital silence: log10(0) is drawn as the colour floor
+        ax2.specgram(finite if finite.size >= 512 else np.pad(finite, (0, 512 - finite.size)), NFFT=512, Fs=sr,
+                     noverlap=256, cmap="magma")
     ax2.set_xlabel("seconds")
     ax2.set_ylabel("Hz")
     fig.tight_layout()
