@@ -407,6 +407,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
                                 options={"max_audio_seconds": args.max_audio_seconds, **speech_options(args)})
             if not _is_copy_probe(args.data):   # built-in synthetic set: its prompts are its targets on purpose
                 audit_before_training(args.data or DEFAULT_MANIFEST, prog="custom_impl.train", options=ctx.options,
+                                      tokenizer=ctx.text_tokenizer,
                                       min_samples=ctx.code_cache.min_samples, quiet=not info.is_main)
             data = resolve_data(args.data, out_dir, write=info.is_main)
             skip_log = SkipLog(where=f"custom dataset {data}")

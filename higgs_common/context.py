@@ -70,6 +70,16 @@ def _load_text_tokenizer(model_path: Path):
     return tok
 
 
+def load_text_tokenizer(model_path: Path | None = None):
+    """The text tokenizer of checkpoint `model_path` (None: the default tiny assets, built if missing),
+    memoised and checked for the Higgs special tokens, without loading the codec."""
+    if model_path is None:
+        from higgs_common.assets.paths import ensure_default_assets
+
+        model_path = ensure_default_assets().model
+    return _load_text_tokenizer(Path(model_path).resolve())
+
+
 @functools.lru_cache(maxsize=8)
 def _load_model_config(model_path: Path):
     from boson_multimodal.model.higgs_audio import HiggsAudioConfig

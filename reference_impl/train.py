@@ -200,6 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     # The data audit's own checks (higgs_common.audit): warnings printed once, errors stop here (exit 2).
     audit_before_training(args.data_dir or args.data or DEFAULT_MANIFEST, prog="reference_impl.train",
+                          tokenizer=ctx.text_tokenizer,
                           options={"max_audio_seconds": args.max_audio_seconds,
                                    "speech_floor_dbfs": args.speech_floor_dbfs,
                                    "allow_no_speech": args.allow_no_speech},

@@ -75,13 +75,12 @@ def measure_clip(path: Path) -> ClipStats:
 
 
 def check_audio(records: Iterable[AuditRecord], *, options: Mapping[str, Any], min_samples: Optional[int],
-                clips: dict[str, ClipStats], run_load_audio: bool = True) -> list[Finding]:
+                clips: dict[str, ClipStats]) -> list[Finding]:
     """Every check of the module doc on every clip of `records`; fills `clips` (path -> stats).
 
     A clip named by several records is decoded once and its findings name the first record and
     field that use it.  `options` as for `audio_io.audio_check_kwargs` (max_audio_seconds,
-    speech_floor_dbfs, allow_no_speech).  `run_load_audio=False` skips `load_audio` (the caller's
-    dataset runs it) and clips that do not decode.
+    speech_floor_dbfs, allow_no_speech).  `load_audio`'s errors are named ``dataset.<error class>``.
     """
     out: list[Finding] = []
     kwargs = audio_check_kwargs(options, min_samples=min_samples)
@@ -92,12 +91,11 @@ def check_audio(records: Iterable[AuditRecord], *, options: Mapping[str, Any], m
             if key in clips or key in _failed(out):
                 continue
             where = dict(path=key, sample_id=rec.sample_id, field=fld, clip=key)
-            if run_load_audio:
-                try:
-                    load_audio(path, sample_id=rec.sample_id, field=fld, **kwargs)
-                except AudioError as exc:
-                    out.append(Finding(ERROR, f"audio.{type(exc).__name__}", str(exc).rsplit(" [sample=", 1)[0],
-                                       path=key, sample_id=rec.sample_id, field=fld))
+            try:
+                load_audio(path, sample_id=rec.sample_id, field=fld, **kwargs)
+            except AudioError as exc:
+                out.append(Finding(ERROR, f"dataset.{type(exc).__name__}", str(exc).rsplit(" [sample=", 1)[0],
+                                   path=key, sample_id=rec.sample_id, field=fld))
             if not path.is_file():
                 continue
             try:
@@ -110,7 +108,7 @@ def check_audio(records: Iterable[AuditRecord], *, options: Mapping[str, Any], m
 
 
 def _failed(findings: list[Finding]) -> set[str]:
-    return {f.path for f in findings if f.check.startswith("audio.") and f.path}
+    return {f.path for f in findings if f.check.startswith("dataset.Audio") and f.path}
 
 
 def _judge(s: ClipStats, has_text: bool, where: dict[str, Any]) -> list[Finding]:

@@ -4,7 +4,8 @@
 * one clip (the same decoded samples, `ClipStats.sha256`, whatever its file name) claimed by two
   transcripts that differ (error): at most one can be right.  Transcripts are compared after
   collapsing whitespace and dropping invisible (Cc/Cf) characters, so a trailing CR or a BOM is
-  reported by the text checks, not here.
+  reported by the text checks, not here; a transcript with no letter or digit claims nothing (the
+  transcript check rejects it).
 * the same clip as the training target of two different ids (warning): a duplicated sample.
 * a record whose reference (voice prompt) clip is its own target clip (warning): the model can
   learn to copy the prompt instead of speaking the text.
@@ -18,6 +19,7 @@ from typing import Iterable
 
 from higgs_common.audit.findings import ERROR, WARNING, ClipStats, Finding
 from higgs_common.audit.sources import AuditRecord
+from higgs_common.transcripts import has_speakable_content
 
 # Which audio field is the training target / the voice prompt, per format.
 TARGET_FIELDS = ("audio", "audio_file", "messages[2].content[0].audio_url")
@@ -45,7 +47,7 @@ def check_consistency(records: list[AuditRecord], clips: dict[str, ClipStats]) -
         for afield, tfield in rec.pairs:
             clip = clips.get(str(rec.audio[afield]))
             tf = rec.text(tfield)
-            if clip is not None and tf is not None:
+            if clip is not None and tf is not None and has_speakable_content(tf.text):   # else: an empty transcript
                 claims[clip.sha256].append((_norm(tf.text), rec, afield, tfield))
         for afield in TARGET_FIELDS:
             clip = clips.get(str(rec.audio.get(afield)))
@@ -70,7 +72,8 @@ def check_consistency(records: list[AuditRecord], clips: dict[str, ClipStats]) -
                 out.append(Finding(ERROR, "record.conflicting_transcripts",
                                    f"clip {r1.audio[a1]} ({a1}) is transcribed {t1!r} here but {t0!r} in sample "
                                    f"{r0.sample_id!r} field {f0!r} ({r0.audio[a0]}, same decoded samples)",
-                                   str(tf.path) if tf else str(r1.path), r1.sample_id, f1, clip=str(r1.audio[a1])))
+                                   str(tf.path) if tf else str(r1.path), r1.sample_id, f1, clip=str(r1.audio[a1]),
+                                   related=(r0.sample_id,)))
     for sha, recs in targets.items():
         ids = list(dict.fromkeys(r.sample_id for r in recs))
         if len(ids) > 1:
@@ -80,5 +83,6 @@ def check_consistency(records: list[AuditRecord], clips: dict[str, ClipStats]) -
                 afield = next(f for f in TARGET_FIELDS if f in r.audio)
                 out.append(Finding(WARNING, "record.duplicate_clip", f"target clip {r.audio[afield]} holds the same "
                                    f"samples as the target of sample {recs[0].sample_id!r}: a duplicated sample",
-                                   str(r.path), r.sample_id, afield, clip=str(r.audio[afield])))
+                                   str(r.path), r.sample_id, afield, clip=str(r.audio[afield]),
+                                   related=(recs[0].sample_id,)))
     return out

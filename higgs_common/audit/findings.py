@@ -22,7 +22,8 @@ class Finding:
     docs/data-and-resume.md); `path` the file holding the offending value; `sample_id` and `field`
     where in that file (a field name of the data format, e.g. ``text``, ``transcript_file``,
     ``messages[1].content[2].text``); `value` the measured number the check compared (unit in the
-    message); `clip` an audio file worth plotting in the HTML report.
+    message); `clip` an audio file worth plotting in the HTML report; `related` the other samples
+    involved (a contradiction names both sides).
     """
 
     level: str
@@ -33,6 +34,7 @@ class Finding:
     field: Optional[str]
     value: Optional[float] = None
     clip: Optional[str] = None
+    related: tuple[str, ...] = ()     # other sample ids the finding involves (e.g. the other transcript's)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:

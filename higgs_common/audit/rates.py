@@ -56,8 +56,8 @@ def check_rates(records: Iterable[AuditRecord], clips: dict[str, ClipStats], sum
         for afield, tfield in rec.pairs:
             clip = clips.get(str(rec.audio[afield]))
             tf = rec.text(tfield)
-            if clip is None or tf is None or clip.seconds <= 0:
-                continue
+            if clip is None or tf is None or clip.seconds <= 0 or spoken_chars(tf.text) == 0:
+                continue     # nothing to say: the transcript check's business, not a rate
             key = (clip.path, tf.text.strip())
             pairs.setdefault(key, (spoken_chars(tf.text) / clip.seconds, rec, tfield, str(tf.path)))
     rates = np.array([p[0] for p in pairs.values()], dtype=np.float64)

@@ -10,21 +10,25 @@ from higgs_common.audit import audio_checks, consistency, rates, sources, text_c
 from higgs_common.audit.findings import ERROR, AuditReport, Finding
 from higgs_common.stages import SampleError
 
-# Findings the pipelines' loaders raise themselves (ManifestError, converters' SampleError).
-DATASET_CHECKS = frozenset({"record.field", "file.json", "record.duplicate_id"})
+# Findings the pipelines' loaders and datasets raise themselves: these loader checks, and every check
+# named "dataset.<error class>" (`load_audio`, the transcript checks).
+LOADER_CHECKS = frozenset({"record.field", "file.json", "record.duplicate_id"})
+
+
+def is_dataset_check(check: str) -> bool:
+    """True for a check the pipelines' own loaders and datasets run (they report it in their own words)."""
+    return check in LOADER_CHECKS or check.startswith("dataset.")
 
 
 def run_audit(data: str | Path, *, tokenizer: Optional[Any] = None, options: Mapping[str, Any] | None = None,
               min_samples: Optional[int] = None, model_config: Any = None,
-              model_path: str | Path | None = None, dataset_checks: bool = True) -> AuditReport:
+              model_path: str | Path | None = None) -> AuditReport:
     """Every check on DATA (a canonical manifest, a reference folder or a ChatML JSON; `sources`).
 
     `tokenizer` (optional) enables the reserved-token / empty-transcript checks; with `model_config`
     and `model_path` too, the tokenizer-vs-embedding check (`higgs_common.vocab`).  `options` as for
     `higgs_common.audio_io.audio_check_kwargs`; `min_samples` the codec's minimum clip length.
-    `dataset_checks=False` leaves out what the pipelines' own loaders and datasets check anyway
-    (`DATASET_CHECKS`, `load_audio`, the transcript checks), so that a training CLI reports those
-    in its own words (its field names, its native file).  Raises `sources.DataFormatError` when
+    Raises `sources.DataFormatError` when
     DATA is none of the formats; everything else becomes a finding.
     """
     started = time.perf_counter()
@@ -41,13 +45,10 @@ def run_audit(data: str | Path, *, tokenizer: Optional[Any] = None, options: Map
                                exc.sample_id, exc.field))
     records = loaded.records
     report.findings.extend(text_checks.check_text_fields(records))
-    if dataset_checks:
-        report.findings.extend(text_checks.check_transcripts(records, tokenizer))
+    report.findings.extend(text_checks.check_transcripts(records, tokenizer))
     report.findings.extend(audio_checks.check_audio(records, options=options or {}, min_samples=min_samples,
-                                                    clips=report.clips, run_load_audio=dataset_checks))
+                                                    clips=report.clips))
     report.findings.extend(rates.check_rates(records, report.clips, report.chars_per_second))
     report.findings.extend(consistency.check_consistency(records, report.clips))
-    if not dataset_checks:
-        report.findings = [f for f in report.findings if f.check not in DATASET_CHECKS]
     report.seconds = time.perf_counter() - started
     return report

@@ -65,7 +65,8 @@ def check_text_fields(records: Iterable[AuditRecord]) -> list[Finding]:
 def check_transcripts(records: Iterable[AuditRecord], tokenizer: Optional[Any]) -> list[Finding]:
     """`check_transcript` on every transcript field and `check_user_text` on the other strings (needs a tokenizer).
 
-    Strings are stripped first, as both pipelines strip them.
+    Strings are stripped first, as both pipelines strip them.  Findings are named
+    ``dataset.<error class>`` (the pipelines' datasets raise the same errors).
     """
     if tokenizer is None:
         return []
@@ -82,6 +83,6 @@ def check_transcripts(records: Iterable[AuditRecord], tokenizer: Optional[Any]) 
                     check_user_text(tf.text, tokenizer=tokenizer, sample_id=rec.sample_id, field=tf.field,
                                     path=tf.path)
             except SampleError as exc:
-                out.append(Finding(ERROR, f"text.{type(exc).__name__}", str(exc).rsplit(" [sample=", 1)[0],
+                out.append(Finding(ERROR, f"dataset.{type(exc).__name__}", str(exc).rsplit(" [sample=", 1)[0],
                                    exc.path, exc.sample_id, exc.field))
     return out
