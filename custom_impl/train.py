@@ -19,6 +19,13 @@ checkpoints (`checkpoint-<step>/`: trainable weights + peft adapter, optimizer, 
 sampler position, every rank's RNG state); `--resume` continues from the last complete checkpoint
 of `--output-dir` (or `--resume DIR`: that run folder's last one, or that checkpoint folder).
 
+Trust (`higgs_common.checkpoints`): every checkpoint stores the run's configuration (`run_config`)
+and an integrity record; a resume with other settings stops naming each key unless
+`--resume-override-config` (recorded in resume_overrides.jsonl), a corrupt newest checkpoint is
+skipped by path, and a failed save (disk full) names the folder and the step.  Before training the
+data audit (`higgs_common.audit`) runs on `--data`: warnings printed once, errors exit 2.
+docs/data-and-resume.md describes both.
+
 Crash safety: a checkpoint is written into `.checkpoint-<step>.tmp/` and renamed into place, so a
 SIGKILL during a save leaves the previous checkpoints valid and the half-written folder ignored
 (it is removed by the next save of that step).  Resuming restores the weights, AdamW and schedule

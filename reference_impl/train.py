@@ -24,7 +24,12 @@ checkpoints left by a killed save are removed first (see `reference_impl.trainer
 raise a SampleError naming the file, sample and field, and every sample is built once before
 training starts (`ReferenceDataset(validate=True)`), so the run stops with one line and exit
 status 2 before the first step; `--skip-bad-samples` leaves them out instead, logging each and the
-count.  `--allow-default-ref-transcript` /
+count.  Every checkpoint also stores the run's configuration (`run_config`) and an integrity record
+(`higgs_common.checkpoints`): a resume with other settings stops naming each key unless
+`--resume-override-config`, a corrupt newest checkpoint is skipped by path, and a failed save (disk
+full) names the folder and the step.  Before the data is converted the data audit
+(`higgs_common.audit`) runs on it: warnings printed once, errors exit 2 (docs/data-and-resume.md).
+`--allow-default-ref-transcript` /
 `--allow-missing-ref-audio` re-enable the reference's silent zero-shot fallbacks.
 """
 
