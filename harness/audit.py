@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint folder whose text tokenizer and config to check against (reserved tokens in "
                         "transcripts, tokenizer size vs embedding rows); default: none (those checks are skipped)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2 on any finding)")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every finding and clip measure as JSON")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="write every finding and clip measure as JSON")
     p.add_argument("--html", type=Path, default=None, metavar="PATH",
                    help="write an HTML page with the findings and the offending clips' waveform and spectrogram")
     p.add_argument("--max-audio-seconds", type=float, default=None,

@@ -227,7 +227,8 @@ def resolve_resume(target: Path, *, is_complete: Callable[[Path], bool], stream:
         skipped.append(f"{p}: {reason}")
         print(f"resume: skipping checkpoint {p}: {reason}", file=stream, flush=True)
     why = f" (skipped: {'; '.join(skipped)})" if skipped else ""
-    raise NoUsableCheckpointError(f"--resume: no complete checkpoint-<step> folder that verifies in {str(target)!r}{why}")
+    raise NoUsableCheckpointError(
+        f"--resume: no complete checkpoint-<step> folder that verifies in {str(target)!r}{why}")
 
 
 # ----------------------------------------------------------------------------- save errors

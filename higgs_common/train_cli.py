@@ -43,8 +43,8 @@ def speech_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_reliability_args(p: argparse.ArgumentParser) -> None:
-    """--resume [DIR], --resume-override-config, --max-audio-seconds, --speech-floor-dbfs, --allow-no-speech, --skip-bad-samples,
-    --allow-frozen-trainables."""
+    """--resume [DIR], --resume-override-config, --max-audio-seconds, --speech-floor-dbfs, --allow-no-speech,
+    --skip-bad-samples, --allow-frozen-trainables."""
     p.add_argument("--resume", type=Path, nargs="?", const=RESUME_LATEST, default=None, metavar="DIR",
                    help="continue from the last complete checkpoint of --output-dir (or of run folder DIR, "
                         "or from checkpoint folder DIR)")

@@ -41,7 +41,8 @@ def check_consistency(records: list[AuditRecord], clips: dict[str, ClipStats]) -
             out.append(Finding(ERROR, "record.duplicate_id", f"sample id {rec.sample_id!r} occurs twice{where}",
                                str(rec.path), rec.sample_id, "id"))
 
-    claims: dict[str, list[tuple[str, AuditRecord, str, str]]] = defaultdict(list)   # sha -> (text, rec, afield, tfield)
+    # clip sha256 -> (normalised text, record, audio field, text field) of every transcript claim
+    claims: dict[str, list[tuple[str, AuditRecord, str, str]]] = defaultdict(list)
     targets: dict[str, list[AuditRecord]] = defaultdict(list)
     for rec in records:
         for afield, tfield in rec.pairs:

@@ -49,7 +49,8 @@ def spoken_chars(text: str) -> int:
     return total
 
 
-def check_rates(records: Iterable[AuditRecord], clips: dict[str, ClipStats], summary: dict[str, float]) -> list[Finding]:
+def check_rates(records: Iterable[AuditRecord], clips: dict[str, ClipStats],
+                summary: dict[str, float]) -> list[Finding]:
     """Warnings for pairs whose chars/s is an outlier (module doc); fills `summary` with median, mad, pairs."""
     pairs: dict[tuple[str, str], tuple[float, AuditRecord, str, str]] = {}
     for rec in records:

@@ -39,7 +39,8 @@ def run_audit(data: str | Path, *, tokenizer: Optional[Any] = None, options: Map
         from higgs_common.vocab import check_vocabulary_fits
 
         try:
-            check_vocabulary_fits(tokenizer, model_config, tokenizer_path=model_path or "?", model_path=model_path or "?")
+            where = model_path or "?"
+            check_vocabulary_fits(tokenizer, model_config, tokenizer_path=where, model_path=where)
         except SampleError as exc:
             report.add(Finding(ERROR, "model.vocabulary", str(exc).rsplit(" [sample=", 1)[0], exc.path,
                                exc.sample_id, exc.field))

@@ -54,3 +54,15 @@ def test_compare_stops_on_audit_errors_before_any_stage(tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 2 and "DataAuditError" in cap.out and "sample='cafe'" in cap.out and "field='text'" in cap.out
     assert "data audit of" in cap.err and not (tmp_path / "rep").exists()
+
+
+def test_compare_refuses_tokenizer_beyond_embedding_table(tmp_path, capsys, assets):
+    from harness.compare import main as compare
+    from tests.audit_cases import oversized_tokenizer_model
+
+    model = oversized_tokenizer_model(tmp_path, assets.model)
+    rc = compare(["--model", str(model), "--stage", "dataset", "--ddp-world-size", "0", "--quiet",
+                  "--out", str(tmp_path / "rep")])
+    out = capsys.readouterr().out
+    assert rc == 2 and "VocabularyMismatchError" in out and "520 tokens" in out and "512 embedding rows" in out
+    assert "field='vocab_size'" in out and not (tmp_path / "rep").exists()
