@@ -178,6 +178,16 @@ def _is_copy_probe(data: Path | None) -> bool:
     return data is not None and str(data) == COPY_PROBE and not data.exists()
 
 
+def _audit_target(data: Path | None) -> Path:
+    """What the data audit reads for `--data`: the copy-probe's manifest (built on first use), the
+    default manifest, or the path as given (manifest, folder or ChatML JSON)."""
+    if _is_copy_probe(data):
+        from higgs_common.assets.copy_probe import ensure_copy_probe
+
+        return ensure_copy_probe()
+    return data if data is not None else DEFAULT_MANIFEST
+
+
 # ------------------------------------------------------------------------------ data stream
 def batch_stream(n_items: int, info: DistInfo, batch_size: int, seed: int, start_epoch: int,
                  start_batch: int, lengths: Sequence[int] | None = None) -> Iterator[tuple[int, int, list[int]]]:
@@ -412,10 +422,9 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
             ctx = build_context(args.model_path, args.audio_tokenizer_path, device=str(info.device),
                                 faults=tuple(args.fault), seed=args.seed,
                                 options={"max_audio_seconds": args.max_audio_seconds, **speech_options(args)})
-            if not _is_copy_probe(args.data):   # built-in synthetic set: its prompts are its targets on purpose
-                audit_before_training(args.data or DEFAULT_MANIFEST, prog="custom_impl.train", options=ctx.options,
-                                      tokenizer=ctx.text_tokenizer,
-                                      min_samples=ctx.code_cache.min_samples, quiet=not info.is_main)
+            audit_before_training(_audit_target(args.data), prog="custom_impl.train", options=ctx.options,
+                                  tokenizer=ctx.text_tokenizer, min_samples=ctx.code_cache.min_samples,
+                                  quiet=not info.is_main)
             data = resolve_data(args.data, out_dir, write=info.is_main)
             skip_log = SkipLog(where=f"custom dataset {data}")
             items = _dataset.load_dataset(data, ctx, skip_bad_samples=args.skip_bad_samples, skip_log=skip_log)
