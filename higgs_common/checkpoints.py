@@ -265,5 +265,6 @@ def save_errors(folder: Path, step: int, *, previous: Optional[Path], cleanup: O
             shutil.rmtree(cleanup, ignore_errors=True)
         kept = (f"the previous checkpoint {str(previous)!r} is intact" if previous is not None
                 else "there is no earlier checkpoint")
-        raise CheckpointSaveError(f"cannot save the checkpoint of step {step} to {str(folder)!r}: {reason}; {kept}, "
-                                  "the half-written folder was removed") from exc
+        removed = ", the half-written folder was removed" if cleanup is not None else ""
+        raise CheckpointSaveError(f"cannot save the checkpoint of step {step} to {str(folder)!r}: {reason}; "
+                                  f"{kept}{removed}") from exc

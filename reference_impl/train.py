@@ -53,7 +53,7 @@ from reference_impl import trainer as tr
 from reference_impl.collator import ExtendedHiggsAudioSampleCollator
 from higgs_common import DEFAULT_MANIFEST
 from higgs_common.audit import audit_before_training
-from higgs_common.checkpoints import check_resume_config
+from higgs_common.checkpoints import check_resume_config, save_errors
 from higgs_common.checkpoints import resolve_resume as resolve_checkpoint
 from higgs_common.manifest import MANIFEST_NAME
 from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli
@@ -265,8 +265,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     if trainer.is_world_process_zero():
-        trainer.save_model(str(output_dir))
-        adapters = tr.save_lora_adapters(trainer.model, output_dir)
+        # the final model beside the checkpoints: a full disk here names the folder, the checkpoints stay
+        with save_errors(output_dir, trainer.state.global_step, previous=tr.last_complete_checkpoint(output_dir)):
+            trainer.save_model(str(output_dir))
+            adapters = tr.save_lora_adapters(trainer.model, output_dir)
         steps = [h for h in trainer.state.log_history if "loss" in h]
         summary = {
             "output_dir": str(output_dir), "data_dir": str(data_dir), "model_path": str(ctx.model_path),
