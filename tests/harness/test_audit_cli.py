@@ -66,3 +66,15 @@ def test_compare_refuses_tokenizer_beyond_embedding_table(tmp_path, capsys, asse
     out = capsys.readouterr().out
     assert rc == 2 and "VocabularyMismatchError" in out and "520 tokens" in out and "512 embedding rows" in out
     assert "field='vocab_size'" in out and not (tmp_path / "rep").exists()
+
+
+def test_model_option_checks_tokenizer_against_embedding_rows(tmp_path, capsys, assets):
+    from tests.audit_cases import oversized_tokenizer_model
+
+    assert main([str(DEFAULT_MANIFEST.parent), "--model", str(assets.model)]) == 0
+    model = oversized_tokenizer_model(tmp_path, assets.model)
+    capsys.readouterr()
+    assert main([str(DEFAULT_MANIFEST.parent), "--model", str(model), "--json", str(tmp_path / "a.json")]) == 2
+    (finding,) = json.loads((tmp_path / "a.json").read_text())["findings"]
+    assert finding["check"] == "model.vocabulary" and finding["field"] == "vocab_size"
+    assert "520 tokens" in finding["message"] and str(model) in finding["message"]
