@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import unicodedata
 from collections import defaultdict
-from typing import Iterable
 
 from higgs_common.audit.findings import ERROR, WARNING, ClipStats, Finding
 from higgs_common.audit.sources import AuditRecord
