@@ -2,6 +2,7 @@
 
     higgs-diff compare ...        = python -m harness.compare ...
     higgs-diff check-adapter ...  = python -m harness.check_adapter ...
+    higgs-diff audit DATA ...     = python -m harness.audit DATA ...
     higgs-diff bench ...          = python -m harness.bench ...
     higgs-diff --version
 
@@ -60,6 +61,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                               "change each option of a training command in turn and name the ones the run ignores"),
     "bench": Subcommand("harness.bench.single",
                         "benchmark both pipelines and the harness on one device (= python -m harness.bench)"),
+    "audit": Subcommand("harness.audit",
+                        "check a data set (manifest, reference folder or ChatML JSON) before training: every "
+                        "finding names file, sample and field (= python -m harness.audit)"),
 }
 
 
