@@ -206,6 +206,10 @@ class Recorder:
             return [self.describe(f"{prefix}.{i}", v, depth + 1) for i, v in enumerate(value)]
         if isinstance(value, (int, float, bool, str)) or value is None:
             return value
+        attrs = getattr(value, "__dict__", None)     # a plain output object: its tensor attributes
+        if isinstance(attrs, dict) and not isinstance(value, torch.nn.Module):
+            return {k: self.describe(f"{prefix}.{k}", v, depth + 1) for k, v in attrs.items()
+                    if not k.startswith("_") and isinstance(v, (torch.Tensor, dict, list, tuple))}
         return None
 
     # ------------------------------------------------------------------ names

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 BUGS = ("none", "detached", "unscored-audio", "summed-log", "ignore-wd", "forget-scheduler", "label-shift",
-        "skip-batch-on-resume")
+        "skip-batch-on-resume", "crash")
 
 
 class Out:
@@ -80,6 +80,8 @@ def main() -> None:
         for micro in range(a.grad_accum):
             b = batch(step, micro, a.batch_size)
             out = model(**b)
+            if a.bug == "crash" and step == 2:
+                raise RuntimeError("toy trainer: simulated crash in step 2")
             labels = b["input_ids"] if a.bug == "label-shift" else torch.roll(b["input_ids"], -1, dims=1)
             text = F.cross_entropy(out.logits[:, :-1].reshape(-1, 32), labels[:, :-1].reshape(-1))
             audio = (torch.zeros(()) if a.bug == "unscored-audio"
@@ -88,7 +90,7 @@ def main() -> None:
             if a.bug == "detached":
                 loss = loss.detach().requires_grad_()
             loss.backward()
-            running += float(loss)
+            running += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
