@@ -149,6 +149,26 @@ class Comparison:
             log.warning("could not gather %s: %s: %s", what, type(exc).__name__, exc)
             return {"error": f"{what}: {type(exc).__name__}: {exc}"}
 
+    def not_compared(self, stage: str, name: str, missing: Sequence[tuple[str, str]],
+                     stage_of_output: str | None = None) -> None:
+        """Record field `name` of `stage` as not compared: a side left an optional output None
+        (`higgs_common.stages.OPTIONAL_OUTPUTS`); never a divergence.  Listed in the stage note and in
+        the report's extras["not_compared"]."""
+        reason = "; ".join(f"the {role} side does not provide the optional {stage_of_output or stage} output {out!r}"
+                           for role, out in missing)
+        self.extras.setdefault("not_compared", []).append(
+            {"stage": stage, "field": name, "sides": sorted({r for r, _ in missing}),
+             "outputs": sorted({o for _, o in missing}), "reason": reason})
+
+    def not_compared_note(self, stage: str) -> str | None:
+        """One line for the stage note: which fields were not compared and why (None: all were)."""
+        rows = [r for r in self.extras.get("not_compared", []) if r["stage"] == stage]
+        if not rows:
+            return None
+        why = sorted({f"{side}: {out}" for r in rows for side in r["sides"] for out in r["outputs"]})
+        return (f"not compared ({len(rows)} field(s), optional outputs a side does not provide: {', '.join(why)}): "
+                + ", ".join(r["field"] for r in rows))
+
     def mod(self, role: str) -> Any:
         return self.side[role].side.module
 
