@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import torch
 
+from harness.engine.fused import with_derived_stages
 from harness.engine.sides import AdapterError, import_spec, missing_contract
 from higgs_common.conventions import Conventions
 from higgs_common.stages import (EFFECTIVE_CONFIG_SECTIONS, DatasetItem, ForwardOutputs, LossBreakdown, TrainConfig,
@@ -124,7 +125,7 @@ class Conformance:
         @self.check("contract")
         def _() -> str:
             try:
-                self.mod = import_spec(self.spec)
+                self.mod = with_derived_stages(import_spec(self.spec))
             except AdapterError as exc:
                 raise _Failed(str(exc)) from exc
             missing = missing_contract(self.mod)
