@@ -26,6 +26,11 @@ module-level names (`REQUIRED_CONTRACT`):
                                                              # update order runs)
     effective_config(ctx, train) -> dict[str, Any]   # settings for the configuration stage
 
+`make_optimizer` always gets a model the adapter's own `build_model` built.  `forward_and_loss(model,
+batch, ctx) -> (ForwardOutputs | None, LossBreakdown)` may replace `forward` + `loss` (fused training
+code; `harness.engine.fused` derives the two, `higgs_common.capture` records its cross-entropy
+calls).  Outputs listed in `OPTIONAL_OUTPUTS` may be None: "not compared", never a divergence.
+
 Optional names: `VERSION` (str, shown in reports), `FAULTS` (name -> object with `stage` and
 `symptom`: faults the adapter can switch on by name through `ctx.faults`), and `ddp_run(ctx, train,
 items, *, world_size, grad_accum, steps, init_state=None, grad_noise=0.0)` (the pipeline's own

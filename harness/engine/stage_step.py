@@ -14,7 +14,9 @@
    (norm 2x the clipping threshold), next to an independent `torch.optim.AdamW` built from what
    the side's `effective_config` declares (lr, betas, eps, weight decay and its no-decay rule,
    max_grad_norm) and the declared schedule's formula (`harness.semantics.schedules`); the whole
-   learning-rate curve over a horizon that covers warmup and decay is compared too.
+   learning-rate curve over a horizon that covers warmup and decay is compared too.  Every
+   `make_optimizer` call gets the adapter's OWN model (from its `build_model`), never a synthetic
+   stand-in, so a make_optimizer that reads `model.config` or the adapter's own attributes works.
 3. The accumulation / DDP runs of the backward stage: parameters after step 1, loss per step.
 """
 
