@@ -353,7 +353,8 @@ def expected_grads(c: Any, role: str, batch: Any, term: str = "total") -> dict[s
     other = "custom" if role == "reference" else "reference"
     st = c.side[other]
     adapter = c.mod(other)
-    return on_side(adapter, declared_loss_grads, adapter, st.model, batch, st.ctx, c.conv[role].loss, term)
+    return c.in_ref_names(other, on_side(adapter, declared_loss_grads, adapter, st.model, batch, st.ctx,
+                                         c.conv[role].loss, term))
 
 
 def declared_loss_grads(adapter: Any, model: torch.nn.Module, batch: Any, ctx: Any, loss_conv: Any,
@@ -435,7 +436,7 @@ def run_backward(c: Any) -> StageResult:
             return mod.backward(mod.loss(out, batch, state.ctx), state.model)
 
         state.grads, dt = c.timed(work)
-        state.grads = c.perturbed("backward", role, state.grads)
+        state.grads = c.perturbed("backward", role, c.in_ref_names(role, state.grads))
         compute += dt
     t0 = time.perf_counter()
     expected = {role: expected_grads(c, role, batches[role]) for role in ("reference", "custom")}
