@@ -245,6 +245,19 @@ class Comparison:
             role: [self.to_ref[role].get(n, n) for n in names]
             for role, names in self.evidence["parameters"]["trainable"].items()}
 
+    def mark_intended(self, result: StageResult) -> None:
+        """Mark the unexpected fields an adapter declares intended (`INTENDED_DIFFERENCES`) as expected,
+        with the adapter's reason."""
+        import fnmatch
+
+        for role, state in self.side.items():
+            for pattern, reason in state.side.intended_differences():
+                for f in result.fields:
+                    if f.unexpected and (fnmatch.fnmatchcase(f"{f.stage}/{f.field}", pattern)
+                                         or fnmatch.fnmatchcase(f.field, pattern)):
+                        f.expected = True
+                        f.expected_reason = f"[intended by the {role} adapter {state.side.name}] {reason}"
+
     # ------------------------------------------------------------------ parameter names
 
     def align_names(self, names: dict[str, list[str]]) -> None:
@@ -315,6 +328,7 @@ class Comparison:
                 results.append(StageResult(stage, "error", [], error=f"{type(exc).__name__}: {exc}"))
                 failed = True
                 continue
+            self.mark_intended(res)
             res.refresh_status()
             if stage in wanted:
                 results.append(res)

@@ -50,6 +50,17 @@ class Side:
     def conventions(self) -> Conventions:
         return self.module.CONVENTIONS
 
+    def intended_differences(self) -> list[tuple[str, str]]:
+        """The adapter's `INTENDED_DIFFERENCES` (optional): (pattern, reason) pairs, or a dict
+        pattern -> reason.  A pattern is an fnmatch glob over "stage/field" or "field"."""
+        raw = getattr(self.module, "INTENDED_DIFFERENCES", None) or ()
+        pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
+        for item in pairs:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise AdapterError(f"{self.role} adapter {self.spec!r}: INTENDED_DIFFERENCES entries must be "
+                                   f"(pattern, reason) strings, got {item!r}")
+        return [(str(p), str(r)) for p, r in pairs]
+
     def faults(self) -> dict[str, Any]:
         """The adapter's named faults (`FAULTS`, optional): name -> object with `stage`, `symptom`."""
         return dict(getattr(self.module, "FAULTS", {}) or {})

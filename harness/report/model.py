@@ -21,6 +21,9 @@ from harness.engine.diff import FieldDiff, jsonable, round_float
 # The order stages run in; `first_divergence` walks stages in this order (unknown stage names
 # keep their listed order, after the known ones).
 PIPELINE_ORDER = ("dataset", "collator", "forward", "loss", "backward", "step", "config")
+# Stages whose fields are the loss (and its terms), the gradients or the parameter updates: a
+# divergence there changes training; one elsewhere matters through them (Report.headline).
+TRAINING_STAGES = ("loss", "backward", "step")
 STAGE_STATUSES = ("ok", "expected", "diverged", "error", "skipped")
 VOLATILE_KEY = "volatile"
 
@@ -134,27 +137,32 @@ class Report:
         the relation between the two values and the mechanism that explains it (if a rule does)."""
         for st in self.ordered_stages():
             f = st.first_unexpected()
-            if f is None:
-                continue
-            rel = f.relation or {}
-            return {
-                "stage": st.stage,
-                "field": f.field,
-                "check": f.check,
-                "side": f.side,
-                "status": f.status,
-                "sample": f.sample,
-                "index": f.first_index,
-                "reference": f.reference,
-                "custom": f.custom,
-                "decoded": f.decoded,
-                "relation": rel.get("words"),
-                "relation_detail": rel or None,
-                "cause": f.cause["mechanism"] if f.cause else None,
-                "cause_evidence": f.cause["evidence"] if f.cause else None,
-                "window": f.window,
-            }
+            if f is not None:
+                return _describe(st, f)
         return None
+
+    def headline(self) -> dict | None:
+        """The divergence to lead with, chosen by consequence: the first unexpected divergence in a
+        stage that compares the loss, the gradients or the updates (`TRAINING_STAGES`); when none
+        diverged there but those stages ran, the first divergence, which then changes neither
+        (`consequence` says which).  `first_in_pipeline_order` points at the first divergence, and
+        `other_divergences` lists the unexpected ones outside the training stages (stage/field)."""
+        first = self.first_divergence()
+        if first is None:
+            return None
+        ordered = self.ordered_stages()
+        others = [{"stage": st.stage, "field": f.field} for st in ordered if st.stage not in TRAINING_STAGES
+                  for f in st.fields if f.unexpected]
+        pointer = {"stage": first["stage"], "field": first["field"]}
+        for st in ordered:
+            f = st.first_unexpected() if st.stage in TRAINING_STAGES else None
+            if f is not None:
+                return {**_describe(st, f), "consequence": "changes the loss or the gradients",
+                        "first_in_pipeline_order": pointer, "other_divergences": others}
+        ran = {st.stage for st in ordered if st.status != "error"} & set(TRAINING_STAGES)
+        consequence = ("changes neither the loss nor the gradients (the loss, backward and step stages that ran "
+                       "agree)" if ran else "unknown: no loss, backward or step stage ran")
+        return {**first, "consequence": consequence, "first_in_pipeline_order": pointer, "other_divergences": others}
 
     @property
     def verdict(self) -> str:
@@ -184,6 +192,7 @@ class Report:
             "stages_requested": list(self.stages_requested),
             "verdict": self.verdict,
             "first_divergence": self.first_divergence(),
+            "headline": self.headline(),
             "stages": [st.to_json() for st in self.ordered_stages()],
             "config": self.config,
             "config_diff": self.config_diff,
@@ -193,6 +202,28 @@ class Report:
             VOLATILE_KEY: {"generated_at": self.generated_at, "timing": self.timing()},
         }
         return _sorted(jsonable(out))
+
+
+def _describe(st: StageResult, f: FieldDiff) -> dict:
+    """One divergence as the report's first_divergence / headline dict."""
+    rel = f.relation or {}
+    return {
+        "stage": st.stage,
+        "field": f.field,
+        "check": f.check,
+        "side": f.side,
+        "status": f.status,
+        "sample": f.sample,
+        "index": f.first_index,
+        "reference": f.reference,
+        "custom": f.custom,
+        "decoded": f.decoded,
+        "relation": rel.get("words"),
+        "relation_detail": rel or None,
+        "cause": f.cause["mechanism"] if f.cause else None,
+        "cause_evidence": f.cause["evidence"] if f.cause else None,
+        "window": f.window,
+    }
 
 
 def _sorted(x: Any) -> Any:
