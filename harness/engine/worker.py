@@ -120,6 +120,19 @@ class RemoteHandle:
         return f"<{self.type_name} in the {self.owner.role} worker, handle {self.hid}>"
 
 
+class RemoteCallable(RemoteHandle):
+    """A function of the side (e.g. a convention's `system_message`), called in its worker."""
+
+    def __init__(self, owner: "RemoteAdapter", hid: int, type_name: str, generation: int, module: str | None,
+                 qualname: str | None) -> None:
+        super().__init__(owner, hid, type_name, generation)
+        self.__module__ = module or "?"
+        self.__qualname__ = self.__name__ = qualname or "?"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.owner.request("invoke", None, (self, *args), kwargs)
+
+
 class RemoteFunction:
     """One adapter function, called in the worker (its signature is the adapter's)."""
 
@@ -143,6 +156,7 @@ class RemoteAdapter:
         self._proc: subprocess.Popen | None = None
         self._conn: Any = None
         self._generation = 0
+        self._describing = False
         self._pending_release: list[int] = []
         self._results: dict[int, tuple[weakref.ref, int]] = {}   # id(harness object) -> (ref, handle)
         self.description: dict[str, Any] = {}
@@ -204,7 +218,11 @@ class RemoteAdapter:
         if "conn" not in accepted:
             raise SideDied(f"{self.role} worker: connection failed: {accepted.get('error')}")
         self._conn = accepted["conn"]
-        reply = self._receive(START_TIMEOUT_S, "import")
+        self._describing = True     # handles in the description (a convention's functions) are numbered the
+        try:                        # same way by every fresh worker: generation 0, valid across restarts
+            reply = self._receive(START_TIMEOUT_S, "import")
+        finally:
+            self._describing = False
         if reply[0] == "error":
             self._kill()
             raise self._error(reply[1], "import of the adapter")
@@ -247,14 +265,14 @@ class RemoteAdapter:
     # ---------------------------------------------------------------- crossing
 
     def _release_later(self, hid: int, generation: int) -> None:
-        if generation == self._generation:
+        if generation == self._generation:      # generation 0 (the description's) is never released
             self._pending_release.append(hid)
 
     def _keep(self, obj: Any) -> Any:
         if obj is self:
             return ("adapter",)
         if isinstance(obj, RemoteHandle):
-            if obj.owner is not self or obj.generation != self._generation:
+            if obj.owner is not self or obj.generation not in (0, self._generation):
                 raise crossing.CrossingError(f"{obj!r} cannot be used by the {self.role} worker "
                                              f"(other side's object, or from a worker that was restarted)")
             return ("h", obj.hid)
@@ -268,7 +286,10 @@ class RemoteAdapter:
     def _load(self, pid: Any) -> Any:
         if pid[0] == "adapter":
             return self
-        return RemoteHandle(self, pid[1], pid[2], self._generation)
+        generation = 0 if self._describing else self._generation
+        if pid[2] in ("function", "partial"):
+            return RemoteCallable(self, pid[1], pid[2], generation, pid[3], pid[4])
+        return RemoteHandle(self, pid[1], pid[2], generation)
 
     def _receive(self, timeout: float, what: str) -> Any:
         assert self._conn is not None
@@ -301,7 +322,7 @@ class RemoteAdapter:
         return SideError(f"{self.role} side ({name} in {what}, worker pid {info['pid']}): {info['message']}\n"
                          f"{info['traceback']}")
 
-    def request(self, kind: str, target: str, args: tuple, kwargs: dict) -> Any:
+    def request(self, kind: str, target: str | None, args: tuple, kwargs: dict) -> Any:
         """Run `target` (an adapter function, or "module:function" of the harness) in the worker."""
         if self._conn is None or (self._proc is not None and self._proc.poll() is not None):
             self._kill()
@@ -311,7 +332,7 @@ class RemoteAdapter:
             ids, self._pending_release = self._pending_release, []
             self._conn.send_bytes(crossing.dumps(("release", ids)))
         payload = crossing.dumps((kind, target, args, kwargs, torch.is_grad_enabled()), keep=self._keep)
-        what = f"{target}()"
+        what = f"{target}()" if target else f"{getattr(args[0], '__qualname__', 'function')}()"
         try:
             self._conn.send_bytes(payload)
         except OSError:

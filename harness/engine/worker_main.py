@@ -9,6 +9,7 @@ the environment variable `HIGGS_DIFF_WORKER_KEY` (hex).  Requests and replies ar
     ("describe",)                                   -> ("ok", description dict)
     ("call", name, args, kwargs, grad_enabled)      -> ("ok", result) | ("error", info)
     ("apply", "pkg.module:function", args, kwargs, grad_enabled)
+    ("invoke", None, (function handle, *args), kwargs, grad_enabled)
     ("release", [handle ids])                       -> no reply
     ("exit",)                                       -> the process ends
 
@@ -19,6 +20,7 @@ back into `backward` is the original, with its autograd graph.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import itertools
@@ -34,8 +36,16 @@ import torch
 from higgs_common import crossing
 
 
+# Functions of these packages are importable in the harness too: they cross by reference.
+SHARED_PACKAGES: tuple[str, ...] = ("higgs_common", "torch", "builtins", "math", "operator", "functools")
+
+
 def _kept_here(obj: Any) -> bool:
-    """Objects that never cross by value: models, optimizers, schedulers, generators, modules."""
+    """Objects that never cross by value: models, optimizers, schedulers, generators, modules, and
+    the side's own functions (a convention's `system_message`: the harness calls it in the worker)."""
+    if isinstance(obj, (types.FunctionType, functools.partial)):
+        module = getattr(obj, "__module__", None) or getattr(getattr(obj, "func", None), "__module__", "")
+        return module.split(".")[0] not in SHARED_PACKAGES
     return isinstance(obj, (torch.nn.Module, torch.optim.Optimizer, types.GeneratorType, types.ModuleType)) or (
         hasattr(obj, "optimizer") and callable(getattr(obj, "step", None)) and hasattr(obj, "get_last_lr"))
 
@@ -57,7 +67,7 @@ class Worker:
         if _kept_here(obj):
             hid = next(self.ids)
             self.table[hid] = obj
-            return ("h", hid, type(obj).__name__)
+            return ("h", hid, type(obj).__name__, getattr(obj, "__module__", None), getattr(obj, "__qualname__", None))
         return None
 
     def load(self, pid: Any) -> Any:
@@ -100,6 +110,8 @@ class Worker:
     def run(self, kind: str, target: str, args: tuple, kwargs: dict, grad: bool) -> Any:
         if kind == "call":
             fn = getattr(self.module, target)
+        elif kind == "invoke":               # a kept function: args[0]
+            fn, args = args[0], args[1:]
         else:
             module_name, _, qual = target.partition(":")
             fn = importlib.import_module(module_name)

@@ -121,3 +121,33 @@ def test_a_failing_side_is_its_stage_error(tmp_path, body, timeout, words):
     # the data flow stops; config (not in the flow) still runs, in a fresh worker after a kill
     assert stages["config"]["status"] != "error", stages["config"]["error"]
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_a_sides_own_functions_are_called_in_its_worker(tmp_path, records):
+    """A convention function defined in a checkout the harness cannot import runs in the worker."""
+    from harness.engine.sides import load_side
+    from higgs_common.conventions import function_name
+
+    (tmp_path / "own_stages_xyz.py").write_text(textwrap.dedent('''
+        import dataclasses, os
+        from custom_impl import stages as _base
+        from higgs_common.stages import REQUIRED_CONTRACT
+        for _n in REQUIRED_CONTRACT + ("VERSION", "FAULTS"):
+            globals()[_n] = getattr(_base, _n)
+        NAME = "own"
+
+        def my_system_message(record):
+            return f"pid {os.getpid()} speaks {record.speaker}"
+
+        CONVENTIONS = dataclasses.replace(_base.CONVENTIONS, system_message=my_system_message)
+    '''))
+    side = load_side("own_stages_xyz", "custom", paths=[str(tmp_path)])
+    try:
+        message = side.conventions.system_message(records[0])
+        assert message == f"pid {side.worker['pid']} speaks {records[0].speaker}"
+        assert function_name(side.conventions.system_message) == "own_stages_xyz.my_system_message"
+        with pytest.raises(ImportError):
+            import own_stages_xyz  # noqa: F401  - the harness's own process cannot import it
+    finally:
+        side.module.close()
