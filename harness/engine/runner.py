@@ -119,7 +119,11 @@ class Comparison:
         self.tokenizer = ctx.text_tokenizer
         self.ids = SpecialIds.from_tokenizer(ctx.text_tokenizer, cfg)
         self.decoder = Decoder(ctx.text_tokenizer)
-        self.conv = {role: s.conventions for role, s in self.sides.items()}
+        for state in self.side.values():
+            mod = state.side.module
+            state.effective = mod.effective_config(state.ctx, mod.DEFAULT_TRAIN)
+        # values a pipeline decides at run time (FromConfig) are read from its effective configuration
+        self.conv = {role: s.conventions.resolved(self.side[role].effective or {}) for role, s in self.sides.items()}
         self.delayed = {role: c.delay_pattern_for(cfg) for role, c in self.conv.items()}
         entries = derive(self.conv["reference"], self.conv["custom"], model_config=cfg)
         entries += overrides_for(self.sides["reference"].name, self.sides["custom"].name)
@@ -129,9 +133,6 @@ class Comparison:
         self.extras: dict[str, Any] = {}
         self.initial_trainable: dict[str, torch.Tensor] | None = None
         self.lora_b_init: dict[str, Any] | None = None
-        for state in self.side.values():
-            mod = state.side.module
-            state.effective = mod.effective_config(state.ctx, mod.DEFAULT_TRAIN)
 
     # ------------------------------------------------------------------ helpers
 
