@@ -144,15 +144,20 @@ class Report:
     def headline(self) -> dict | None:
         """The divergence to lead with, chosen by consequence: the first unexpected divergence in a
         stage that compares the loss, the gradients or the updates (`TRAINING_STAGES`); when none
-        diverged there but those stages ran, the first divergence, which then changes neither
-        (`consequence` says which).  `first_in_pipeline_order` points at the first divergence, and
+        diverged there, the first divergence, with what is known of its consequence: in propagated
+        mode (each side on its own outputs) agreeing training stages show it changes neither; in
+        isolated mode they got the same input on both sides, so the consequence is not measured.  `first_in_pipeline_order` points at the first divergence, and
         `other_divergences` lists the unexpected ones outside the training stages (stage/field)."""
         first = self.first_divergence()
         if first is None:
             return None
         ordered = self.ordered_stages()
-        others = [{"stage": st.stage, "field": f.field} for st in ordered if st.stage not in TRAINING_STAGES
-                  for f in st.fields if f.unexpected]
+        others: list[dict] = []
+        for st in ordered:
+            for f in st.fields:
+                entry = {"stage": st.stage, "field": f.field}
+                if st.stage not in TRAINING_STAGES and f.unexpected and entry not in others:
+                    others.append(entry)
         pointer = {"stage": first["stage"], "field": first["field"]}
         for st in ordered:
             f = st.first_unexpected() if st.stage in TRAINING_STAGES else None
@@ -160,8 +165,15 @@ class Report:
                 return {**_describe(st, f), "consequence": "changes the loss or the gradients",
                         "first_in_pipeline_order": pointer, "other_divergences": others}
         ran = {st.stage for st in ordered if st.status != "error"} & set(TRAINING_STAGES)
-        consequence = ("changes neither the loss nor the gradients (the loss, backward and step stages that ran "
-                       "agree)" if ran else "unknown: no loss, backward or step stage ran")
+        if not ran:
+            consequence = "unknown: no loss, backward or step stage ran"
+        elif self.mode == "propagated":
+            consequence = ("changes neither the loss nor the gradients (each side ran end to end on its own outputs "
+                           "and the loss, backward and step stages agree)")
+        else:   # isolated: later stages got the same input on both sides, so they cannot show its effect
+            consequence = ("not measured: in isolated mode the loss, backward and step stages get the same input on "
+                           "both sides and agree; run with --mode propagated to see whether it changes the loss or "
+                           "the gradients")
         return {**first, "consequence": consequence, "first_in_pipeline_order": pointer, "other_divergences": others}
 
     @property

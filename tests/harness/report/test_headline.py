@@ -15,12 +15,12 @@ def _stage(name: str, *fields: tuple[str, str]) -> StageResult:
     return st
 
 
-def _report(*stages: StageResult) -> Report:
-    return Report(run_name="t", mode="isolated", stages_requested=[s.stage for s in stages], stages=list(stages))
+def _report(*stages: StageResult, mode: str = "propagated") -> Report:
+    return Report(run_name="t", mode=mode, stages_requested=[s.stage for s in stages], stages=list(stages))
 
 
 def test_loss_divergence_leads_and_layout_one_is_the_pointer():
-    report = _report(_stage("collator", ("label_ids", "mismatch"), ("input_ids", "equal")),
+    report = _report(_stage("collator", ("label_ids", "mismatch"), ("input_ids", "equal"), ("label_ids", "mismatch")),
                      _stage("loss", ("text", "equal"), ("audio", "mismatch")),
                      _stage("backward", ("grad/x", "mismatch")))
     hl = report.headline()
@@ -34,6 +34,9 @@ def test_loss_divergence_leads_and_layout_one_is_the_pointer():
 def test_layout_only_divergence_says_it_changes_neither():
     hl = _report(_stage("collator", ("attention_mask", "mismatch")), _stage("loss", ("total", "equal"))).headline()
     assert hl["field"] == "attention_mask" and hl["consequence"].startswith("changes neither")
+    hl = _report(_stage("collator", ("attention_mask", "mismatch")), _stage("loss", ("total", "equal")),
+                 mode="isolated").headline()
+    assert hl["consequence"].startswith("not measured") and "--mode propagated" in hl["consequence"]
     hl = _report(_stage("collator", ("attention_mask", "mismatch"))).headline()
     assert hl["consequence"].startswith("unknown")
     assert _report(_stage("loss", ("total", "equal"))).headline() is None
