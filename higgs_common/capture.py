@@ -10,6 +10,8 @@ forward; a script trainer's `compute_loss` returns only the scalar).  An adapter
     audio = cap.call(site="trainer.py")                      # the CE call made in trainer.py
     per_pos = audio.per_position                             # (N,) CE per target, NaN where ignored
     out = cap.outputs[-1]                                    # what model.forward returned
+    text_map = cap.call(0).position_map((B, L))              # (B, L) CE by target position, NaN unsupervised
+    means, counts = cap.call(1).per_codebook(num_codebooks)  # per-codebook terms and supervised counts
 
 What is recorded, per call of `torch.nn.functional.cross_entropy` (which `nn.CrossEntropyLoss`
 calls): the detached input and target, reduction, ignore_index, label_smoothing, class weight, the
@@ -74,6 +76,20 @@ class CECall:
         counts = mask.sum(0)
         sums = torch.where(mask, grid, torch.zeros_like(grid)).sum(0)
         return sums / counts.clamp_min(1) + torch.where(counts > 0, 0.0, float("nan")), counts
+
+
+    def position_map(self, shape: Sequence[int], shift: int = 1) -> torch.Tensor:
+        """The per-position CE as a `LossBreakdown.text_token_ce`-style map of `shape` (B, L), indexed
+        by the TARGET position: a next-token call over logits[:, :-shift] and labels[:, shift:]
+        (flattened or not) puts position t's value at t + shift; the first `shift` columns are NaN.
+        Raises ValueError when the call's target count is not B * (L - shift)."""
+        b, length = int(shape[0]), int(shape[1])
+        flat = self.per_position.reshape(-1)
+        if flat.numel() != b * (length - shift):
+            raise ValueError(f"CE call at {self.site}: {flat.numel()} targets, expected {b} x ({length} - {shift})")
+        out = torch.full((b, length), float("nan"), dtype=flat.dtype, device=flat.device)
+        out[:, shift:] = flat.reshape(b, length - shift)
+        return out
 
 
 @dataclasses.dataclass

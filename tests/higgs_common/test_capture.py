@@ -55,3 +55,19 @@ def test_per_codebook_split_and_errors():
 def _line_of(text: str) -> int:
     with open(__file__) as fh:
         return next(i for i, line in enumerate(fh, 1) if text in line and "_line_of" not in line)
+
+
+def test_position_map_indexes_by_target_position():
+    torch.manual_seed(2)
+    b, length, v = 2, 5, 11
+    logits = torch.randn(b, length, v)                              # (B, L, V)
+    labels = torch.randint(0, v, (b, length))
+    labels[0, 3] = -100
+    with capture() as cap:
+        F.cross_entropy(logits[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1))
+    got = cap.call().position_map((b, length))
+    assert torch.isnan(got[:, 0]).all() and torch.isnan(got[0, 3])
+    want = F.cross_entropy(logits[1, 1], labels[1, 2])              # logits at t score the label at t + 1
+    torch.testing.assert_close(got[1, 2], want)
+    with pytest.raises(ValueError, match="expected 3 x"):
+        cap.call().position_map((3, length))
