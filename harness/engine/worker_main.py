@@ -6,7 +6,7 @@ Started by the harness as `PY -c <bootstrap>`; the bootstrap puts the side's fol
 the environment variable `HIGGS_DIFF_WORKER_KEY` (hex).  Requests and replies are
 `higgs_common.crossing` byte strings:
 
-    ("describe",)                                   -> ("ok", description dict)
+    (on connecting, unasked)                        -> ("ok", description dict) | ("error", info)
     ("call", name, args, kwargs, grad_enabled)      -> ("ok", result) | ("error", info)
     ("apply", "pkg.module:function", args, kwargs, grad_enabled)
     ("invoke", None, (function handle, *args), kwargs, grad_enabled)
@@ -134,7 +134,11 @@ def main(address: str, spec: str) -> None:
             data = conn.recv_bytes()
         except EOFError:
             return
-        request = crossing.loads(data, load=worker.load)
+        try:
+            request = crossing.loads(data, load=worker.load)
+        except Exception as exc:  # noqa: BLE001 - a request this side cannot rebuild: its error, with traceback
+            conn.send_bytes(crossing.dumps(("error", _error_info(exc))))
+            continue
         op = request[0]
         if op == "exit":
             return
