@@ -80,7 +80,13 @@ def _dotted_name(path: Path) -> str | None:
 
 
 def import_spec(spec: str) -> ModuleType:
-    """Import an adapter module from a module path or a .py file path (module docstring)."""
+    """Import an adapter module from a module path or a .py file path (module docstring).
+
+    ``NAME=PATH`` names an adapter that wraps a checkout: NAME is a short name of
+    `adapters.BUILTIN` or any SPEC above, and the module's ``configure(PATH)`` runs after import.
+    """
+    if "=" in spec:
+        return _import_configured(*spec.split("=", 1))
     as_path = Path(spec)
     if spec.endswith(".py") or as_path.is_file():
         if not as_path.is_file():
@@ -108,6 +114,20 @@ def import_spec(spec: str) -> ModuleType:
             raise AdapterError(f"adapter file {spec} failed to import: {type(exc).__name__}: {exc}") from exc
         return module
     return _import(spec, spec)
+
+
+def _import_configured(name: str, path: str) -> ModuleType:
+    """An adapter module configured with a checkout path (``NAME=PATH``; see `import_spec`)."""
+    from adapters import BUILTIN
+    module = import_spec(BUILTIN.get(name, name))
+    configure = getattr(module, "configure", None)
+    if not callable(configure):
+        raise AdapterError(f"adapter {name!r} takes no checkout path (it has no configure(path)); drop '={path}'")
+    try:
+        configure(path)
+    except HiggsDiffError as exc:
+        raise AdapterError(f"adapter {name!r}: {exc}") from exc
+    return module
 
 
 def _import(dotted: str, spec: str) -> ModuleType:
