@@ -15,10 +15,13 @@ def parameter_evidence(side: dict[str, Any], model_path: Path) -> dict:
         with safe_open(str(f), framework="pt") as fh:
             ckpt_keys.update(fh.keys())
     out: dict[str, Any] = {"trainable": {}, "absent_from_checkpoint": {}, "frozen_dtypes": {}}
+    from harness.engine import model_ops
+
     for name, state in side.items():
-        names = [n for n, _ in state.model.named_parameters()]
-        out["trainable"][name] = [n for n, p in state.model.named_parameters() if p.requires_grad]
-        out["frozen_dtypes"][name] = sorted({str(p.dtype) for p in state.model.parameters() if not p.requires_grad})
+        info = model_ops.summary(state.model)
+        names = info["names"]
+        out["trainable"][name] = info["trainable"]
+        out["frozen_dtypes"][name] = info["frozen_dtypes"]
         base = [base_name(n) for n in names if "lora_" not in n]
         out["absent_from_checkpoint"][name] = sorted(n for n in base if ckpt_keys and n not in ckpt_keys)
     return out

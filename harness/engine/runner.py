@@ -196,23 +196,26 @@ class Comparison:
         LoRA B set to small identical non-zero values (recorded in the report)."""
         if self.side["reference"].model is not None:
             return
+        from harness.engine import model_ops
+
         self.initial_lora_b: dict[str, list[str]] = {}
+        values: dict[str, dict[str, torch.Tensor]] = {}
         for role, state in self.side.items():
             torch.manual_seed(state.ctx.seed)
-            state.model = self.mod(role).build_model(state.ctx, self.train).to(state.ctx.device)
-            state.model.train()
+            state.model = self.mod(role).build_model(state.ctx, self.train)
+            model_ops.move(state.model, state.ctx.device)
+            model_ops.set_mode(state.model, True)
+            values[role] = model_ops.trainable_values(state.model)
             # LoRA must start as the identity (B = 0: the step-0 model IS the checkpoint); recorded
             # before the harness sets B below, compared at the forward stage.
-            self.initial_lora_b[role] = sorted(n for n, p in state.model.named_parameters()
-                                               if p.requires_grad and "lora_B" in n and bool((p != 0).any()))
-        ref_trainable = {n: p for n, p in self.side["reference"].model.named_parameters() if p.requires_grad}
+            self.initial_lora_b[role] = sorted(n for n, v in values[role].items()
+                                               if "lora_B" in n and bool((v != 0).any()))
+        ref_trainable = values["reference"]
         set_lora_b(ref_trainable, std=LORA_B_STD, seed=self.side["reference"].ctx.seed)
         self.lora_b_init = {"distribution": f"normal(0, {LORA_B_STD}^2)", "seed": self.side["reference"].ctx.seed,
                             "parameters": sum(1 for n in ref_trainable if "lora_B" in n)}
-        with torch.no_grad():
-            for n, p in self.side["custom"].model.named_parameters():
-                if p.requires_grad and n in ref_trainable and ref_trainable[n].shape == p.shape:
-                    p.copy_(ref_trainable[n])
+        for role in self.side:
+            model_ops.load_values(self.side[role].model, ref_trainable)
         self.initial_trainable = {n: p.detach().clone() for n, p in ref_trainable.items()}
         from harness.engine.evidence import parameter_evidence
         self.evidence["parameters"] = parameter_evidence(self.side, self.side["reference"].ctx.model_path)
@@ -296,7 +299,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return clone
 
 
-def set_lora_b(named: dict[str, torch.nn.Parameter], *, std: float, seed: int) -> None:
+def set_lora_b(named: dict[str, torch.Tensor], *, std: float, seed: int) -> None:
     """Fill every `lora_B` parameter with N(0, std^2), seeded by (seed, name): the same values
     wherever the same parameter name appears."""
     import zlib

@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from harness.engine import accumulation, wiring
+from harness.engine import accumulation, model_ops, wiring
 from harness.engine import tolerance as TOL
 from harness.engine.common_config import CUDA_FIELD_TOLERANCES
 from harness.engine.fields import FieldSpec
 from harness.engine.runner import to_device
+from harness.engine.worker import on_side
 from harness.explain import context as X
 from harness.report.model import StageResult
 from harness.semantics import loss_oracle as O
@@ -89,7 +90,7 @@ def run_forward(c: Any) -> StageResult:
 def forward_hypotheses(c: Any) -> dict[str, Any]:
     """Why two models with the same weights disagree: train-mode-only code, LoRA scaling or dropout."""
     out: dict[str, Any] = {}
-    lora = {role: wiring.lora_layers(st.model) for role, st in c.side.items()}
+    lora = {role: on_side(st.model, wiring.lora_layers, st.model) for role, st in c.side.items()}
     common = sorted(set(lora["reference"]) & set(lora["custom"]))
     diff_scaling = [(n, lora["reference"][n]["scaling"], lora["custom"][n]["scaling"]) for n in common
                     if lora["reference"][n]["scaling"] != lora["custom"][n]["scaling"]]
@@ -105,12 +106,12 @@ def forward_hypotheses(c: Any) -> dict[str, Any]:
     batch = to_device(c.input_for("custom", "batch"), st.ctx.device)
     ref = c.side["reference"].outputs
     try:
-        st.model.eval()
+        model_ops.set_mode(st.model, False)
         with torch.no_grad():
             out_eval = c.mod("custom").forward(st.model, batch, st.ctx)
         out["eval_mode_matches"] = bool(torch.allclose(out_eval.logits.float(), ref.logits.float(), rtol=1e-5, atol=1e-5))
     finally:
-        st.model.train()
+        model_ops.set_mode(st.model, True)
     return out
 
 
@@ -305,12 +306,23 @@ def expected_grads(c: Any, role: str, batch: Any, term: str = "total") -> dict[s
     """`role`'s declared loss (or one of its terms) back-propagated through the OTHER side's model."""
     other = "custom" if role == "reference" else "reference"
     st = c.side[other]
-    st.model.zero_grad(set_to_none=True)
-    out = c.mod(other).forward(st.model, batch, st.ctx)
-    terms, _t, _a = _oracle(c, role, out, batch)
-    getattr(terms, term).backward()
-    grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in _trainable(st.model).items()}
-    st.model.zero_grad(set_to_none=True)
+    adapter = c.mod(other)
+    return on_side(adapter, declared_loss_grads, adapter, st.model, batch, st.ctx, c.conv[role].loss, term)
+
+
+def declared_loss_grads(adapter: Any, model: torch.nn.Module, batch: Any, ctx: Any, loss_conv: Any,
+                        term: str = "total") -> dict[str, torch.Tensor | None]:
+    """Gradients of the trainable parameters of `model` under the declared loss `loss_conv` (or one of
+    its terms) of `adapter.forward`'s outputs; runs where the model lives."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        out = adapter.forward(model, batch, ctx)
+        terms, _t, _a = O.declared_loss(out.logits, out.audio_logits, out.expanded_labels,
+                                        P.batch_field(batch, "label_audio_ids"),
+                                        P.batch_field(batch, "audio_out_ids_start"), loss_conv)
+        getattr(terms, term).backward()
+    grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in _trainable(model).items()}
+    model.zero_grad(set_to_none=True)
     return grads
 
 
@@ -369,7 +381,7 @@ def run_backward(c: Any) -> StageResult:
     for role, state in c.side.items():
         batch = to_device(c.input_for(role, "batch"), state.ctx.device)
         batches[role] = batch
-        state.model.zero_grad(set_to_none=True)
+        model_ops.zero_grad(state.model)
 
         def work(role: str = role, state: Any = state, batch: Any = batch) -> dict[str, torch.Tensor | None]:
             mod = c.mod(role)
