@@ -183,7 +183,15 @@ def _normalize(text: str) -> str:
     return ds._normalize_transcript(text.strip())
 
 
-CONVENTIONS = dataclasses.replace(_declared.CONVENTIONS, normalize_transcript=_normalize)
+CONVENTIONS = dataclasses.replace(
+    _declared.CONVENTIONS, normalize_transcript=_normalize,
+    config_notes={
+        **_declared.CONVENTIONS.config_notes,
+        "collator.whisper_processor": ("loaded", "main() gives the collator a Whisper processor (offline: its feature "
+                                                 "extractor); the checkpoint skips the audio tower, so the model never "
+                                                 "reads Whisper features"),
+        "collator.chunk_size_seconds": (30, "upstream's default, kept by the collator when a Whisper processor is given"),
+    })
 
 
 def _check_faults(ctx: StageContext) -> None:
@@ -282,47 +290,52 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def forward(model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOutputs:
-    """``HiggsAudioTrainer.compute_loss(wrapper, batch, return_outputs=True)``; its loss terms ride in extra."""
+    """``HiggsAudioTrainer.compute_loss(wrapper, batch, return_outputs=True)``: its wrapper's forward
+    (float inputs cast to the weights' dtype) and its patched model, which also returns its loss."""
     mod = script()
     device = next(model.parameters()).device
     fields = {k: getattr(batch, k, None) for k in BATCH_FIELDS}
     inputs = mod.ExtendedHiggsAudioBatchInput(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                                                  for k, v in fields.items()})
-    base = _base_model(model)
-    modeling = type(base).compute_losses.__globals__     # the vendored modeling module's namespace
-    ce_calls: list[tuple[int, int, torch.Tensor]] = []     # (classes, labelled entries, CE) per call
-    real_f = modeling["F"]
-
-    def cross_entropy(input: torch.Tensor, target: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
-        out = real_f.cross_entropy(input, target, *a, **kw)
-        ce_calls.append((input.shape[-1], target.numel(), out))
-        return out
-    modeling["F"] = SimpleNamespace(**{**{k: getattr(real_f, k) for k in dir(real_f) if not k.startswith("__")},
-                                       "cross_entropy": cross_entropy})
-    try:
-        with _recording(base, "compute_losses") as terms:
-            total, out = mod.HiggsAudioTrainer.compute_loss(None, _wrapper(model), inputs, return_outputs=True)
-    finally:
-        modeling["F"] = real_f
+    total, out = mod.HiggsAudioTrainer.compute_loss(None, _wrapper(model), inputs, return_outputs=True)
     return ForwardOutputs(
         logits=out.logits, audio_logits=out.audio_logits, expanded_labels=out.expanded_labels,
         expanded_input_ids=out.expanded_input_ids,
-        extra={"audio_out_mask": out.audio_out_mask, "model_loss": total, "loss_terms": terms[-1] if terms else None,
-               "ce_calls": ce_calls})
+        extra={"audio_out_mask": out.audio_out_mask, "model_loss": total})
+
+
+@contextmanager
+def _cross_entropy_calls(fn: Any) -> Iterator[list[tuple[int, int, torch.Tensor]]]:
+    """Record (classes, labelled entries, value) of every ``F.cross_entropy`` call that `fn` makes."""
+    namespace, calls = fn.__globals__, []
+    real_f = namespace["F"]
+
+    def cross_entropy(input: torch.Tensor, target: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
+        out = real_f.cross_entropy(input, target, *a, **kw)
+        calls.append((input.shape[-1], target.numel(), out))
+        return out
+    namespace["F"] = SimpleNamespace(**{**{k: getattr(real_f, k) for k in dir(real_f) if not k.startswith("__")},
+                                        "cross_entropy": cross_entropy})
+    try:
+        yield calls
+    finally:
+        namespace["F"] = real_f
 
 
 def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdown:
-    """The loss the checkout's model computed in `forward` (``compute_losses``: text + audio, each if > 0).
+    """The checkout's ``HiggsAudioModel.compute_losses`` (what its patched forward returns as loss) on
+    `outputs` and the batch's ``label_audio_ids``: text + audio, each only if > 0.
 
-    Counts and per-codebook terms come from the ``F.cross_entropy`` calls recorded there: calls over
-    the text vocabulary are the text term, the others one codebook each.
+    Counts and per-codebook terms come from the ``F.cross_entropy`` calls it makes: calls over the
+    text vocabulary are the text term, the others one codebook each.
     """
-    total = outputs.extra["model_loss"]
-    terms = outputs.extra["loss_terms"]
-    if total is None or terms is None:
-        raise ValueError("train-higgs-audio's model returned no loss (was forward run through this adapter?)")
-    _, llm, audio = terms
-    calls = outputs.extra["ce_calls"]
+    compute_losses = script().HiggsAudioModel.compute_losses      # uses no model state
+    label_audio_ids = getattr(batch, "label_audio_ids", None)
+    if label_audio_ids is not None:
+        label_audio_ids = label_audio_ids.to(outputs.logits.device)
+    with _cross_entropy_calls(compute_losses) as calls:
+        total, llm, audio = compute_losses(None, outputs.logits, outputs.audio_logits, outputs.expanded_labels,
+                                           label_audio_ids, outputs.extra.get("audio_out_mask"))
     vocab = outputs.logits.shape[-1]
     text_calls = [c for c in calls if c[0] == vocab]
     audio_calls = [c for c in calls if c[0] != vocab]
