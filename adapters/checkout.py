@@ -21,6 +21,7 @@ their config class directly).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import sys
 from contextlib import contextmanager
@@ -71,6 +72,24 @@ def _registries_set_aside(model_type: str) -> Iterator[None]:
         model_extra.update(saved_models)
 
 
+def resolves_into(package: str, root: Path) -> bool:
+    """Whether ``import <package>`` here gives the copy inside `root` (already imported or first on sys.path)."""
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return False
+    origin = getattr(found, "origin", None) if found is not None else None
+    return origin is not None and Path(origin).resolve().is_relative_to(Path(root).resolve())
+
+
+def find_on_sys_path(files: Sequence[str]) -> Path | None:
+    """The first ``sys.path`` folder that holds every one of `files` (a checkout put there by a worker)."""
+    for entry in sys.path:
+        if entry and all((Path(entry) / f).is_file() for f in files):
+            return Path(entry).resolve()
+    return None
+
+
 def import_checkout(root: Path, modules: Sequence[str], *, namespace: str, vendored: str = "boson_multimodal",
                     model_type: str = "higgs_audio") -> dict[str, ModuleType]:
     """Import `modules` (dotted names inside `root`) with `root`'s vendored package; {name: module}.
@@ -84,8 +103,7 @@ def import_checkout(root: Path, modules: Sequence[str], *, namespace: str, vendo
         if lazy:
             raise CheckoutError(f"{root}: {lazy} import {vendored} inside functions; run this side in its own worker "
                                 f"process instead of in-process isolation")
-    already = sys.modules.get(vendored)
-    if already is not None and Path(getattr(already, "__file__", "")).resolve().is_relative_to(vendored_dir.resolve()):
+    if resolves_into(vendored, root):
         return {m: importlib.import_module(m) for m in modules}     # own worker: plain import
     tops = sorted({m.split(".")[0] for m in modules} | {vendored})
     set_aside = {k: sys.modules.pop(k) for k in list(sys.modules) if _owned(k, tops)}

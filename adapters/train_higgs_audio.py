@@ -31,8 +31,9 @@ Shims an offline run needs, and nothing else (each replaces one call, nothing th
   and drops the audio, its loader logs and returns silence.  Any error its logger records while a
   sample is built becomes a `SampleError` naming the file, the sample and the message.
 
-The checkout is found from `configure(path)` (the ``train-higgs-audio=PATH`` SPEC) or the
-environment variable ``HIGGS_DIFF_TRAIN_HIGGS_AUDIO``.  Conventions are declared once, in
+The checkout is the ``train-higgs-audio=PATH`` SPEC's PATH: in the side's own worker process (the
+default) PATH is first on ``sys.path`` and found there; inline it comes through `configure(path)`;
+else the environment variable ``HIGGS_DIFF_TRAIN_HIGGS_AUDIO``.  Conventions are declared once, in
 `reference_impl.stages.CONVENTIONS`: `reference_impl` is this project's re-implementation of the
 same script, so the declaration is the same, except that the transcript normaliser is the
 checkout's own ``HiggsAudioDataset._normalize_transcript``.
@@ -53,7 +54,7 @@ from typing import Any, Iterator, Sequence
 import soundfile as sf
 import torch
 
-from adapters.checkout import CheckoutError, import_checkout, require_checkout
+from adapters.checkout import CheckoutError, find_on_sys_path, import_checkout, require_checkout
 from higgs_common.collator_settings import collator_settings
 from higgs_common.manifest import CanonicalRecord
 from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, SampleError, StageContext, TrainConfig,
@@ -63,6 +64,7 @@ from reference_impl import stages as _declared
 NAME = "train-higgs-audio"
 ENV_VAR = "HIGGS_DIFF_TRAIN_HIGGS_AUDIO"
 SCRIPT_MODULE = "trainer.trainer_ddp"
+CHECKOUT_FILES: tuple[str, ...] = ("trainer/trainer_ddp.py", "boson_multimodal/__init__.py")
 VERSION = "train-higgs-audio checkout (trainer/trainer_ddp.py), vendored boson_multimodal"
 DEFAULT_TRAIN: TrainConfig = _declared.DEFAULT_TRAIN
 TASK_TYPE = "zero_shot_voice_cloning"           # ctx.options["task_type"] overrides, as for reference_impl
@@ -77,7 +79,7 @@ _state: dict[str, Any] = {"root": None, "script": None}
 
 def configure(path: str | Path) -> None:
     """Use the checkout at `path` (raises CheckoutError if it lacks trainer/trainer_ddp.py)."""
-    _state["root"] = require_checkout(path, ["trainer/trainer_ddp.py", "boson_multimodal/__init__.py"], ENV_VAR)
+    _state["root"] = require_checkout(path, CHECKOUT_FILES, ENV_VAR)
     _state["script"] = None
 
 
@@ -85,9 +87,10 @@ def script() -> ModuleType:
     """The checkout's ``trainer.trainer_ddp`` module, imported once with its vendored package."""
     if _state["script"] is None:
         if _state["root"] is None:
-            if not os.environ.get(ENV_VAR):
+            found = find_on_sys_path(CHECKOUT_FILES)
+            if found is None and not os.environ.get(ENV_VAR):
                 raise CheckoutError(f"no train-higgs-audio checkout: give train-higgs-audio=PATH or set {ENV_VAR}")
-            configure(os.environ[ENV_VAR])
+            configure(found or os.environ[ENV_VAR])
         mod = import_checkout(_state["root"], [SCRIPT_MODULE], namespace="higgs_diff_checkout.train_higgs_audio")[SCRIPT_MODULE]
         if not mod.HIGGS_AVAILABLE:
             raise CheckoutError(f"{_state['root']}: its boson_multimodal did not import (the script would fall "
@@ -190,6 +193,8 @@ CONVENTIONS = dataclasses.replace(
         "collator.whisper_processor": ("loaded", "main() gives the collator a Whisper processor (offline: its feature "
                                                  "extractor); the checkpoint skips the audio tower, so the model never "
                                                  "reads Whisper features"),
+        "collator.encode_whisper_embed": (True, "main() passes encode_whisper_embed=True; the checkpoint skips the "
+                                                "audio tower and the zero-shot layout has no audio-in span"),
         "collator.chunk_size_seconds": (30, "upstream's default, kept by the collator when a Whisper processor is given"),
     })
 
@@ -245,9 +250,16 @@ def _collator(ctx: StageContext) -> Any:
 
 
 def collate(items: Sequence[DatasetItem], ctx: StageContext) -> Any:
-    """Its collator on deep copies (upstream writes -100 into the samples' label_ids in place)."""
+    """Its collator on deep copies (upstream writes -100 into the samples' label_ids in place).
+
+    Returned as the vendored upstream ``HiggsAudioBatchInput`` with the same fields: its own
+    ``ExtendedHiggsAudioBatchInput`` lives in a script module that cannot be imported by name
+    outside the checkout (a batch may cross to the harness); `forward` wraps it back.
+    """
     _check_faults(ctx)
-    return _collator(ctx)(copy.deepcopy([it.sample for it in items]))
+    mod = script()
+    batch = _collator(ctx)(copy.deepcopy([it.sample for it in items]))
+    return mod.HiggsAudioBatchInput(**{k: getattr(batch, k) for k in BATCH_FIELDS})
 
 
 def _precision(train: TrainConfig, device: torch.device) -> str:
@@ -304,15 +316,32 @@ def forward(model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOut
         extra={"audio_out_mask": out.audio_out_mask, "model_loss": total})
 
 
+@dataclasses.dataclass
+class _CECall:
+    classes: int                  # size of the class axis: the text vocabulary or one codebook
+    targets: torch.Tensor         # the labels it scored, in its order (probe run: their positions)
+    values: torch.Tensor | None   # per-entry CE, detached (None in the probe run)
+    out: torch.Tensor             # what the call returned
+
+
 @contextmanager
-def _cross_entropy_calls(fn: Any) -> Iterator[list[tuple[int, int, torch.Tensor]]]:
-    """Record (classes, labelled entries, value) of every ``F.cross_entropy`` call that `fn` makes."""
+def _cross_entropy_calls(fn: Any, *, probe: bool = False) -> Iterator[list[_CECall]]:
+    """Record every ``F.cross_entropy`` call that `fn` makes (its module's ``F``).
+
+    probe=True: the call computes nothing and returns a zero that keeps a graph; used with labels
+    replaced by their positions, it tells which label positions each call scored, in order.
+    """
     namespace, calls = fn.__globals__, []
     real_f = namespace["F"]
 
     def cross_entropy(input: torch.Tensor, target: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
+        if probe:
+            out = input.sum() * 0.0
+            calls.append(_CECall(input.shape[-1], target.detach().clone(), None, out))
+            return out
         out = real_f.cross_entropy(input, target, *a, **kw)
-        calls.append((input.shape[-1], target.numel(), out))
+        values = real_f.cross_entropy(input.detach().float(), target, reduction="none")
+        calls.append(_CECall(input.shape[-1], target.detach().clone(), values, out))
         return out
     namespace["F"] = SimpleNamespace(**{**{k: getattr(real_f, k) for k in dir(real_f) if not k.startswith("__")},
                                         "cross_entropy": cross_entropy})
@@ -322,38 +351,64 @@ def _cross_entropy_calls(fn: Any) -> Iterator[list[tuple[int, int, torch.Tensor]
         namespace["F"] = real_f
 
 
+def _positions(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """`labels` with every supervised entry replaced by its flat index (-100 kept)."""
+    if labels is None:
+        return None
+    flat = torch.arange(labels.numel(), device=labels.device).reshape(labels.shape)
+    return torch.where(labels != -100, flat, labels)
+
+
 def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdown:
     """The checkout's ``HiggsAudioModel.compute_losses`` (what its patched forward returns as loss) on
     `outputs` and the batch's ``label_audio_ids``: text + audio, each only if > 0.
 
-    Counts and per-codebook terms come from the ``F.cross_entropy`` calls it makes: calls over the
-    text vocabulary are the text term, the others one codebook each.
+    Counts, per-codebook terms and per-position CE come from the ``F.cross_entropy`` calls it
+    makes (calls over the text vocabulary are the text term, the others one codebook each).  The
+    position of each scored label comes from a second, probe run of ``compute_losses`` on labels
+    replaced by their flat index: it selects the same entries (its selection only tests != -100)
+    in the same order.  Raises ValueError if the two runs disagree.
     """
     compute_losses = script().HiggsAudioModel.compute_losses      # uses no model state
+    labels = outputs.expanded_labels
     label_audio_ids = getattr(batch, "label_audio_ids", None)
     if label_audio_ids is not None:
         label_audio_ids = label_audio_ids.to(outputs.logits.device)
+    args = (outputs.logits, outputs.audio_logits)
     with _cross_entropy_calls(compute_losses) as calls:
-        total, llm, audio = compute_losses(None, outputs.logits, outputs.audio_logits, outputs.expanded_labels,
-                                           label_audio_ids, outputs.extra.get("audio_out_mask"))
+        total, llm, audio = compute_losses(None, *args, labels, label_audio_ids, outputs.extra.get("audio_out_mask"))
+    with _cross_entropy_calls(compute_losses, probe=True) as probes:
+        compute_losses(None, *args, _positions(labels), _positions(label_audio_ids), outputs.extra.get("audio_out_mask"))
+    if [(c.classes, c.targets.numel()) for c in calls] != [(c.classes, c.targets.numel()) for c in probes]:
+        raise ValueError("train-higgs-audio's compute_losses scored different entries when labels were replaced by "
+                         "their positions; per-position CE cannot be located")
     vocab = outputs.logits.shape[-1]
-    text_calls = [c for c in calls if c[0] == vocab]
-    audio_calls = [c for c in calls if c[0] != vocab]
+    text_ce = torch.full(tuple(labels.shape), float("nan")) if labels is not None else None      # (B, L_exp)
     n_cb = ctx.model_config.audio_num_codebooks
+    n_frames = outputs.audio_logits.shape[0] if outputs.audio_logits is not None else 0
+    audio_ce = torch.full((n_frames, n_cb), float("nan"))                                       # (N, C)
     per_cb = torch.full((n_cb,), float("nan"))
-    for i, c in enumerate(audio_calls[:n_cb]):
-        per_cb[i] = c[2].detach().float()
+    n_text = n_audio = 0
+    for call, probe in zip(calls, probes):
+        where = probe.targets.cpu()
+        if call.classes == vocab and text_ce is not None:
+            text_ce.view(-1)[where] = call.values.cpu()
+            n_text += where.numel()
+        elif label_audio_ids is not None:
+            cb, frame = where // label_audio_ids.shape[1], where % label_audio_ids.shape[1]
+            audio_ce[frame, cb] = call.values.cpu()
+            per_cb[int(cb[0])] = call.out.detach().float().cpu()
+            n_audio += where.numel()
     audio_out = getattr(batch, "audio_out_ids", None)
     notes = tuple(f"{name} term dropped from total (.item() <= 0)" for name, t in (("text", llm), ("audio", audio))
                   if not t.item() > 0)
     return LossBreakdown(
         total=total, text=llm.detach(), audio=audio.detach(), per_codebook=per_cb,
-        text_supervised_tokens=sum(c[1] for c in text_calls),
-        audio_supervised_tokens=sum(c[1] for c in audio_calls),
+        text_supervised_tokens=n_text, audio_supervised_tokens=n_audio,
         has_target_audio=audio_out is not None and audio_out.numel() > 0,
         reduction="text: token mean (shifted); audio: per-codebook token mean, mean over codebooks "
                   "(shift across the stream); total: sum of terms > 0",
-        notes=notes)
+        notes=notes, audio_token_ce=audio_ce, text_token_ce=text_ce)
 
 
 def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
