@@ -43,18 +43,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any, Iterator, Sequence
 
-import soundfile as sf
 import torch
 
+from adapters.capture import located_cross_entropy, position_maps
 from adapters.checkout import CheckoutError, find_on_sys_path, import_checkout, require_checkout
+from adapters.offline import CachedCodec, logged_errors_raise, recording, torchaudio_offline, whisper_processor
 from higgs_common.collator_settings import collator_settings
 from higgs_common.manifest import CanonicalRecord
 from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, SampleError, StageContext, TrainConfig,
@@ -95,71 +95,9 @@ def script() -> ModuleType:
         if not mod.HIGGS_AVAILABLE:
             raise CheckoutError(f"{_state['root']}: its boson_multimodal did not import (the script would fall "
                                 f"back to a text-only model)")
-        mod.torchaudio = SimpleNamespace(load=_soundfile_load, functional=mod.torchaudio.functional)
+        mod.torchaudio = torchaudio_offline(mod.torchaudio)
         _state["script"] = mod
     return _state["script"]
-
-
-# --------------------------------------------------------------------------- offline shims
-
-def _soundfile_load(path: str) -> tuple[torch.Tensor, int]:
-    """``torchaudio.load`` through soundfile: (channels, samples) float32 in [-1, 1], sample rate in Hz."""
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)     # (samples, channels)
-    return torch.from_numpy(data.T.copy()), int(sr)
-
-
-class _CachedCodec:
-    """Stands in for the loaded audio tokenizer: ``encode(path)`` -> cached codes (num_codebooks, T)."""
-
-    def __init__(self, code_cache: Any, num_codebooks: int) -> None:
-        self.code_cache = code_cache
-        self.codebook_size = num_codebooks      # what the script reads when it cannot detect codebooks
-
-    def encode(self, path: str) -> torch.Tensor:
-        return self.code_cache.codes(path, sample_id=Path(path).stem, field="audio_file")
-
-
-class _ErrorRecorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextmanager
-def _logged_errors_raise(logger: logging.Logger, *, path: Path, sample_id: str) -> Iterator[None]:
-    """Raise SampleError if `logger` records an ERROR inside the block (the script swallows them)."""
-    rec = _ErrorRecorder()
-    logger.addHandler(rec)
-    try:
-        yield
-    finally:
-        logger.removeHandler(rec)
-    if rec.messages:
-        raise SampleError("train-higgs-audio's dataset logged and skipped an error: " + " | ".join(rec.messages),
-                          sample_id=sample_id, field="audio_file/transcript_file", path=path)
-
-
-@contextmanager
-def _recording(module: ModuleType, name: str) -> Iterator[list]:
-    """Record the return values of ``module.<name>`` while the block runs."""
-    original, calls = getattr(module, name), []
-    own = name in vars(module)              # a module global; else a method reached through the class
-
-    def recorded(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        calls.append(out)
-        return out
-    setattr(module, name, recorded)
-    try:
-        yield calls
-    finally:
-        if own:
-            setattr(module, name, original)
-        else:
-            delattr(module, name)
 
 
 @contextmanager
@@ -219,13 +157,14 @@ def dataset(native_path: Path, ctx: StageContext) -> list[DatasetItem]:
     _check_faults(ctx)
     mod = script()
     task = str(ctx.options.get("task_type", TASK_TYPE))
-    codec = _CachedCodec(ctx.code_cache, ctx.model_config.audio_num_codebooks)
+    codec = CachedCodec(ctx.code_cache, ctx.model_config.audio_num_codebooks)
     ds = mod.HiggsAudioDataset(str(native_path), ctx.text_tokenizer, codec, task_type=task)
     items = []
     for i, raw in enumerate(ds.samples):
         sample_id = str(raw.get("id", raw.get("audio_id", i)))
-        with _recording(mod, "prepare_chatml_sample") as prepared, \
-                _logged_errors_raise(mod.logger, path=Path(native_path) / "metadata.json", sample_id=sample_id):
+        with recording(mod, "prepare_chatml_sample") as prepared, \
+                logged_errors_raise(mod.logger, path=Path(native_path) / "metadata.json", sample_id=sample_id,
+                                    field="audio_file/transcript_file"):
             sample = ds[i]
         label_contents = prepared[-1][3] or []
         n_audio = len(sample.audio_ids_start)
@@ -239,10 +178,9 @@ def dataset(native_path: Path, ctx: StageContext) -> list[DatasetItem]:
 
 def _collator(ctx: StageContext) -> Any:
     """`ExtendedHiggsAudioSampleCollator` with the arguments ``main()`` passes."""
-    from transformers import WhisperFeatureExtractor
     cfg, tok = ctx.model_config, ctx.text_tokenizer
     return script().ExtendedHiggsAudioSampleCollator(
-        whisper_processor=SimpleNamespace(feature_extractor=WhisperFeatureExtractor(feature_size=128)),
+        whisper_processor=whisper_processor(),
         audio_in_token_id=cfg.audio_in_token_idx, audio_out_token_id=cfg.audio_out_token_idx,
         audio_stream_bos_id=cfg.audio_stream_bos_id, audio_stream_eos_id=cfg.audio_stream_eos_id,
         encode_whisper_embed=True, pad_token_id=tok.pad_token_id, return_audio_in_tokens=True,
@@ -316,99 +254,37 @@ def forward(model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOut
         extra={"audio_out_mask": out.audio_out_mask, "model_loss": total})
 
 
-@dataclasses.dataclass
-class _CECall:
-    classes: int                  # size of the class axis: the text vocabulary or one codebook
-    targets: torch.Tensor         # the labels it scored, in its order (probe run: their positions)
-    values: torch.Tensor | None   # per-entry CE, detached (None in the probe run)
-    out: torch.Tensor             # what the call returned
-
-
-@contextmanager
-def _cross_entropy_calls(fn: Any, *, probe: bool = False) -> Iterator[list[_CECall]]:
-    """Record every ``F.cross_entropy`` call that `fn` makes (its module's ``F``).
-
-    probe=True: the call computes nothing and returns a zero that keeps a graph; used with labels
-    replaced by their positions, it tells which label positions each call scored, in order.
-    """
-    namespace, calls = fn.__globals__, []
-    real_f = namespace["F"]
-
-    def cross_entropy(input: torch.Tensor, target: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
-        if probe:
-            out = input.sum() * 0.0
-            calls.append(_CECall(input.shape[-1], target.detach().clone(), None, out))
-            return out
-        out = real_f.cross_entropy(input, target, *a, **kw)
-        values = real_f.cross_entropy(input.detach().float(), target, reduction="none")
-        calls.append(_CECall(input.shape[-1], target.detach().clone(), values, out))
-        return out
-    namespace["F"] = SimpleNamespace(**{**{k: getattr(real_f, k) for k in dir(real_f) if not k.startswith("__")},
-                                        "cross_entropy": cross_entropy})
-    try:
-        yield calls
-    finally:
-        namespace["F"] = real_f
-
-
-def _positions(labels: torch.Tensor | None) -> torch.Tensor | None:
-    """`labels` with every supervised entry replaced by its flat index (-100 kept)."""
-    if labels is None:
-        return None
-    flat = torch.arange(labels.numel(), device=labels.device).reshape(labels.shape)
-    return torch.where(labels != -100, flat, labels)
-
-
 def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdown:
     """The checkout's ``HiggsAudioModel.compute_losses`` (what its patched forward returns as loss) on
     `outputs` and the batch's ``label_audio_ids``: text + audio, each only if > 0.
 
-    Counts, per-codebook terms and per-position CE come from the ``F.cross_entropy`` calls it
-    makes (calls over the text vocabulary are the text term, the others one codebook each).  The
-    position of each scored label comes from a second, probe run of ``compute_losses`` on labels
-    replaced by their flat index: it selects the same entries (its selection only tests != -100)
-    in the same order.  Raises ValueError if the two runs disagree.
+    Counts, per-codebook terms and per-position CE come from its ``F.cross_entropy`` calls, located
+    by `adapters.capture.located_cross_entropy`.
     """
     compute_losses = script().HiggsAudioModel.compute_losses      # uses no model state
-    labels = outputs.expanded_labels
     label_audio_ids = getattr(batch, "label_audio_ids", None)
     if label_audio_ids is not None:
         label_audio_ids = label_audio_ids.to(outputs.logits.device)
-    args = (outputs.logits, outputs.audio_logits)
-    with _cross_entropy_calls(compute_losses) as calls:
-        total, llm, audio = compute_losses(None, *args, labels, label_audio_ids, outputs.extra.get("audio_out_mask"))
-    with _cross_entropy_calls(compute_losses, probe=True) as probes:
-        compute_losses(None, *args, _positions(labels), _positions(label_audio_ids), outputs.extra.get("audio_out_mask"))
-    if [(c.classes, c.targets.numel()) for c in calls] != [(c.classes, c.targets.numel()) for c in probes]:
-        raise ValueError("train-higgs-audio's compute_losses scored different entries when labels were replaced by "
-                         "their positions; per-position CE cannot be located")
-    vocab = outputs.logits.shape[-1]
-    text_ce = torch.full(tuple(labels.shape), float("nan")) if labels is not None else None      # (B, L_exp)
-    n_cb = ctx.model_config.audio_num_codebooks
-    n_frames = outputs.audio_logits.shape[0] if outputs.audio_logits is not None else 0
-    audio_ce = torch.full((n_frames, n_cb), float("nan"))                                       # (N, C)
-    per_cb = torch.full((n_cb,), float("nan"))
-    n_text = n_audio = 0
-    for call, probe in zip(calls, probes):
-        where = probe.targets.cpu()
-        if call.classes == vocab and text_ce is not None:
-            text_ce.view(-1)[where] = call.values.cpu()
-            n_text += where.numel()
-        elif label_audio_ids is not None:
-            cb, frame = where // label_audio_ids.shape[1], where % label_audio_ids.shape[1]
-            audio_ce[frame, cb] = call.values.cpu()
-            per_cb[int(cb[0])] = call.out.detach().float().cpu()
-            n_audio += where.numel()
+    mask = outputs.extra.get("audio_out_mask")
+    (total, llm, audio), calls = located_cross_entropy(
+        compute_losses.__globals__,
+        lambda lab: compute_losses(None, outputs.logits, outputs.audio_logits, lab["expanded_labels"],
+                                   lab["label_audio_ids"], mask),
+        {"expanded_labels": outputs.expanded_labels, "label_audio_ids": label_audio_ids})
+    maps = position_maps(calls, vocab=outputs.logits.shape[-1], text_labels=outputs.expanded_labels,
+                         text_source="expanded_labels", audio_labels=label_audio_ids, audio_source="label_audio_ids",
+                         num_codebooks=ctx.model_config.audio_num_codebooks,
+                         num_frames=outputs.audio_logits.shape[0] if outputs.audio_logits is not None else 0)
     audio_out = getattr(batch, "audio_out_ids", None)
     notes = tuple(f"{name} term dropped from total (.item() <= 0)" for name, t in (("text", llm), ("audio", audio))
                   if not t.item() > 0)
     return LossBreakdown(
-        total=total, text=llm.detach(), audio=audio.detach(), per_codebook=per_cb,
-        text_supervised_tokens=n_text, audio_supervised_tokens=n_audio,
+        total=total, text=llm.detach(), audio=audio.detach(), per_codebook=maps.per_codebook,
+        text_supervised_tokens=maps.text_tokens, audio_supervised_tokens=maps.audio_tokens,
         has_target_audio=audio_out is not None and audio_out.numel() > 0,
         reduction="text: token mean (shifted); audio: per-codebook token mean, mean over codebooks "
                   "(shift across the stream); total: sum of terms > 0",
-        notes=notes, audio_token_ce=audio_ce, text_token_ce=text_ce)
+        notes=notes, audio_token_ce=maps.audio_ce, text_token_ce=maps.text_ce)
 
 
 def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
