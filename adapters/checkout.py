@@ -31,6 +31,7 @@ from typing import Iterator, Sequence
 
 from higgs_common.stages import HiggsDiffError
 
+_ISOLATED: dict[Path, dict[str, ModuleType]] = {}      # checkout root -> its modules, imported in isolation
 _LAZY_IMPORT = re.compile(r"^[ \t]+(from|import)[ \t]+boson_multimodal\b", re.MULTILINE)
 
 
@@ -118,7 +119,29 @@ def import_checkout(root: Path, modules: Sequence[str], *, namespace: str, vendo
                     raise CheckoutError(f"{root}: importing {m} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         sys.path.remove(str(root))
-        for k in [k for k in list(sys.modules) if _owned(k, tops)]:
-            sys.modules[f"{namespace}.{k}"] = sys.modules.pop(k)
+        own = {k: sys.modules.pop(k) for k in list(sys.modules) if _owned(k, tops)}
+        for k, m in own.items():
+            sys.modules[f"{namespace}.{k}"] = m
+        _ISOLATED[Path(root).resolve()] = own
         sys.modules.update(set_aside)
     return loaded
+
+
+@contextmanager
+def activated(root: Path) -> Iterator[None]:
+    """While the block runs, the checkout's modules (as `import_checkout` loaded them in isolation)
+    stand under their own names in ``sys.modules``, so a function of the checkout that imports
+    ``boson_multimodal`` lazily (train-higgs-audio-vi's model wrapper patches the model class that
+    way) gets the vendored copy.  A no-op when the checkout was imported plainly (own worker)."""
+    own = _ISOLATED.get(Path(root).resolve())
+    if not own:
+        yield
+        return
+    saved = {k: sys.modules[k] for k in own if k in sys.modules}
+    sys.modules.update(own)
+    try:
+        yield
+    finally:
+        for k in own:
+            sys.modules.pop(k, None)
+        sys.modules.update(saved)

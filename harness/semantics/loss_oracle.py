@@ -43,7 +43,13 @@ class PositionCE:
 
 
 def text_ce(logits: torch.Tensor, expanded_labels: torch.Tensor) -> PositionCE:
-    """logits (B, L, V), expanded_labels (B, L) -> PositionCE (B, L)."""
+    """logits (B, L, V), expanded_labels (B, L) -> PositionCE (B, L).
+
+    expanded_labels None (a model called without text labels) supervises no position."""
+    if expanded_labels is None:
+        shape = tuple(logits.shape[:2])
+        return PositionCE(logits.new_zeros(shape, dtype=torch.float32),
+                          torch.zeros(shape, dtype=torch.bool, device=logits.device))
     labels = expanded_labels.to(logits.device)
     b, length = labels.shape
     values = logits.new_zeros((b, length), dtype=torch.float32)
