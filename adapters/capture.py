@@ -11,8 +11,9 @@ the CE of every supervised entry at the position of its label (`LossBreakdown.te
    are then the positions it scored, in the same order.
 
 This holds for loss code whose selection only tests ``!= -100`` and slices, shifts or reshapes
-(true of both public pipelines wrapped here); `located_cross_entropy` raises when the two runs
-make different calls.  `position_maps` turns the calls into the `LossBreakdown` maps; entries taken
+(true of both public pipelines wrapped here).  Codes start above every label value, and the labels
+found at the located positions must equal the targets of the real run: otherwise
+`located_cross_entropy` raises ValueError.  `position_maps` turns the calls into the `LossBreakdown` maps; entries taken
 from a tensor that is not the expanded text labels or ``label_audio_ids`` stay unplaced (counted).
 """
 
@@ -58,19 +59,21 @@ def located_cross_entropy(namespace: dict[str, Any], run: Callable[[dict[str, Op
     runs the loss on the given label tensors.  Raises ValueError when the probe makes other calls.
     """
     torch_f = namespace["F"]
-    calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    calls: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def real(input: torch.Tensor, target: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
         out = torch_f.cross_entropy(input, target, *a, **kw)
-        calls.append((input.shape[-1], torch_f.cross_entropy(input.detach().float(), target, reduction="none",
-                                                             ignore_index=kw.get("ignore_index", IGNORE)), out))
+        values = torch_f.cross_entropy(input.detach().float(), target, reduction="none",
+                                       ignore_index=kw.get("ignore_index", IGNORE))
+        calls.append((input.shape[-1], values, out, target.detach().reshape(-1).clone()))
         return out
     with _patched_cross_entropy(namespace, real):
         result = run(labels)
 
     codes: dict[str, Optional[torch.Tensor]] = {}
     bounds: list[tuple[str, int, int]] = []
-    offset = 0
+    # Codes start above every label value, so a selection that tests label values selects other entries.
+    offset = 1 + max([int(t.max()) for t in labels.values() if t is not None and t.numel()] + [0])
     for name, t in labels.items():
         if t is None:
             codes[name] = None
@@ -87,17 +90,20 @@ def located_cross_entropy(namespace: dict[str, Any], run: Callable[[dict[str, Op
     with _patched_cross_entropy(namespace, probe):
         run(codes)
 
-    if [(c, v.numel()) for c, v, _ in calls] != [(c, t.numel()) for c, t in probes]:
-        raise ValueError("the loss made different cross_entropy calls when labels were replaced by their positions; "
-                         "its per-position CE cannot be located")
+    differ = ValueError("the loss made different cross_entropy calls when labels were replaced by their positions; "
+                        "its per-position CE cannot be located")
+    if [(c, v.numel()) for c, v, _, _ in calls] != [(c, t.numel()) for c, t in probes]:
+        raise differ
     located = []
-    for (classes, values, out), (_, where) in zip(calls, probes):
+    for (classes, values, out, target), (_, where) in zip(calls, probes):
         kept = where != IGNORE                              # entries the call itself ignores
-        where, values = where[kept], values.reshape(-1)[kept.to(values.device)]
+        where, values, target = where[kept], values.reshape(-1)[kept.to(values.device)], target[kept.to(target.device)]
         source, index = None, where
         for name, lo, hi in bounds:
             if where.numel() and bool(((where >= lo) & (where < hi)).all()):
                 source, index = name, where - lo
+                if not torch.equal(labels[name].reshape(-1)[index.to(labels[name].device)].cpu(), target.cpu()):
+                    raise differ                            # the located labels are not the ones it scored
         located.append(LocatedCall(classes, source, index.cpu(), values.reshape(-1).cpu(), out))
     return result, located
 
