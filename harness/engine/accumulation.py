@@ -61,7 +61,7 @@ def backward_fields(c: Any) -> tuple[list, float]:
     world = c.options.ddp_world_size
     steps = max(1, c.options.ddp_steps)
     t0 = time.perf_counter()
-    kw = dict(steps=steps, init_state=c.initial_trainable, grad_noise=c.options.grad_noise)
+    kw = dict(steps=steps, init_state=c.in_side_names("custom", c.initial_trainable), grad_noise=c.options.grad_noise)
     c.say(f"backward: gradient accumulation, {len(items)} micro-batches of 1 vs one batch of {len(items)}")
     single = hook(state.ctx, c.train, items, world_size=1, grad_accum=1, **kw)[0]
     accum = hook(state.ctx, c.train, items, world_size=1, grad_accum=len(items), **kw)[0]

@@ -149,6 +149,26 @@ class Comparison:
             log.warning("could not gather %s: %s: %s", what, type(exc).__name__, exc)
             return {"error": f"{what}: {type(exc).__name__}: {exc}"}
 
+    def not_compared(self, stage: str, name: str, missing: Sequence[tuple[str, str]],
+                     stage_of_output: str | None = None) -> None:
+        """Record field `name` of `stage` as not compared: a side left an optional output None
+        (`higgs_common.stages.OPTIONAL_OUTPUTS`); never a divergence.  Listed in the stage note and in
+        the report's extras["not_compared"]."""
+        reason = "; ".join(f"the {role} side does not provide the optional {stage_of_output or stage} output {out!r}"
+                           for role, out in missing)
+        self.extras.setdefault("not_compared", []).append(
+            {"stage": stage, "field": name, "sides": sorted({r for r, _ in missing}),
+             "outputs": sorted({o for _, o in missing}), "reason": reason})
+
+    def not_compared_note(self, stage: str) -> str | None:
+        """One line for the stage note: which fields were not compared and why (None: all were)."""
+        rows = [r for r in self.extras.get("not_compared", []) if r["stage"] == stage]
+        if not rows:
+            return None
+        why = sorted({f"{side}: {out}" for r in rows for side in r["sides"] for out in r["outputs"]})
+        return (f"not compared ({len(rows)} field(s), optional outputs a side does not provide: {', '.join(why)}): "
+                + ", ".join(r["field"] for r in rows))
+
     def mod(self, role: str) -> Any:
         return self.side[role].side.module
 
@@ -205,7 +225,9 @@ class Comparison:
             state.model = self.mod(role).build_model(state.ctx, self.train)
             model_ops.move(state.model, state.ctx.device)
             model_ops.set_mode(state.model, True)
-            values[role] = model_ops.trainable_values(state.model)
+        self.align_names({role: model_ops.summary(st.model)["names"] for role, st in self.side.items()})
+        for role, state in self.side.items():
+            values[role] = self.in_ref_names(role, model_ops.trainable_values(state.model))
             # LoRA must start as the identity (B = 0: the step-0 model IS the checkpoint); recorded
             # before the harness sets B below, compared at the forward stage.
             self.initial_lora_b[role] = sorted(n for n, v in values[role].items()
@@ -215,10 +237,48 @@ class Comparison:
         self.lora_b_init = {"distribution": f"normal(0, {LORA_B_STD}^2)", "seed": self.side["reference"].ctx.seed,
                             "parameters": sum(1 for n in ref_trainable if "lora_B" in n)}
         for role in self.side:
-            model_ops.load_values(self.side[role].model, ref_trainable)
+            model_ops.load_values(self.side[role].model, self.in_side_names(role, ref_trainable))
         self.initial_trainable = {n: p.detach().clone() for n, p in ref_trainable.items()}
         from harness.engine.evidence import parameter_evidence
         self.evidence["parameters"] = parameter_evidence(self.side, self.side["reference"].ctx.model_path)
+        self.evidence["parameters"]["trainable"] = {
+            role: [self.to_ref[role].get(n, n) for n in names]
+            for role, names in self.evidence["parameters"]["trainable"].items()}
+
+    # ------------------------------------------------------------------ parameter names
+
+    def align_names(self, names: dict[str, list[str]]) -> None:
+        """Line up the two sides' parameter names: canonical names (`higgs_common.param_names`: DDP,
+        torch.compile and peft wrappers, adapter keys) minus the wrapper attribute one side adds
+        (`common_prefix_alignment`, e.g. "model.").  Every name-keyed value the harness compares is
+        keyed by the REFERENCE side's name; `to_ref[role]` maps a side's names there."""
+        from higgs_common.param_names import canonical_name, common_prefix_alignment
+
+        prefix = dict(zip(("reference", "custom"), common_prefix_alignment(names["reference"], names["custom"])))
+
+        def key(name: str, role: str) -> str:
+            k = canonical_name(name)
+            return k[len(prefix[role]):] if k.startswith(prefix[role]) else k
+
+        ref_by_key = {key(n, "reference"): n for n in names["reference"]}
+        self.name_prefixes = prefix
+        self.to_ref: dict[str, dict[str, str]] = {
+            role: {n: ref_by_key.get(key(n, role), n) for n in names[role]} for role in ("reference", "custom")}
+        self.from_ref: dict[str, dict[str, str]] = {role: {v: k for k, v in m.items()} for role, m in self.to_ref.items()}
+
+    def in_ref_names(self, role: str, values: dict[str, Any] | None) -> dict[str, Any] | None:
+        """`values` keyed by `role`'s parameter names -> keyed by the reference side's names."""
+        if values is None or not hasattr(self, "to_ref"):
+            return values
+        m = self.to_ref[role]
+        return {m.get(k, k): v for k, v in values.items()}
+
+    def in_side_names(self, role: str, values: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Inverse of `in_ref_names`."""
+        if values is None or not hasattr(self, "from_ref"):
+            return values
+        m = self.from_ref[role]
+        return {m.get(k, k): v for k, v in values.items()}
 
     # ------------------------------------------------------------------ driver
 

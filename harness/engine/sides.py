@@ -167,8 +167,11 @@ def _import(dotted: str, spec: str) -> ModuleType:
 
 
 def missing_contract(module: ModuleType) -> list[str]:
-    """Names of the contract that `module` lacks (`higgs_common.stages.REQUIRED_CONTRACT`)."""
-    return [name for name in REQUIRED_CONTRACT if not hasattr(module, name)]
+    """Names of the contract that `module` lacks (`higgs_common.stages.REQUIRED_CONTRACT`); a
+    `forward_and_loss` stands for `forward` and `loss` (`harness.engine.fused`)."""
+    fused = hasattr(module, "forward_and_loss")
+    return [name for name in REQUIRED_CONTRACT
+            if not hasattr(module, name) and not (fused and name in ("forward", "loss"))]
 
 
 def version_of(module: ModuleType) -> str | None:
@@ -226,6 +229,9 @@ def load_side(spec: str, role: str, *, python: str | None = None, paths: Sequenc
                                f"'auto', not 'inline'")
         else:
             module = import_spec(wspec.module)
+        from harness.engine.fused import with_derived_stages
+
+        module = with_derived_stages(module)
     spec = wspec.module
     missing = missing_contract(module)
     if missing:

@@ -14,7 +14,9 @@
    (norm 2x the clipping threshold), next to an independent `torch.optim.AdamW` built from what
    the side's `effective_config` declares (lr, betas, eps, weight decay and its no-decay rule,
    max_grad_norm) and the declared schedule's formula (`harness.semantics.schedules`); the whole
-   learning-rate curve over a horizon that covers warmup and decay is compared too.
+   learning-rate curve over a horizon that covers warmup and decay is compared too.  Every
+   `make_optimizer` call gets the adapter's OWN model (from its `build_model`), never a synthetic
+   stand-in, so a make_optimizer that reads `model.config` or the adapter's own attributes works.
 3. The accumulation / DDP runs of the backward stage: parameters after step 1, loss per step.
 """
 
@@ -117,7 +119,7 @@ def _custom_grads(c: Any, batch: Any) -> dict[str, torch.Tensor | None]:
     mod = c.mod("custom")
     model_ops.zero_grad(st.model)
     out = mod.forward(st.model, batch, st.ctx)
-    return mod.backward(mod.loss(out, batch, st.ctx), st.model)
+    return c.in_ref_names("custom", mod.backward(mod.loss(out, batch, st.ctx), st.model))
 
 
 def run_step(c: Any) -> StageResult:
@@ -128,7 +130,7 @@ def run_step(c: Any) -> StageResult:
     batches = _batches(c, n_steps)
     for role, st in c.side.items():
         if c.initial_trainable:
-            model_ops.load_values(st.model, c.initial_trainable)
+            model_ops.load_values(st.model, c.in_side_names(role, c.initial_trainable))
     compute = 0.0
     g1, dt = c.timed(lambda: _custom_grads(c, batches[0]))
     compute += dt
@@ -141,8 +143,9 @@ def run_step(c: Any) -> StageResult:
                                "betas": list(train.adam_betas), "eps": train.adam_eps}
     opts = {role: c.mod(role).make_optimizer(c.side[role].model, train) for role in c.side}
     summaries = {role: model_ops.summary(c.side[role].model) for role in c.side}
-    names = sorted(set(summaries["reference"]["trainable"]) & set(summaries["custom"]["trainable"]))
-    shapes = {n: torch.Size(s) for n, s in summaries["custom"]["shapes"].items()}
+    names = sorted(set(summaries["reference"]["trainable"]) &
+                   set(c.in_ref_names("custom", dict.fromkeys(summaries["custom"]["trainable"]))))
+    shapes = {n: torch.Size(s) for n, s in c.in_ref_names("custom", summaries["custom"]["shapes"]).items()}
     decode = _decoder(names, shapes)
     fields = []
     hyper_done = False
@@ -158,16 +161,17 @@ def run_step(c: Any) -> StageResult:
         lr_k = model_ops.current_lr(opts["reference"][0])
         clip = TOL.clip_coefficient([g for g in grads.values() if g is not None], train.max_grad_norm)
         for role, st in c.side.items():
-            before = model_ops.trainable_values(st.model)
-            model_ops.set_grads(st.model, grads)
+            before = c.in_ref_names(role, model_ops.trainable_values(st.model))
+            model_ops.set_grads(st.model, c.in_side_names(role, grads))
             opt, sched = opts[role]
             after, dt = c.timed(lambda: c.mod(role).step(st.model, opt, st.ctx, train))
             compute += dt
-            after = c.perturbed("step", role, after)
+            after = c.perturbed("step", role, c.in_ref_names(role, after))
             model_ops.step_scheduler(sched)
             update = {n: (after[n].detach() - before[n].to(after[n].device)) if n in after else None for n in names}
+            state = on_side(st.model, optimizer_state, opt, st.model, list(c.in_side_names(role, dict.fromkeys(names))))
             rec[role] = {"update": update, "after": after,
-                         **on_side(st.model, optimizer_state, opt, st.model, names)}
+                         **{k: c.in_ref_names(role, v) for k, v in state.items()}}
         ref, cus = rec["reference"], rec["custom"]
         clipped = {n: clip * grads[n].detach().cpu() for n in names if grads.get(n) is not None}
         b = bounds.step(clipped, {n: eps_clip * g.abs() for n, g in clipped.items()}, lr=lr_k,

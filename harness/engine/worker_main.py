@@ -42,16 +42,17 @@ def _kept_here(obj: Any) -> bool:
 
 class Worker:
     def __init__(self, spec: str) -> None:
+        from harness.engine.fused import with_derived_stages
         from harness.engine.sides import import_spec
 
-        self.module = import_spec(spec)
+        self.module = with_derived_stages(import_spec(spec))
         self.table: dict[int, Any] = {}
         self.ids = itertools.count(1)
 
     # ---------------------------------------------------------------- handles
 
     def keep(self, obj: Any) -> Any:
-        if obj is self.module:
+        if obj is self.module or obj is getattr(self.module, "_module", None):
             return ("adapter",)
         if _kept_here(obj):
             hid = next(self.ids)
@@ -80,7 +81,7 @@ class Worker:
             if name.startswith("_"):
                 continue
             value = getattr(mod, name)
-            if inspect.isfunction(value) or inspect.isbuiltin(value):
+            if inspect.isfunction(value) or inspect.ismethod(value) or inspect.isbuiltin(value):
                 try:
                     params = inspect.signature(value).parameters.values()
                     functions[name] = [(p.name, int(p.kind), p.default is not inspect.Parameter.empty) for p in params]
