@@ -52,7 +52,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from adapters.capture import located_cross_entropy, position_maps
+from adapters.locate import located_cross_entropy, position_maps
 from adapters.checkout import CheckoutError, find_on_sys_path, import_checkout, require_checkout
 from adapters.offline import CachedCodec, logged_errors_raise, recording, torchaudio_offline, whisper_processor
 from higgs_common.collator_settings import collator_settings
@@ -259,7 +259,7 @@ def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdow
     `outputs` and the batch's ``label_audio_ids``: text + audio, each only if > 0.
 
     Counts, per-codebook terms and per-position CE come from its ``F.cross_entropy`` calls, located
-    by `adapters.capture.located_cross_entropy`.
+    by `adapters.locate.located_cross_entropy`.
     """
     compute_losses = script().HiggsAudioModel.compute_losses      # uses no model state
     label_audio_ids = getattr(batch, "label_audio_ids", None)

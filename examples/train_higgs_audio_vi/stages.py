@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from adapters import hf
-from adapters.capture import located_cross_entropy, position_maps
+from adapters.locate import located_cross_entropy, position_maps
 from adapters.checkout import CheckoutError, activated, find_on_sys_path, import_checkout, require_checkout
 from adapters.offline import CachedCodec, logged_errors_raise, recording, whisper_processor
 from higgs_common.conventions import Conventions, LossConventions, PerDevice, identity

@@ -1,4 +1,4 @@
-"""adapters.capture locates a fused loss's per-entry CE at its label positions, and refuses loss code
+"""adapters.locate locates a fused loss's per-entry CE at its label positions, and refuses loss code
 whose selection depends on label values."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapters.capture import located_cross_entropy, position_maps
+from adapters.locate import located_cross_entropy, position_maps
 
 NS = {"F": F}           # the "module" whose F the toy losses below call
 

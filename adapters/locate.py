@@ -1,4 +1,8 @@
-"""Per-position cross-entropy out of a pipeline's own fused loss code, without restating it.
+"""Per-position cross-entropy out of a pipeline's own loss code, located at its label positions.
+
+`higgs_common.capture` records what each ``cross_entropy`` call computed; this module also says
+*which label position* each entry scored, which the harness needs to compare two losses entry by
+entry (and which a call's own input and target no longer carry after masking and shifting).
 
 A script's loss usually selects the supervised entries (``labels != -100``, a shift, a transpose)
 and calls ``F.cross_entropy`` once per term or codebook with the default mean.  The harness wants
