@@ -27,7 +27,7 @@ import torch
 from adapters import hf
 from adapters.locate import located_cross_entropy, position_maps
 from adapters.checkout import CheckoutError, activated, find_on_sys_path, import_checkout, require_checkout
-from adapters.offline import CachedCodec, logged_errors_raise, recording, whisper_processor
+from adapters.offline import CachedCodec, logged_errors_raise, whisper_processor
 from higgs_common.conventions import Conventions, LossConventions, PerDevice, identity
 from higgs_common.converters import write_reference_folder
 from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, StageContext, TrainConfig,
@@ -41,10 +41,11 @@ DEFAULT_TRAIN = TrainConfig(use_lora=True, lora_r=16, lora_alpha=32, lora_dropou
                             lora_target_modules=("q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"),
                             weight_decay=0.01, warmup_steps=200, max_grad_norm=1.0, schedule="cosine", seed=42)
+_LAYOUT = ["system:text", "user:text", "assistant:audio", "user:text", "assistant:audio"]   # its zero-shot turns
 _state: dict[str, Any] = {"root": None, "script": None}
 
 
-def configure(path: str | Path) -> None:
+def configure(path: str | Path) -> None:                           # the SPEC's PATH, inline
     _state["root"], _state["script"] = require_checkout(path, FILES, ENV_VAR), None
 
 
@@ -72,18 +73,15 @@ def _system_message(record: Any) -> str:
 
 CONVENTIONS = Conventions(
     voice_prompt="assistant_turn", trained_turns=frozenset({"target", "voice_prompt"}), delay_pattern=False,
-    audio_label_layout="bos_first", mask_audio_out_token_label=True,
-    system_message=_system_message,
+    audio_label_layout="bos_first", mask_audio_out_token_label=True, system_message=_system_message,
     normalize_transcript=_normalize, normalize_reference_transcript=identity,
     loss=LossConventions(text_reduction="token_mean", audio_reduction="codebook_mean", total="sum",
                          audio_shift_scope="segment", accumulation="micro_batch_mean"),
     config_notes={
         "collator.class": ("ExtendedHiggsAudioSampleCollator", "its collator: upstream's, label_audio_ids = audio_out_ids"),
-        "collator.whisper_processor": ("loaded", "main() loads Whisper; the checkpoint skips the audio tower"),
-        "collator.encode_whisper_embed": (True, "main() passes encode_whisper_embed=True"),
+        "collator.whisper_processor": ("loaded", "main() loads Whisper"), "collator.encode_whisper_embed": (True, "main()"),
         "collator.chunk_size_seconds": (30, "upstream's default with a Whisper processor"),
-        "lora.task_type": ("CAUSAL_LM", "its setup_lora_config"),
-        "optimizer.no_decay": (["bias", "norm"], "the HF Trainer's no-decay groups"),
+        "lora.task_type": ("CAUSAL_LM", "its setup_lora_config"), "optimizer.no_decay": (["bias", "norm"], "HF Trainer"),
         "precision.autocast": (PerDevice(cpu="none", cuda="bf16"), "--bf16 autocasts on CUDA only"),
     })
 
@@ -103,15 +101,16 @@ def dataset(native_path: Path, ctx: StageContext) -> list[DatasetItem]:
     ds = mod.HiggsAudioDataset(str(native_path), ctx.text_tokenizer,
                                CachedCodec(ctx.code_cache, ctx.model_config.audio_num_codebooks),
                                task_type=str(ctx.options.get("task_type", "zero_shot_voice_cloning")))
+    slot_in, slot_out = ctx.model_config.audio_in_token_idx, ctx.model_config.audio_out_token_idx
     for i, raw in enumerate(ds.samples):
         sid = str(raw.get("id", i))
-        with recording(mod, "prepare_chatml_sample") as prepared, logged_errors_raise(
-                mod.logger, path=Path(native_path) / "metadata.json", sample_id=sid, field="audio_file"):
+        with logged_errors_raise(mod.logger, path=Path(native_path) / "metadata.json", sample_id=sid,
+                                 field="audio_file"):
             sample = ds[i]
-        n = len(sample.audio_ids_start)
-        labels = prepared[-1][3] or []
-        items.append(DatasetItem(sid, sample, n - 1, 0 if n > 1 else None,
-                                 tuple(j for j, c in enumerate(labels) if c is not None)))
+        slots = [t for t in sample.input_ids.tolist() if t in (slot_in, slot_out)]   # its audios, in prompt order
+        # Labels: every <|AUDIO_OUT|> audio (its collator sets label_audio_ids = audio_out_ids).
+        items.append(DatasetItem(sid, sample, len(slots) - 1, 0 if len(slots) > 1 else None,
+                                 tuple(j for j, t in enumerate(slots) if t == slot_out)))
     return items
 
 
@@ -153,8 +152,8 @@ def forward(model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOut
 def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdown:
     """``HiggsAudioTrainer._compute_higgs_audio_loss(outputs, None, batch)``: its hand-written loss."""
     mod = script()
-    trainer = mod.HiggsAudioTrainer.__new__(mod.HiggsAudioTrainer)
-    trainer.model = torch.nn.Linear(1, 1).to(outputs.logits.device)        # it reads only the device
+    trainer = mod.HiggsAudioTrainer.__new__(mod.HiggsAudioTrainer)    # it reads only self.model's device
+    trainer.model = torch.nn.Linear(1, 1).to(outputs.logits.device)
     fields = hf.batch_fields(batch, outputs.logits.device)
 
     def run(lab: dict[str, Any]) -> torch.Tensor:
@@ -169,8 +168,7 @@ def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdow
                          audio_labels=fields["label_audio_ids"], audio_source="label_audio_ids",
                          num_codebooks=ctx.model_config.audio_num_codebooks,
                          num_frames=0 if outputs.audio_logits is None else outputs.audio_logits.shape[0])
-    text = [c.out.detach() for c in calls if c.classes == vocab]
-    audio = [c.out.detach() for c in calls if c.classes != vocab]
+    text, audio = [c.out.detach() for c in calls if c.classes == vocab], [c.out.detach() for c in calls if c.classes != vocab]
     audio_out = fields["audio_out_ids"]
     return LossBreakdown(total, text[0] if text else torch.tensor(0.0),
                          torch.stack(audio).mean() if audio else torch.tensor(0.0), maps.per_codebook,
@@ -209,5 +207,4 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
     lora = next(iter(build_model(ctx, train).peft_config.values())) if train.use_lora else None
     return hf.effective_config(conventions=CONVENTIONS, collator=_collator(ctx), args=_args(train, ctx.device),
                                lora=lora, use_lora=train.use_lora, num_training_steps=train.max_steps,
-                               trainable_dtype="torch.float32", messages=["system", "user", "assistant", "user",
-                                                                         "assistant"])
+                               trainable_dtype="torch.float32", messages=_LAYOUT)
