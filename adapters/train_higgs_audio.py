@@ -52,6 +52,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from adapters import hf
 from adapters.locate import located_cross_entropy, position_maps
 from adapters.checkout import CheckoutError, find_on_sys_path, import_checkout, require_checkout
 from adapters.offline import CachedCodec, logged_errors_raise, recording, torchaudio_offline, whisper_processor
@@ -68,11 +69,6 @@ CHECKOUT_FILES: tuple[str, ...] = ("trainer/trainer_ddp.py", "boson_multimodal/_
 VERSION = "train-higgs-audio checkout (trainer/trainer_ddp.py), vendored boson_multimodal"
 DEFAULT_TRAIN: TrainConfig = _declared.DEFAULT_TRAIN
 TASK_TYPE = "zero_shot_voice_cloning"           # ctx.options["task_type"] overrides, as for reference_impl
-BATCH_FIELDS: tuple[str, ...] = (
-    "input_ids", "attention_mask", "audio_features", "audio_feature_attention_mask", "audio_out_ids",
-    "audio_out_ids_start", "audio_out_ids_start_group_loc", "audio_in_ids", "audio_in_ids_start", "label_ids",
-    "label_audio_ids", "reward",
-)
 
 _state: dict[str, Any] = {"root": None, "script": None}
 
@@ -197,7 +193,7 @@ def collate(items: Sequence[DatasetItem], ctx: StageContext) -> Any:
     _check_faults(ctx)
     mod = script()
     batch = _collator(ctx)(copy.deepcopy([it.sample for it in items]))
-    return mod.HiggsAudioBatchInput(**{k: getattr(batch, k) for k in BATCH_FIELDS})
+    return mod.HiggsAudioBatchInput(**hf.batch_fields(batch))
 
 
 def _precision(train: TrainConfig, device: torch.device) -> str:
@@ -206,11 +202,11 @@ def _precision(train: TrainConfig, device: torch.device) -> str:
 
 
 def _wrapper(model: torch.nn.Module) -> torch.nn.Module:
-    try:
-        return model.__dict__["_higgs_diff_wrapper"]
-    except KeyError:
+    wrapper = hf.wrapper_of(model)
+    if wrapper is None:
         raise TypeError("train-higgs-audio's forward needs a model from its build_model "
-                        "(the inner model of HiggsAudioModelWrapper)") from None
+                        "(the inner model of HiggsAudioModelWrapper)")
+    return wrapper
 
 
 def build_model(ctx: StageContext, train: TrainConfig) -> torch.nn.Module:
@@ -229,14 +225,7 @@ def build_model(ctx: StageContext, train: TrainConfig) -> torch.nn.Module:
         wrapper = mod.setup_lora_config(wrapper, {"rank": train.lora_r, "alpha": train.lora_alpha,
                                                   "dropout": train.lora_dropout,
                                                   "target_modules": list(train.lora_target_modules)})
-    wrapper.train()
-    inner = wrapper.model
-    inner.__dict__["_higgs_diff_wrapper"] = wrapper
-    return inner
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return hf.attach_wrapper(wrapper.train())
 
 
 def forward(model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOutputs:
@@ -244,9 +233,7 @@ def forward(model: torch.nn.Module, batch: Any, ctx: StageContext) -> ForwardOut
     (float inputs cast to the weights' dtype) and its patched model, which also returns its loss."""
     mod = script()
     device = next(model.parameters()).device
-    fields = {k: getattr(batch, k, None) for k in BATCH_FIELDS}
-    inputs = mod.ExtendedHiggsAudioBatchInput(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                                                 for k, v in fields.items()})
+    inputs = mod.ExtendedHiggsAudioBatchInput(**hf.batch_fields(batch, device))
     total, out = mod.HiggsAudioTrainer.compute_loss(None, _wrapper(model), inputs, return_outputs=True)
     return ForwardOutputs(
         logits=out.logits, audio_logits=out.audio_logits, expanded_labels=out.expanded_labels,
@@ -289,10 +276,7 @@ def loss(outputs: ForwardOutputs, batch: Any, ctx: StageContext) -> LossBreakdow
 
 def backward(loss: LossBreakdown, model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
     """Gradients of every trainable parameter after ``total.backward()`` (None where none arrived)."""
-    model.zero_grad(set_to_none=True)
-    loss.total.backward()
-    return {n: (p.grad.detach().clone() if p.grad is not None else None)
-            for n, p in model.named_parameters() if p.requires_grad}
+    return hf.gradients(loss.total, model)
 
 
 def _training_args(train: TrainConfig, device: torch.device | str) -> Any:
@@ -312,20 +296,13 @@ def _training_args(train: TrainConfig, device: torch.device | str) -> Any:
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> tuple[Any, Any]:
     """What ``HiggsAudioTrainer.create_optimizer_and_scheduler`` builds for the wrapper."""
-    trainer = script().HiggsAudioTrainer(model=_wrapper(model),
-                                         args=_training_args(train, next(model.parameters()).device))
-    trainer.create_optimizer_and_scheduler(num_training_steps=train.max_steps)
-    return trainer.optimizer, trainer.lr_scheduler
+    return hf.trainer_optimizer(script().HiggsAudioTrainer, model,
+                                _training_args(train, next(model.parameters()).device), train.max_steps)
 
 
 def step(model: torch.nn.Module, optimizer: Any, ctx: StageContext, train: TrainConfig) -> dict[str, torch.Tensor]:
-    """The HF Trainer's update: clip to ``max_grad_norm``, ``optimizer.step()``, zero grads (the
-    caller steps the scheduler next, as the Trainer does)."""
-    if train.max_grad_norm is not None and train.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], train.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """The HF Trainer's update (`adapters.hf.trainer_step`); the caller steps the scheduler next."""
+    return hf.trainer_step(model, optimizer, train.max_grad_norm)
 
 
 def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
@@ -335,12 +312,8 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
     out["collator"] = {"class": type(col).__name__, **collator_settings(col.base_collator),
                        "label_audio_ids": "audio_out_ids", "deep_copy_samples": True}
     if train.use_lora:
-        lc = next(iter(_base_peft_config(build_model(ctx, train)).values()))
+        lc = next(iter(build_model(ctx, train).peft_config.values()))
         out["lora"] = {"enabled": True, "r": lc.r, "alpha": lc.lora_alpha, "dropout": lc.lora_dropout,
                        "target_modules": sorted(lc.target_modules), "bias": lc.bias,
                        "task_type": str(getattr(lc.task_type, "value", lc.task_type))}
     return out
-
-
-def _base_peft_config(model: torch.nn.Module) -> dict[str, Any]:
-    return getattr(model, "peft_config", {})
