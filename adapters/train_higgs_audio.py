@@ -11,7 +11,9 @@ the optimizer and schedule that `HiggsAudioTrainer.create_optimizer_and_schedule
 
 What `main()` writes inline (collator arguments, `TrainingArguments`) is restated here from
 ``trainer_ddp.py::main`` (commit ed1c71e), with the numbers taken from the `TrainConfig` the harness
-passes (`_training_args`); `effective_config` reads the objects built from them.
+passes (`_training_args`).  `effective_config` reads the collator and LoRA sections off the
+checkout's built objects; the other sections are `reference_impl.stages.effective_config`'s (the
+same TrainingArguments defaults, the same declared layout and loss).
 
 Shims an offline run needs, and nothing else (each replaces one call, nothing the loss sees):
 
@@ -53,12 +55,12 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from adapters import hf
-from adapters.locate import located_cross_entropy, position_maps
 from adapters.checkout import CheckoutError, find_on_sys_path, import_checkout, require_checkout
+from adapters.locate import located_cross_entropy, position_maps
 from adapters.offline import CachedCodec, logged_errors_raise, recording, torchaudio_offline, whisper_processor
 from higgs_common.collator_settings import collator_settings
 from higgs_common.manifest import CanonicalRecord
-from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, SampleError, StageContext, TrainConfig,
+from higgs_common.stages import (DatasetItem, ForwardOutputs, LossBreakdown, StageContext, TrainConfig,
                                  UnknownFaultError)
 from reference_impl import stages as _declared
 
