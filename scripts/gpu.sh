@@ -114,9 +114,11 @@ finish() {   # $1: exit status; writes summary.md, packs the folder into $OUT
     step "summary ($RES/summary.md):"
     sed -n '1,12p' "$RES/summary.md"
     if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
-        # run.log is still being written: tar may report it changed, which costs nothing here
-        tar -czf "$OUT/$name.tar.gz" -C "$(dirname "$RES")" "$name" 2>/dev/null || step "tar: $(ls -l "$OUT/$name.tar.gz" 2>&1)"
         cp "$RES/summary.md" "$RES/run.log" "$OUT"/
+        # run.log is still being written: tar may report it changed, which costs nothing here.  Training run
+        # folders (checkpoints) and raw traces stay behind: the device tool brings back 16 MiB a file.
+        timeout 60 tar -czf "$OUT/$name.tar.gz" --exclude="$name/run-*" --exclude="$name/trace-*" \
+            -C "$(dirname "$RES")" "$name" 2>/dev/null || step "tar: $(ls -l "$OUT/$name.tar.gz" 2>&1)"
         step "packed into \$OUT: $name.tar.gz, summary.md, run.log"
     fi
     exit "$status"

@@ -6,7 +6,6 @@
 2. custom CLI with every speed switch off (--speed none), traced (tensors up to --max-numel), the same
    --max-steps (so the same schedule): compare-traces --precision bf16 --common-steps against (1);
 3. reference CLI (LoRA, its bf16 autocast) traced vs --no-autocast traced: compare-traces --precision bf16;
-   untraced vs traced wall time of the whole run.
 Writes OUT/trace_suite.md and OUT/trace_suite.json; reports of each comparison under OUT/.
 """
 
@@ -73,8 +72,6 @@ def main() -> int:
         summary["custom_trace_overhead"] = summary["custom_step_s_traced"] / summary["custom_step_s_untraced"] - 1
     reference = [py, "-m", "reference_impl.train", *paths, "--max-steps", "3", "--use-lora",
                  "--per-device-train-batch-size", str(args.batch_size)]
-    say("reference untraced")
-    res["reference_untraced"] = run(reference + ["--output-dir", str(out / "run-ref-untraced")], out / "ref-untraced.log")
     say("reference traced (bf16 autocast, as configured)")
     res["reference_traced"] = run(trace + ["--out", str(out / "trace-ref"), "--max-numel", "0", "--"] + reference
                                   + ["--output-dir", str(out / "run-ref-traced")], out / "ref-traced.log")

@@ -327,7 +327,10 @@ class Comparison:
                 if cause is not None:   # the stage failed because of its input: bad input, exit 2
                     raise cause from exc
                 log.exception("stage %s failed", stage)
-                results.append(StageResult(stage, "error", [], error=f"{type(exc).__name__}: {exc}"))
+                where, ours = raised_where(exc)
+                results.append(StageResult(stage, "error", [], error=f"{type(exc).__name__}: {exc}",
+                                           note=(f"raised in the harness's own code at {where}: a bug in higgs-diff, "
+                                                 "please report it" if ours else f"raised at {where}") if where else None))
                 failed = True
                 continue
             self.mark_intended(res)
@@ -339,6 +342,28 @@ class Comparison:
 
 # Bad input (a broken sample, an unknown fault) is the user's to fix: it aborts with exit 2.
 FATAL_INPUT_ERRORS = (SampleError, UnknownFaultError)
+
+
+_HARNESS_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def raised_where(exc: BaseException) -> tuple[str | None, bool]:
+    """(``file:line in function`` of the innermost frame of project code, True when that is the harness's own
+    code): a stage error raised by a pipeline's code is that side's finding; one raised by the harness is a bug."""
+    import traceback as _tb
+    import site
+    import sysconfig
+
+    while exc.__cause__ is not None:     # a wrapper (`raise ... from exc`): where the original was raised
+        exc = exc.__cause__
+    libs = tuple(p for p in {sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("stdlib"),
+                             *getattr(site, "getsitepackages", lambda: [])()} if p)
+    frames = [f for f in _tb.extract_tb(exc.__traceback__) if not f.filename.startswith(libs)
+              and "<frozen" not in f.filename]
+    if not frames:
+        return None, False
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} in {f.name}", f.filename.startswith(_HARNESS_DIR)
 
 
 def input_error_in_chain(exc: BaseException) -> SampleError | None:

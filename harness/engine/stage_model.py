@@ -268,7 +268,7 @@ def run_loss(c: Any) -> StageResult:
                     FieldSpec(tol=tols[name], check="declared", side=role, rel_ctx=scale_ctx))
     c.extras["per_codebook"] = {role: ([float(x) for x in lb.per_codebook.detach().cpu()]
                                        if lb.per_codebook is not None else None) for role, lb in lbs.items()}
-    c.evidence["loss"] = _loss_evidence(rl, cl, outputs, batch)
+    c.evidence["loss"] = c.gather("loss evidence", lambda: _loss_evidence(rl, cl, outputs, batch))
     if any(f.unexpected for f in fields):   # which misreading of the declared loss reproduces each side
         from harness.semantics.loss_hypotheses import loss_evidence
         c.evidence["loss"]["hypotheses"] = {

@@ -119,7 +119,7 @@ class _Collector:
             return self.add(fd, site_b, site_a, words)
         n = max(1, shape_numel(da.get("shape")))
         rtol = (self.tol.rtol or 1.3e-6) * math.sqrt(n)
-        for key in ("nonfinite", "abs_sum", "sum"):
+        for key in ("nonfinite", "abs_sum", "max_abs", "sum"):
             fd = diff_scalars(da.get(key), db.get(key), stage=stage, field=f"{field}:{key}", rtol=rtol,
                               atol=(self.tol.atol or 1e-5) * n)
             if fd.diverged:
@@ -322,7 +322,8 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
         if "time" in tag or "runtime" in tag or "per_second" in tag or tag.endswith("wall_s"):
             continue
         c.scalar("log", f"step{s}.logged.{tag}", la[tag], lb[tag], sites.get(tag.split(":", 1)[-1]),
-                 words=f"the program logs a different {tag.split(':', 1)[-1]}", rtol=1e-4, atol=1e-6)
+                 words=f"the program logs a different {tag.split(':', 1)[-1]}",
+                 rtol=max(1e-4, c.tol.rtol or 0.0), atol=max(1e-6, c.tol.atol or 0.0))
     for tag in [t for t in la if t not in lb] + [t for t in lb if t not in la]:
         c.add(FieldDiff("log", f"step{s}.logged.{tag}", "missing", reference=la.get(tag), custom=lb.get(tag),
                         note="logged in one run only"), sites.get(tag.split(":", 1)[-1]), None,

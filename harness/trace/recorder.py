@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
@@ -96,6 +97,7 @@ class Recorder:
         self.in_flush = False
         self.tensors: dict[str, torch.Tensor] = {}
         self.pending_stats: list[tuple[dict[str, Any], torch.Tensor, bool]] = []
+        self.pending_norms: list[tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]] = []
         self.current: dict[str, Any] = self._empty_step()
         self.layer_hooks_on: set[int] = set()
         self.t0 = time.time()
@@ -169,6 +171,10 @@ class Recorder:
         for item in self.pending_stats:
             by_device.setdefault(item[1].device, []).append(item)
         self.pending_stats = []
+        for descs, l1, linf in self.pending_norms:
+            for desc, a, m in zip(descs, l1.cpu().tolist(), linf.cpu().tolist()):
+                desc.update(abs_sum=a, max_abs=m, nonfinite=0 if math.isfinite(a) else -1)
+        self.pending_norms = []
         for items in by_device.values():
             values = torch.stack([st for _, st, _ in items]).cpu().tolist()
             for (desc, _, is_float), (nonfinite, total, abs_total, lo, hi) in zip(items, values):
@@ -371,6 +377,31 @@ class Recorder:
             except Exception:   # noqa: BLE001
                 self._failed("logged")
 
+    def keep_many(self, keys: list[str], tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """`keep` for many tensors at once (gradients, parameters, optimizer state): those above
+        max_numel get a summary from two fused multi-tensor kernels for all of them (|sum| = L1 norm,
+        max |x| = L-inf norm; non-finite values make both non-finite), not several kernels each."""
+        descs: list[dict[str, Any] | None] = [None] * len(tensors)
+        bulk = [i for i, t in enumerate(tensors) if t.numel() > self.max_numel and t.is_floating_point()]
+        in_bulk = set(bulk)
+        for i, (k, t) in enumerate(zip(keys, tensors)):
+            if i not in in_bulk:
+                descs[i] = self.keep(k, t)
+        by_device: dict[Any, list[int]] = {}
+        for i in bulk:
+            by_device.setdefault((tensors[i].device, tensors[i].dtype), []).append(i)
+        for idx in by_device.values():
+            ts = [tensors[i].detach() for i in idx]
+            with torch.no_grad():
+                l1 = torch.stack(torch._foreach_norm(ts, 1)).double()
+                linf = torch.stack(torch._foreach_norm(ts, float("inf"))).double()
+            for j, i in enumerate(idx):
+                t = tensors[i]
+                descs[i] = {"key": keys[i], "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
+                            "device": t.device.type, "stored": False}
+            self.pending_norms.append(([descs[i] for i in idx], l1, linf))
+        return descs  # type: ignore[return-value]
+
     def optimizer_pre(self, opt: torch.optim.Optimizer) -> None:
         with self.lock:
             self.close_pending()
@@ -378,17 +409,23 @@ class Recorder:
                 return
             try:
                 groups, grads = [], {}
+                keys, ts, names = [], [], []
                 for g, group in enumerate(opt.param_groups):
                     hp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()
-                          if k != "params" and isinstance(v, (int, float, bool, str, tuple)) }
+                          if k != "params" and isinstance(v, (int, float, bool, str, tuple))}
                     hp["num_params"] = len(group["params"])
                     hp["names"] = [self.name_of(p, g, i) for i, p in enumerate(group["params"])]
                     groups.append(hp)
                     for i, p in enumerate(group["params"]):
                         name = self.name_of(p, g, i)
-                        grads[name] = None if p.grad is None else self.keep(f"grad.{name}", p.grad)
-                        if self.step == 1:
-                            self.keep(f"param_before.{name}", p)
+                        grads[name] = None
+                        if p.grad is not None:
+                            keys.append(f"grad.{name}"), ts.append(p.grad), names.append(name)
+                        if self.step == self.offset + 1:
+                            keys.append(f"param_before.{name}"), ts.append(p), names.append(None)
+                for name, desc in zip(names, self.keep_many(keys, ts)):
+                    if name is not None:
+                        grads[name] = desc
                 self.current["optimizer"] = {"seq": self.next_seq(), "class": type(opt).__name__,
                                              "call_site": call_site(), "param_groups": groups, "grads": grads}
             except Exception:   # noqa: BLE001
@@ -399,13 +436,22 @@ class Recorder:
             try:
                 rec = self.current["optimizer"] or {"param_groups": [], "grads": {}}
                 params, state = {}, {}
+                keys, ts, slots = [], [], []
                 for g, group in enumerate(opt.param_groups):
                     for i, p in enumerate(group["params"]):
                         name = self.name_of(p, g, i)
-                        params[name] = self.keep(f"param.{name}", p)
-                        st = opt.state.get(p, {})
-                        state[name] = {k: (self.keep(f"state.{name}.{k}", v) if isinstance(v, torch.Tensor) and v.numel() > 1
-                                           else float(v)) for k, v in st.items() if isinstance(v, (torch.Tensor, int, float))}
+                        keys.append(f"param.{name}"), ts.append(p), slots.append((name, None))
+                        state[name] = {}
+                        for k, v in opt.state.get(p, {}).items():
+                            if isinstance(v, torch.Tensor) and v.numel() > 1:
+                                keys.append(f"state.{name}.{k}"), ts.append(v), slots.append((name, k))
+                            elif isinstance(v, (torch.Tensor, int, float)):
+                                state[name][k] = float(v)
+                for (name, k), desc in zip(slots, self.keep_many(keys, ts)):
+                    if k is None:
+                        params[name] = desc
+                    else:
+                        state[name][k] = desc
                 rec.update(params_after=params, state=state, post_seq=self.next_seq())
                 self.current["optimizer"] = rec
                 self.pending = True   # scheduler/clip/logging right after the step still belong to it
