@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SPEECH_FLOOR_DBFS
-from higgs_common.stages import SampleError
+from higgs_common.input_limits import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SPEECH_FLOOR_DBFS
+from higgs_common.errors import SampleError
 
 # `--resume` with no value: the last complete checkpoint of --output-dir.
 RESUME_LATEST = Path("<latest>")
