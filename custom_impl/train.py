@@ -8,7 +8,7 @@
 
 `--data` is a ChatML JSON list, a canonical manifest (`*.jsonl`, or a folder holding
 `manifest.jsonl`, converted into the run folder) or `copy-probe`: the set of higgs_common.assets.copy_probe, where only copying the voice prompt lowers
-the audio loss, so fault (a) shows its collapse even on the tiny random model (README).
+the audio loss, so fault (a) shows its collapse even on the tiny random model (docs/training.md).
 
 Per optimizer step every rank runs `--grad-accum` micro-batches of `--batch-size` samples
 (DistributedSampler shard), DDP `no_sync` on all but the last (custom_impl.distributed.accumulate,

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the float tolerance of one field (a trailing * matches a prefix), e.g. logits=1e-3,1e-4")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="precision of the common configuration both sides run under (default fp32: under "
-                        "bf16 the pipelines' precision policies differ by design; see README)")
+                        "bf16 the pipelines' precision policies differ by design; see docs/benchmarks.md)")
     p.add_argument("--ddp-world-size", type=int, default=2,
                    help="ranks for the custom pipeline's distributed check (0: skip it; gradient accumulation in one "
                         "process is checked regardless; default: 2). On CUDA with that many GPUs the ranks run NCCL, "

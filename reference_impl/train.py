@@ -17,7 +17,7 @@ bf16 weights under the Trainer's bf16 autocast: `HiggsAudioModelWithLoss` carrie
 dtype fix of the audio-out embedding merge (`reference_impl.audio_merge`); `--no-autocast` still
 turns autocast off.
 
-Reliability (project issue 9): `--resume [DIR]` continues from the last *complete* checkpoint of
+Reliability: `--resume [DIR]` continues from the last *complete* checkpoint of
 `--output-dir` (or of DIR; DIR may also be a checkpoint folder) through the Trainer's
 `resume_from_checkpoint` (weights, optimizer, scheduler, RNG, data position); half-written
 checkpoints left by a killed save are removed first (see `reference_impl.trainer`).  Bad samples

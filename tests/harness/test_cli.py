@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "COLUMNS": "100", "OMP_NUM_THREADS": "1"}
 
-# Options the README names for each command (its --help must list them).
+# Options the docs name for each command (its --help must list them).
 COMPARE_OPTIONS = ("--stage", "--mode", "--fault", "--device", "--data", "--model", "--audio-tokenizer",
                    "--samples", "--seed", "--out", "--tolerance", "--precision", "--ddp-world-size",
                    "--ddp-steps", "--quiet", "--skip-bad-samples", "--max-audio-seconds")
