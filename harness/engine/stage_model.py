@@ -22,7 +22,7 @@ from harness.engine import accumulation, wiring
 from harness.engine import tolerance as TOL
 from harness.engine.common_config import CUDA_FIELD_TOLERANCES
 from harness.engine.fields import FieldSpec
-from harness.engine.runner import to_device
+from harness.engine.batches import to_device
 from harness.explain import context as X
 from harness.report.model import StageResult
 from harness.semantics import loss_oracle as O

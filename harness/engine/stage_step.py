@@ -30,7 +30,7 @@ import torch
 from harness.engine import accumulation
 from harness.engine import tolerance as TOL
 from harness.engine.fields import FieldSpec
-from harness.engine.runner import to_device
+from harness.engine.batches import to_device
 from harness.explain import context as X
 from harness.report.model import StageResult
 from harness.semantics.schedules import lr_multiplier
