@@ -50,6 +50,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "check-adapter": Subcommand("harness.check_adapter",
                                 "check a pipeline adapter module (SPEC) against the stage contract "
                                 "(= python -m harness.check_adapter)"),
+    "trace": Subcommand("harness.trace.run",
+                        "run a training command unchanged and record what its first optimizer steps do"),
+    "compare-traces": Subcommand("harness.trace.cli",
+                                 "diff two traces: symptoms first, then the first step/stage/field where they part"),
     "bench": Subcommand("harness.bench.single",
                         "benchmark both pipelines and the harness on one device (= python -m harness.bench)"),
 }

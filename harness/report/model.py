@@ -103,6 +103,9 @@ class Report:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     generated_at: str = field(default_factory=_utc_now)  # the ONLY timestamp
     extras: dict = field(default_factory=dict)           # e.g. {"per_codebook": {...}}
+    # What a user sees in training (harness.trace.symptoms.Symptom.to_json() or harness.engine.symptoms),
+    # most consequential first; reports open with them.
+    symptoms: list[dict] = field(default_factory=list)
     skipped: Any = field(default=None, repr=False, compare=False)   # higgs_common.skipping.SkipLog (not in JSON)
 
     def ordered_stages(self) -> list[StageResult]:
@@ -189,6 +192,7 @@ class Report:
             "config_diff": self.config_diff,
             "catalogue": self.catalogue,
             "diagnoses": [d.to_json() for d in self.diagnoses],
+            "symptoms": self.symptoms,
             "extras": self.extras,
             VOLATILE_KEY: {"generated_at": self.generated_at, "timing": self.timing()},
         }

@@ -105,12 +105,21 @@ def _first_field(st: StageResult) -> str | None:
     return first.field if first is not None else None
 
 
+def symptom_line(s: dict) -> str:
+    """One symptom as a line: who shows it, what, why, where."""
+    run = f"[{s['run']}] " if s.get("run") else ""
+    loc = f" (at {s['location']})" if s.get("location") else ""
+    return f"- {run}**{s.get('text')}**: {s.get('mechanism')}{loc}"
+
+
 def render_markdown(report: Report) -> str:
     fd = report.first_divergence()
     lines = [f"# Differential report: {report.run_name}", "",
              f"- **Verdict:** `{report.verdict}`",
              f"- **Mode:** {report.mode}",
              f"- **Stages requested:** {', '.join(report.stages_requested)}", ""]
+    if report.symptoms:
+        lines[1:1] = ["", "## Symptoms", ""] + [symptom_line(s) for s in report.symptoms] + [""]
 
     lines += ["## First divergence", ""]
     if fd is None:
@@ -248,8 +257,13 @@ def render_html(report: Report) -> str:
              f'<p><span class="verdict {html.escape(v)}">verdict: {html.escape(v)}</span></p>',
              f"<p>Mode: {html.escape(report.mode)} &middot; stages requested: "
              f"{html.escape(', '.join(report.stages_requested))} &middot; generated at "
-             f"{html.escape(report.generated_at)}</p>",
-             "<h2>First divergence</h2>"]
+             f"{html.escape(report.generated_at)}</p>"]
+    if report.symptoms:
+        parts += ['<h2 id="symptoms">Symptoms</h2>', "<ul>"] + [
+            f"<li>{_h(('[' + s['run'] + '] ') if s.get('run') else '')}<b>{_h(s.get('text'))}</b>: "
+            f"{_h(s.get('mechanism'))}{_h(' (at ' + s['location'] + ')' if s.get('location') else '')}</li>"
+            for s in report.symptoms] + ["</ul>"]
+    parts.append("<h2>First divergence</h2>")
     if fd is None:
         parts.append("<p>No unexpected divergence.</p>")
     else:

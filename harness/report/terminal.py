@@ -27,6 +27,12 @@ def print_summary(report: Report, console: Console | None = None,
                   paths: Mapping[str, Path] | None = None) -> None:
     """Print the stage table, the first divergence and (if given) where the report files are."""
     console = console or Console()
+    for sym in report.symptoms:
+        run = f"[{sym['run']}] " if sym.get("run") else ""
+        line = Text(f"symptom {run}", style="bold red")
+        line.append(str(sym.get("text")), style="bold")
+        line.append(f": {sym.get('mechanism')}" + (f" (at {sym['location']})" if sym.get("location") else ""))
+        console.print(line)
     table = Table(title=f"higgs-diff: {report.run_name} ({report.mode})")
     for col in ("stage", "status", "#fields", "#diverged", "#expected", "first field"):
         table.add_column(col)
