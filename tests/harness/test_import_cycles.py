@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("harness.engine", "harness.report", "harness.explain", "harness.semantics", "harness.adapters")
+PACKAGES = sorted(".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "harness").glob("*/__init__.py"))
 
 
 def _modules() -> dict[str, Path]:
