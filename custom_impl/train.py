@@ -4,7 +4,7 @@
     torchrun --nproc-per-node 2 -m custom_impl.train --max-steps 20
     python -m custom_impl.train --model-path CKPT --audio-tokenizer-path CODEC --data train.json
     python -m custom_impl.train --data copy-probe --full-finetune --batch-size 8 --grad-accum 1 \
-        --lr 3e-3 --max-steps 400 --fault reference-audio-as-label     # audio loss 3.55 -> 0.15
+        --learning-rate 3e-3 --max-steps 400 --fault reference-audio-as-label     # audio loss 3.55 -> 0.15
 
 `--data` is a ChatML JSON list, a canonical manifest (`*.jsonl`, or a folder holding
 `manifest.jsonl`, converted into the run folder) or `copy-probe`: the set of higgs_common.assets.copy_probe, where only copying the voice prompt lowers
