@@ -173,8 +173,8 @@ def train_custom(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (see harness/bench.py); meant for the GPU machine."""
-    _run(session, "-m", "harness.bench", *session.posargs)
+    """Benchmarks (the bench package, docs/benchmarks.md); meant for the GPU machine."""
+    _run(session, "-m", "bench", *session.posargs)
 
 
 def _lock_tools(session: nox.Session) -> Path:

@@ -2,7 +2,7 @@
 
     higgs-diff compare ...        = python -m harness.compare ...
     higgs-diff check-adapter ...  = python -m harness.check_adapter ...
-    higgs-diff bench ...          = python -m harness.bench ...
+    higgs-diff bench ...          = python -m bench ...
     higgs-diff --version
 
 Everything after the subcommand name is passed untouched to that module's ``main(argv)``, so its
@@ -54,8 +54,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                         "run a training command unchanged and record what its first optimizer steps do"),
     "compare-traces": Subcommand("harness.trace.cli",
                                  "diff two traces: symptoms first, then the first step/stage/field where they part"),
-    "bench": Subcommand("harness.bench.single",
-                        "benchmark both pipelines and the harness on one device (= python -m harness.bench)"),
+    "bench": Subcommand("bench.single",
+                        "benchmark both pipelines and the harness on one device (= python -m bench)"),
 }
 
 

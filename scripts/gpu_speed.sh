@@ -7,7 +7,7 @@
 #
 # Writes reports/bench/<name>/{bench.json,bench.md,bench.log,gpu.txt} and copies them into $OUT when
 # set (the device tool's output folder).  Ends well inside 10 minutes on one H200: the full random
-# checkpoint builds into $FULL (~75 s, reused when already there), then `python -m harness.bench`
+# checkpoint builds into $FULL (~75 s, reused when already there), then `python -m bench`
 # stops launching runs $BUDGET seconds into its sweep (skipped runs are listed as such in
 # bench.md) and is killed $HARD_LIMIT seconds after this script started, whatever happens;
 # bench.json is rewritten after every run, so what was measured comes back either way.  Variants
@@ -46,12 +46,12 @@ nvidia-smi -L | tee "$res/gpu.txt"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$res/gpu.txt"
 python3 -c "import liger_kernel" 2>/dev/null && echo "liger-kernel importable" | tee -a "$res/gpu.txt"
 
-timeout --signal=KILL "$((HARD_LIMIT - SECONDS))" python3 -m harness.bench --build-full "$FULL" --sections train \
+timeout --signal=KILL "$((HARD_LIMIT - SECONDS))" python3 -m bench --build-full "$FULL" --sections train \
     --configs lora-common --batch-sizes "$BATCHES" --max-batch 256 --steps "$STEPS" --warmup "$WARMUP" \
     --no-flop-count --custom-speed="$CUSTOM_SPEED" --variants="$VARIANTS" --variant-batch "$VARIANT_BATCH" \
     --epoch-batch "$EPOCH_BATCH" --deadline-s "$BUDGET" --out "$res" 2>&1 | tee "$res/bench.log"
 status=${PIPESTATUS[0]}
-echo "harness.bench exit status $status" | tee -a "$res/bench.log"
+echo "bench exit status $status" | tee -a "$res/bench.log"
 if [ "${TESTS:-0}" = 1 ]; then
     left=$((590 - SECONDS))
     if [ "$left" -gt 60 ]; then

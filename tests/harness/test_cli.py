@@ -55,7 +55,7 @@ def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command, module, options", [
     (["higgs-diff", "compare"], "harness.compare", COMPARE_OPTIONS),
-    (["higgs-diff", "bench"], "harness.bench", BENCH_OPTIONS),
+    (["higgs-diff", "bench"], "bench", BENCH_OPTIONS),
     (["higgs-train-reference"], "reference_impl.train", REFERENCE_TRAIN_OPTIONS),
     (["higgs-train-custom"], "custom_impl.train", CUSTOM_TRAIN_OPTIONS),
 ], ids=["compare", "bench", "train-reference", "train-custom"])

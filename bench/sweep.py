@@ -4,7 +4,7 @@
 2. `max` in the batch list: for each pipeline, the batch doubles from the largest listed size
    until a run fails (out of memory) or reaches `max_batch`; the largest that ran is reported;
 3. epoch batching at one batch size (`--epoch-batch`): reference, custom, and custom with
-   group-by-length flipped, each over its own batches of one pool (`harness.bench.train`);
+   group-by-length flipped, each over its own batches of one pool (`bench.train`);
 4. custom speed variants (`--variants`, each a `custom_impl.speed` SPEC applied on top of the
    main custom options, e.g. `-compile` or `none`) at one batch size, fixed batching, in the
    order given (most wanted first: a deadline skips the last).
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from harness.bench.train import (BatchShape, TrainMeasurement, batch_shape, mean_flops, run_custom,
+from bench.train import (BatchShape, TrainMeasurement, batch_shape, mean_flops, run_custom,
                                  run_reference)
 
 

@@ -1,15 +1,15 @@
-"""`python -m harness.bench`: benchmarks of both pipelines and of the harness, side by side.
+"""`python -m bench`: benchmarks of both pipelines and of the harness, side by side.
 
 Three sections, one run, one device (`nox -s bench` runs this):
 
 1. train   training throughput of reference_impl (HF Trainer path) and custom_impl (manual
            micro-step, with its speed switches: `custom_impl.speed`) on the same batch: tokens/s,
-           step time, peak GPU memory, MFU (useful-work FLOP model in `harness.bench.train`),
+           step time, peak GPU memory, MFU (useful-work FLOP model in `bench.train`),
            under LoRA with each pipeline's defaults, under the harness's common configuration,
            and full fine-tuning; the common configuration at every `--batch-sizes` size, `max`
            adding a doubling search for the largest batch that fits (per pipeline); custom
            speed variants (`--variants`) and an epoch-batching comparison (`--epoch-batch`,
-           where length grouping can show) as in `harness.bench.sweep`.
+           where length grouping can show) as in `bench.sweep`.
 2. harness `python -m harness.compare --stage all` in-process: time the pipelines spend computing
            the stages vs the time the harness spends diffing and writing the report.
 3. data    the data path on CPU (dataset + collator, warm code cache), samples/s, against the
@@ -39,13 +39,13 @@ import torch
 
 from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
 
-log = logging.getLogger("harness.bench")
+log = logging.getLogger("bench")
 SECTIONS = ("train", "harness", "data")
 TRAIN_CONFIGS = ("lora-defaults", "lora-common", "full-ft")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Targets checked in the report (issue 17): custom >= 2x reference tokens/s at the same "
                                        "batch size under the common configuration; best MFU >= 25%; diff+report <= 10% "
@@ -99,7 +99,7 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    from harness.bench.train import datasheet_peak
+    from bench.train import datasheet_peak
 
     info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
     try:
@@ -184,9 +184,9 @@ def train_configs(names: Sequence[str], device: torch.device) -> dict[str, dict[
 
 def section_train(ctx: Any, items: list[Any], config_names: Sequence[str], plan: Any, custom_speed: Any, *,
                   peak: float | None, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the sweep (`harness.bench.sweep`), printing each row as it lands; `on_progress` gets
+    """Run the sweep (`bench.sweep`), printing each row as it lands; `on_progress` gets
     the section so far after every row (the caller saves it, so a run cut short keeps its rows)."""
-    from harness.bench.sweep import SweepState, run_sweep
+    from bench.sweep import SweepState, run_sweep
 
     state = SweepState()
     section: dict[str, Any] = {"rows": state.rows, "batch_shapes": state.shapes, "largest_batch": state.largest,
@@ -460,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for spec in args.variants.split(";") if spec.strip()]
     except custom_speed.SpeedSpecError as exc:
         raise SystemExit(f"--custom-speed/--variants: {exc}") from exc
-    from harness.bench.train import datasheet_peak
+    from bench.train import datasheet_peak
     from higgs_common.assets.model import count_parameters  # noqa: F401  (import check)
     from higgs_common.context import build_context
     from higgs_common.manifest import load_manifest
@@ -513,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "bench.md").write_text(render_markdown(res))
 
     if "train" in sections:
-        from harness.bench.sweep import SweepPlan
+        from bench.sweep import SweepPlan
 
         plan = SweepPlan(config_names=[c for c in args.configs.split(",") if c], batch_sizes=batch_sizes,
                          search_max=search_max, max_batch=args.max_batch, variants=variants,
