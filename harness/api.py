@@ -108,6 +108,7 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
 
     from harness.engine.runner import STAGES, Comparison, RunOptions
     from harness.engine.sides import load_sides
+    from harness.engine.symptoms import comparison_symptoms
     from harness.explain import causes
     from harness.report.model import Report
     from harness.screen import screen_records
@@ -182,6 +183,8 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
         diagnoses=causes.diagnoses(results, comparison.evidence),
         extras=comparison.extras,
     )
+    report.symptoms = comparison_symptoms(comparison, {role: err for (stage_, role), err in
+                                                       comparison.side_errors.items() if stage_ == "backward"})
     report.skipped = skip_log
     return report
 
@@ -220,5 +223,3 @@ def _side_json(side: Any, model_config: Any) -> dict:
 
 def _train_json(train: Any) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(train).items()}
-
-

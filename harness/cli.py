@@ -2,6 +2,7 @@
 
     higgs-diff compare ...        = python -m harness.compare ...
     higgs-diff check-adapter ...  = python -m harness.check_adapter ...
+    higgs-diff audit DATA ...     = python -m harness.audit DATA ...
     higgs-diff bench ...          = python -m bench ...
     higgs-diff --version
 
@@ -54,8 +55,15 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                         "run a training command unchanged and record what its first optimizer steps do"),
     "compare-traces": Subcommand("harness.trace.cli",
                                  "diff two traces: symptoms first, then the first step/stage/field where they part"),
+    "check-resume": Subcommand("harness.trace.resume",
+                               "kill a training command after step k, resume it, and check it continues exactly"),
+    "check-flags": Subcommand("harness.trace.flags",
+                              "change each option of a training command in turn and name the ones the run ignores"),
     "bench": Subcommand("bench.single",
                         "benchmark both pipelines and the harness on one device (= python -m bench)"),
+    "audit": Subcommand("harness.audit",
+                        "check a data set (manifest, reference folder or ChatML JSON) before training: every "
+                        "finding names file, sample and field (= python -m harness.audit)"),
 }
 
 

@@ -195,6 +195,9 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
 
     from harness.api import compare
     from harness.report.render import write_report
+    from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
+    from higgs_common.audit import audit_before_training
+    from higgs_common.context import load_text_tokenizer
     from higgs_common.train_cli import speech_options
     from harness.report.terminal import print_summary
 
@@ -202,6 +205,10 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
         if not args.quiet:
             console.log(msg)
 
+    # The data audit's own checks (higgs_common.audit): warnings printed once, errors are bad input (exit 2).
+    audit_before_training(args.data, prog="higgs-diff compare", tokenizer=load_text_tokenizer(args.model),
+                          options={"max_audio_seconds": args.max_audio_seconds or DEFAULT_MAX_AUDIO_SECONDS,
+                                   **speech_options(args)})
     report = compare(args.reference, args.custom, stage=args.stage, mode=args.mode, data=args.data,
                      samples=args.samples, dataset_samples=args.dataset_samples, fault=args.fault, device=args.device, model=args.model,
                      audio_tokenizer=args.audio_tokenizer, seed=args.seed, tolerance=tolerances,

@@ -100,6 +100,7 @@ class Comparison:
                  options: RunOptions, sides: dict[str, Side] | None = None,
                  dataset_records: Sequence[Any] | None = None) -> None:
         self.records = list(records)
+        self.side_errors: dict[tuple[str, str], str] = {}   # (stage, role) -> what the side's own code raised
         # the dataset stage may check more records than the later stages run on (a superset whose
         # first len(records) entries are `records`)
         self.dataset_records = list(dataset_records) if dataset_records else list(records)

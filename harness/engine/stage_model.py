@@ -376,7 +376,11 @@ def run_backward(c: Any) -> StageResult:
             out = mod.forward(state.model, batch, state.ctx)
             return mod.backward(mod.loss(out, batch, state.ctx), state.model)
 
-        state.grads, dt = c.timed(work)
+        try:
+            state.grads, dt = c.timed(work)
+        except Exception as exc:   # the side's own code raised: recorded for its symptoms, then the stage error
+            c.side_errors[("backward", role)] = f"{type(exc).__name__}: {exc}"
+            raise RuntimeError(f"the {role} side's backward raised {type(exc).__name__}: {exc}") from exc
         state.grads = c.perturbed("backward", role, state.grads)
         compute += dt
     t0 = time.perf_counter()

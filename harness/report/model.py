@@ -174,6 +174,24 @@ class Report:
                 return "error"
         return "pass"
 
+    def headline(self) -> str:
+        """The report's first line: the verdict and what a user sees (the first symptom of each kind of
+        consequence: a dead loss term, parameters that do not train), else the first divergence."""
+        parts, seen = [], set()
+        for s in self.symptoms:
+            group = "loss" if s.get("stage") in ("loss", "forward") else s.get("stage")
+            if group in seen:
+                continue
+            seen.add(group)
+            parts.append(str(s.get("text")))
+            if len(parts) == 3:
+                break
+        if not parts:
+            fd = self.first_divergence()
+            if fd is not None:
+                parts.append(f"first divergence at {fd['stage']}: {fd['field']}")
+        return f"{self.verdict}" + (": " + "; ".join(parts) if parts else "")
+
     def timing(self) -> dict:
         return {st.stage: {"compute_s": round_float(st.seconds_compute),
                            "diff_s": round_float(st.seconds_diff)} for st in self.stages}
@@ -186,6 +204,7 @@ class Report:
             "mode": self.mode,
             "stages_requested": list(self.stages_requested),
             "verdict": self.verdict,
+            "headline": self.headline(),
             "first_divergence": self.first_divergence(),
             "stages": [st.to_json() for st in self.ordered_stages()],
             "config": self.config,

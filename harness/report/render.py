@@ -114,7 +114,7 @@ def symptom_line(s: dict) -> str:
 
 def render_markdown(report: Report) -> str:
     fd = report.first_divergence()
-    lines = [f"# Differential report: {report.run_name}", "",
+    lines = [f"# {report.run_name}: {report.headline()}", "",
              f"- **Verdict:** `{report.verdict}`",
              f"- **Mode:** {report.mode}",
              f"- **Stages requested:** {', '.join(report.stages_requested)}", ""]

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("exact", "bf16"), default="exact",
                    help="float tolerance: exact = torch.testing's defaults for the recorded dtype (same program, "
                         "same device); bf16 = bf16 rounding, for speed paths vs the plain pipeline (default: exact)")
+    p.add_argument("--common-steps", action="store_true",
+                   help="compare only the steps both traces recorded (a resumed run, a shorter trace of a longer run)")
     p.add_argument("--quiet", action="store_true", help="only the verdict panel")
     return p
 
@@ -55,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]bad input:[/] {exc}", soft_wrap=True, markup=False)
         return EXIT_USAGE
     progress = (lambda _m: None) if args.quiet else (lambda m: console.log(m))
-    report = compare_traces(a, b, tolerance=Tolerance.for_precision(args.precision), progress=progress)
+    report = compare_traces(a, b, tolerance=Tolerance.for_precision(args.precision), progress=progress,
+                            common_steps_only=args.common_steps)
     out = args.out or (REPO_ROOT / "reports" / "compare-traces")
     paths = write_report(report, out)
     print_summary(report, console=console, paths=paths)

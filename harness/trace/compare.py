@@ -36,8 +36,8 @@ import torch
 from harness.engine.diff import FieldDiff, diff_scalars, diff_tensors
 from harness.explain.relations import infer
 from harness.report.model import Report, StageResult
-from harness.trace.load import StepTrace, Trace
-from harness.trace.symptoms import Symptom, head_kind, kind_key, symptoms, where
+from harness.trace.load import StepTrace, Trace, number
+from harness.trace.symptoms import Symptom, head_kind, kind_key, shape_numel, symptoms, where
 from higgs_common.param_names import common_prefix_alignment
 
 TRACE_STAGES = ("dataset", "collator", "forward", "loss", "backward", "step", "log", "run")
@@ -117,7 +117,7 @@ class _Collector:
         if da.get("shape") != db.get("shape"):
             fd = FieldDiff(stage, field, "shape", reference=da.get("shape"), custom=db.get("shape"))
             return self.add(fd, site_b, site_a, words)
-        n = max(1, math.prod(da.get("shape") or [1]))
+        n = max(1, shape_numel(da.get("shape")))
         rtol = (self.tol.rtol or 1.3e-6) * math.sqrt(n)
         for key in ("nonfinite", "abs_sum", "sum"):
             fd = diff_scalars(da.get(key), db.get(key), stage=stage, field=f"{field}:{key}", rtol=rtol,
@@ -216,8 +216,8 @@ def _compare_forward(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: st
         for name in list(oa) + [n for n in ob if n not in oa]:
             c.tensors("forward", f"step{s}.mb{k}.out.{name}", sa, oa.get(name), sb, ob.get(name), mb.get("call_site"),
                       ma.get("call_site"), words=f"the model's output {name} differs on the same batch")
-    la = {(r.get("call"), r.get("module")): r for r in sa.meta.get("layers") or []}
-    lb = {(r.get("call"), r.get("module")): r for r in sb.meta.get("layers") or []}
+    la = {(r.get("call"), r.get("module")): r for r in sa.records("layers")}
+    lb = {(r.get("call"), r.get("module")): r for r in sb.records("layers")}
     for key in [k for k in la if k in lb]:
         c.tensors("forward", f"step{s}.mb{key[0]}.layer.{key[1]}", sa, la[key].get("output"), sb,
                   lb[key].get("output"), words=f"decoder layer {key[1]} outputs differ: the runs part at this layer")
@@ -280,7 +280,7 @@ def _compare_step(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: str, 
             if key in xa or key in xb:
                 c.scalar("step", f"step{s}.group{g}.{key}", xa.get(key), xb.get(key), site,
                          words=f"optimizer setting {key} of param group {g} differs")
-    cla, clb = sa.meta.get("clip_grad_norm") or [], sb.meta.get("clip_grad_norm") or []
+    cla, clb = sa.records("clip_grad_norm"), sb.records("clip_grad_norm")
     c.scalar("step", f"step{s}.clip_calls", len(cla), len(clb), (clb or cla or [{}])[0].get("call_site"),
              words="gradient clipping runs in only one of the runs")
     for k, (xa, xb) in enumerate(zip(cla, clb)):
@@ -303,21 +303,21 @@ def _compare_step(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: str, 
                           vb if isinstance(vb, dict) else None, site, words=f"optimizer state {key} differs")
             else:
                 c.scalar("step", f"step{s}.state.{name}.{key}", va, vb, site, words=f"optimizer state {key} differs")
-    sca, scb = sa.meta.get("scheduler") or [], sb.meta.get("scheduler") or []
+    sca, scb = sa.records("scheduler"), sb.records("scheduler")
     la = [x.get("last_lr") for x in sca]
     lb = [x.get("last_lr") for x in scb]
     c.scalar("step", f"step{s}.scheduler_lr", la[-1] if la else None, lb[-1] if lb else None,
              (scb or sca or [{}])[-1].get("call_site"), words="the learning-rate scheduler sets a different rate")
     if sca and scb and sa.optimizer and sb.optimizer:
-        order_a = [x["seq"] > sa.optimizer.get("seq", 0) for x in sca]
-        order_b = [x["seq"] > sb.optimizer.get("seq", 0) for x in scb]
+        order_a = [(number(x.get("seq")) or 0) > (number(sa.optimizer.get("seq")) or 0) for x in sca]
+        order_b = [(number(x.get("seq")) or 0) > (number(sb.optimizer.get("seq")) or 0) for x in scb]
         c.scalar("step", f"step{s}.scheduler_after_optimizer", order_a[-1], order_b[-1], scb[-1].get("call_site"),
                  words="scheduler.step() runs on the other side of optimizer.step()")
 
 
 def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
     la, lb = sa.logged(), sb.logged()
-    sites = {k: r.get("call_site") for r in sb.meta.get("logged") or [] for k in (r.get("values") or {})}
+    sites = {k: r.get("call_site") for r in sb.records("logged") for k in (r.get("values") if isinstance(r.get("values"), dict) else {})}
     for tag in [t for t in la if t in lb]:
         if "time" in tag or "runtime" in tag or "per_second" in tag or tag.endswith("wall_s"):
             continue
@@ -329,18 +329,43 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
               "one run logs a value the other does not")
 
 
-def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int]) -> str | None:
-    """Step by step until the first step with an unexpected divergence; returns a note on what was left out."""
-    na, nb = (len(t.rank_steps(ranks[0])) for t in (a, b))
-    steps = min(na, nb)
+CONSEQUENCE_FIELDS = (".backward", ".grad.", ".param.", ".state.", ".group", ".clip", ".scheduler")
+
+
+def _mark_inconsequential(c: _Collector, s: int) -> None:
+    """Divergences inside the forward pass and the loss's cross-entropy calls of step `s` that change
+    neither the loss handed to backward(), nor any gradient, nor the update are a different path to
+    the same result (a fused or gathered head, chunked cross-entropy, another output layout): they
+    are shown as expected, with that reason, below what changes training."""
+    tag = f"step{s}."
+    in_step = [f for st in ("forward", "loss", "backward", "step") for f in c.fields.get(st, [])
+               if f.field.startswith(tag)]
+    consequential = [f for f in in_step if f.unexpected and any(k in f.field for k in CONSEQUENCE_FIELDS)]
+    checked = [f for f in in_step if any(k in f.field for k in CONSEQUENCE_FIELDS)]
+    if consequential or not checked:
+        return
+    for st in ("forward", "loss"):
+        for f in c.fields.get(st, []):
+            if f.field.startswith(tag) and f.unexpected and not any(k in f.field for k in CONSEQUENCE_FIELDS):
+                f.expected = True
+                f.expected_reason = ("changes neither the loss handed to backward(), nor any gradient, nor the "
+                                     "update: a different path to the same result")
+
+
+def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], common_steps_only: bool = False) -> str | None:
+    """Step by step (aligned by step number) until the first step with an unexpected divergence;
+    returns a note on what was left out."""
+    steps_a = {r: {st.step: st for st in a.rank_steps(r)} for r in ranks}
+    steps_b = {r: {st.step: st for st in b.rank_steps(r)} for r in ranks}
+    common = sorted(set(steps_a[ranks[0]]) & set(steps_b[ranks[0]]))
     pa, pb = ("", "")
-    first_a, first_b = a.rank_steps(ranks[0]), b.rank_steps(ranks[0])
-    if first_a and first_b:
-        pa, pb = common_prefix_alignment(first_a[0].grads(), first_b[0].grads())
-    for i in range(steps):
+    if common:
+        pa, pb = common_prefix_alignment(steps_a[ranks[0]][common[0]].grads(), steps_b[ranks[0]][common[0]].grads())
+    for i, s in enumerate(common):
         for r in ranks:
-            sa, sb = a.rank_steps(r)[i], b.rank_steps(r)[i]
-            s = sa.step
+            sa, sb = steps_a[r].get(s), steps_b[r].get(s)
+            if sa is None or sb is None:
+                continue
             _compare_batches(c, s, sa, sb)
             _compare_forward(c, s, sa, sb, pa, pb)
             _compare_loss(c, s, sa, sb)
@@ -349,12 +374,16 @@ def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int]) ->
             _compare_logs(c, s, sa, sb)
             c.scalar("run", f"step{s}.rank{r}.complete", sa.complete, sb.complete,
                      words="one run ended inside this step")
+        _mark_inconsequential(c, s)
         if c.unexpected():
-            left = steps - (i + 1)
-            return (f"stopped after step {i + 1}, the first with an unexpected divergence; "
+            left = len(common) - (i + 1)
+            return (f"stopped after step {s}, the first with an unexpected divergence; "
                     f"{left} later step(s) not listed (they differ as its consequence)") if left else None
-    if na != nb:
-        c.scalar("run", "steps_recorded", na, nb, words="the runs recorded a different number of optimizer steps")
+    only_a = sorted(set(steps_a[ranks[0]]) - set(common))
+    only_b = sorted(set(steps_b[ranks[0]]) - set(common))
+    if (only_a or only_b) and not common_steps_only:
+        c.scalar("run", "steps_recorded", len(steps_a[ranks[0]]), len(steps_b[ranks[0]]),
+                 words=f"the runs recorded different steps (only A: {only_a}, only B: {only_b})")
     return None
 
 
@@ -366,8 +395,8 @@ def compare_different_programs(c: _Collector, a: Trace, b: Trace) -> str:
                  words="one run recorded no optimizer step")
         return "nothing to compare: a run recorded no step"
     # The heads both losses score: same vocabulary and codebook classes.
-    ca = sorted({x.get("classes") for x in sa.ce_calls if x.get("requires_grad")})
-    cb = sorted({x.get("classes") for x in sb.ce_calls if x.get("requires_grad")})
+    ca = sorted({int(number(x.get("classes")) or 0) for x in sa.ce_calls if x.get("requires_grad")})
+    cb = sorted({int(number(x.get("classes")) or 0) for x in sb.ce_calls if x.get("requires_grad")})
     c.scalar("loss", "step1.heads_scored", ca, cb, (sb.ce_calls or [{}])[0].get("call_site"),
              words="the two losses score heads of different widths (a head missing from one loss, or different "
                    "vocabularies/codebook sizes)")
@@ -407,9 +436,11 @@ def symptom_fields(c: _Collector, sym_a: list[Symptom], sym_b: list[Symptom]) ->
 
 
 def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
-                   progress: Callable[[str], None] | None = None) -> Report:
+                   progress: Callable[[str], None] | None = None, common_steps_only: bool = False) -> Report:
     """Compare trace B (under test) with trace A (trusted); a `Report` in the usual schema.
 
+    `common_steps_only`: compare the steps both traces recorded and nothing else (a resumed run covers only
+    the steps after its checkpoint; a short trace of a long run).
     Never raises on odd trace contents (missing records, None gradients, empty tensors): those are
     findings.  Raises `harness.trace.load.TraceError` only for folders that are not traces.
     """
@@ -426,7 +457,7 @@ def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
     try:
         if same:
             say(f"same program ({a.program()}): step-by-step comparison")
-            note = compare_same_program(c, a, b, ranks)
+            note = compare_same_program(c, a, b, ranks, common_steps_only)
         else:
             say(f"different programs ({a.program()} vs {b.program()}): structural comparison")
             note = compare_different_programs(c, a, b)

@@ -56,48 +56,69 @@ class StepTrace:
         """The stored tensor of a description (None when only its summary was kept)."""
         if not isinstance(desc, dict) or not desc.get("stored"):
             return None
-        return self.tensors().get(desc.get("key"))
+        t = self.tensors().get(desc.get("key"))
+        return t if isinstance(t, torch.Tensor) else None
 
     # -------------------------------------------------------------- convenience views
+    # Views of the record: always the promised types (records a program wrote oddly become empty or
+    # partial views, never an exception in the comparison).
+    def records(self, key: str) -> list[dict[str, Any]]:
+        """The list-of-records field `key` (model_calls, cross_entropy, backward, ...), dicts only."""
+        return dicts(self.meta.get(key))
+
     @property
     def model_calls(self) -> list[dict[str, Any]]:
-        return list(self.meta.get("model_calls") or [])
+        return self.records("model_calls")
 
     @property
     def ce_calls(self) -> list[dict[str, Any]]:
-        return list(self.meta.get("cross_entropy") or [])
+        return self.records("cross_entropy")
 
     @property
     def backward(self) -> list[dict[str, Any]]:
-        return list(self.meta.get("backward") or [])
+        return self.records("backward")
 
     @property
     def optimizer(self) -> dict[str, Any] | None:
-        return self.meta.get("optimizer")
+        opt = self.meta.get("optimizer")
+        return opt if isinstance(opt, dict) else None
+
+    def _by_name(self, key: str) -> dict[str, Any]:
+        table = (self.optimizer or {}).get(key)
+        return {canonical_name(str(n)): d for n, d in table.items()} if isinstance(table, dict) else {}
 
     def grads(self) -> dict[str, Any]:
         """Canonical parameter name -> gradient description (None: no gradient reached it)."""
-        opt = self.optimizer or {}
-        return {canonical_name(n): d for n, d in (opt.get("grads") or {}).items()}
+        return self._by_name("grads")
 
     def params_after(self) -> dict[str, Any]:
-        opt = self.optimizer or {}
-        return {canonical_name(n): d for n, d in (opt.get("params_after") or {}).items()}
+        return self._by_name("params_after")
 
     def optimizer_state(self) -> dict[str, dict[str, Any]]:
-        opt = self.optimizer or {}
-        return {canonical_name(n): d for n, d in (opt.get("state") or {}).items()}
+        return {n: d for n, d in self._by_name("state").items() if isinstance(d, dict)}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return list((self.optimizer or {}).get("param_groups") or [])
+        return dicts((self.optimizer or {}).get("param_groups"))
 
     def logged(self) -> dict[str, float]:
-        """What the program logged during this step: tag -> value (last value per tag)."""
+        """What the program logged during this step: tag -> value (last value per tag, numbers only)."""
         out: dict[str, float] = {}
-        for rec in self.meta.get("logged") or []:
-            for k, v in (rec.get("values") or {}).items():
-                out[f"{rec.get('source')}:{k}"] = v
+        for rec in self.records("logged"):
+            values = rec.get("values")
+            for k, v in (values.items() if isinstance(values, dict) else ()):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{rec.get('source')}:{k}"] = float(v)
         return out
+
+
+def dicts(x: Any) -> list[dict[str, Any]]:
+    """The dict entries of a list (anything else: empty)."""
+    return [d for d in x if isinstance(d, dict)] if isinstance(x, list) else []
+
+
+def number(x: Any) -> float | None:
+    """A real number, or None (bools, strings, None and containers are not numbers here)."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -43,6 +43,9 @@ import torch
 
 ENV_DIR, ENV_STEPS, ENV_LAYERS, ENV_MAX_NUMEL = ("HIGGS_TRACE_DIR", "HIGGS_TRACE_STEPS", "HIGGS_TRACE_LAYERS",
                                                  "HIGGS_TRACE_MAX_NUMEL")
+# check-resume: number recorded steps from this offset + 1 (a resumed run), and SIGKILL the process when
+# the step after this one starts (its checkpoint of this step is then complete: both CLIs save in the loop).
+ENV_STEP_OFFSET, ENV_KILL_AFTER = "HIGGS_TRACE_STEP_OFFSET", "HIGGS_TRACE_KILL_AFTER_STEP"
 FORMAT_VERSION = 1
 _THIS_FILE = os.path.abspath(__file__)
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -78,7 +81,9 @@ class Recorder:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.dir = os.path.join(out_dir, f"rank{self.rank}")
         self.steps, self.layers, self.max_numel = steps, layers, max_numel
-        self.step = 1                 # the optimizer step being recorded (1-based)
+        self.offset = int(os.environ.get(ENV_STEP_OFFSET, "0"))
+        self.kill_after = int(os.environ.get(ENV_KILL_AFTER, "0"))
+        self.step = self.offset + 1   # the optimizer step being recorded (1-based, program numbering)
         self.seq = 0                  # order of every record in this process
         self.lock = threading.RLock()
         self.optimizer_params: dict[int, torch.nn.Parameter] = {}   # id -> param of every optimizer
@@ -90,6 +95,7 @@ class Recorder:
         self.pending = False          # the optimizer stepped; the step is written when the next starts
         self.in_flush = False
         self.tensors: dict[str, torch.Tensor] = {}
+        self.pending_stats: list[tuple[dict[str, Any], torch.Tensor, bool]] = []
         self.current: dict[str, Any] = self._empty_step()
         self.layer_hooks_on: set[int] = set()
         self.t0 = time.time()
@@ -97,7 +103,7 @@ class Recorder:
     # ------------------------------------------------------------------ bookkeeping
     @property
     def active(self) -> bool:
-        return self.step <= self.steps
+        return self.step <= self.offset + self.steps
 
     def _empty_step(self) -> dict[str, Any]:
         return {"step": getattr(self, "step", 1), "rank": getattr(self, "rank", 0), "model_calls": [],
@@ -129,26 +135,47 @@ class Recorder:
 
     # ------------------------------------------------------------------ tensors
     def keep(self, key: str, t: torch.Tensor) -> dict[str, Any]:
-        """Store `t` under `key` (or only its summary when larger than max_numel); its description."""
+        """Store `t` under `key` (or only its summary when larger than max_numel); its description.
+
+        The summary (non-finite count; sum, |sum|, min, max with non-finite values as 0) is computed where the
+        tensor lives and read back once per step (`_fill_summaries`), so a GPU run pays one host sync
+        per step for all summaries, not several per tensor.
+        """
         t = t.detach()
         desc: dict[str, Any] = {"key": key, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
                                 "device": t.device.type}
-        if t.is_floating_point() or t.is_complex():
-            f = t.float()
-            finite = torch.isfinite(f)
-            desc["nonfinite"] = int((~finite).sum())
-            fin = f[finite]
-            if fin.numel():
-                desc.update(sum=float(fin.double().sum()), abs_sum=float(fin.double().abs().sum()),
-                            min=float(fin.min()), max=float(fin.max()))
-        elif t.numel():
-            desc.update(min=int(t.min()), max=int(t.max()))
+        if t.numel() and not t.is_complex():
+            with torch.no_grad():
+                if t.is_floating_point():
+                    # non-finite values count, and are summed (and min/max-ed) as 0
+                    fz = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+                    lo, hi = torch.aminmax(fz)
+                    stats = torch.stack([(~torch.isfinite(t)).sum().double(), fz.sum(dtype=torch.float64),
+                                         fz.abs().sum(dtype=torch.float64), lo.double(), hi.double()])
+                else:
+                    stats = torch.stack([torch.zeros((), dtype=torch.float64, device=t.device),
+                                         t.double().sum(), t.double().abs().sum(), t.min().double(), t.max().double()])
+            self.pending_stats.append((desc, stats, t.is_floating_point()))
         if t.numel() <= self.max_numel:
             self.tensors[key] = t.to("cpu").contiguous().clone()
             desc["stored"] = True
         else:
             desc["stored"] = False
         return desc
+
+    def _fill_summaries(self) -> None:
+        """Read every pending summary back in one transfer per device and write it into its description."""
+        by_device: dict[Any, list] = {}
+        for item in self.pending_stats:
+            by_device.setdefault(item[1].device, []).append(item)
+        self.pending_stats = []
+        for items in by_device.values():
+            values = torch.stack([st for _, st, _ in items]).cpu().tolist()
+            for (desc, _, is_float), (nonfinite, total, abs_total, lo, hi) in zip(items, values):
+                if is_float:
+                    desc.update(nonfinite=int(nonfinite), sum=total, abs_sum=abs_total, min=lo, max=hi)
+                else:
+                    desc.update(sum=total, min=int(lo), max=int(hi))
 
     def row_hashes(self, t: torch.Tensor) -> list[str] | None:
         """Content hash of each row (dim 0) of an integer tensor: sample identity without sample ids."""
@@ -179,6 +206,10 @@ class Recorder:
             return [self.describe(f"{prefix}.{i}", v, depth + 1) for i, v in enumerate(value)]
         if isinstance(value, (int, float, bool, str)) or value is None:
             return value
+        attrs = getattr(value, "__dict__", None)     # a plain output object: its tensor attributes
+        if isinstance(attrs, dict) and not isinstance(value, torch.nn.Module):
+            return {k: self.describe(f"{prefix}.{k}", v, depth + 1) for k, v in attrs.items()
+                    if not k.startswith("_") and isinstance(v, (torch.Tensor, dict, list, tuple))}
         return None
 
     # ------------------------------------------------------------------ names
@@ -223,6 +254,14 @@ class Recorder:
         return hook
 
     # ------------------------------------------------------------------ hooks
+    def maybe_kill(self) -> None:
+        """SIGKILL this process when the step after ENV_KILL_AFTER starts (check-resume's crash)."""
+        if self.kill_after and self.step > self.kill_after:
+            self.event("killed", reason=f"{ENV_KILL_AFTER}={self.kill_after}")
+            sys.stderr.write(f"[higgs-trace] rank {self.rank}: killed after step {self.kill_after} (check-resume)\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), 9)
+
     def model_call(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any, site: list) -> None:
         with self.lock:
             self.close_pending()
@@ -277,7 +316,7 @@ class Recorder:
                         rec["supervised"] = int((target != ignore_index).sum())
                         rec["targets_total"] = int(target.numel())
                 rec["result"] = self.keep(f"ce.{k}.result", result)
-                if isinstance(target, torch.Tensor) and not target.is_floating_point() and inp.numel() <= 200_000_000:
+                if isinstance(target, torch.Tensor) and not target.is_floating_point() and inp.numel() <= 50_000_000:
                     with torch.no_grad():
                         per = ce_fn(inp.detach().float(), target, ignore_index=ignore_index, reduction="none",
                                     label_smoothing=smoothing)
@@ -386,7 +425,7 @@ class Recorder:
     # ------------------------------------------------------------------ output
     def flush(self, complete: bool) -> None:
         """Write the current step (complete after an optimizer step; else the run ended inside it)."""
-        if not self.active:
+        if self.step > self.offset + self.steps:
             return
         has_content = any(self.current[k] for k in ("model_calls", "cross_entropy", "backward", "logged")) \
             or self.current["optimizer"] is not None
@@ -396,6 +435,7 @@ class Recorder:
         base = os.path.join(self.dir, f"step-{self.step:04d}")
         self.current.update(step=self.step, rank=self.rank, world_size=self.world_size, complete=complete,
                             format_version=FORMAT_VERSION)
+        self._fill_summaries()
         tensors, self.tensors = self.tensors, {}
         self.in_flush = True
         try:
@@ -464,6 +504,10 @@ def install() -> Recorder | None:
             owns = torch.is_grad_enabled() and any(id(p) in rec.optimizer_params for p in self.parameters())
             if not owns:
                 return orig(self, *args, **kwargs)
+            if rec.pending:
+                with rec.lock:
+                    rec.close_pending()
+            rec.maybe_kill()
             rec.model_depth += 1
             try:
                 out = orig(self, *args, **kwargs)

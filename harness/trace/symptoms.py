@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import torch
 
-from harness.trace.load import StepTrace, Trace
+from harness.trace.load import StepTrace, Trace, number
 from higgs_common.param_names import canonical_name
 
 # Command-line flags whose value must reach the optimizer: flags -> (param-group key, what it is).
@@ -81,10 +81,27 @@ def _value(st: StepTrace, desc: Any) -> float | None:
     if not isinstance(desc, dict):
         return None
     t = st.tensor(desc)
-    if t is not None and t.numel():
+    if t is not None and t.numel() and (t.is_floating_point() or not t.dtype.is_complex):
         return float(t.double().mean())
-    n = math.prod(desc.get("shape") or [1]) or 1
-    return desc["sum"] / n if "sum" in desc else None
+    total = number(desc.get("sum"))
+    return None if total is None else total / max(1, shape_numel(desc.get("shape")))
+
+
+def dim(shape: Any, axis: int) -> int:
+    """Size of `axis` of a recorded shape (0 when the shape is not a list of ints that long)."""
+    if not shape_numel(shape) and shape != [0] * len(shape or []):
+        return 0
+    try:
+        return int(shape[axis])
+    except (IndexError, TypeError, ValueError):
+        return 0
+
+
+def shape_numel(shape: Any) -> int:
+    """Elements of a recorded shape (0 for anything that is not a list of non-negative ints)."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return 0
+    return math.prod(shape)
 
 
 def audio_classes(st: StepTrace) -> int | None:
@@ -92,9 +109,9 @@ def audio_classes(st: StepTrace) -> int | None:
     for call in st.model_calls:
         out = call.get("outputs")
         if isinstance(out, dict) and isinstance(out.get("audio_logits"), dict):
-            shape = out["audio_logits"].get("shape") or []
-            if shape:
-                return int(shape[-1])
+            n = dim(out["audio_logits"].get("shape"), -1)
+            if n:
+                return n
     return None
 
 
@@ -112,7 +129,7 @@ def kind_key(steps: list[StepTrace]) -> int:
         n = audio_classes(st)
         if n:
             return -n
-    return max((c.get("classes", 0) for st in steps for c in st.ce_calls), default=0)
+    return int(max((number(c.get("classes")) or 0 for st in steps for c in st.ce_calls), default=0))
 
 
 def _graph_ce(st: StepTrace) -> list[dict[str, Any]]:
@@ -126,8 +143,7 @@ def _audio_logit_rows(st: StepTrace) -> int:
     for call in st.model_calls:
         out = call.get("outputs")
         if isinstance(out, dict) and isinstance(out.get("audio_logits"), dict):
-            shape = out["audio_logits"].get("shape") or [0]
-            rows += shape[0] if shape else 0
+            rows += dim(out["audio_logits"].get("shape"), 0)
     return rows
 
 
@@ -135,9 +151,10 @@ def _audio_target_frames(st: StepTrace) -> int:
     """Target audio frames the batch carries (audio-out codes' last dimension), summed over micro-batches."""
     n = 0
     for call in st.model_calls:
-        desc = (call.get("inputs") or {}).get("audio_out_ids")
-        if isinstance(desc, dict) and desc.get("shape"):
-            n += desc["shape"][-1]
+        inputs = call.get("inputs")
+        desc = inputs.get("audio_out_ids") if isinstance(inputs, dict) else None
+        if isinstance(desc, dict):
+            n += dim(desc.get("shape"), -1)
     return n
 
 
@@ -257,7 +274,7 @@ def gradient_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
     before = {canonical_name(k[len("param_before."):]): v for k, v in first.tensors().items()
               if k.startswith("param_before.")}
     last = steps[-1].params_after()
-    lrs = [g.get("lr", 0.0) for st in steps for g in st.param_groups()]
+    lrs = [number(g.get("lr")) or 0.0 for st in steps for g in st.param_groups()]
     for n, d in last.items():
         t_after, t_before = steps[-1].tensor(d), before.get(n)
         if t_after is not None and t_before is not None and t_after.shape == t_before.shape \
@@ -299,11 +316,11 @@ def hyperparameter_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
                 f"the option's value never reaches the optimizer's param groups ({key})", "step", key,
                 [steps[0].step], where((steps[0].optimizer or {}).get("call_site"))))
     asked_clip = trace.argv_value(*CLIP_FLAGS)
-    clips = [c for st in steps for c in (st.meta.get("clip_grad_norm") or [])]
+    clips = [c for st in steps for c in st.records("clip_grad_norm")]
     if asked_clip is not None and clips:
         try:
             want = float(asked_clip)
-            used = clips[0].get("max_norm")
+            used = number(clips[0].get("max_norm"))
             if used is not None and not math.isclose(used, want, rel_tol=1e-6):
                 out.append(Symptom("hyperparameter", f"gradient clipping: the command line asks {CLIP_FLAGS[0]} "
                                    f"{asked_clip}, clip_grad_norm_ uses {used:g}",
@@ -311,7 +328,7 @@ def hyperparameter_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
                                    [steps[0].step], where(clips[0].get("call_site"))))
         except ValueError:
             pass
-    lrs = [g.get("lr", 0.0) for st in steps for g in st.param_groups()]
+    lrs = [number(g.get("lr")) for st in steps for g in st.param_groups()]
     if lrs and all(lr == 0.0 for lr in lrs) and len(steps) >= 2:
         out.append(Symptom("hyperparameter", f"the learning rate is 0 at every recorded step "
                            f"({_steps_words([st.step for st in steps])})",
@@ -359,8 +376,8 @@ def logging_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
     """
     out: list[Symptom] = []
     per_rank = {r: {st.step: st for st in trace.rank_steps(r)} for r in trace.ranks}
-    sums: list[float] = []
-    means: list[float] = []
+    history: list[tuple[float, float]] = []          # (sum, mean) of the back-propagated losses, per step
+    last_logged: dict[str, int] = {}                 # tag -> index into history after its previous log
     for st in trace.rank_steps(rank):
         rank_sums, rank_means = [], []
         for r in trace.ranks:
@@ -372,28 +389,25 @@ def logging_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
                 rank_means.append(sum(bw) / len(bw))
         if not rank_sums:
             continue
-        sums.append(sum(rank_sums) / len(rank_sums))
-        means.append(sum(rank_means) / len(rank_means))
+        history.append((sum(rank_sums) / len(rank_sums), sum(rank_means) / len(rank_means)))
         tags = {k: v for k, v in st.logged().items() if LOSS_TAG.search(k.split(":", 1)[-1])}
-        if not tags:
-            continue
-        candidates = (sum(sums) / len(sums), sum(means) / len(means), sums[-1], means[-1])
         for tag, v in tags.items():
-            if not math.isfinite(v):
+            since = history[last_logged.get(tag, 0):]
+            last_logged[tag] = len(history)
+            if not math.isfinite(v) or not since:
                 continue
+            candidates = (sum(x[0] for x in since) / len(since), sum(x[1] for x in since) / len(since),
+                          history[-1][0], history[-1][1])
             if not any(math.isclose(v, c, rel_tol=2e-3, abs_tol=2e-4) for c in candidates):
-                c0 = candidates[0]
-                ratio = v / c0 if c0 else float("inf")
                 name = tag.split(":", 1)[-1]
                 out.append(Symptom(
                     "logged_loss", f"logged {name} = {v:.6g} at step {st.step}, but the loss back-propagated in "
-                    f"that step is {c0:.6g} (ratio {ratio:.3g})",
+                    f"that step is {history[-1][0]:.6g} (ratio {v / history[-1][0] if history[-1][0] else float('inf'):.3g})",
                     "the logged value is not the loss that trains: summed over micro-batches, never reset between "
                     "steps, or scaled differently", "log", f"logged:{name}", [st.step],
-                    where(next((r.get("call_site") for r in st.meta.get("logged") or []
+                    where(next((r.get("call_site") for r in st.records("logged")
                                 if name in (r.get("values") or {})), None))))
                 return out
-        sums, means = [], []
     return out
 
 
@@ -404,7 +418,8 @@ def run_symptoms(trace: Trace) -> list[Symptom]:
             tb = err.get("traceback") or ""
             frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', tb)
             loc = f"{frames[-1][0]}:{frames[-1][1]} in {frames[-1][2]}" if frames else None
-            out.append(Symptom("run_error", f"the run stopped during step {int(err.get('after_step', 0)) + 1}: "
+            after = number(err.get("after_step"))
+            out.append(Symptom("run_error", f"the run stopped during step {int(after or 0) + 1}: "
                                f"{err.get('error')}", "the training command raised; later steps were never run",
                                "run", "exit", [], loc, rank=err.get("rank", 0)))
         elif err.get("kind") == "save_error":
