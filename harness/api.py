@@ -68,7 +68,9 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
             max_audio_seconds: float | None = None, run_name: str | None = None,
             progress: Callable[[str], None] | None = None, options: dict[str, Any] | None = None,
             perturb: Callable[[str, str, Any], Any] | None = None, grad_noise: float = 0.0,
-            **deprecated: Any) -> "Report":
+            reference_python: str | None = None, reference_path: Sequence[str] = (),
+            custom_python: str | None = None, custom_path: Sequence[str] = (), side_timeout: float | None = None,
+            isolation: str = "auto", **deprecated: Any) -> "Report":
     """Diff two pipeline adapters stage by stage and return the report (nothing is written).
 
     Every parameter is the `python -m harness.compare` option of the same name (`--fault NAME` ->
@@ -92,6 +94,10 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
     skip_bad_samples: leave out bad samples (listed in `report.skipped`) instead of raising.
     max_audio_seconds: longer clips are bad input (default 30).
     progress: called with each progress line (default: none, except the first-use notice above).
+    reference_python, reference_path, custom_python, custom_path: run that side in its own worker process
+        with that interpreter and those folders first on its sys.path (`docs/real-pipelines.md`).
+    isolation: "auto" (a worker where a python/path is given), "process" (both sides in workers),
+        "inline".  side_timeout: seconds one stage call of a worker may take.
     Test hooks: `perturb(stage, side, output) -> output` is applied to every stage output, and
     `grad_noise` multiplies the accumulation/DDP check's reduced gradients by 1 + grad_noise * N(0, 1).
     Deprecated aliases: `faults=` (use `fault=`), `tolerances=` (use `tolerance=`).
@@ -104,10 +110,38 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
     fault, tolerance = _deprecated_aliases(deprecated, fault, tolerance)
     faults = (fault,) if isinstance(fault, str) else tuple(fault)
     tolerances = dict(tolerance or {})
+
+    from harness.engine.sides import load_sides
+
+    if stage not in STAGE_CHOICES:
+        raise ValueError(f"stage {stage!r}: expected one of {STAGE_CHOICES}")
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    sides = load_sides(reference, custom, isolation=isolation, timeout=side_timeout,
+                       workers={"reference": {"python": reference_python, "paths": list(reference_path)},
+                                "custom": {"python": custom_python, "paths": list(custom_path)}})
+    try:
+        return _compare(sides, stage=stage, mode=mode, data=data, samples=samples, dataset_samples=dataset_samples,
+                        faults=faults, device=device, model=model, audio_tokenizer=audio_tokenizer, seed=seed,
+                        tolerances=tolerances, precision=precision, ddp_world_size=ddp_world_size,
+                        ddp_steps=ddp_steps, optimizer_steps=optimizer_steps, skip_bad_samples=skip_bad_samples,
+                        max_audio_seconds=max_audio_seconds, run_name=run_name, progress=progress, options=options,
+                        perturb=perturb, grad_noise=grad_noise)
+    finally:
+        for side in sides.values():
+            close = getattr(side.module, "close", None) if side.worker is not None else None
+            if close is not None:
+                close()
+
+
+def _compare(sides: dict, *, stage: str, mode: str, data: Any, samples: int, dataset_samples: int,
+             faults: Sequence[str], device: str, model: Any, audio_tokenizer: Any, seed: int,
+             tolerances: Any, precision: str, ddp_world_size: int, ddp_steps: int, optimizer_steps: int,
+             skip_bad_samples: bool, max_audio_seconds: float | None, run_name: str | None,
+             progress: Any, options: Any, perturb: Any, grad_noise: float) -> "Report":
     import torch
 
     from harness.engine.runner import STAGES, Comparison, RunOptions
-    from harness.engine.sides import load_sides
     from harness.engine.symptoms import comparison_symptoms
     from harness.explain import causes
     from harness.report.model import Report
@@ -119,11 +153,6 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
     from higgs_common.skipping import SkipLog
     from higgs_common.stages import HiggsDiffError, UnknownFaultError
 
-    if stage not in STAGE_CHOICES:
-        raise ValueError(f"stage {stage!r}: expected one of {STAGE_CHOICES}")
-    if samples < 1:
-        raise ValueError("samples must be at least 1")
-    sides = load_sides(reference, custom)
     known = sides["custom"].faults()
     unknown = sorted(set(faults) - set(known))
     if unknown:

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "diff every tensor, and write a report that pinpoints the first divergence, how the two values "
                     "relate, and the mechanism behind it.",
         epilog="SPEC: a module path (mypkg.higgs_stages) or a .py file that implements the stage "
-               "contract (higgs_common/stages.py; check it with python -m harness.check_adapter SPEC).\n\n"
+               "contract (higgs_common/stages.py; check it with python -m harness.check_adapter SPEC), or "
+               "'module=M;python=PY;path=DIR;timeout=S' / a .json file with those keys: the side then runs in "
+               "its own worker process (docs/real-pipelines.md).\n\n"
                "exit status: 0 nothing unexpected diverged, 1 something did, 2 bad usage or bad input (one line "
                "naming sample, field and file).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -78,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapter of the trusted pipeline (default: reference_impl.stages, train-higgs-audio)")
     p.add_argument("--custom", metavar="SPEC", default=None,
                    help="adapter of the pipeline under test (default: custom_impl.stages)")
+    for role in ("reference", "custom"):
+        p.add_argument(f"--{role}-python", metavar="PY", default=None,
+                       help=f"run the {role} side in its own worker process with this interpreter "
+                            "(see docs/real-pipelines.md)")
+        p.add_argument(f"--{role}-path", metavar="DIR", action="append", default=[],
+                       help=f"folder put first on the {role} worker's sys.path (repeatable; e.g. a checkout with "
+                            "its own boson_multimodal); implies a worker process")
+    p.add_argument("--side-timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds one stage call of a side's worker may take before the worker is killed and the "
+                        "stage reported as that side's error (default: 1800)")
+    p.add_argument("--isolation", choices=("auto", "process", "inline"), default="auto",
+                   help="auto: a side runs in its own worker process when it is given an interpreter or import "
+                        "path (flags or SPEC), else in this process (default); process: both sides in workers; "
+                        "inline: both in this process")
     p.add_argument("--stage", choices=STAGE_CHOICES, default="all",
                    help="stage to compare; earlier stages run as needed to feed it (default: all)")
     p.add_argument("--mode", choices=("isolated", "propagated"), default="isolated",
@@ -215,7 +231,9 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
                      precision=args.precision, ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
                      optimizer_steps=args.optimizer_steps, skip_bad_samples=args.skip_bad_samples,
                      max_audio_seconds=args.max_audio_seconds, run_name=run_name(args), progress=progress,
-                     options=speech_options(args))
+                     options=speech_options(args), reference_python=args.reference_python,
+                     reference_path=args.reference_path, custom_python=args.custom_python,
+                     custom_path=args.custom_path, side_timeout=args.side_timeout, isolation=args.isolation)
     if args.skip_bad_samples and report.skipped is not None:
         console.print(escape(report.skipped.summary()), highlight=False, soft_wrap=True)
         for item in report.skipped.skipped:

@@ -89,7 +89,7 @@ def main() -> int:
         f = out / name / "report.json"
         if f.is_file():
             r = json.loads(f.read_text())
-            summary[name] = {"verdict": r["verdict"], "headline": r.get("headline"),
+            summary[name] = {"verdict": r["verdict"], "headline": r.get("summary"),
                              "first_divergence": r["first_divergence"] and {k: r["first_divergence"][k] for k in
                                                                            ("stage", "field", "cause")}}
     (out / "trace_suite.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -17,6 +17,8 @@ CHECKS: dict[str, str] = {
     "train-mode": "build_model returns a module in train() mode",
     "forward": "ForwardOutputs with (B, L, V) logits and (N, C, K) audio logits",
     "loss": "a LossBreakdown whose total is a finite differentiable scalar",
+    "optional-outputs": "lists the optional outputs (OPTIONAL_OUTPUTS) left None and what each costs "
+                        "(never a failure)",
     "gradients": "the loss reaches every trainable parameter (LoRA B set non-zero first, as the harness does)",
     "step": "make_optimizer + step change the trainable parameters",
     "faults": "an unknown fault name raises UnknownFaultError",

@@ -22,10 +22,11 @@ from typing import Any, Callable
 import torch
 
 from harness.adapters.checks import CHECKS
+from harness.engine.fused import with_derived_stages
 from harness.engine.sides import AdapterError, import_spec, missing_contract
 from higgs_common.conventions import Conventions
 from higgs_common.stages import (EFFECTIVE_CONFIG_SECTIONS, DatasetItem, ForwardOutputs, LossBreakdown, TrainConfig,
-                                 UnknownFaultError)
+                                 UnknownFaultError, omitted_outputs)
 
 SIGNATURES: dict[str, tuple[str, ...]] = {
     "write_native": ("records", "out_dir"), "dataset": ("native_path", "ctx"), "collate": ("items", "ctx"),
@@ -153,7 +154,8 @@ class Conformance:
         from higgs_common.context import build_context
         from higgs_common.manifest import load_manifest
 
-        self.mod = import_spec(self.spec)     # AdapterError: not a module at all (bad input, exit 2)
+        # AdapterError: not a module at all (bad input, exit 2); a fused forward_and_loss derives forward/loss
+        self.mod = with_derived_stages(import_spec(self.spec))
 
         @self.check("contract")
         def _() -> str:
@@ -302,6 +304,10 @@ class Conformance:
             self.state["loss"] = lb
             return f"total {float(lb.total.detach()):.4g}"
 
+        @self.check("optional-outputs", needs=("loss",))
+        def _() -> str:
+            return optional_output_costs(self.state["outputs"], self.state["loss"])
+
         @self.check("gradients", uses=("backward",), needs=("loss",))
         def _() -> str:
             model = self.state["model"]
@@ -372,6 +378,18 @@ class Conformance:
 
         self.tmp.cleanup()
         return self.results
+
+
+def optional_output_costs(outputs: ForwardOutputs, lb: LossBreakdown) -> str:
+    """What the optional outputs this adapter leaves None cost (`higgs_common.stages.OPTIONAL_OUTPUTS`):
+    comparisons and causes the harness cannot make with it; never a divergence."""
+    lost = {**{f"ForwardOutputs.{k}": v for k, v in omitted_outputs("forward", outputs).items()},
+            **{f"LossBreakdown.{k}": v for k, v in omitted_outputs("loss", lb).items()}}
+    if not lost:
+        return "every optional output provided"
+    return (f"{len(lost)} optional output(s) omitted (not compared, never a divergence; "
+            "higgs_common.capture can recover them from a fused forward+loss): "
+            + "; ".join(f"{k} -> loses {v}" for k, v in lost.items()))
 
 
 def run_checks(spec: str, *, samples: int = 4) -> list[Check]:

@@ -21,6 +21,9 @@ from harness.report.json_text import report_json_text  # noqa: F401  (re-exporte
 # The order stages run in; `first_divergence` walks stages in this order (unknown stage names
 # keep their listed order, after the known ones).
 PIPELINE_ORDER = ("dataset", "collator", "forward", "loss", "backward", "step", "config")
+# Stages whose fields are the loss (and its terms), the gradients or the parameter updates: a
+# divergence there changes training; one elsewhere matters through them (Report.headline).
+TRAINING_STAGES = ("loss", "backward", "step")
 STAGE_STATUSES = ("ok", "expected", "diverged", "error", "skipped")
 VOLATILE_KEY = "volatile"
 
@@ -137,27 +140,44 @@ class Report:
         the relation between the two values and the mechanism that explains it (if a rule does)."""
         for st in self.ordered_stages():
             f = st.first_unexpected()
-            if f is None:
-                continue
-            rel = f.relation or {}
-            return {
-                "stage": st.stage,
-                "field": f.field,
-                "check": f.check,
-                "side": f.side,
-                "status": f.status,
-                "sample": f.sample,
-                "index": f.first_index,
-                "reference": f.reference,
-                "custom": f.custom,
-                "decoded": f.decoded,
-                "relation": rel.get("words"),
-                "relation_detail": rel or None,
-                "cause": f.cause["mechanism"] if f.cause else None,
-                "cause_evidence": f.cause["evidence"] if f.cause else None,
-                "window": f.window,
-            }
+            if f is not None:
+                return _describe(st, f)
         return None
+
+    def headline(self) -> dict | None:
+        """The divergence to lead with, chosen by consequence: the first unexpected divergence in a
+        stage that compares the loss, the gradients or the updates (`TRAINING_STAGES`); when none
+        diverged there, the first divergence, with what is known of its consequence: in propagated
+        mode (each side on its own outputs) agreeing training stages show it changes neither; in
+        isolated mode they got the same input on both sides, so the consequence is not measured.  `first_in_pipeline_order` points at the first divergence, and
+        `other_divergences` lists the unexpected ones outside the training stages (stage/field)."""
+        first = self.first_divergence()
+        if first is None:
+            return None
+        ordered = self.ordered_stages()
+        others: list[dict] = []
+        for st in ordered:
+            for f in st.fields:
+                entry = {"stage": st.stage, "field": f.field}
+                if st.stage not in TRAINING_STAGES and f.unexpected and entry not in others:
+                    others.append(entry)
+        pointer = {"stage": first["stage"], "field": first["field"]}
+        for st in ordered:
+            f = st.first_unexpected() if st.stage in TRAINING_STAGES else None
+            if f is not None:
+                return {**_describe(st, f), "consequence": "changes the loss or the gradients",
+                        "first_in_pipeline_order": pointer, "other_divergences": others}
+        ran = {st.stage for st in ordered if st.status != "error"} & set(TRAINING_STAGES)
+        if not ran:
+            consequence = "unknown: no loss, backward or step stage ran"
+        elif self.mode == "propagated":
+            consequence = ("changes neither the loss nor the gradients (each side ran end to end on its own outputs "
+                           "and the loss, backward and step stages agree)")
+        else:   # isolated: later stages got the same input on both sides, so they cannot show its effect
+            consequence = ("not measured: in isolated mode the loss, backward and step stages get the same input on "
+                           "both sides and agree; run with --mode propagated to see whether it changes the loss or "
+                           "the gradients")
+        return {**first, "consequence": consequence, "first_in_pipeline_order": pointer, "other_divergences": others}
 
     @property
     def verdict(self) -> str:
@@ -174,7 +194,7 @@ class Report:
                 return "error"
         return "pass"
 
-    def headline(self) -> str:
+    def summary(self) -> str:
         """The report's first line: the verdict and what a user sees (the first symptom of each kind of
         consequence: a dead loss term, parameters that do not train), else the first divergence."""
         parts, seen = [], set()
@@ -204,8 +224,9 @@ class Report:
             "mode": self.mode,
             "stages_requested": list(self.stages_requested),
             "verdict": self.verdict,
-            "headline": self.headline(),
+            "summary": self.summary(),
             "first_divergence": self.first_divergence(),
+            "headline": self.headline(),
             "stages": [st.to_json() for st in self.ordered_stages()],
             "config": self.config,
             "config_diff": self.config_diff,
@@ -216,6 +237,28 @@ class Report:
             VOLATILE_KEY: {"generated_at": self.generated_at, "timing": self.timing()},
         }
         return _sorted(jsonable(out))
+
+
+def _describe(st: StageResult, f: FieldDiff) -> dict:
+    """One divergence as the report's first_divergence / headline dict."""
+    rel = f.relation or {}
+    return {
+        "stage": st.stage,
+        "field": f.field,
+        "check": f.check,
+        "side": f.side,
+        "status": f.status,
+        "sample": f.sample,
+        "index": f.first_index,
+        "reference": f.reference,
+        "custom": f.custom,
+        "decoded": f.decoded,
+        "relation": rel.get("words"),
+        "relation_detail": rel or None,
+        "cause": f.cause["mechanism"] if f.cause else None,
+        "cause_evidence": f.cause["evidence"] if f.cause else None,
+        "window": f.window,
+    }
 
 
 def _sorted(x: Any) -> Any:

@@ -114,13 +114,23 @@ def symptom_line(s: dict) -> str:
 
 def render_markdown(report: Report) -> str:
     fd = report.first_divergence()
-    lines = [f"# {report.run_name}: {report.headline()}", "",
+    lines = [f"# {report.run_name}: {report.summary()}", "",
              f"- **Verdict:** `{report.verdict}`",
              f"- **Mode:** {report.mode}",
              f"- **Stages requested:** {', '.join(report.stages_requested)}", ""]
     if report.symptoms:
         lines[1:1] = ["", "## Symptoms", ""] + [symptom_line(s) for s in report.symptoms] + [""]
 
+    hl = report.headline()
+    if hl is not None:
+        first = hl["first_in_pipeline_order"]
+        lines += ["## Headline", "", f"**{hl['stage']}/{hl['field']}** ({hl['status']}): {hl['consequence']}."
+                  + ("" if (first["stage"], first["field"]) == (hl["stage"], hl["field"]) else
+                     f" First divergence in pipeline order: {first['stage']}/{first['field']}."), ""]
+        if hl["other_divergences"]:
+            lines += ["Also diverged outside the loss, backward and step stages: "
+                      + ", ".join(f"{d['stage']}/{d['field']}" for d in hl["other_divergences"][:10])
+                      + (" ..." if len(hl["other_divergences"]) > 10 else ""), ""]
     lines += ["## First divergence", ""]
     if fd is None:
         lines += ["No unexpected divergence.", ""]

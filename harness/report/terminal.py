@@ -27,7 +27,7 @@ def print_summary(report: Report, console: Console | None = None,
                   paths: Mapping[str, Path] | None = None) -> None:
     """Print the stage table, the first divergence and (if given) where the report files are."""
     console = console or Console()
-    console.print(Text(report.headline(), style=_VERDICT_STYLE.get(report.verdict, "")))
+    console.print(Text(report.summary(), style=_VERDICT_STYLE.get(report.verdict, "")))
     for sym in report.symptoms:
         run = f"[{sym['run']}] " if sym.get("run") else ""
         line = Text(f"symptom {run}", style="bold red")

@@ -45,7 +45,7 @@ def test_summed_logging_is_a_log_divergence_with_symptom(toy_trace, tmp_path):
     assert code == 1
     assert report["first_divergence"]["stage"] == "log"
     assert any(s["kind"] == "logged_loss" and s["run"] == "B" for s in report["symptoms"])
-    assert report["headline"].startswith("diverged")
+    assert report["summary"].startswith("diverged")
 
 
 def test_not_a_trace_is_bad_usage(tmp_path, toy_trace):
