@@ -96,7 +96,14 @@ def _dotted_name(path: Path) -> str | None:
 
 
 def import_spec(spec: str) -> ModuleType:
-    """Import an adapter module from a module path or a .py file path (module docstring)."""
+    """Import an adapter module from a module path or a .py file path (module docstring).
+
+    A checkout SPEC ``NAME=PATH`` (`checkout_spec`) imports NAME's module and runs its
+    ``configure(PATH)``.
+    """
+    checkout = checkout_spec(spec)
+    if checkout is not None:
+        return _import_configured(*checkout)
     as_path = Path(spec)
     if spec.endswith(".py") or as_path.is_file():
         if not as_path.is_file():
@@ -124,6 +131,39 @@ def import_spec(spec: str) -> ModuleType:
             raise AdapterError(f"adapter file {spec} failed to import: {type(exc).__name__}: {exc}") from exc
         return module
     return _import(spec, spec)
+
+
+WORKER_KEYS: tuple[str, ...] = ("module", "python", "path", "timeout")
+
+
+def checkout_spec(spec: str) -> tuple[str, str] | None:
+    """``NAME=PATH`` -> (adapter module SPEC, checkout PATH); None for any other SPEC.
+
+    NAME is a short name of `adapters.BUILTIN` (``train-higgs-audio``) or an adapter SPEC whose
+    module wraps a user's checkout and has ``configure(path)``.  In a worker (the default), PATH
+    goes first on the worker's ``sys.path``, so the checkout's vendored ``boson_multimodal`` is the
+    one imported; inline, the module's ``configure(PATH)`` runs after import.
+    """
+    name, sep, path = spec.partition("=")
+    if not sep or ";" in spec or name.strip() in WORKER_KEYS:
+        return None
+    from adapters import BUILTIN
+    name = name.strip()
+    return BUILTIN.get(name, name), str(Path(path.strip()).expanduser().resolve())
+
+
+def _import_configured(module_spec: str, path: str) -> ModuleType:
+    """An adapter module configured with a checkout path (see `checkout_spec`)."""
+    module = import_spec(module_spec)
+    name = module_spec
+    configure = getattr(module, "configure", None)
+    if not callable(configure):
+        raise AdapterError(f"adapter {name!r} takes no checkout path (it has no configure(path)); drop '={path}'")
+    try:
+        configure(path)
+    except HiggsDiffError as exc:
+        raise AdapterError(f"adapter {name!r}: {exc}") from exc
+    return module
 
 
 def _import(dotted: str, spec: str) -> ModuleType:
@@ -176,24 +216,33 @@ def load_side(spec: str, role: str, *, python: str | None = None, paths: Sequenc
         raise AdapterError(f"role must be one of {ROLES}, got {role!r}")
     if isolation not in ISOLATIONS:
         raise AdapterError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
-    from harness.engine.worker import RemoteAdapter, parse_spec
+    from harness.engine.worker import RemoteAdapter, WorkerSpec, parse_spec
 
-    wspec = parse_spec(spec)
+    checkout = checkout_spec(spec)
+    wspec = parse_spec(spec) if checkout is None else WorkerSpec(module=checkout[0], paths=(checkout[1],))
     wspec = dataclasses.replace(wspec, python=python or wspec.python, paths=tuple(paths) + wspec.paths,
                                 timeout_s=timeout if timeout is not None else wspec.timeout_s)
     worker = None
     if isolation == "process" or (isolation == "auto" and wspec.wants_process):
         module = RemoteAdapter(wspec, role)
+        if checkout is not None:
+            # CONVENTIONS crosses by pickle, its functions by reference: the harness's own import of the
+            # adapter runs them (a normaliser) and must know the checkout too.
+            _import_configured(*checkout)
         d = module.description
         worker = {"python": d["python"], "paths": list(wspec.paths), "pid": d["pid"],
                   "boson_multimodal": d["boson_multimodal"], "timeout_s": module.timeout}
     else:
-        if wspec.wants_process:
+        if checkout is not None:
+            module = _import_configured(*checkout)
+        elif wspec.wants_process:
             raise AdapterError(f"{role} side {spec!r}: an interpreter/import path needs isolation 'process' or "
                                f"'auto', not 'inline'")
+        else:
+            module = import_spec(wspec.module)
         from harness.engine.fused import with_derived_stages
 
-        module = with_derived_stages(import_spec(wspec.module))
+        module = with_derived_stages(module)
     spec = wspec.module
     missing = missing_contract(module)
     if missing:
