@@ -112,7 +112,7 @@ def ensure_env(session: nox.Session) -> str:
     problems = lock_problems()
     if problems:
         session.error("the lock files do not match pyproject.toml:\n  - " + "\n  - ".join(problems)
-                      + f"\nregenerate them with `{LOCK_COMMAND}` (README: Locked environment)")
+                      + f"\nregenerate them with `{LOCK_COMMAND}` (docs/environment.md)")
     session.log(f"setting up .venv from {LOCK.name} and {LOCK_NO_DEPS.name} (first run: a few minutes)")
     if not PY.exists():
         session.run(sys.executable, "-m", "venv", str(VENV), external=True)
@@ -173,8 +173,8 @@ def train_custom(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (see harness/bench.py); meant for the GPU machine."""
-    _run(session, "-m", "harness.bench", *session.posargs)
+    """Benchmarks (the bench package, docs/benchmarks.md); meant for the GPU machine."""
+    _run(session, "-m", "bench", *session.posargs)
 
 
 def _lock_tools(session: nox.Session) -> Path:

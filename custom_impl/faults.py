@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from higgs_common.stages import UnknownFaultError
+from higgs_common.errors import UnknownFaultError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ comma list applied left to right:
     -NAME | no-NAME    switch NAME off
 
 from, in order (later wins): the device defaults, the environment variable `HIGGS_CUSTOM_SPEED`,
-`python -m custom_impl.train --speed SPEC`, and `python -m harness.bench --custom-speed SPEC`
+`python -m custom_impl.train --speed SPEC`, and `python -m bench --custom-speed SPEC`
 (`--ablate NAME,...` measures each switch flipped).  Example: `--speed default,-compile`.
 
 | switch            | what it does                                                    | CUDA | CPU |

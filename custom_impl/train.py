@@ -4,11 +4,11 @@
     torchrun --nproc-per-node 2 -m custom_impl.train --max-steps 20
     python -m custom_impl.train --model-path CKPT --audio-tokenizer-path CODEC --data train.json
     python -m custom_impl.train --data copy-probe --full-finetune --batch-size 8 --grad-accum 1 \
-        --lr 3e-3 --max-steps 400 --fault reference-audio-as-label     # audio loss 3.55 -> 0.15
+        --learning-rate 3e-3 --max-steps 400 --fault reference-audio-as-label     # audio loss 3.55 -> 0.15
 
 `--data` is a ChatML JSON list, a canonical manifest (`*.jsonl`, or a folder holding
 `manifest.jsonl`, converted into the run folder) or `copy-probe`: the set of higgs_common.assets.copy_probe, where only copying the voice prompt lowers
-the audio loss, so fault (a) shows its collapse even on the tiny random model (README).
+the audio loss, so fault (a) shows its collapse even on the tiny random model (docs/training.md).
 
 Per optimizer step every rank runs `--grad-accum` micro-batches of `--batch-size` samples
 (DistributedSampler shard), DDP `no_sync` on all but the last (custom_impl.distributed.accumulate,
@@ -82,7 +82,7 @@ from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
 from higgs_common import DEFAULT_MANIFEST
 from higgs_common.audit import audit_before_training
-from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli, speech_options
+from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, add_shared_train_args, run_cli, speech_options
 from higgs_common.checkpoints import (NoUsableCheckpointError, apply_learning_rate, check_resume_config, save_errors,
                                       write_config, write_integrity)
 from higgs_common.checkpoints import resolve_resume as resolve_checkpoint
@@ -101,25 +101,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m custom_impl.train", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="faults (off by default; --fault NAME, repeatable):\n" + help_text())
-    p.add_argument("--model-path", type=Path, default=None, help="checkpoint folder (default: embedded tiny)")
-    p.add_argument("--audio-tokenizer-path", type=Path, default=None, help="codec folder (default: embedded tiny)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="ChatML JSON list, or a canonical manifest (*.jsonl, or a folder holding manifest.jsonl; "
-                        f"converted into the run folder), or {COPY_PROBE!r} (the built-in copy-probe set, see higgs_common.assets.copy_probe) "
-                        "(default: data/manifest.jsonl)")
-    p.add_argument("--batch-size", type=int, default=2, help="samples per micro-batch per process")
-    p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
-    p.add_argument("--full-finetune", action="store_true",
-                   help="train every weight instead of LoRA adapters (the tiny random model needs it to "
-                        "learn to copy its prompt, e.g. to reproduce reference-audio-as-label's collapse)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: see module doc)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default min(100, max_steps // 10)")
-    p.add_argument("--max-steps", type=int, default=S.DEFAULT_TRAIN.max_steps)
-    p.add_argument("--output-dir", type=Path, default=None, help="default runs/custom/<timestamp>")
+        epilog="what the defaults train: the zero-shot voice-cloning task the harness compares (a voice prompt,\n"
+               "its transcript, the target text -> the target audio), LoRA adapters, on the embedded tiny\n"
+               "checkpoint and data/manifest.jsonl. Option names match python -m reference_impl.train\n"
+               "(docs/training.md).\n\nfaults (off by default; --fault NAME, repeatable):\n" + help_text())
+    add_shared_train_args(
+        p, learning_rate_help=f"peak learning rate (default: {S.DEFAULT_TRAIN.learning_rate}, upstream's; embedded "
+                              f"tiny model: {TINY_DEFAULT_LR})",
+        warmup_help="linear warmup steps (default: min(100, max_steps // 10))",
+        batch_size=2, grad_accum=2, max_steps=S.DEFAULT_TRAIN.max_steps,
+        max_steps_help=f"optimizer steps (default: {S.DEFAULT_TRAIN.max_steps})", seed=0,
+        output_dir=None, output_dir_help="run folder (default: runs/custom/<timestamp>)",
+        data_help="ChatML JSON list, or a canonical manifest (*.jsonl, or a folder holding manifest.jsonl; "
+                  f"converted into the run folder), or {COPY_PROBE!r} (the built-in copy-probe set, see "
+                  "higgs_common.assets.copy_probe) (default: data/manifest.jsonl)",
+        use_lora=True, lora_help="r, alpha and targets of custom_impl.stages.DEFAULT_TRAIN. --full-finetune: the "
+                                 "tiny random model needs it to learn to copy its prompt, e.g. to reproduce "
+                                 "reference-audio-as-label's collapse")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     add_reliability_args(p)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fault", action="append", default=[], metavar="NAME", help="enable a named fault")
     p.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
     p.add_argument("--ddp-bucket-cap-mb", type=float, default=None,
@@ -131,7 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-zero-audio-loss", action="store_true",
                    help="turn off the guard that stops on an audio loss of exactly 0.0 with target audio; only "
                         "to reproduce the historical loop (with --fault silent-zero-audio-loss the log then "
-                        "shows audio 0.0 every step, as in the seed report)")
+                        "shows audio 0.0 every step, as the original pipeline's logs did)")
     args = p.parse_args(argv)
     args.fault = sorted(check_faults(args.fault))
     try:
@@ -142,10 +142,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def train_config(args: argparse.Namespace, tiny: bool) -> TrainConfig:
-    lr = args.lr if args.lr is not None else (TINY_DEFAULT_LR if tiny else S.DEFAULT_TRAIN.learning_rate)
+    lr = args.learning_rate if args.learning_rate is not None else (TINY_DEFAULT_LR if tiny else S.DEFAULT_TRAIN.learning_rate)
     warmup = args.warmup_steps if args.warmup_steps is not None else min(100, args.max_steps // 10)
     return S.DEFAULT_TRAIN.replace(learning_rate=lr, warmup_steps=warmup, max_steps=args.max_steps,
-                                   seed=args.seed, use_lora=not args.full_finetune)
+                                   seed=args.seed, use_lora=args.use_lora)
 
 
 def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
@@ -308,7 +308,7 @@ def resolve_resume(resume: Path, out_dir: Path) -> Path:
 # Options that steer where and how often the run writes, not what it computes: not compared on resume.
 RUN_CONTROL_ARGS = frozenset({"resume", "resume_override_config", "output_dir", "save_every"})
 # Options whose effect is in TrainConfig (compared there, after defaults are resolved).
-TRAIN_ARGS = frozenset({"lr", "warmup_steps", "max_steps", "seed", "full_finetune"})
+TRAIN_ARGS = frozenset({"learning_rate", "warmup_steps", "max_steps", "seed", "use_lora"})
 
 
 def run_config(args: argparse.Namespace, train: TrainConfig, info: DistInfo) -> dict[str, Any]:

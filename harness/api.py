@@ -15,9 +15,12 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
+
+if TYPE_CHECKING:
+    from harness.report.model import Report
 
 STAGE_CHOICES = ("dataset", "collator", "forward", "loss", "backward", "step", "config", "all")
 
@@ -58,30 +61,56 @@ def portable(path: Path | None) -> str | None:
 
 def compare(reference: str | None = None, custom: str | None = None, *, stage: str = "all",
             mode: str = "isolated", data: Path | str | None = None, samples: int = 4, dataset_samples: int = 64,
-            faults: Sequence[str] = (),
-            device: str = "auto", model: Path | None = None, audio_tokenizer: Path | None = None, seed: int = 0,
-            tolerances: dict[str, tuple[float, float]] | None = None, precision: str = "fp32",
+            fault: str | Sequence[str] = (), device: str = "auto", model: Path | str | None = None,
+            audio_tokenizer: Path | str | None = None, seed: int = 0,
+            tolerance: Mapping[str, tuple[float, float]] | None = None, precision: str = "fp32",
             ddp_world_size: int = 2, ddp_steps: int = 3, optimizer_steps: int = 3, skip_bad_samples: bool = False,
             max_audio_seconds: float | None = None, run_name: str | None = None,
             progress: Callable[[str], None] | None = None, options: dict[str, Any] | None = None,
             perturb: Callable[[str, str, Any], Any] | None = None, grad_noise: float = 0.0,
             reference_python: str | None = None, reference_path: Sequence[str] = (),
             custom_python: str | None = None, custom_path: Sequence[str] = (), side_timeout: float | None = None,
-            isolation: str = "auto") -> "Report":
+            isolation: str = "auto", **deprecated: Any) -> "Report":
     """Diff two pipeline adapters stage by stage and return the report (nothing is written).
 
-    reference, custom: adapter SPECs (module path or .py file; default: the in-repo pipelines).
-    stage: one of STAGE_CHOICES (earlier stages run to feed it).  samples: records every stage runs on;
-    dataset_samples: records the (cheap) dataset stage checks, a superset of those (bugs that only some
-    records trigger, like a transcript rule, show there).  faults: named faults of the custom
-    adapter.  {reference,custom}_python / _path: run that side in its own worker process with that
-    interpreter and those folders first on its sys.path (`docs/real-pipelines.md`); isolation:
-    "auto" (a worker where a python/path is given), "process" (both sides in workers), "inline";
-    side_timeout: seconds one stage call of a worker may take.  Raises HiggsDiffError (or
-    ManifestError) subclasses for bad input, naming the file, sample and field; `report.skipped` lists samples left out with `skip_bad_samples`.
+    Every parameter is the `python -m harness.compare` option of the same name (`--fault NAME` ->
+    `fault=`, `--ddp-world-size` -> `ddp_world_size=`), with the same default; `--out` and `--quiet`
+    have no counterpart (`Report.write(folder)` writes; `progress` receives the progress lines).
+
+    reference, custom: adapter SPECs, a module path or a .py file (default: `reference_impl.stages`,
+        the train-higgs-audio pipeline, and `custom_impl.stages`, the custom zero-shot pipeline).
+    stage: one of STAGE_CHOICES; earlier stages run to feed it.
+    mode: "isolated" (both sides get the same input at every stage) or "propagated".
+    data: manifest (JSONL) or a folder holding manifest.jsonl (default: data/manifest.jsonl).
+    samples: records every stage runs on; dataset_samples: records the (cheap) dataset stage checks,
+        a superset of those (bugs that only some records trigger, like a transcript rule, show there).
+    fault: a name, or a sequence of names, of the custom adapter's faults to switch on.
+    device: "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N".
+    model, audio_tokenizer: checkpoint and codec folders (default: the tiny offline ones, built under
+        .cache/ on first use, which takes a minute or two on a laptop CPU and is announced on stderr).
+    tolerance: field (or prefix ending in "*") -> (rtol, atol), overriding the derived tolerances.
+    precision: "fp32" or "bf16" (the common configuration both sides run under).
+    ddp_world_size: ranks of the distributed check (0 skips it); ddp_steps, optimizer_steps: steps.
+    skip_bad_samples: leave out bad samples (listed in `report.skipped`) instead of raising.
+    max_audio_seconds: longer clips are bad input (default 30).
+    progress: called with each progress line (default: none, except the first-use notice above).
+    reference_python, reference_path, custom_python, custom_path: run that side in its own worker process
+        with that interpreter and those folders first on its sys.path (`docs/real-pipelines.md`).
+    isolation: "auto" (a worker where a python/path is given), "process" (both sides in workers),
+        "inline".  side_timeout: seconds one stage call of a worker may take.
     Test hooks: `perturb(stage, side, output) -> output` is applied to every stage output, and
     `grad_noise` multiplies the accumulation/DDP check's reduced gradients by 1 + grad_noise * N(0, 1).
+    Deprecated aliases: `faults=` (use `fault=`), `tolerances=` (use `tolerance=`).
+
+    Returns a `harness.report.Report`: `.verdict` ("pass" or "diverged"), `.first_divergence()`,
+    `.write(folder)` (report.json, report.md, report.html).
+    Raises ValueError for a bad `stage` or `samples`, UnknownFaultError for an unknown fault, and
+    HiggsDiffError (or ManifestError) subclasses for bad input, naming the file, sample and field.
     """
+    fault, tolerance = _deprecated_aliases(deprecated, fault, tolerance)
+    faults = (fault,) if isinstance(fault, str) else tuple(fault)
+    tolerances = dict(tolerance or {})
+
     from harness.engine.sides import load_sides
 
     if stage not in STAGE_CHOICES:
@@ -113,6 +142,7 @@ def _compare(sides: dict, *, stage: str, mode: str, data: Any, samples: int, dat
     import torch
 
     from harness.engine.runner import STAGES, Comparison, RunOptions
+    from harness.engine.symptoms import comparison_symptoms
     from harness.explain import causes
     from harness.report.model import Report
     from harness.screen import screen_records
@@ -157,7 +187,7 @@ def _compare(sides: dict, *, stage: str, mode: str, data: Any, samples: int, dat
     stages = STAGES if stage == "all" else (stage,)
     with tempfile.TemporaryDirectory(prefix="higgs-diff-") as work:
         comparison = Comparison(records, ctx, list(faults), Path(work), dataset_records=dataset_records,
-                                options=RunOptions(stages=stages, mode=mode, tolerances=dict(tolerances or {}),
+                                options=RunOptions(stages=stages, mode=mode, tolerances=tolerances,
                                            precision=precision, ddp_world_size=ddp_world_size, ddp_steps=ddp_steps,
                                            optimizer_steps=optimizer_steps, progress=progress,
                                            perturb=perturb, grad_noise=grad_noise),
@@ -188,6 +218,28 @@ def _compare(sides: dict, *, stage: str, mode: str, data: Any, samples: int, dat
     return report
 
 
+def _deprecated_aliases(deprecated: dict[str, Any], fault: str | Sequence[str],
+                        tolerance: Mapping[str, tuple[float, float]] | None) -> tuple[Any, Any]:
+    """Map the old keyword names (`faults=`, `tolerances=`) onto the CLI's vocabulary, warning once each;
+    any other unknown keyword is a TypeError, as for a plain function."""
+    import warnings
+
+    aliases = {"faults": "fault", "tolerances": "tolerance"}
+    unknown = sorted(set(deprecated) - set(aliases))
+    if unknown:
+        raise TypeError(f"compare() got unexpected keyword argument(s) {unknown}")
+    values = {"fault": fault, "tolerance": tolerance}
+    defaults = {"fault": (), "tolerance": None}
+    for old, new in aliases.items():
+        if old in deprecated:
+            if values[new] != defaults[new]:
+                raise TypeError(f"compare() got both {new}= and its deprecated alias {old}=")
+            warnings.warn(f"compare({old}=...) is deprecated: use {new}=, the name of the --{new} option",
+                          DeprecationWarning, stacklevel=3)
+            values[new] = deprecated[old]
+    return values["fault"], values["tolerance"]
+
+
 def default_run_name(stage: str, mode: str, faults: Sequence[str], seed: int) -> str:
     return f"{stage}-{mode}-{'+'.join(sorted(faults)) or 'nofault'}-seed{seed}"
 
@@ -200,7 +252,3 @@ def _side_json(side: Any, model_config: Any) -> dict:
 
 def _train_json(train: Any) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(train).items()}
-
-
-from harness.engine.symptoms import comparison_symptoms  # noqa: E402
-from harness.report.model import Report  # noqa: E402  (annotation target; imported late to keep import light)

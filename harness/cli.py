@@ -3,7 +3,7 @@
     higgs-diff compare ...        = python -m harness.compare ...
     higgs-diff check-adapter ...  = python -m harness.check_adapter ...
     higgs-diff audit DATA ...     = python -m harness.audit DATA ...
-    higgs-diff bench ...          = python -m harness.bench ...
+    higgs-diff bench ...          = python -m bench ...
     higgs-diff --version
 
 Everything after the subcommand name is passed untouched to that module's ``main(argv)``, so its
@@ -59,8 +59,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                                "kill a training command after step k, resume it, and check it continues exactly"),
     "check-flags": Subcommand("harness.trace.flags",
                               "change each option of a training command in turn and name the ones the run ignores"),
-    "bench": Subcommand("harness.bench.single",
-                        "benchmark both pipelines and the harness on one device (= python -m harness.bench)"),
+    "bench": Subcommand("bench.single",
+                        "benchmark both pipelines and the harness on one device (= python -m bench)"),
     "audit": Subcommand("harness.audit",
                         "check a data set (manifest, reference folder or ChatML JSON) before training: every "
                         "finding names file, sample and field (= python -m harness.audit)"),

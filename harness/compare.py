@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
 
@@ -19,28 +19,56 @@ EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT = 0, 1, 2
 STAGE_CHOICES = ("dataset", "collator", "forward", "loss", "backward", "step", "config", "all")
 
 
-def _fault_epilog() -> str:
-    """The fault list of the default custom adapter for --help (names never hyphen-split)."""
+# The default custom adapter's fault registry: a torch-free module whose `FAULTS` maps name -> object
+# with `stage` and `symptom`, so that `--help` lists the faults without importing any pipeline.
+# Another adapter's faults: `--list-faults --custom SPEC` (that imports the adapter).
+DEFAULT_FAULT_REGISTRY = "custom_impl.faults"
+
+
+def fault_lines(faults: dict[str, Any], title: str) -> str:
+    """`title`, then one entry per fault: its name, then `stage: symptom` wrapped at 88 columns."""
     import textwrap
 
-    from harness.engine.sides import known_faults
-
-    lines = ["faults (--fault NAME, repeatable; of the custom adapter, here custom_impl's):"]
-    for name, fault in sorted(known_faults().items()):
+    lines = [title]
+    for name, fault in sorted(faults.items()):
         lines.append(f"  {name}")
         lines += textwrap.wrap(f"{fault.stage}: {fault.symptom}", width=88,
                                initial_indent="      ", subsequent_indent="      ")
     return "\n".join(lines)
 
 
+def _fault_epilog() -> str:
+    """The fault list of the default custom adapter for --help (names never hyphen-split)."""
+    import importlib
+
+    registry = importlib.import_module(DEFAULT_FAULT_REGISTRY)
+    return fault_lines(registry.FAULTS, "faults of the default custom adapter (--fault NAME, repeatable; another\n"
+                                        "adapter's: --list-faults --custom SPEC):")
+
+
+class _LazyEpilogParser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog is computed only when `--help` is printed, so that argument
+    errors and runs never import the fault registry."""
+
+    def __init__(self, *args: Any, epilog_factory: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epilog_factory = epilog_factory
+
+    def format_help(self) -> str:
+        if self._epilog_factory is not None:
+            self.epilog = self._epilog_factory() + ("\n\n" + self.epilog if self.epilog else "")
+            self._epilog_factory = None
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m harness.compare",
+    p = _LazyEpilogParser(
+        prog="python -m harness.compare", epilog_factory=_fault_epilog,
         description="Feed identical samples, tokenizers and weights through two Higgs Audio training pipelines "
                     "(by default the reference train-higgs-audio and the custom zero-shot pipeline) stage by stage, "
                     "diff every tensor, and write a report that pinpoints the first divergence, how the two values "
                     "relate, and the mechanism behind it.",
-        epilog=_fault_epilog() + "\n\nSPEC: a module path (mypkg.higgs_stages) or a .py file that implements the stage "
+        epilog="SPEC: a module path (mypkg.higgs_stages) or a .py file that implements the stage "
                "contract (higgs_common/stages.py; check it with python -m harness.check_adapter SPEC), or "
                "'module=M;python=PY;path=DIR;timeout=S' / a .json file with those keys: the side then runs in "
                "its own worker process (docs/real-pipelines.md).\n\n"
@@ -72,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="isolated: every stage of both sides gets the same input (default); "
                         "propagated: each side runs end to end on its own outputs")
     p.add_argument("--fault", action="append", default=[], metavar="NAME",
-                   help="switch on a named fault of the custom adapter (see the list below)")
+                   help="switch on a named fault of the custom adapter (repeatable; see the list below)")
+    p.add_argument("--list-faults", action="store_true",
+                   help="print the named faults of the --custom adapter and exit")
     p.add_argument("--device", default="auto",
                    help="torch device for models and diffs: auto (cuda when present, else cpu), cpu, cuda, "
                         "cuda:N (default: auto)")
@@ -92,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the float tolerance of one field (a trailing * matches a prefix), e.g. logits=1e-3,1e-4")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="precision of the common configuration both sides run under (default fp32: under "
-                        "bf16 the pipelines' precision policies differ by design; see README)")
+                        "bf16 the pipelines' precision policies differ by design; see docs/benchmarks.md)")
     p.add_argument("--ddp-world-size", type=int, default=2,
                    help="ranks for the custom pipeline's distributed check (0: skip it; gradient accumulation in one "
                         "process is checked regardless; default: 2). On CUDA with that many GPUs the ranks run NCCL, "
@@ -135,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tolerances = _tolerances(args.tolerance, parser)
+    if args.list_faults:
+        return _list_faults(args.custom)
     if args.samples < 1:
         parser.error("--samples must be at least 1")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -151,6 +183,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # escape: the message ends in "[sample=... field=... file=...]", which rich would eat as markup
         console.print(f"[bold red]bad input:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
         return EXIT_BAD_INPUT
+
+
+def _list_faults(custom: str | None) -> int:
+    """Print the named faults of the custom adapter `custom` (None: the default); bad SPEC -> exit 2."""
+    from harness.engine.sides import AdapterError, known_faults
+
+    try:
+        faults = known_faults(custom)
+    except AdapterError as exc:
+        print(f"bad input: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(fault_lines(faults, f"faults of the custom adapter {custom or 'custom_impl.stages'}:")
+          if faults else f"the custom adapter {custom or 'custom_impl.stages'} declares no faults (FAULTS)")
+    return EXIT_OK
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
@@ -180,8 +226,8 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
                           options={"max_audio_seconds": args.max_audio_seconds or DEFAULT_MAX_AUDIO_SECONDS,
                                    **speech_options(args)})
     report = compare(args.reference, args.custom, stage=args.stage, mode=args.mode, data=args.data,
-                     samples=args.samples, dataset_samples=args.dataset_samples, faults=args.fault, device=args.device, model=args.model,
-                     audio_tokenizer=args.audio_tokenizer, seed=args.seed, tolerances=tolerances,
+                     samples=args.samples, dataset_samples=args.dataset_samples, fault=args.fault, device=args.device, model=args.model,
+                     audio_tokenizer=args.audio_tokenizer, seed=args.seed, tolerance=tolerances,
                      precision=args.precision, ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
                      optimizer_steps=args.optimizer_steps, skip_bad_samples=args.skip_bad_samples,
                      max_audio_seconds=args.max_audio_seconds, run_name=run_name(args), progress=progress,
@@ -211,16 +257,3 @@ def select_records(records: list, n: int) -> list:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-class _CallableModule(sys.modules[__name__].__class__):
-    """`from harness import compare; compare(...)` calls the Python API (`harness.api.compare`);
-    `compare.main(argv)` is the CLI.  One name for both, whichever import order a user has."""
-
-    def __call__(self, *args, **kwargs):
-        from harness.api import compare as _compare
-
-        return _compare(*args, **kwargs)
-
-
-if __name__ != "__main__":
-    sys.modules[__name__].__class__ = _CallableModule

@@ -31,19 +31,14 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from higgs_common.input_limits import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SPEECH_FLOOR_DBFS  # noqa: F401  (re-exported)
 from higgs_common.stages import SampleError
 
 log = logging.getLogger("higgs_common.audio")
 
 SILENCE_THRESHOLD = 1e-4   # every |x| below this: treated as silent
-# Default speech floor in dBFS RMS (AES17; see the module docstring and `rms_dbfs`).  Clips whose
-# DC-free level is below it hold no speech; `--speech-floor-dbfs` changes it on every CLI.
-DEFAULT_SPEECH_FLOOR_DBFS = -60.0
 # AES17: 0 dBFS is the RMS of a full-scale sine, 1/sqrt(2); so dBFS = 20*log10(sqrt(2) * RMS).
 _FULL_SCALE_SINE_RMS = 1.0 / np.sqrt(2.0)
-# Both pipelines' default `max_audio_seconds`: longer clips are an AudioTooLongError, not a silent
-# memory blow-up (the released codec runs at 25 frames/s, so 30 s = 750 frames per codebook).
-DEFAULT_MAX_AUDIO_SECONDS = 30.0
 
 
 class AudioError(SampleError):

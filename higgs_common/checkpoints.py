@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, TextIO
 
-from higgs_common.stages import HiggsDiffError
+from higgs_common.errors import HiggsDiffError
 
 CONFIG_FILE = "effective_config.json"
 INTEGRITY_FILE = "checkpoint_files.json"

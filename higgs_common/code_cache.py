@@ -111,6 +111,9 @@ class CodeCache:
             self.stats.disk_hits += 1
         else:
             self.stats.misses += 1
+            if self.stats.misses == 1:   # first-use notice: encoding takes ~1 s per clip on a CPU
+                log.warning("encoding audio into the code cache %s (once per clip and codec; later runs read "
+                            "it from there)", self.root)
             codes = self._encode(path, sample_id=sample_id, field=field)
             self._write_entry(entry, codes)
         self._memo[sha] = codes

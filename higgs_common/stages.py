@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, runtime_che
 
 import torch
 
+from higgs_common.errors import HiggsDiffError, SampleError, UnknownFaultError  # noqa: F401  (re-exported)
+
 if TYPE_CHECKING:   # annotations only: manifest.py imports SampleError from here
     from higgs_common.manifest import CanonicalRecord
 
@@ -76,30 +78,6 @@ REQUIRED_CONTRACT: tuple[str, ...] = (
     "NAME", "CONVENTIONS", "DEFAULT_TRAIN", "write_native", "dataset", "collate", "build_model", "forward", "loss",
     "backward", "make_optimizer", "step", "effective_config",
 )
-
-
-class HiggsDiffError(Exception):
-    """Base class of every error this project raises on purpose."""
-
-
-class UnknownFaultError(HiggsDiffError, ValueError):
-    """A `--fault` name that the pipeline does not define."""
-
-
-class SampleError(HiggsDiffError, ValueError):
-    """Bad input, naming where it is.
-
-    Every message names the file, the sample id and the field, so that a user can go straight to
-    the offending record; `str(err)` always contains all three.
-    """
-
-    def __init__(self, message: str, *, sample_id: str | None = None, field: str | None = None,
-                 path: str | Path | None = None) -> None:
-        self.sample_id = sample_id
-        self.field = field
-        self.path = str(path) if path is not None else None
-        where = f"sample={sample_id!r} field={field!r} file={self.path!r}"
-        super().__init__(f"{message} [{where}]")
 
 
 @dataclass

@@ -18,14 +18,52 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SPEECH_FLOOR_DBFS
 from higgs_common.checkpoints import (OVERRIDE_FLAG, OVERRIDES_FILE, CheckpointError, CheckpointSaveError,
                                       NoUsableCheckpointError, ResumeConfigError)
-from higgs_common.stages import SampleError
+from higgs_common.errors import SampleError
+from higgs_common.input_limits import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SPEECH_FLOOR_DBFS
 
 # `--resume` with no value: the last complete checkpoint of --output-dir.
 RESUME_LATEST = Path("<latest>")
 EXIT_OK, EXIT_SAVE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def add_shared_train_args(p: argparse.ArgumentParser, *, learning_rate_help: str, warmup_help: str,
+                          batch_size: int, max_steps: int | None, max_steps_help: str, seed: int,
+                          output_dir: Path | None, output_dir_help: str, data_help: str, use_lora: bool,
+                          lora_help: str, grad_accum: int | None = None) -> None:
+    """The options both training CLIs share, under one name each (the other spelling is an alias).
+
+    Destinations: model_path, audio_tokenizer_path, data, learning_rate, batch_size, grad_accum (only
+    when `grad_accum` is given: the reference recipe has no gradient accumulation), warmup_steps,
+    max_steps, seed, output_dir, use_lora.  Defaults and their meaning are each CLI's own, hence the
+    keyword arguments; `--use-lora` and `--full-finetune` set `use_lora` either way, the default being
+    `use_lora`.
+    """
+    g = p.add_argument_group("training settings shared by both training CLIs")
+    g.add_argument("--model-path", type=Path, default=None,
+                   help="checkpoint folder (HiggsAudioModel + text tokenizer; default: the embedded tiny one)")
+    g.add_argument("--audio-tokenizer-path", type=Path, default=None,
+                   help="audio tokenizer folder (config.json + model.pth; default: the embedded tiny one)")
+    g.add_argument("--data", type=Path, default=None, help=data_help)
+    g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=None, metavar="LR",
+                   help=learning_rate_help)
+    g.add_argument("--batch-size", "--per-device-train-batch-size", dest="batch_size", type=int,
+                   default=batch_size, metavar="N",
+                   help=f"samples per micro-batch per process (default: {batch_size})")
+    if grad_accum is not None:
+        g.add_argument("--grad-accum", "--gradient-accumulation-steps", dest="grad_accum", type=int,
+                       default=grad_accum, metavar="N", help=f"micro-batches per optimizer step (default: {grad_accum})")
+    g.add_argument("--warmup-steps", type=int, default=None, metavar="N", help=warmup_help)
+    g.add_argument("--max-steps", type=int, default=max_steps, metavar="N", help=max_steps_help)
+    g.add_argument("--seed", type=int, default=seed, help=f"seed of the weights' init, data order and dropout "
+                                                          f"(default: {seed})")
+    g.add_argument("--output-dir", type=Path, default=output_dir, metavar="DIR", help=output_dir_help)
+    lora = g.add_mutually_exclusive_group()
+    lora.add_argument("--use-lora", dest="use_lora", action="store_true", default=use_lora,
+                      help="train LoRA adapters only" + (" (default)" if use_lora else "") + "; " + lora_help)
+    lora.add_argument("--full-finetune", dest="use_lora", action="store_false",
+                      help="train every weight" + ("" if use_lora else " (default)"))
 
 
 def add_speech_args(p: argparse.ArgumentParser) -> None:

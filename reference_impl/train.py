@@ -17,7 +17,7 @@ bf16 weights under the Trainer's bf16 autocast: `HiggsAudioModelWithLoss` carrie
 dtype fix of the audio-out embedding merge (`reference_impl.audio_merge`); `--no-autocast` still
 turns autocast off.
 
-Reliability (project issue 9): `--resume [DIR]` continues from the last *complete* checkpoint of
+Reliability: `--resume [DIR]` continues from the last *complete* checkpoint of
 `--output-dir` (or of DIR; DIR may also be a checkpoint folder) through the Trainer's
 `resume_from_checkpoint` (weights, optimizer, scheduler, RNG, data position); half-written
 checkpoints left by a killed save are removed first (see `reference_impl.trainer`).  Bad samples
@@ -56,7 +56,7 @@ from higgs_common.audit import audit_before_training
 from higgs_common.checkpoints import check_resume_config, save_errors
 from higgs_common.checkpoints import resolve_resume as resolve_checkpoint
 from higgs_common.manifest import MANIFEST_NAME
-from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli
+from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, add_shared_train_args, run_cli
 from reference_impl.dataset import TASK_TYPES, ReferenceDataset
 
 logger = logging.getLogger("reference_impl.train")
@@ -95,30 +95,36 @@ class StepLogCallback(TrainerCallback):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from reference_impl.stages import HARNESS_TASK_TYPE
+
     d = tr.DEFAULT_TRAIN
     c = tr.CLI_DEFAULTS
-    p = argparse.ArgumentParser(prog="python -m reference_impl.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", type=Path, default=None, help="HiggsAudio checkpoint (default: embedded tiny)")
-    p.add_argument("--audio-tokenizer-path", type=Path, default=None, help="codec folder (default: embedded tiny)")
-    data = p.add_mutually_exclusive_group()
-    data.add_argument("--data-dir", type=Path, default=None,
-                      help="reference metadata folder (default: data/manifest.jsonl converted into <output-dir>/data)")
-    data.add_argument("--data", type=Path, default=None,
-                      help="canonical manifest (*.jsonl) or a folder holding manifest.jsonl, converted into "
-                           "<output-dir>/data")
-    p.add_argument("--task-type", choices=TASK_TYPES, default=c.task_type)
-    p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-    p.add_argument("--per-device-train-batch-size", type=int, default=c.per_device_train_batch_size)
-    p.add_argument("--learning-rate", type=float, default=None,
-                   help=f"default {d.learning_rate} (embedded tiny model: {TINY_DEFAULTS['learning_rate']})")
-    p.add_argument("--warmup-steps", type=int, default=None,
-                   help=f"default {d.warmup_steps} (embedded tiny model: {TINY_DEFAULTS['warmup_steps']})")
-    p.add_argument("--max-steps", type=int, default=None, help="overrides --num-train-epochs")
+    p = argparse.ArgumentParser(
+        prog="python -m reference_impl.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"what the defaults train: the reference's own default task, --task-type {c.task_type} (one "
+               f"speaker,\nno voice prompt), with full fine-tuning (train-higgs-audio's LoRA is opt-in: --use-lora), "
+               f"on the\nembedded tiny checkpoint and data/manifest.jsonl. The harness (python -m harness.compare) "
+               f"compares\nthe zero-shot voice-cloning task: add --task-type {HARNESS_TASK_TYPE} --use-lora to train "
+               f"what it\ncompares. Option names match python -m custom_impl.train (docs/training.md).")
+    add_shared_train_args(
+        p, learning_rate_help=f"peak learning rate (default: {d.learning_rate}, the reference's; embedded tiny model: "
+                              f"{TINY_DEFAULTS['learning_rate']})",
+        warmup_help=f"linear warmup steps (default: {d.warmup_steps}; embedded tiny model: "
+                    f"{TINY_DEFAULTS['warmup_steps']})",
+        batch_size=c.per_device_train_batch_size, max_steps=None,
+        max_steps_help="optimizer steps; overrides --num-train-epochs (default: epochs decide)",
+        seed=c.seed, output_dir=DEFAULT_OUTPUT_DIR, output_dir_help=f"run folder (default: {DEFAULT_OUTPUT_DIR})",
+        data_help="canonical manifest (*.jsonl) or a folder holding manifest.jsonl, converted into <output-dir>/data "
+                  "(default: data/manifest.jsonl)",
+        use_lora=c.use_lora, lora_help=f"r {d.lora_r}, alpha {d.lora_alpha}, on the reference's target modules")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="a reference metadata folder (metadata.json) used as is, instead of --data")
+    p.add_argument("--task-type", choices=TASK_TYPES, default=c.task_type,
+                   help=f"the reference's task (default: {c.task_type}; the harness compares {HARNESS_TASK_TYPE})")
     p.add_argument("--num-train-epochs", type=float, default=c.num_train_epochs)
     p.add_argument("--logging-steps", type=int, default=1, help="reference DDP script: 10; 1 shows every step")
     p.add_argument("--save-steps", type=int, default=c.save_steps)
-    p.add_argument("--seed", type=int, default=c.seed)
-    p.add_argument("--use-lora", action="store_true", default=c.use_lora)
     p.add_argument("--lora-rank", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
@@ -126,13 +132,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-autocast", action="store_true",
                    help="keep the bf16 weights but turn the Trainer's bf16 autocast off (not needed since the "
-                        "reference's audio-out merge dtype fix is applied; README)")
+                        "reference's audio-out merge dtype fix is applied; docs/training.md)")
     add_reliability_args(p)
     p.add_argument("--allow-default-ref-transcript", action="store_true",
                    help="QUIRK: a zero-shot sample without ref_transcript gets the reference's default sentence")
     p.add_argument("--allow-missing-ref-audio", action="store_true",
                    help="QUIRK: a zero-shot sample without ref_audio_file silently trains as single-speaker")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.data_dir is not None and args.data is not None:
+        p.error("--data-dir and --data are alternatives: give one")
+    return args
 
 
 def resolve_resume(resume: Path, output_dir: Path) -> Path:
@@ -236,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     config = run_config(args, train, precision)
     training_args = tr.build_training_args(
-        train, output_dir, device=device, per_device_train_batch_size=args.per_device_train_batch_size,
+        train, output_dir, device=device, per_device_train_batch_size=args.batch_size,
         num_train_epochs=args.num_train_epochs, max_steps=args.max_steps, logging_steps=args.logging_steps,
         save_steps=args.save_steps, report_to=[] if args.report_to == "none" else args.report_to,
         logging_dir=output_dir / "tensorboard")

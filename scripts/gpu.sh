@@ -11,7 +11,7 @@
 # SUITE (each sized for one 10-minute device call on one H200):
 #   speed    both pipelines and the plain-PyTorch yardstick side by side on the full checkpoint at
 #            batch 8, 32, 64, three repeats at batch 8, and a torch.profiler summary of the custom
-#            step at batch 32 (python -m harness.bench ... --yardstick --repeats 3 --profile-batch 32)
+#            step at batch 32 (python -m bench ... --yardstick --repeats 3 --profile-batch 32)
 #   harness  the harness's own cost on the full checkpoint: `compare --stage all` (timed per stage,
 #            progress printed) against both pipelines' training step at the same batch of 4
 #   tests    pytest -m gpu (tiny checkpoint, built there)
@@ -28,7 +28,7 @@
 # Knobs (environment): GPU_WHEELS (.gpu-wheels), GPU_SITE (/tmp/higgs-site), FULL (/tmp/higgs-full,
 # the full random checkpoint, built there in ~75 s and reused), HARD_LIMIT (570: seconds after which
 # the suite is killed), BUDGET (speed: 330 s of sweep after which no new run starts), PYTHON (python3),
-# BENCH_ARGS (speed, harness: more `python -m harness.bench` options, e.g. "--variants=-compile;-tf32"),
+# BENCH_ARGS (speed, harness: more `python -m bench` options, e.g. "--variants=-compile;-tf32"),
 # PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed"), GPU_ALLOW_CPU=1 (run without CUDA: a
 # dry run of the flow, e.g. `tests`, where every GPU test is skipped).
 set -uo pipefail
@@ -168,21 +168,21 @@ echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)" >>"$RES/env.txt
 case "$suite" in
 speed)
     step "speed: full checkpoint into $FULL, then reference / custom / yardstick at batch 8, 32, 64, 3 repeats at 8, profile at 32"
-    timeout -s KILL "$(left)" "$PYTHON" -m harness.bench --build-full "$FULL" --sections train --configs lora-common \
+    timeout -s KILL "$(left)" "$PYTHON" -m bench --build-full "$FULL" --sections train --configs lora-common \
         --batch-sizes 8,32,64 --repeats 3 --yardstick --profile-batch 32 --profile-steps 3 --steps 5 --warmup 3 \
         --no-flop-count --deadline-s "${BUDGET:-330}" --out "$RES" ${BENCH_ARGS:-}
     status=$?
     ;;
 harness)
     step "harness: full checkpoint into $FULL, both training steps at batch 4, then compare --stage all (4 samples)"
-    timeout -s KILL "$(left)" "$PYTHON" -m harness.bench --build-full "$FULL" --sections train,harness \
+    timeout -s KILL "$(left)" "$PYTHON" -m bench --build-full "$FULL" --sections train,harness \
         --configs lora-common --batch-sizes 4 --steps 5 --warmup 3 --no-flop-count --compare-samples 4 \
         --ddp-world-size 0 --compare-progress --out "$RES" ${BENCH_ARGS:-}
     status=$?
     ;;
 trace)
     step "trace: full checkpoint into $FULL, both CLIs traced (scripts/gpu_trace_suite.py)"
-    timeout -s KILL "$(left)" "$PYTHON" -c "import sys, torch; from harness.bench.single import build_full_assets; build_full_assets(__import__('pathlib').Path(sys.argv[1]), torch.device('cuda'))" "$FULL" &&
+    timeout -s KILL "$(left)" "$PYTHON" -c "import sys, torch; from bench.single import build_full_assets; build_full_assets(__import__('pathlib').Path(sys.argv[1]), torch.device('cuda'))" "$FULL" &&
         timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full "$FULL" --out "$RES" --steps 6
     status=$?
     ;;

@@ -19,7 +19,7 @@ if ! python3 -m higgs_common.assets.build --info --out "$FULL" >/dev/null 2>&1; 
 fi
 case "$phase" in
 scaling)
-    python3 -m harness.bench.scaling --model "$FULL/model" --audio-tokenizer "$FULL/audio_tokenizer" \
+    python3 -m bench.scaling --model "$FULL/model" --audio-tokenizer "$FULL/audio_tokenizer" \
         --gpus 1,2 --batch-size "$BATCH" --steps 10 --warmup 3 --out /tmp/scaling-b$BATCH 2>&1 | tee "$out/scaling-b$BATCH.log"
     cp /tmp/scaling-b$BATCH/scaling.json "$out/scaling-b$BATCH.json"
     cp /tmp/scaling-b$BATCH/scaling.md "$out/scaling-b$BATCH.md"

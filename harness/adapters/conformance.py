@@ -1,29 +1,12 @@
 """Conformance checks of one adapter against the stage contract, on the embedded tiny checkpoint.
 
-Each check returns `Check(name, passed, reason)`; `run_checks(spec)` runs them in order and keeps
-going after a failure where it can (a later check that needs an earlier one's output is reported
-as failed "because <earlier> failed").  What is checked (higgs_common/stages.py documents the
-contract):
-
- 1. contract      every required name exists; functions take the documented parameters
- 2. types         NAME is a str, CONVENTIONS a Conventions, DEFAULT_TRAIN a TrainConfig
- 3. dataset       write_native + dataset give one DatasetItem per record, in order, with valid
-                  audio indices and (L,) token ids / labels, (C, T) codes
- 4. collate-pure  collate does not mutate its input items
- 5. collate-order collating batch A then B equals B then A (no state carried between calls)
- 6. batch         the batch has the upstream fields with the right ranks
- 7. checkpoint    build_model loads every checkpoint weight: no missing keys, no extra keys but adapters
- 8. train-mode    build_model returns a module in train() mode
- 9. forward       ForwardOutputs with (B, L, V) logits and (N, C, K) audio logits
-10. loss          a LossBreakdown whose total is a finite differentiable scalar
-10b. optional-outputs  lists the optional outputs (OPTIONAL_OUTPUTS) left None and what each costs
-11. gradients     the loss reaches every trainable parameter (LoRA B set non-zero first, as the
-                  harness does): no None, no all-zero gradient
-12. step          make_optimizer + step change the trainable parameters
-13. faults        an unknown fault name raises UnknownFaultError
-14. config        effective_config has every section of EFFECTIVE_CONFIG_SECTIONS
-15. conventions   the declared conventions match the outputs: the adapter compared with itself by
-                  the harness has no diverged declaration check (`<field>@<side>`)
+Each check returns `Check(name, passed, reason)`; `run_checks(spec)` runs every check of
+`harness.adapters.checks.CHECKS` (the list and what each one checks) in that order.  Checks are
+independent where they can be: a check runs when the adapter defines the names it calls, and is
+"not run" only when it needs the output of an earlier check that failed, which the reason names.
+Every failure says what to change in the adapter.  An adapter that cannot be imported at all is
+bad input: `run_checks` raises `AdapterError` (exit status 2 in `python -m harness.check_adapter`).
+The contract itself is documented in higgs_common/stages.py.
 """
 
 from __future__ import annotations
@@ -38,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from harness.adapters.checks import CHECKS
 from harness.engine.fused import with_derived_stages
 from harness.engine.sides import AdapterError, import_spec, missing_contract
 from higgs_common.conventions import Conventions
@@ -93,8 +77,41 @@ def _snapshot(items: list) -> list[dict]:
     return out
 
 
+# What to change in the adapter when a declaration or wiring check of the `conventions` check fails,
+# by field name without its "@side" label (the rest say "declared X, actual Y" and name the field).
+DECLARATION_FIXES: dict[str, str] = {
+    "lora_built.init_repeatable": "build_model must call torch.manual_seed(train.seed) (or transformers.set_seed) "
+                                  "before creating LoRA weights",
+    "lora_built.r": "build_model must pass r=train.lora_r to peft.LoraConfig",
+    "lora_built.scaling": "build_model must pass lora_alpha=train.lora_alpha to peft.LoraConfig (and leave "
+                          "use_rslora off)",
+    "lora_built.dropout": "build_model must pass lora_dropout=train.lora_dropout to peft.LoraConfig",
+    "lora_built.targets": "build_model must pass target_modules=list(train.lora_target_modules) to peft.LoraConfig, "
+                          "and DEFAULT_TRAIN.lora_target_modules must name modules of the model (q_proj, ...)",
+    "lora_built.builds": "build_model must build a model from (ctx, train) for its own DEFAULT_TRAIN with "
+                         "use_lora=True; fix the error above",
+}
+ADAPTER_LABEL = "adapter"    # the adapter under test, in messages (it plays both roles of the self-comparison)
+
+
+def _unlabelled(field: str) -> str:
+    """`lora_built.r@reference` -> `lora_built.r`: the self-comparison's roles mean nothing to the user."""
+    return field.rsplit("@", 1)[0] if field.endswith(("@reference", "@custom")) else field
+
+
+def declaration_failure(field: str, declared: Any, actual: Any, cause: str | None) -> str:
+    """One failed declaration check, said about the adapter, with what to change."""
+    name = _unlabelled(field)
+    fix = DECLARATION_FIXES.get(name)
+    if fix is None:
+        fix = (f"make CONVENTIONS declare what the pipeline does, or the pipeline do what CONVENTIONS declares "
+               f"(higgs_common/conventions.py documents {name.split('.')[0]!r})")
+    what = (cause or "").replace("the reference side's", "the adapter's").replace("the custom side's", "the adapter's")
+    return f"{name}: declared {declared!r}, actual {actual!r}" + (f" ({what})" if what else "") + f". Fix: {fix}"
+
+
 class Conformance:
-    """Runs the checks of the module docstring on one adapter SPEC."""
+    """Runs the checks of `harness.adapters.checks.CHECKS` on one adapter SPEC."""
 
     def __init__(self, spec: str, *, samples: int = 4) -> None:
         self.spec = spec
@@ -102,18 +119,33 @@ class Conformance:
         self.results: list[Check] = []
         self.state: dict[str, Any] = {}
 
-    def check(self, name: str, needs: tuple[str, ...] = ()):
+    def _passed(self, name: str) -> bool:
+        return any(c.name == name and c.passed for c in self.results)
+
+    def check(self, name: str, *, uses: tuple[str, ...] = (), needs: tuple[str, ...] = ()):
+        """Register and run check `name` now: it calls the adapter's `uses` names and the outputs of the
+        earlier checks `needs`; it is "not run" when a name is absent or a needed check failed."""
+        if name not in CHECKS:
+            raise KeyError(f"check {name!r} is not listed in harness.adapters.checks.CHECKS")
+
         def deco(fn: Callable[[], str]) -> None:
-            missing = [n for n in needs if not any(c.name == n and c.passed for c in self.results)]
-            if missing:
-                self.results.append(Check(name, False, f"not run because {', '.join(missing)} failed"))
+            absent = [n for n in uses if not hasattr(self.mod, n)]
+            failed = [n for n in needs if not self._passed(n)]
+            if absent:
+                self.results.append(Check(name, False, f"not run: the adapter does not define {absent} "
+                                                       "(see the contract check)"))
+                return
+            if failed:
+                self.results.append(Check(name, False, f"not run: needs the output of {', '.join(failed)}, "
+                                                       "which failed"))
                 return
             try:
                 self.results.append(Check(name, True, fn() or "ok"))
             except _Failed as exc:
                 self.results.append(Check(name, False, str(exc)))
             except Exception as exc:  # noqa: BLE001 - an adapter raising is the finding this check reports
-                self.results.append(Check(name, False, f"raised {type(exc).__name__}: {exc}"))
+                self.results.append(Check(name, False, f"raised {type(exc).__name__}: {exc}; fix the adapter so "
+                                                       "that this call succeeds on the shipped samples"))
         return deco
 
     def run(self) -> list[Check]:
@@ -122,45 +154,50 @@ class Conformance:
         from higgs_common.context import build_context
         from higgs_common.manifest import load_manifest
 
+        # AdapterError: not a module at all (bad input, exit 2); a fused forward_and_loss derives forward/loss
+        self.mod = with_derived_stages(import_spec(self.spec))
+
         @self.check("contract")
         def _() -> str:
-            try:
-                self.mod = with_derived_stages(import_spec(self.spec))
-            except AdapterError as exc:
-                raise _Failed(str(exc)) from exc
+            problems = []
             missing = missing_contract(self.mod)
             if missing:
-                raise _Failed(f"missing {missing}")
-            bad = []
+                problems.append(f"define {missing} in the adapter module (higgs_common/stages.py documents each)")
             for name, want in SIGNATURES.items():
-                got = _positional(getattr(self.mod, name))
+                fn = getattr(self.mod, name, None)
+                if fn is None:
+                    continue
+                got = _positional(fn)
                 if got[:len(want)] != list(want) and len(got) < len(want):
-                    bad.append(f"{name}{tuple(got)} (contract: {name}{want})")
-            if bad:
-                raise _Failed("wrong signatures: " + "; ".join(bad))
+                    problems.append(f"give {name} the contract's parameters {name}{want} (it has {name}{tuple(got)})")
+            if problems:
+                raise _Failed("; ".join(problems))
             return f"{len(SIGNATURES)} functions with the contract's parameters"
 
-        @self.check("types", needs=("contract",))
+        @self.check("types", uses=("NAME", "CONVENTIONS", "DEFAULT_TRAIN"))
         def _() -> str:
             m = self.mod
+            problems = []
             if not isinstance(m.NAME, str):
-                raise _Failed(f"NAME is {type(m.NAME).__name__}, not str")
+                problems.append(f"NAME is {type(m.NAME).__name__}: make it a str naming the pipeline")
             if not isinstance(m.CONVENTIONS, Conventions):
-                raise _Failed("CONVENTIONS is not a higgs_common.conventions.Conventions")
+                problems.append("make CONVENTIONS a higgs_common.conventions.Conventions")
             if not isinstance(m.DEFAULT_TRAIN, TrainConfig):
-                raise _Failed("DEFAULT_TRAIN is not a higgs_common.stages.TrainConfig")
+                problems.append("make DEFAULT_TRAIN a higgs_common.stages.TrainConfig (the pipeline's own recipe)")
+            if problems:
+                raise _Failed("; ".join(problems))
             return f"NAME={m.NAME!r}"
 
         self.ctx = build_context()
         self.records = select_records(load_manifest(DEFAULT_MANIFEST), self.samples)
         self.tmp = tempfile.TemporaryDirectory(prefix="higgs-check-adapter-")
 
-        @self.check("dataset", needs=("types",))
+        @self.check("dataset", uses=("write_native", "dataset"))
         def _() -> str:
             native = self.mod.write_native(self.records, Path(self.tmp.name) / "native")
             items = self.mod.dataset(native, self.ctx)
             if not isinstance(items, list) or not all(isinstance(i, DatasetItem) for i in items):
-                raise _Failed("dataset must return list[DatasetItem]")
+                raise _Failed("make dataset return list[DatasetItem] (higgs_common.stages.DatasetItem), one per record")
             ids = [i.sample_id for i in items]
             want = [r.id for r in self.records]
             if ids != want:
@@ -173,13 +210,13 @@ class Conformance:
                     if idx is not None and not 0 <= idx < n_audio:
                         raise _Failed(f"{it.sample_id}: {attr}={idx} but the sample has {n_audio} audios")
                 if s.input_ids.dim() != 1 or s.label_ids.shape != s.input_ids.shape:
-                    raise _Failed(f"{it.sample_id}: input_ids/label_ids must be (L,) of equal length")
+                    raise _Failed(f"{it.sample_id}: make input_ids and label_ids 1-D (L,) tensors of equal length")
                 if s.audio_ids_concat.dim() != 2 or s.audio_ids_concat.shape[0] != self.ctx.model_config.audio_num_codebooks:
-                    raise _Failed(f"{it.sample_id}: audio_ids_concat must be (num_codebooks, T)")
+                    raise _Failed(f"{it.sample_id}: make audio_ids_concat a (num_codebooks, T) tensor (codebooks first)")
             self.state["items"] = items
             return f"{len(items)} items, in record order"
 
-        @self.check("collate-pure", needs=("dataset",))
+        @self.check("collate-pure", uses=("collate",), needs=("dataset",))
         def _() -> str:
             items = self.state["items"]
             before = _snapshot(items)
@@ -192,7 +229,7 @@ class Conformance:
                                   "(deep-copy before calling upstream collators, which write labels in place)")
             return "inputs unchanged"
 
-        @self.check("collate-order", needs=("dataset",))
+        @self.check("collate-order", uses=("collate",), needs=("dataset",))
         def _() -> str:
             items = self.state["items"]
             a, b = items[: len(items) // 2] or items, items[len(items) // 2:] or items
@@ -216,7 +253,7 @@ class Conformance:
                                   f"{type(v).__name__ if not isinstance(v, torch.Tensor) else tuple(v.shape)}")
             return "upstream batch fields present"
 
-        @self.check("checkpoint", needs=("types",))
+        @self.check("checkpoint", uses=("build_model", "DEFAULT_TRAIN"))
         def _() -> str:
             from harness.engine.evidence import base_name
             from safetensors import safe_open
@@ -240,10 +277,10 @@ class Conformance:
         @self.check("train-mode", needs=("checkpoint",))
         def _() -> str:
             if not self.state["model"].training:
-                raise _Failed("build_model must return the model in train() mode")
+                raise _Failed("build_model returns the model in eval() mode: call model.train() before returning it")
             return "train()"
 
-        @self.check("forward", needs=("checkpoint", "batch"))
+        @self.check("forward", uses=("forward",), needs=("checkpoint", "collate-pure"))
         def _() -> str:
             from harness.engine.runner import LORA_B_STD, set_lora_b
 
@@ -251,17 +288,17 @@ class Conformance:
             set_lora_b({n: p for n, p in model.named_parameters() if p.requires_grad}, std=LORA_B_STD, seed=0)
             out = self.mod.forward(model, self.state["batch"], self.ctx)
             if not isinstance(out, ForwardOutputs):
-                raise _Failed("forward must return ForwardOutputs")
+                raise _Failed("make forward return higgs_common.stages.ForwardOutputs")
             if out.logits.dim() != 3 or (out.audio_logits is not None and out.audio_logits.dim() != 3):
                 raise _Failed(f"logits {tuple(out.logits.shape)} must be (B, L, V), audio_logits (N, C, K)")
             self.state["outputs"] = out
             return f"logits {tuple(out.logits.shape)}"
 
-        @self.check("loss", needs=("forward",))
+        @self.check("loss", uses=("loss",), needs=("forward",))
         def _() -> str:
             lb = self.mod.loss(self.state["outputs"], self.state["batch"], self.ctx)
             if not isinstance(lb, LossBreakdown):
-                raise _Failed("loss must return LossBreakdown")
+                raise _Failed("make loss return higgs_common.stages.LossBreakdown")
             if lb.total.dim() != 0 or not bool(torch.isfinite(lb.total)) or not lb.total.requires_grad:
                 raise _Failed("LossBreakdown.total must be a finite scalar that keeps the autograd graph")
             self.state["loss"] = lb
@@ -271,7 +308,7 @@ class Conformance:
         def _() -> str:
             return optional_output_costs(self.state["outputs"], self.state["loss"])
 
-        @self.check("gradients", needs=("loss",))
+        @self.check("gradients", uses=("backward",), needs=("loss",))
         def _() -> str:
             model = self.state["model"]
             grads = self.mod.backward(self.state["loss"], model)
@@ -285,7 +322,7 @@ class Conformance:
                               f"{none[:2]}) and gives exactly zero to {len(zero)} (first {zero[:2]})")
             return f"gradients reach all {len(trainable)} trainable parameters"
 
-        @self.check("step", needs=("gradients",))
+        @self.check("step", uses=("make_optimizer", "step", "DEFAULT_TRAIN"), needs=("gradients",))
         def _() -> str:
             model = self.state["model"]
             # warmup off: a linear warmup's first learning rate is 0 (the schedule itself is checked by the
@@ -296,10 +333,11 @@ class Conformance:
             after = self.mod.step(model, opt, self.ctx, train)
             moved = sum(1 for n in before if n in after and not torch.equal(before[n], after[n]))
             if not moved:
-                raise _Failed("step() did not change any trainable parameter")
+                raise _Failed("step() did not change any trainable parameter: step must call optimizer.step() on an "
+                              "optimizer over the trainable parameters (make_optimizer), after backward")
             return f"{moved} of {len(before)} trainable tensors moved"
 
-        @self.check("faults", needs=("types",))
+        @self.check("faults", uses=("write_native", "dataset", "collate", "build_model", "DEFAULT_TRAIN"))
         def _() -> str:
             bad = dataclasses.replace(self.ctx, faults=frozenset({"no-such-fault-xyz"}))
             native = self.mod.write_native(self.records[:1], Path(self.tmp.name) / "faults")
@@ -309,26 +347,32 @@ class Conformance:
                     call()
                 except UnknownFaultError:
                     return "an unknown fault name raises UnknownFaultError"
-            raise _Failed("no stage function rejected the unknown fault 'no-such-fault-xyz' with UnknownFaultError")
+            raise _Failed("no stage function rejected the unknown fault 'no-such-fault-xyz': check ctx.faults against "
+                          "the adapter's FAULTS and raise higgs_common.stages.UnknownFaultError for other names")
 
-        @self.check("config", needs=("types",))
+        @self.check("config", uses=("effective_config", "DEFAULT_TRAIN"))
         def _() -> str:
             cfg = self.mod.effective_config(self.ctx, self.mod.DEFAULT_TRAIN)
             missing = [s for s in EFFECTIVE_CONFIG_SECTIONS if s not in cfg]
             if missing:
-                raise _Failed(f"effective_config lacks sections {missing}")
+                raise _Failed(f"effective_config lacks sections {missing}: add them (higgs_common/stages.py lists "
+                              "each section's keys)")
             return f"{len(EFFECTIVE_CONFIG_SECTIONS)} sections"
 
-        @self.check("conventions", needs=("dataset", "batch", "loss"))
+        @self.check("conventions", needs=("contract", "types"))
         def _() -> str:
             from harness.api import compare
 
             report = compare(self.spec, self.spec, stage="all", samples=self.samples, ddp_world_size=0)
-            bad = [f for st in report.stages for f in st.fields if f.check == "declared" and f.diverged]
+            bad: dict[str, Any] = {}     # one entry per field: both roles of the self-comparison report it
+            for st in report.stages:
+                for f in st.fields:
+                    if f.check == "declared" and f.diverged:
+                        bad.setdefault(_unlabelled(f.field), f)
             if bad:
-                f = bad[0]
-                raise _Failed(f"{len(bad)} declaration check(s) fail; first {f.stage}/{f.field}: declared "
-                              f"{f.reference!r}, actual {f.custom!r}")
+                lines = [declaration_failure(f.field, f.reference, f.custom, (f.cause or {}).get("mechanism"))
+                         for f in bad.values()]
+                raise _Failed(f"{len(bad)} declaration check(s) fail: " + " | ".join(lines))
             n = sum(1 for st in report.stages for f in st.fields if f.check == "declared")
             return f"{n} declaration checks hold (dataset, collator, loss, backward, step, config)"
 

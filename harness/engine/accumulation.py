@@ -28,6 +28,7 @@ import torch
 
 from harness.engine import model_ops
 from harness.engine import tolerance as TOL
+from harness.engine.batches import to_device
 from harness.engine.fields import FieldSpec
 from harness.explain import context as X
 
@@ -112,8 +113,6 @@ def backward_fields(c: Any) -> tuple[list, float]:
 def contract_gradients(c: Any, role: str, items: list) -> tuple[dict[str, torch.Tensor | None], float]:
     """`role`'s stage-contract collate -> forward -> loss -> backward on `items` as ONE batch, on the
     side's model (trainables at the harness's initial values); gradients on the CPU, and seconds."""
-    from harness.engine.runner import to_device
-
     st, mod = c.side[role], c.mod(role)
     t0 = time.perf_counter()
     batch = to_device(mod.collate(items, st.ctx), st.ctx.device)

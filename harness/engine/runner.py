@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from harness.engine.batches import to_device  # noqa: F401  (re-exported: callers of the old location)
 from harness.engine.common_config import COMPARE_PRECISION, common_train_config
 from harness.engine.fields import FieldComparer
 from harness.engine.sides import Side, load_sides
@@ -386,18 +387,6 @@ def sync(device: torch.device) -> None:
     """Wait for queued CUDA work (no-op on CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """A shallow copy of a batch with every tensor attribute on `device` (same type back)."""
-    if batch is None:
-        return None
-    if all(getattr(v, "device", device) == device for v in vars(batch).values() if isinstance(v, torch.Tensor)):
-        return batch
-    clone = type(batch).__new__(type(batch))
-    for k, v in vars(batch).items():
-        setattr(clone, k, v.to(device) if isinstance(v, torch.Tensor) else v)
-    return clone
 
 
 def set_lora_b(named: dict[str, torch.Tensor], *, std: float, seed: int) -> None:

@@ -32,7 +32,7 @@ import torch
 from harness.engine import accumulation, model_ops
 from harness.engine import tolerance as TOL
 from harness.engine.fields import FieldSpec
-from harness.engine.runner import to_device
+from harness.engine.batches import to_device
 from harness.engine.worker import on_side
 from harness.explain import context as X
 from harness.report.model import StageResult

@@ -53,7 +53,7 @@ def _kept_here(obj: Any) -> bool:
 class Worker:
     def __init__(self, spec: str) -> None:
         from harness.engine.fused import with_derived_stages
-        from harness.engine.sides import import_spec
+        from harness.engine.spec_import import import_spec
 
         self.module = with_derived_stages(import_spec(spec))
         self.table: dict[int, Any] = {}
@@ -100,7 +100,7 @@ class Worker:
         for name in ("NAME", "CONVENTIONS", "DEFAULT_TRAIN", "VERSION", "__version__", "FAULTS"):
             if hasattr(mod, name):
                 constants[name] = getattr(mod, name)
-        from harness.engine.sides import version_of
+        from harness.engine.spec_import import version_of
 
         boson = sys.modules.get("boson_multimodal")
         return {"functions": functions, "constants": constants, "module_name": mod.__name__,

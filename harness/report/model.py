@@ -12,11 +12,11 @@ rest.  `report.md` follows the same rule (its timing lives in one final "Timing"
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.engine.diff import FieldDiff, jsonable, round_float
+from harness.report.json_text import report_json_text  # noqa: F401  (re-exported)
 
 # The order stages run in; `first_divergence` walks stages in this order (unknown stage names
 # keep their listed order, after the known ones).
@@ -267,9 +267,5 @@ def _sorted(x: Any) -> Any:
     if isinstance(x, list):
         return [_sorted(v) for v in x]
     return x
-
-
-def report_json_text(report: Report) -> str:
-    return json.dumps(report.to_json(), sort_keys=True, indent=2) + "\n"
 
 

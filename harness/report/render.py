@@ -8,10 +8,13 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.engine.diff import FieldDiff, jsonable, round_float
-from harness.report.model import Report, StageResult, report_json_text
+from harness.report.json_text import report_json_text
+
+if TYPE_CHECKING:
+    from harness.report.model import Report, StageResult
 
 # Markdown tables list every diverged field but at most this many equal ones per stage.
 MAX_EQUAL_ROWS = 40

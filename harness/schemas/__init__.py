@@ -3,7 +3,7 @@
 `report.schema.json` (JSON Schema draft 2020-12) describes `report.json` of every
 `schema_version` 1.x.y: it requires the stable core (schema_version, verdict, first_divergence,
 stages with their fields, config, volatile) and allows additional properties everywhere, so a
-report that gained keys still validates.  See the README ("report.json schema") for the
+report that gained keys still validates.  See docs/report-schema.md for the
 compatibility rule.
 
 Validating needs the `jsonschema` package (a dev dependency, not a run-time one); loading the

@@ -8,7 +8,7 @@ bit-identical weights and codes.
 * ``--size tiny`` (default): 2-layer hidden-64 backbone, 8 x 1024 codec (the released discrete sizes);
   under a minute on a CPU.
 * ``--size probe``: the tiny backbone with a 4 x 32 codec, only for the copy-probe demonstration
-  of `reference-audio-as-label` (README "Watching reference-audio-as-label collapse").
+  of `reference-audio-as-label` (docs/training.md, "Watching reference-audio-as-label collapse").
 * ``--size full``: the released architecture (5.77 B parameters).  By default it is only
   instantiated on the meta device and its parameter count printed; ``--materialize`` writes real
   bf16 weights (needs ~11 GiB; meant for the GPU machine).

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from higgs_common import REPO_ROOT
+
+log = logging.getLogger("higgs_common.assets")
 
 ASSETS_ENV = "HIGGS_DIFF_ASSETS"
 CODE_CACHE_ENV = "HIGGS_DIFF_CODE_CACHE"
@@ -92,4 +96,10 @@ def ensure_default_assets(size: str = "tiny", seed: int = 0) -> AssetPaths:
     with build_lock(root):
         if paths.is_complete(size, seed):   # another process built it while we waited
             return paths
-        return build_assets(root, size=size, seed=seed)
+        # A warning, so that it shows without any logging set up (a notebook's first compare() call).
+        log.warning("building the default %s checkpoint and audio tokenizer into %s (first use only; "
+                    "about a minute on a laptop CPU)", size, root)
+        start = time.perf_counter()
+        built = build_assets(root, size=size, seed=seed)
+        log.warning("built the default %s assets in %.0f s", size, time.perf_counter() - start)
+        return built

@@ -45,7 +45,7 @@ def test_default_run_learns(tmp_path):
     assert "%|" in proc.stderr            # tqdm progress bar
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 21))
-    assert all(0 < m["step_seconds"] < 60 for m in metrics)   # per-step time (harness.bench.scaling)
+    assert all(0 < m["step_seconds"] < 60 for m in metrics)   # per-step time (bench.scaling)
 
 
 @pytest.mark.slow

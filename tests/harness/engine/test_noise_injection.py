@@ -29,7 +29,7 @@ def test_clean_run_passes_under_reduction_order_noise(side):
 @pytest.mark.parametrize("fault", sorted(FAULT_TABLE))
 def test_each_fault_is_still_found_at_its_stage(fault):
     stage = FAULT_TABLE[fault][0]
-    report = compare(stage="all", faults=[fault], samples=2, perturb=ReductionNoise(NOISE), grad_noise=NOISE,
+    report = compare(stage="all", fault=fault, samples=2, perturb=ReductionNoise(NOISE), grad_noise=NOISE,
                      ddp_world_size=2 if fault in DDP_FAULTS else 0)
     fd = report.first_divergence()
     assert report.verdict == "diverged" and fd["stage"] == stage, fd

@@ -1,4 +1,4 @@
-"""harness.bench on the CPU (tiny checkpoint): CLI, FLOP model, a smoke run, the target summary."""
+"""bench on the CPU (tiny checkpoint): CLI, FLOP model, a smoke run, the target summary."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from harness.bench import single as bench
-from harness.bench.train import BatchShape, flop_model
+from bench import single as bench
+from bench.train import BatchShape, flop_model
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_flop_model_counts_useful_work_only(ctx):
 def test_batch_shape_is_read_off_the_batch_as_the_model_merges_it(ctx, items):
     from custom_impl import loss as cl
     from custom_impl import stages as cs
-    from harness.bench.train import batch_shape
+    from bench.train import batch_shape
 
     batch = cs.collate(items[:3], ctx)
     with torch.no_grad():
@@ -126,7 +126,7 @@ def test_sweep_searches_the_largest_batch_and_measures_variants(tmp_path, assets
 
 def test_deadline_skips_the_runs_left(ctx, items):
     from custom_impl.speed import SpeedOptions
-    from harness.bench.sweep import SweepPlan, run_sweep
+    from bench.sweep import SweepPlan, run_sweep
 
     plan = SweepPlan(config_names=["lora-common"], batch_sizes=[2], deadline_s=-1.0)
     state = run_sweep(ctx, items, bench.train_configs(["lora-common"], ctx.device), plan, SpeedOptions(), peak=None)

@@ -1,10 +1,10 @@
-"""harness.bench.scaling's arithmetic and table (the GPU runs themselves are in reports/bench/)."""
+"""bench.scaling's arithmetic and table (the GPU runs themselves are in reports/bench/)."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness.bench import scaling as bs
+from bench import scaling as bs
 
 
 def _run(pipeline, gpus, step, variant="default"):

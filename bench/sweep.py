@@ -1,11 +1,11 @@
 """The train section's plan: which (config, pipeline, batch, speed variant, batching) runs, in order.
 
 1. every config at the first batch size; `lora-common` at every listed batch size; with
-   `yardstick`, the plain-PyTorch yardstick (`harness.bench.yardstick`) beside the two pipelines;
+   `yardstick`, the plain-PyTorch yardstick (`bench.yardstick`) beside the two pipelines;
 2. `max` in the batch list: for each pipeline, the batch doubles from the largest listed size
    until a run fails (out of memory) or reaches `max_batch`; the largest that ran is reported;
 3. epoch batching at one batch size (`--epoch-batch`): reference, custom, and custom with
-   group-by-length flipped, each over its own batches of one pool (`harness.bench.train`);
+   group-by-length flipped, each over its own batches of one pool (`bench.train`);
 4. `repeats` > 1: the first batch size's main rows again (repeat 2, 3, ...), for the spread;
 5. custom speed variants (`--variants`, each a `custom_impl.speed` SPEC applied on top of the
    main custom options, e.g. `-compile` or `none`) at one batch size, fixed batching, in the
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from harness.bench.train import (BatchShape, TrainMeasurement, batch_shape, mean_flops, run_custom,
+from bench.train import (BatchShape, TrainMeasurement, batch_shape, mean_flops, run_custom,
                                  run_reference)
 
 
@@ -41,7 +41,7 @@ class SweepPlan:
     count: bool = True
     deadline_s: float | None = None
     seed: int = 0
-    yardstick: bool = False              # also measure harness.bench.yardstick beside the two pipelines
+    yardstick: bool = False              # also measure bench.yardstick beside the two pipelines
     repeats: int = 1                     # main rows of the first batch size, measured this many times
 
 
@@ -133,7 +133,7 @@ def run_sweep(ctx: Any, items: Sequence[Any], configs: dict[str, dict[str, Any]]
             if pipeline == "reference":
                 m = run_reference(ctx, train, batches, shapes, **kw)
             elif pipeline == "yardstick":
-                from harness.bench.yardstick import run_yardstick
+                from bench.yardstick import run_yardstick
 
                 m = run_yardstick(ctx, train, batches, shapes, seed=plan.seed, **kw)
             else:

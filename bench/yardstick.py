@@ -238,12 +238,12 @@ def lora_targets_of(train: Any) -> tuple[int, float, tuple[str, ...]]:
 def run_yardstick(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence[Any], *, config_name: str,
                   steps: int, warmup: int, batching: str = "fixed", count: bool = True, seed: int = 0) -> Any:
     """The yardstick's training step (loss, backward, clip, AdamW) timed per step like the pipelines'
-    (`harness.bench.train.run_custom`); returns a `TrainMeasurement` with pipeline "yardstick".
+    (`bench.train.run_custom`); returns a `TrainMeasurement` with pipeline "yardstick".
 
     Frozen weights in bf16 on CUDA (fp32 on the CPU); LoRA as `train` says.  Step i trains on a
     yardstick batch shaped like batches[i % len(batches)]."""
     from custom_impl.length_grouping import batch_merged_lengths
-    from harness.bench import train as tb
+    from bench import train as tb
 
     cfg = ctx.model_config
     m = tb.TrainMeasurement("yardstick", config_name, shapes[0].batch_size, speed="plain PyTorch", batching=batching,

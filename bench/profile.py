@@ -1,7 +1,7 @@
 """Where a custom training step's time goes: `torch.profiler` over a few steps, summarised.
 
 `profile_custom` builds the custom pipeline's model with its speed switches (as
-`harness.bench.train.run_custom` does), runs warm-up steps (torch.compile compiles there), times
+`bench.train.run_custom` does), runs warm-up steps (torch.compile compiles there), times
 a few unprofiled steps, then profiles a few more with `torch.profiler` (CPU + CUDA activities).
 `summarise_kernels` turns the device events into:
 
@@ -141,7 +141,7 @@ def profile_custom(ctx: Any, train: Any, batch: Any, speed: Any, *, warmup: int 
     from custom_impl import speedups
     from custom_impl import stages as cs
     from custom_impl.distributed import accumulate
-    from harness.bench import train as tb
+    from bench import train as tb
 
     device = ctx.device
     restore = speedups.enter_process_settings(speed)

@@ -1,18 +1,18 @@
-"""`python -m harness.bench`: benchmarks of both pipelines and of the harness, side by side.
+"""`python -m bench`: benchmarks of both pipelines and of the harness, side by side.
 
 Three sections, one run, one device (`nox -s bench` runs this):
 
 1. train   training throughput of reference_impl (HF Trainer path) and custom_impl (manual
            micro-step, with its speed switches: `custom_impl.speed`) on the same batch: tokens/s,
-           step time, peak GPU memory, MFU (useful-work FLOP model in `harness.bench.train`),
+           step time, peak GPU memory, MFU (useful-work FLOP model in `bench.train`),
            under LoRA with each pipeline's defaults, under the harness's common configuration,
            and full fine-tuning; the common configuration at every `--batch-sizes` size, `max`
            adding a doubling search for the largest batch that fits (per pipeline); custom
            speed variants (`--variants`) and an epoch-batching comparison (`--epoch-batch`,
-           where length grouping can show) as in `harness.bench.sweep`; `--yardstick` adds a
-           plain-PyTorch yardstick of the same step (`harness.bench.yardstick`), `--repeats N`
+           where length grouping can show) as in `bench.sweep`; `--yardstick` adds a
+           plain-PyTorch yardstick of the same step (`bench.yardstick`), `--repeats N`
            measures the first batch size N times (the spread is in the summary), and
-           `--profile-batch B` profiles the custom step at batch B (`harness.bench.profile`).
+           `--profile-batch B` profiles the custom step at batch B (`bench.profile`).
 2. harness `python -m harness.compare --stage all` in-process: time the pipelines spend computing
            the stages vs the time the harness spends diffing and writing the report.
 3. data    the data path on CPU (dataset + collator, warm code cache), samples/s, against the
@@ -43,13 +43,13 @@ import torch
 
 from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
 
-log = logging.getLogger("harness.bench")
+log = logging.getLogger("bench")
 SECTIONS = ("train", "harness", "data")
 TRAIN_CONFIGS = ("lora-defaults", "lora-common", "full-ft")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Targets checked in the report (issue 17): custom >= 2x reference tokens/s at the same "
                                        "batch size under the common configuration; best MFU >= 25%; diff+report <= 10% "
@@ -88,12 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs CPU gloo workers that would each load the full model in fp32)")
     p.add_argument("--data-repeats", type=int, default=3, help="repeats of the data-path timing")
     p.add_argument("--yardstick", action="store_true",
-                   help="also measure the plain-PyTorch yardstick of the same step (harness.bench.yardstick) at every "
+                   help="also measure the plain-PyTorch yardstick of the same step (bench.yardstick) at every "
                         "lora-common batch size")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure the first batch size's main rows this many times (the summary reports the spread)")
     p.add_argument("--profile-batch", type=int, default=None, metavar="B",
-                   help="after the sweep, profile the custom step at batch B with torch.profiler (harness.bench.profile)")
+                   help="after the sweep, profile the custom step at batch B with torch.profiler (bench.profile)")
     p.add_argument("--profile-steps", type=int, default=3, help="profiled steps (after --warmup unprofiled ones)")
     p.add_argument("--compare-progress", action="store_true",
                    help="harness section: let harness.compare print its progress (timestamped) instead of --quiet")
@@ -122,7 +122,7 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    from harness.bench.train import datasheet_peak
+    from bench.train import datasheet_peak
 
     info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
     try:
@@ -207,9 +207,9 @@ def train_configs(names: Sequence[str], device: torch.device) -> dict[str, dict[
 
 def section_train(ctx: Any, items: list[Any], config_names: Sequence[str], plan: Any, custom_speed: Any, *,
                   peak: float | None, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the sweep (`harness.bench.sweep`), printing each row as it lands; `on_progress` gets
+    """Run the sweep (`bench.sweep`), printing each row as it lands; `on_progress` gets
     the section so far after every row (the caller saves it, so a run cut short keeps its rows)."""
-    from harness.bench.sweep import SweepState, run_sweep
+    from bench.sweep import SweepState, run_sweep
 
     state = SweepState()
     section: dict[str, Any] = {"rows": state.rows, "batch_shapes": state.shapes, "largest_batch": state.largest,
@@ -321,10 +321,10 @@ def section_data(ctx: Any, records: Sequence[Any], batch_size: int, repeats: int
 
 
 def section_profile(ctx: Any, items: list[Any], args: argparse.Namespace, speed: Any, *, t0: float) -> dict[str, Any]:
-    """torch.profiler summary of the custom step at --profile-batch (`harness.bench.profile`), under the
+    """torch.profiler summary of the custom step at --profile-batch (`bench.profile`), under the
     lora-common configuration; a failure (out of memory) or a spent --deadline-s is recorded, not raised."""
-    from harness.bench.profile import profile_custom
-    from harness.bench.sweep import fixed_batches
+    from bench.profile import profile_custom
+    from bench.sweep import fixed_batches
 
     if args.deadline_s is not None and time.perf_counter() - t0 > args.deadline_s:
         return {"status": "skipped", "error": "time budget (--deadline-s) spent before the profile"}
@@ -509,7 +509,7 @@ def render_markdown(res: dict[str, Any]) -> str:
     prof = res.get("profile")
     if prof:
         if prof.get("status") == "ok":
-            from harness.bench.profile import render_profile
+            from bench.profile import render_profile
 
             lines += [render_profile(prof)]
         else:
@@ -580,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--repeats {args.repeats} / --profile-steps {args.profile_steps}: must be at least 1")
     out = Path(args.out) if args.out is not None else default_out()
     if (out / "bench.json").exists() and not args.overwrite:
-        print(f"harness.bench: {out} already holds a bench.json (earlier results); give a new --out, or --overwrite",
+        print(f"bench: {out} already holds a bench.json (earlier results); give a new --out, or --overwrite",
               file=sys.stderr)
         return 2
     device = resolve_device(args.device)
@@ -592,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for spec in args.variants.split(";") if spec.strip()]
     except custom_speed.SpeedSpecError as exc:
         raise SystemExit(f"--custom-speed/--variants: {exc}") from exc
-    from harness.bench.train import datasheet_peak
+    from bench.train import datasheet_peak
     from higgs_common.assets.model import count_parameters  # noqa: F401  (import check)
     from higgs_common.context import build_context
     from higgs_common.manifest import load_manifest
@@ -646,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t_train = time.perf_counter()           # the sweep's deadline counts from here; the profile's too
     if "train" in sections:
-        from harness.bench.sweep import SweepPlan
+        from bench.sweep import SweepPlan
 
         plan = SweepPlan(config_names=[c for c in args.configs.split(",") if c], batch_sizes=batch_sizes,
                          search_max=search_max, max_batch=args.max_batch, variants=variants,

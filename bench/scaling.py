@@ -1,4 +1,4 @@
-"""`python -m harness.bench.scaling`: multi-GPU scaling efficiency of both training CLIs.
+"""`python -m bench.scaling`: multi-GPU scaling efficiency of both training CLIs.
 
 For each pipeline and each GPU count N, the pipeline's own training command runs under
 `torchrun --nproc-per-node N` (custom: the manual DDP loop over NCCL; reference: the HF Trainer's
@@ -42,7 +42,7 @@ PIPELINES = ("custom", "reference")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.bench.scaling", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Target: custom_impl scaling efficiency >= 90% on 2 GPUs.")
     p.add_argument("--model", type=Path, default=None, help="checkpoint folder (default: embedded tiny)")

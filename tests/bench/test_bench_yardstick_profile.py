@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from harness.bench import single as bench
-from harness.bench.profile import Kernel, busy_us, category, render_profile, summarise_kernels
-from harness.bench.yardstick import Yardstick, YardstickBatch, lora_targets_of
+from bench import single as bench
+from bench.profile import Kernel, busy_us, category, render_profile, summarise_kernels
+from bench.yardstick import Yardstick, YardstickBatch, lora_targets_of
 from harness.engine.common_config import common_train_config
 
 
@@ -67,8 +67,8 @@ def test_yardstick_step_learns_only_the_adapters(ctx):
 
 
 def test_run_yardstick_measures_like_the_pipelines(ctx, items):
-    from harness.bench.sweep import fixed_batches
-    from harness.bench.yardstick import run_yardstick
+    from bench.sweep import fixed_batches
+    from bench.yardstick import run_yardstick
 
     batches, shapes = fixed_batches(ctx, items, 2)
     m = run_yardstick(ctx, common_train_config("cpu"), batches, shapes, config_name="lora-common", steps=2,
@@ -153,8 +153,8 @@ def test_summary_counts_overlaps_once_and_the_rest_as_idle():
 
 def test_profile_custom_runs_on_the_cpu(ctx, items):
     from custom_impl.speed import SpeedOptions
-    from harness.bench.profile import profile_custom
-    from harness.bench.sweep import fixed_batches
+    from bench.profile import profile_custom
+    from bench.sweep import fixed_batches
 
     (batch,), _ = fixed_batches(ctx, items, 2)
     p = profile_custom(ctx, common_train_config("cpu"), batch, SpeedOptions.defaults("cpu"), warmup=1, steps=1)

@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-log = logging.getLogger("harness.bench")
+log = logging.getLogger("bench")
 
 # bf16 dense tensor-core peaks from the vendors' datasheets (no sparsity), in FLOP/s.
 DATASHEET_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
