@@ -46,7 +46,9 @@ def side_symptoms(role: str, name: str, state: Any, backward_error: str | None =
                 why = "the audio term is 0.0 although audio positions are supervised: it is not computed from them"
             add("zero_loss", "audio loss is exactly 0.0 on a batch with target audio", why, "loss", "audio_loss")
         total = getattr(lb, "total", None)
-        if isinstance(total, torch.Tensor) and not total.requires_grad:
+        # The loss stage may run without autograd; a missing graph shows when the side's own backward says so.
+        if isinstance(total, torch.Tensor) and not total.requires_grad and backward_error \
+                and "grad" in backward_error:
             add("detached_loss", f"the total loss ({_num(total):.6g}) has no graph", "it is built from constants or "
                 "detached terms, so backward() cannot reach any parameter", "loss", "total")
     if no_text_labels:
