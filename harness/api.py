@@ -136,6 +136,9 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
                                 sides=sides)
         results = comparison.run()
     causes.explain_fields(results, comparison.evidence, comparison.extras)
+    from harness.explain.location import attach_locations
+
+    attach_locations(results, list(faults), [Path(sides["custom"].module.__file__).parent])
     name = run_name or default_run_name(stage, mode, faults, seed)
     report = Report(
         run_name=name, mode=mode, stages_requested=list(stages), stages=results,
@@ -155,6 +158,7 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
         extras=comparison.extras,
     )
     report.skipped = skip_log
+    report.symptoms = [{"fault": f, "symptom": getattr(known[f], "symptom", None)} for f in sorted(faults)]
     return report
 
 
