@@ -40,8 +40,7 @@ def heatmap_layout(shape: Sequence[int], axes: Sequence[str] | None) -> tuple[bo
         raise ValueError(f"heatmap_layout: needs a 2-D shape, got {list(shape)}")
     if axes is not None and len(axes) != 2:
         raise ValueError(f"heatmap_layout: a 2-D field needs 2 axis names, got {list(axes)}")
-    names = [str(a) for a in axes] if axes is not None else ["dim 0", "dim 1"]
-    labels = [f"{names[0]} (dim 0)", f"{names[1]} (dim 1)"]
+    labels = [f"{axes[0]} (dim 0)", f"{axes[1]} (dim 1)"] if axes is not None else ["dim 0", "dim 1"]
     transpose = shape[0] > shape[1]
     return (True, labels[1], labels[0]) if transpose else (False, labels[0], labels[1])
 
@@ -51,6 +50,12 @@ def mismatch_heatmap(mask_2d: "torch.Tensor | Sequence[Sequence[bool]]", title: 
     """PNG of where two 2-D values differ (red = differs) with axes named from `axes`, the field's
     declared dimension names (`heatmap_layout`: the longer dimension along x).  `ylabel`/`xlabel`
     override the labels.  Raises ValueError for a mask that is not 2-D."""
+    return _png(heatmap_figure(mask_2d, title, axes=axes, ylabel=ylabel, xlabel=xlabel))
+
+
+def heatmap_figure(mask_2d: "torch.Tensor | Sequence[Sequence[bool]]", title: str, *,
+                   axes: Sequence[str] | None = None, ylabel: str | None = None, xlabel: str | None = None) -> Figure:
+    """The `mismatch_heatmap` figure itself (for callers that want another format, and for tests)."""
     mask = torch.as_tensor(mask_2d).detach().to("cpu", torch.bool)
     if mask.dim() != 2:
         raise ValueError(f"mismatch_heatmap({title!r}): needs a 2-D mask, got shape {list(mask.shape)}")
@@ -68,7 +73,7 @@ def mismatch_heatmap(mask_2d: "torch.Tensor | Sequence[Sequence[bool]]", title: 
     if rows <= 32:
         ax.set_yticks(range(rows))
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def per_codebook_bars(reference: Sequence[float], custom: Sequence[float], title: str) -> bytes:

@@ -236,7 +236,6 @@ def render_markdown(report: Report) -> str:
 
 _CSS = """
 *{box-sizing:border-box}
-html{overflow-x:hidden}
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#222;line-height:1.4}
 .layout{display:grid;grid-template-columns:13rem minmax(0,1fr);gap:1.5rem;max-width:1500px;margin:0 auto;padding:1rem 1.5rem}
 nav.toc{position:sticky;top:1rem;align-self:start;font-size:0.9em;border-right:1px solid #ddd;padding-right:1rem}
