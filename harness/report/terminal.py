@@ -53,18 +53,20 @@ class RunOutput:
         self._task: Any = None
         self._done = 0
         self._current: str | None = None
-        self._saved: tuple[list[logging.Handler], int, list] | None = None
+        self._saved: tuple[int, list] | None = None
+        self._handler: logging.Handler | None = None
 
     def __enter__(self) -> "RunOutput":
         root = logging.getLogger()
-        self._saved = (list(root.handlers), root.level, list(warnings.filters))
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        handler = RichHandler(console=self.console, show_path=False, show_time=False, markup=False,
-                              rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.ERROR if self.quiet else logging.INFO)
+        self._saved = (root.level, list(warnings.filters))
+        # handlers already there (a host application's, pytest's caplog) stay; ours prints through the console
+        self._handler = RichHandler(console=self.console, show_path=False, show_time=False, markup=False,
+                                    rich_tracebacks=False)
+        self._handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        self._handler.setLevel(logging.ERROR if self.quiet else logging.INFO)
+        root.addHandler(self._handler)
+        if not self.quiet and root.level > logging.INFO:
+            root.setLevel(logging.INFO)
         if self.quiet:
             warnings.simplefilter("ignore")
         else:
@@ -97,12 +99,9 @@ class RunOutput:
             self._progress.stop()
         logging.captureWarnings(False)
         if self._saved is not None:
-            handlers, level, filters = self._saved
+            level, filters = self._saved
             root = logging.getLogger()
-            for h in list(root.handlers):
-                root.removeHandler(h)
-            for h in handlers:
-                root.addHandler(h)
+            root.removeHandler(self._handler)
             root.setLevel(level)
             warnings.filters[:] = filters
 
