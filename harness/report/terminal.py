@@ -55,6 +55,7 @@ class RunOutput:
         self._current: str | None = None
         self._saved: tuple[int, list] | None = None
         self._handler: logging.Handler | None = None
+        self._showwarning = warnings.showwarning
 
     def __enter__(self) -> "RunOutput":
         root = logging.getLogger()
@@ -67,10 +68,11 @@ class RunOutput:
         root.addHandler(self._handler)
         if not self.quiet and root.level > logging.INFO:
             root.setLevel(logging.INFO)
+        self._showwarning = warnings.showwarning
         if self.quiet:
             warnings.simplefilter("ignore")
         else:
-            logging.captureWarnings(True)
+            warnings.showwarning = _warning_to_log
             self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}"), BarColumn(),
                                       MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
                                       console=self.console, transient=True)
@@ -88,22 +90,29 @@ class RunOutput:
             self._current = name
             self._progress.update(self._task, completed=min(self._done, len(self.stages)), stage=name,
                                   description="")
-            self.console.log(Text(message, style="dim"))
+            self.console.print(Text(f"{message}", style="bold dim"), highlight=False)
         else:
             self._progress.update(self._task, description=message)
-            self.console.log(Text(message, style="dim"))
+            self.console.print(Text(f"  {message}", style="dim"), highlight=False)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._progress is not None:
             self._progress.stop()
-        logging.captureWarnings(False)
+        warnings.showwarning = self._showwarning
         if self._saved is not None:
             level, filters = self._saved
             root = logging.getLogger()
             root.removeHandler(self._handler)
             root.setLevel(level)
             warnings.filters[:] = filters
+
+
+def _warning_to_log(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: Any = None, line: str | None = None) -> None:
+    """`warnings.showwarning` replacement: one log line (the progress channel), not two on stderr."""
+    where = str(filename).split("site-packages/")[-1]
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, where, lineno)
 
 
 def verdict_panel(report: Report) -> Panel:
