@@ -91,6 +91,20 @@ def _summary_rows(report: Report) -> list[tuple[str, str, Any]]:
     return [r for r in rows if r[2] not in (None, "", [])]
 
 
+def _no_divergence_text(report: Report) -> str:
+    """What the summary says in place of a first divergence (pass, propagated spread, or a crashed stage)."""
+    errored = next((st for st in report.ordered_stages() if st.status == "error"), None)
+    if report.verdict == "error" and errored is not None:
+        return f"Stage {errored.stage} could not run: {errored.error}"
+    origin = report.propagation_origin()
+    if origin is not None:
+        n = sum(k for _, k in report.spread())
+        return (f"No first divergence: the declared differences at stage {origin} spread to {n} undeclared "
+                "difference(s) in later stages (listed under Stages).")
+    return (f"No undeclared divergence ({sum(st.n_expected for st in report.stages)} declared difference(s), "
+            f"{sum(st.n_equal for st in report.stages)} equal field(s)).")
+
+
 def _expected_and_diverged(st: StageResult) -> tuple[list[FieldDiff], list[FieldDiff]]:
     return ([f for f in st.fields if f.diverged and f.expected], [f for f in st.fields if f.unexpected])
 
@@ -165,7 +179,7 @@ def render_markdown(report: Report) -> str:
         lines += [f"- **{label}:** {_text(value)}" for _, label, value in rows]
         lines += _window_md((report.first_divergence() or {}).get("window"))
     else:
-        lines += ["No undeclared divergence.", ""]
+        lines += [_no_divergence_text(report), ""]
 
     lines += ['<a id="diagnoses"></a>', "## Diagnoses", ""]
     if report.diagnoses:
@@ -253,7 +267,7 @@ pre{background:#f7f7f7;padding:0.6em;white-space:pre-wrap;overflow-wrap:anywhere
 .st-ok{color:#176117}.st-expected{color:#7a5b00}.st-diverged{color:#a31515;font-weight:bold}
 .st-error{color:#a35a00;font-weight:bold}.st-skipped{color:#777}
 .card{border:2px solid #a31515;border-radius:6px;padding:0.5em 0.8em;margin:0.6em 0;background:#fffafa}
-.card.clean{border-color:#176117;background:#f6fff6}
+.card.clean{border-color:#176117;background:#f6fff6}.card.error{border-color:#a35a00;background:#fff8ee}
 .card dl{display:grid;grid-template-columns:8.5em minmax(0,1fr);gap:0.15em 0.8em;margin:0}
 .card dt{font-weight:bold;text-align:right;color:#555}.card dd{margin:0;overflow-wrap:anywhere}
 #first-cause{font-weight:bold}
@@ -276,8 +290,8 @@ def _h(x: Any) -> str:
 
 def _html_table(header: Sequence[str], rows: list[list[Any]], row_classes: list[str] | None = None,
                 *, cls: str = "") -> str:
-    out = [f'<table{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}><tr>'
-           + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    table_class = f' class="{cls}"' if cls else ""
+    out = [f"<table{table_class}><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for i, row in enumerate(rows):
         rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
         out.append(f"<tr{rc}>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>")
@@ -289,7 +303,7 @@ def _window_html(win: dict | None) -> str:
     if not win:
         return ""
     first = win["first"]
-    head = "".join(f'<th{" class=first" if p == first else ""}>{p}</th>' for p in win["positions"])
+    head = "".join(f'<th{" class=first" if p == first else ""}>{p}</th>' for p in win["positions"])   # (positions,)
     out = [f'<p>Decoded window around the first difference (along <b>{html.escape(str(win["axis"]))}</b>; '
            f'the first differing {html.escape(str(win["axis"]))} is outlined, differing cells are shaded):</p>',
            f'<table class="window" id="fd-window"><tr><th>row</th><th>side</th>{head}</tr>']
@@ -297,10 +311,10 @@ def _window_html(win: dict | None) -> str:
         for side in ("reference", "custom"):
             cells = []
             for p, a, b in zip(win["positions"], r["reference"], r["custom"]):
-                classes = (["first"] if p == first else []) + (["differs"] if a != b else [])
-                v = r[side][win["positions"].index(p)]
-                cells.append(f'<td{" class=" + chr(34) + " ".join(classes) + chr(34) if classes else ""}>'
-                             f"<code>{html.escape(str(v))}</code></td>")
+                classes = " ".join((["first"] if p == first else []) + (["differs"] if a != b else []))
+                attr = f' class="{classes}"' if classes else ""
+                value = a if side == "reference" else b
+                cells.append(f"<td{attr}><code>{html.escape(str(value))}</code></td>")
             out.append(f"<tr><td>{html.escape(str(r['label']))}</td><td>{side}</td>{''.join(cells)}</tr>")
     out.append("</table>")
     legend = _window_symbols(win)
@@ -381,9 +395,9 @@ def _summary_html(report: Report) -> list[str]:
         parts.append("</dl></div>")
         parts.append(_window_html((report.first_divergence() or {}).get("window")))
     else:
-        parts.append('<div class="card clean" id="first-divergence"><p id="first-cause">No undeclared divergence'
-                     f' ({sum(st.n_expected for st in report.stages)} declared difference(s), '
-                     f'{sum(st.n_equal for st in report.stages)} equal field(s)).</p></div>')
+        kind = "clean" if v == "pass" else "error"
+        parts.append(f'<div class="card {kind}" id="first-divergence"><p id="first-cause">'
+                     f"{html.escape(_no_divergence_text(report))}</p></div>")
     parts.append("</section>")
     return parts
 

@@ -66,3 +66,12 @@ def test_cli_propagated_clean_pipelines_exit_0(tmp_path, capsys):
     assert report["verdict"] == "pass" and report["propagation_origin"] == "dataset"
     assert sum(st["counts"]["diverged"] for st in report["stages"]) > 0     # it did spread, and says so
     assert "Propagated mode shows how differences spread" in " ".join(out.split())
+
+
+def test_reports_say_what_spread_instead_of_no_divergence(tmp_path):
+    from harness.report.render import write_report
+
+    paths = write_report(_report("propagated", dataset_expected=True), tmp_path)
+    for text in (paths["md"].read_text(), paths["html"].read_text()):
+        assert "the declared differences at stage dataset spread to 3 undeclared difference(s)" in text
+        assert "No undeclared divergence" not in text

@@ -288,3 +288,10 @@ def test_print_summary_pass():
     print_summary(report, console=console)
     assert "verdict: pass" in console.file.getvalue()
     assert "No undeclared divergence" in console.file.getvalue()
+
+
+def test_error_verdict_summary_names_the_stage_that_crashed(tmp_path):
+    r = make_report([st("dataset", [equal("dataset", "a")]), StageResult("forward", "error", [], error="RuntimeError: boom")])
+    paths = write_report(r, tmp_path)
+    for text in (paths["md"].read_text(), paths["html"].read_text()):
+        assert "Stage forward could not run: RuntimeError: boom" in text and "No undeclared divergence" not in text
