@@ -295,3 +295,18 @@ def test_error_verdict_summary_names_the_stage_that_crashed(tmp_path):
     paths = write_report(r, tmp_path)
     for text in (paths["md"].read_text(), paths["html"].read_text()):
         assert "Stage forward could not run: RuntimeError: boom" in text and "No undeclared divergence" not in text
+
+
+def test_decoded_window_marks_the_first_difference_and_explains_nan_and_ignored_labels(tmp_path):
+    from harness.explain.window import window
+
+    ref = torch.tensor([[2.0, float("nan"), 3.0, -100.0, 1.0]])      # (sample, position)
+    cus = torch.tensor([[2.0, float("nan"), 4.0, -100.0, 1.0]])
+    f = diff_tensors(ref, cus, stage="loss", field="text_ce_common")
+    f.window = window(ref, cus, f.first_index, axes=("sample", "position"))
+    paths = write_report(make_report([st("loss", [f])]), tmp_path)
+    html_text, md = paths["html"].read_text(), paths["md"].read_text()
+    assert '<td class="first differs"><code>3</code></td>' in html_text
+    for text in (html_text, md):
+        assert "nan</code> = no value at this position" in text or "`nan` = no value at this position" in text
+        assert "ignored label" in text and "infinite" not in text     # only the symbols the window shows
