@@ -55,14 +55,20 @@ def apply(model: torch.nn.Module, opts: SpeedOptions) -> dict[str, Any]:
 
 
 def enter_process_settings(opts: SpeedOptions) -> Callable[[], None]:
-    """Set the process-wide settings of `opts` (tf32 matmuls); returns the function undoing it."""
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    """Set the process-wide settings of `opts`; returns the function undoing them.
+
+    tf32: fp32 matmuls at `torch.set_float32_matmul_precision("high")` (TF32 tensor cores; this is
+    what `torch.backends.cuda.matmul.allow_tf32` reads) and cuDNN's TF32 on; without it matmuls at
+    "highest" (full fp32) whatever the process had before, cuDNN left as it was (torch's default).
+    """
+    previous = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if opts.tf32 else "highest")
     if opts.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     def restore() -> None:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+        torch.set_float32_matmul_precision(previous[0])
+        torch.backends.cudnn.allow_tf32 = previous[1]
     return restore
 
 

@@ -19,6 +19,13 @@ checkpoints (`checkpoint-<step>/`: trainable weights + peft adapter, optimizer, 
 sampler position, every rank's RNG state); `--resume` continues from the last complete checkpoint
 of `--output-dir` (or `--resume DIR`: that run folder's last one, or that checkpoint folder).
 
+Trust (`higgs_common.checkpoints`): every checkpoint stores the run's configuration (`run_config`)
+and an integrity record; a resume with other settings stops naming each key unless
+`--resume-override-config` (recorded in resume_overrides.jsonl), a corrupt newest checkpoint is
+skipped by path, and a failed save (disk full) names the folder and the step.  Before training the
+data audit (`higgs_common.audit`) runs on `--data`: warnings printed once, errors exit 2.
+docs/data-and-resume.md describes both.
+
 Crash safety: a checkpoint is written into `.checkpoint-<step>.tmp/` and renamed into place, so a
 SIGKILL during a save leaves the previous checkpoints valid and the half-written folder ignored
 (it is removed by the next save of that step).  Resuming restores the weights, AdamW and schedule
@@ -51,6 +58,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -73,7 +81,11 @@ from custom_impl.length_grouping import grouped_batches, item_merged_length
 from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
 from higgs_common import DEFAULT_MANIFEST
+from higgs_common.audit import audit_before_training
 from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli, speech_options
+from higgs_common.checkpoints import (NoUsableCheckpointError, apply_learning_rate, check_resume_config, save_errors,
+                                      write_config, write_integrity)
+from higgs_common.checkpoints import resolve_resume as resolve_checkpoint
 from higgs_common.crashpoints import maybe_kill
 from higgs_common.guards import (check_audio_loss_nonzero, check_codebook_losses_nonzero, check_grads_finite,
                                  check_grads_flow, supervised_frames_per_codebook)
@@ -147,7 +159,7 @@ def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
     from higgs_common.converters import write_chatml_json
     from higgs_common.manifest import load_manifest, resolve_manifest
 
-    if data is not None and str(data) == COPY_PROBE and not data.exists():
+    if _is_copy_probe(data):
         from higgs_common.assets.copy_probe import ensure_copy_probe
         manifest = ensure_copy_probe() if write else None
     elif data is not None and data.is_dir():
@@ -160,6 +172,20 @@ def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
     if write:
         write_chatml_json(load_manifest(manifest), native)
     return native
+
+
+def _is_copy_probe(data: Path | None) -> bool:
+    return data is not None and str(data) == COPY_PROBE and not data.exists()
+
+
+def _audit_target(data: Path | None) -> Path:
+    """What the data audit reads for `--data`: the copy-probe's manifest (built on first use), the
+    default manifest, or the path as given (manifest, folder or ChatML JSON)."""
+    if _is_copy_probe(data):
+        from higgs_common.assets.copy_probe import ensure_copy_probe
+
+        return ensure_copy_probe()
+    return data if data is not None else DEFAULT_MANIFEST
 
 
 # ------------------------------------------------------------------------------ data stream
@@ -212,26 +238,28 @@ def barrier(info: DistInfo) -> None:
 
 
 def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, position: dict[str, int],
-                    info: DistInfo, train: TrainConfig) -> Path:
-    """Write checkpoint-<step>/ atomically: everything goes into a temp dir renamed at the end."""
+                    info: DistInfo, train: TrainConfig, config: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint-<step>/ atomically: everything goes into a temp dir renamed at the end.
+
+    `config` (the run's effective configuration, `run_config`) is stored as
+    `higgs_common.checkpoints.CONFIG_FILE`; the integrity record (size + SHA-256 of every file) is
+    written last.  A write failure (disk full, permissions) raises CheckpointSaveError naming the
+    folder and the step; the temp dir is removed and the previous checkpoints are untouched.
+    """
     final = out_dir / f"checkpoint-{step}"
     tmp = out_dir / f".checkpoint-{step}.tmp"
+    previous = last_complete_checkpoint(out_dir)
     if info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with save_errors(final, step, previous=previous, cleanup=tmp):
+            tmp.mkdir(parents=True)
     barrier(info)
-    torch.save(rng_state(), tmp / f"rng_rank{info.rank}.pt")
+    with save_errors(final, step, previous=previous, cleanup=tmp):
+        torch.save(rng_state(), tmp / f"rng_rank{info.rank}.pt")
     barrier(info)
     if info.is_main:
-        inner = _model.unwrap(model)
-        torch.save({n: p.detach().cpu() for n, p in _model.trainable_named_parameters(model)}, tmp / "trainable.pt")
-        if hasattr(inner, "save_pretrained") and train.use_lora:
-            inner.save_pretrained(tmp / "adapter")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(
-            {"step": step, "world_size": info.world_size, **position, "train": dataclasses.asdict(train)},
-            indent=2))
+        with save_errors(final, step, previous=previous, cleanup=tmp):
+            _write_checkpoint_files(tmp, step, model, optimizer, scheduler, position, info, train, config)
         maybe_kill("in_save", step)     # test hook: SIGKILL with the checkpoint half written
         old = out_dir / f".checkpoint-{step}.old"
         if final.exists():              # re-saving a step (after resuming from an earlier one)
@@ -241,6 +269,22 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, posit
         shutil.rmtree(old, ignore_errors=True)
     barrier(info)
     return final
+
+
+def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, scheduler, position: dict[str, int],
+                            info: DistInfo, train: TrainConfig, config: dict[str, Any] | None) -> None:
+    inner = _model.unwrap(model)
+    torch.save({n: p.detach().cpu() for n, p in _model.trainable_named_parameters(model)}, tmp / "trainable.pt")
+    if hasattr(inner, "save_pretrained") and train.use_lora:
+        inner.save_pretrained(tmp / "adapter")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(
+        {"step": step, "world_size": info.world_size, **position, "train": dataclasses.asdict(train)},
+        indent=2))
+    if config is not None:
+        write_config(tmp, config)
+    write_integrity(tmp)
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -256,19 +300,36 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
 
 
 def resolve_resume(resume: Path, out_dir: Path) -> Path:
-    """`--resume` value -> checkpoint folder (HiggsDiffError when there is none to resume from)."""
-    if resume == RESUME_LATEST:
-        resume = out_dir
-    resume = Path(resume)
-    if is_complete_checkpoint(resume):
-        return resume
-    found = last_complete_checkpoint(resume) if resume.is_dir() else None
-    if found is None:
-        raise HiggsDiffError(f"--resume: no complete checkpoint-<step> folder in {str(resume)!r}")
-    return found
+    """`--resume` value -> checkpoint folder: the newest complete one that verifies
+    (`higgs_common.checkpoints.resolve_resume`; NoUsableCheckpointError when there is none)."""
+    return resolve_checkpoint(out_dir if resume == RESUME_LATEST else Path(resume), is_complete=is_complete_checkpoint)
+
+
+# Options that steer where and how often the run writes, not what it computes: not compared on resume.
+RUN_CONTROL_ARGS = frozenset({"resume", "resume_override_config", "output_dir", "save_every"})
+# Options whose effect is in TrainConfig (compared there, after defaults are resolved).
+TRAIN_ARGS = frozenset({"lr", "warmup_steps", "max_steps", "seed", "full_finetune"})
+
+
+def run_config(args: argparse.Namespace, train: TrainConfig, info: DistInfo) -> dict[str, Any]:
+    """The effective configuration stored in every checkpoint and compared on resume: the resolved
+    TrainConfig, every other option except RUN_CONTROL_ARGS, and the world size."""
+    options = {k: v for k, v in vars(args).items() if k not in RUN_CONTROL_ARGS | TRAIN_ARGS}
+    return {"train": dataclasses.asdict(train), "args": options, "world_size": info.world_size}
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, info: DistInfo) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and this rank's RNG from checkpoint `path`; returns its
+    trainer_state.json.  A file that does not load (a checkpoint older than the integrity record)
+    is a NoUsableCheckpointError naming it, not a torch traceback."""
+    try:
+        return _load_checkpoint(path, model, optimizer, scheduler, info)
+    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError, json.JSONDecodeError) as exc:
+        raise NoUsableCheckpointError(f"--resume: checkpoint {str(path)!r} does not load: {type(exc).__name__}: "
+                                      f"{exc}") from exc
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, info: DistInfo) -> dict[str, Any]:
     state = json.loads((path / "trainer_state.json").read_text())
     if state["world_size"] != info.world_size:
         raise ValueError(f"{path} was written by {state['world_size']} processes, this run has {info.world_size}")
@@ -361,6 +422,9 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
             ctx = build_context(args.model_path, args.audio_tokenizer_path, device=str(info.device),
                                 faults=tuple(args.fault), seed=args.seed,
                                 options={"max_audio_seconds": args.max_audio_seconds, **speech_options(args)})
+            audit_before_training(_audit_target(args.data), prog="custom_impl.train", options=ctx.options,
+                                  tokenizer=ctx.text_tokenizer, min_samples=ctx.code_cache.min_samples,
+                                  quiet=not info.is_main)
             data = resolve_data(args.data, out_dir, write=info.is_main)
             skip_log = SkipLog(where=f"custom dataset {data}")
             items = _dataset.load_dataset(data, ctx, skip_bad_samples=args.skip_bad_samples, skip_log=skip_log)
@@ -375,9 +439,14 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
     model = wrap(model, info, bucket_cap_mb=args.ddp_bucket_cap_mb)
     optimizer, scheduler = S.make_optimizer(model, train)
     start_step, position = 0, {"epoch": 0, "batch": 0}
+    config = run_config(args, train, info)
+    overrides: list = []
     if args.resume is not None:
         ckpt = resolve_resume(args.resume, out_dir)
+        overrides = check_resume_config(ckpt, config, override=args.resume_override_config, run_dir=out_dir,
+                                        record=info.is_main)
         state = load_checkpoint(ckpt, model, optimizer, scheduler, info)
+        apply_learning_rate(optimizer, scheduler, train.learning_rate)   # this run's rate, not the stored one
         start_step, position = state["step"], {"epoch": state["epoch"], "batch": state["batch"]}
         if info.is_main:
             print(f"resuming from {ckpt} (step {start_step})", file=sys.stderr, flush=True)
@@ -394,7 +463,8 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
         bar = tqdm(total=train.max_steps, initial=start_step, desc="custom train", file=sys.stderr)
         (out_dir / "run_config.json").write_text(json.dumps(
             {"args": {k: str(v) for k, v in vars(args).items()}, "world_size": info.world_size,
-             "effective_config": S.effective_config(ctx, train),
+             "effective_config": S.effective_config(ctx, train), "run_config": config,
+             "resume_overrides": [{"key": k, "old": a, "new": b} for k, a, b in overrides],
              "speed": {"switches": speed.to_json(), "applied": speed_report}}, indent=2, default=str))
 
     lengths = [item_merged_length(it.sample, ctx.model_config) for it in items] if speed.group_by_length else None
@@ -450,7 +520,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> Path:
                       file=sys.stderr, flush=True)
             maybe_kill("after_step", step)   # test hook: SIGKILL between a step and its save
             if (args.save_every and step % args.save_every == 0) or step == train.max_steps:
-                save_checkpoint(out_dir, step, model, optimizer, scheduler, position, info, train)
+                save_checkpoint(out_dir, step, model, optimizer, scheduler, position, info, train, config)
     except HiggsDiffError as exc:
         if info.is_main and metrics_fh is not None:
             metrics_fh.write(json.dumps({"event": "error", "step": step, "error": type(exc).__name__,

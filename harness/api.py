@@ -64,22 +64,55 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
             ddp_world_size: int = 2, ddp_steps: int = 3, optimizer_steps: int = 3, skip_bad_samples: bool = False,
             max_audio_seconds: float | None = None, run_name: str | None = None,
             progress: Callable[[str], None] | None = None, options: dict[str, Any] | None = None,
-            perturb: Callable[[str, str, Any], Any] | None = None, grad_noise: float = 0.0) -> "Report":
+            perturb: Callable[[str, str, Any], Any] | None = None, grad_noise: float = 0.0,
+            reference_python: str | None = None, reference_path: Sequence[str] = (),
+            custom_python: str | None = None, custom_path: Sequence[str] = (), side_timeout: float | None = None,
+            isolation: str = "auto") -> "Report":
     """Diff two pipeline adapters stage by stage and return the report (nothing is written).
 
     reference, custom: adapter SPECs (module path or .py file; default: the in-repo pipelines).
     stage: one of STAGE_CHOICES (earlier stages run to feed it).  samples: records every stage runs on;
     dataset_samples: records the (cheap) dataset stage checks, a superset of those (bugs that only some
     records trigger, like a transcript rule, show there).  faults: named faults of the custom
-    adapter.  Raises HiggsDiffError (or ManifestError) subclasses for bad input, naming the file,
-    sample and field; `report.skipped` lists samples left out with `skip_bad_samples`.
+    adapter.  {reference,custom}_python / _path: run that side in its own worker process with that
+    interpreter and those folders first on its sys.path (`docs/real-pipelines.md`); isolation:
+    "auto" (a worker where a python/path is given), "process" (both sides in workers), "inline";
+    side_timeout: seconds one stage call of a worker may take.  Raises HiggsDiffError (or
+    ManifestError) subclasses for bad input, naming the file, sample and field; `report.skipped` lists samples left out with `skip_bad_samples`.
     Test hooks: `perturb(stage, side, output) -> output` is applied to every stage output, and
     `grad_noise` multiplies the accumulation/DDP check's reduced gradients by 1 + grad_noise * N(0, 1).
     """
+    from harness.engine.sides import load_sides
+
+    if stage not in STAGE_CHOICES:
+        raise ValueError(f"stage {stage!r}: expected one of {STAGE_CHOICES}")
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    sides = load_sides(reference, custom, isolation=isolation, timeout=side_timeout,
+                       workers={"reference": {"python": reference_python, "paths": list(reference_path)},
+                                "custom": {"python": custom_python, "paths": list(custom_path)}})
+    try:
+        return _compare(sides, stage=stage, mode=mode, data=data, samples=samples, dataset_samples=dataset_samples,
+                        faults=faults, device=device, model=model, audio_tokenizer=audio_tokenizer, seed=seed,
+                        tolerances=tolerances, precision=precision, ddp_world_size=ddp_world_size,
+                        ddp_steps=ddp_steps, optimizer_steps=optimizer_steps, skip_bad_samples=skip_bad_samples,
+                        max_audio_seconds=max_audio_seconds, run_name=run_name, progress=progress, options=options,
+                        perturb=perturb, grad_noise=grad_noise)
+    finally:
+        for side in sides.values():
+            close = getattr(side.module, "close", None) if side.worker is not None else None
+            if close is not None:
+                close()
+
+
+def _compare(sides: dict, *, stage: str, mode: str, data: Any, samples: int, dataset_samples: int,
+             faults: Sequence[str], device: str, model: Any, audio_tokenizer: Any, seed: int,
+             tolerances: Any, precision: str, ddp_world_size: int, ddp_steps: int, optimizer_steps: int,
+             skip_bad_samples: bool, max_audio_seconds: float | None, run_name: str | None,
+             progress: Any, options: Any, perturb: Any, grad_noise: float) -> "Report":
     import torch
 
     from harness.engine.runner import STAGES, Comparison, RunOptions
-    from harness.engine.sides import load_sides
     from harness.explain import causes
     from harness.report.model import Report
     from harness.screen import screen_records
@@ -90,11 +123,6 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
     from higgs_common.skipping import SkipLog
     from higgs_common.stages import HiggsDiffError, UnknownFaultError
 
-    if stage not in STAGE_CHOICES:
-        raise ValueError(f"stage {stage!r}: expected one of {STAGE_CHOICES}")
-    if samples < 1:
-        raise ValueError("samples must be at least 1")
-    sides = load_sides(reference, custom)
     known = sides["custom"].faults()
     unknown = sorted(set(faults) - set(known))
     if unknown:
@@ -138,7 +166,11 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
     causes.explain_fields(results, comparison.evidence, comparison.extras)
     from harness.explain.location import attach_locations
 
-    attach_locations(results, list(faults), [Path(sides["custom"].module.__file__).parent])
+    from higgs_common import REPO_ROOT
+
+    origin = Path(str(getattr(sides["custom"], "origin", "") or "?"))   # the adapter file (also for a worker side)
+    origin = origin if origin.is_absolute() else Path(REPO_ROOT) / origin
+    attach_locations(results, list(faults), [origin.parent] if origin.is_file() else [])
     name = run_name or default_run_name(stage, mode, faults, seed)
     report = Report(
         run_name=name, mode=mode, stages_requested=list(stages), stages=results,
@@ -157,8 +189,9 @@ def compare(reference: str | None = None, custom: str | None = None, *, stage: s
         diagnoses=causes.diagnoses(results, comparison.evidence),
         extras=comparison.extras,
     )
+    report.symptoms = comparison_symptoms(comparison, {role: err for (stage_, role), err in
+                                                       comparison.side_errors.items() if stage_ == "backward"})
     report.skipped = skip_log
-    report.symptoms = [{"fault": f, "symptom": getattr(known[f], "symptom", None)} for f in sorted(faults)]
     return report
 
 
@@ -176,4 +209,5 @@ def _train_json(train: Any) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(train).items()}
 
 
+from harness.engine.symptoms import comparison_symptoms  # noqa: E402
 from harness.report.model import Report  # noqa: E402  (annotation target; imported late to keep import light)

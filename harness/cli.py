@@ -2,6 +2,7 @@
 
     higgs-diff compare ...        = python -m harness.compare ...
     higgs-diff check-adapter ...  = python -m harness.check_adapter ...
+    higgs-diff audit DATA ...     = python -m harness.audit DATA ...
     higgs-diff bench ...          = python -m harness.bench ...
     higgs-diff --version
 
@@ -50,8 +51,19 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "check-adapter": Subcommand("harness.check_adapter",
                                 "check a pipeline adapter module (SPEC) against the stage contract "
                                 "(= python -m harness.check_adapter)"),
+    "trace": Subcommand("harness.trace.run",
+                        "run a training command unchanged and record what its first optimizer steps do"),
+    "compare-traces": Subcommand("harness.trace.cli",
+                                 "diff two traces: symptoms first, then the first step/stage/field where they part"),
+    "check-resume": Subcommand("harness.trace.resume",
+                               "kill a training command after step k, resume it, and check it continues exactly"),
+    "check-flags": Subcommand("harness.trace.flags",
+                              "change each option of a training command in turn and name the ones the run ignores"),
     "bench": Subcommand("harness.bench.single",
                         "benchmark both pipelines and the harness on one device (= python -m harness.bench)"),
+    "audit": Subcommand("harness.audit",
+                        "check a data set (manifest, reference folder or ChatML JSON) before training: every "
+                        "finding names file, sample and field (= python -m harness.audit)"),
 }
 
 

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "diff every tensor, and write a report that pinpoints the first divergence, how the two values "
                     "relate, and the mechanism behind it.",
         epilog=_fault_epilog() + "\n\nSPEC: a module path (mypkg.higgs_stages) or a .py file that implements the stage "
-               "contract (higgs_common/stages.py; check it with python -m harness.check_adapter SPEC).\n\n"
+               "contract (higgs_common/stages.py; check it with python -m harness.check_adapter SPEC), or "
+               "'module=M;python=PY;path=DIR;timeout=S' / a .json file with those keys: the side then runs in "
+               "its own worker process (docs/real-pipelines.md).\n\n"
                "exit status: 0 nothing unexpected diverged, 1 something did, 2 bad usage or bad input (one line "
                "naming sample, field and file).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapter of the trusted pipeline (default: reference_impl.stages, train-higgs-audio)")
     p.add_argument("--custom", metavar="SPEC", default=None,
                    help="adapter of the pipeline under test (default: custom_impl.stages)")
+    for role in ("reference", "custom"):
+        p.add_argument(f"--{role}-python", metavar="PY", default=None,
+                       help=f"run the {role} side in its own worker process with this interpreter "
+                            "(see docs/real-pipelines.md)")
+        p.add_argument(f"--{role}-path", metavar="DIR", action="append", default=[],
+                       help=f"folder put first on the {role} worker's sys.path (repeatable; e.g. a checkout with "
+                            "its own boson_multimodal); implies a worker process")
+    p.add_argument("--side-timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds one stage call of a side's worker may take before the worker is killed and the "
+                        "stage reported as that side's error (default: 1800)")
+    p.add_argument("--isolation", choices=("auto", "process", "inline"), default="auto",
+                   help="auto: a side runs in its own worker process when it is given an interpreter or import "
+                        "path (flags or SPEC), else in this process (default); process: both sides in workers; "
+                        "inline: both in this process")
     p.add_argument("--stage", choices=STAGE_CHOICES, default="all",
                    help="stage to compare; earlier stages run as needed to feed it (default: all)")
     p.add_argument("--mode", choices=("isolated", "propagated"), default="isolated",
@@ -147,10 +163,18 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     from harness.engine.runner import STAGES
     from harness.report.render import write_report
     from harness.report.terminal import RunOutput, print_summary
+    from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
+    from higgs_common.audit import audit_before_training
+    from higgs_common.context import load_text_tokenizer
     from higgs_common.train_cli import speech_options
 
     # one progress channel (a bar over the stages; logs and warnings through it); --quiet: errors only
     stages = STAGES if args.stage == "all" else STAGES[: STAGES.index(args.stage) + 1]
+    # The data audit's own checks (higgs_common.audit): its findings on stderr (only bad data has any), errors are
+    # bad input (exit 2); before the progress channel starts, which would capture them.
+    audit_before_training(args.data, prog="higgs-diff compare", tokenizer=load_text_tokenizer(args.model),
+                          options={"max_audio_seconds": args.max_audio_seconds or DEFAULT_MAX_AUDIO_SECONDS,
+                                   **speech_options(args)})
     with RunOutput(console, stages, quiet=args.quiet) as progress:
         report = compare(args.reference, args.custom, stage=args.stage, mode=args.mode, data=args.data,
                          samples=args.samples, dataset_samples=args.dataset_samples, faults=args.fault,
@@ -159,7 +183,9 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
                          precision=args.precision, ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
                          optimizer_steps=args.optimizer_steps, skip_bad_samples=args.skip_bad_samples,
                          max_audio_seconds=args.max_audio_seconds, run_name=run_name(args), progress=progress,
-                         options=speech_options(args))
+                         options=speech_options(args), reference_python=args.reference_python,
+                         reference_path=args.reference_path, custom_python=args.custom_python,
+                         custom_path=args.custom_path, side_timeout=args.side_timeout, isolation=args.isolation)
     if args.skip_bad_samples and report.skipped is not None:
         console.print(escape(report.skipped.summary()), highlight=False, soft_wrap=True)
         for item in report.skipped.skipped:

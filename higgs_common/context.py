@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from higgs_common.stages import HiggsDiffError, StageContext
+from higgs_common.vocab import check_vocabulary_fits
 
 
 class CodecMismatchError(HiggsDiffError, ValueError):
@@ -69,6 +70,16 @@ def _load_text_tokenizer(model_path: Path):
     return tok
 
 
+def load_text_tokenizer(model_path: Path | None = None):
+    """The text tokenizer of checkpoint `model_path` (None: the default tiny assets, built if missing),
+    memoised and checked for the Higgs special tokens, without loading the codec."""
+    if model_path is None:
+        from higgs_common.assets.paths import ensure_default_assets
+
+        model_path = ensure_default_assets().model
+    return _load_text_tokenizer(Path(model_path).resolve())
+
+
 @functools.lru_cache(maxsize=8)
 def _load_model_config(model_path: Path):
     from boson_multimodal.model.higgs_audio import HiggsAudioConfig
@@ -97,6 +108,8 @@ def build_context(model_path: Path | None = None, audio_tokenizer_path: Path | N
                   cache_dir: Path | None = None, options: Mapping[str, Any] | None = None) -> StageContext:
     """A `StageContext` over the given checkpoint (None: the default tiny assets, built if missing).
 
+    Raises `CodecMismatchError` when the codec does not fit the checkpoint and
+    `higgs_common.vocab.VocabularyMismatchError` when the tokenizer does not fit its embedding table.
     The codec is loaded onto `device`.  The tokenizer, config, codec and code cache are shared
     between contexts of the same paths (memoised); `faults`, `seed` and `options` are per context.
     Codes do not depend on the device the codec ran on only up to float rounding, which is why
@@ -116,10 +129,12 @@ def build_context(model_path: Path | None = None, audio_tokenizer_path: Path | N
     fingerprint = codec_fingerprint(audio_tokenizer_path)
     model_config = _load_model_config(model_path)
     check_codec_matches(model_config, model_path, audio_tokenizer_path)
+    text_tokenizer = _load_text_tokenizer(model_path)
+    check_vocabulary_fits(text_tokenizer, model_config, tokenizer_path=model_path, model_path=model_path)
     return StageContext(
         model_path=model_path,
         audio_tokenizer_path=audio_tokenizer_path,
-        text_tokenizer=_load_text_tokenizer(model_path),
+        text_tokenizer=text_tokenizer,
         code_cache=_code_cache(cache_dir, audio_tokenizer_path, str(device), fingerprint),
         model_config=model_config,
         device=device,

@@ -39,6 +39,16 @@ system_message
     The system turn's text for a canonical record (scene prompt, instruction).
 loss
     See `LossConventions`.
+transcript_template / reference_transcript_template
+    The instruction text around the (normalised) transcript in the prompt, as a format string with
+    one ``{text}`` (e.g. ``"Please read aloud: {text}"``); ``"{text}"`` for the bare transcript.
+target_turn_text
+    Text in the target's assistant turn next to the audio (trained with it): ``"none"``,
+    ``"before_audio"`` or ``"after_audio"``; the text is ``target_turn_template`` (``{text}`` =
+    the normalised transcript).
+FromConfig
+    Any field above may be ``FromConfig("section.setting")``: a value the pipeline decides at run
+    time, read from its `effective_config` of this run (`Conventions.resolved`).
 config_notes
     {effective_config key: (value, why)}: this pipeline's value of a setting no other convention
     determines, and why (e.g. ``"collator.class"``, ``"distributed.find_unused_parameters"``).  A
@@ -58,6 +68,7 @@ from typing import Any, Callable, Mapping, Union
 VOICE_PROMPT_PLACEMENTS: tuple[str, ...] = ("assistant_turn", "audio_in_slot", "system_message", "none")
 TRAINABLE_TURNS: tuple[str, ...] = ("target", "voice_prompt")
 AUDIO_LABEL_LAYOUTS: tuple[str, ...] = ("bos_first", "ignore_first")
+TARGET_TURN_TEXT: tuple[str, ...] = ("none", "before_audio", "after_audio")
 TEXT_REDUCTIONS: tuple[str, ...] = ("token_mean",)
 AUDIO_REDUCTIONS: tuple[str, ...] = ("codebook_mean", "token_mean")
 TOTALS: tuple[str, ...] = ("sum", "sum_positive")
@@ -75,7 +86,25 @@ def identity(text: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class FromConfig:
+    """A convention the pipeline decides at run time: the value of `key` ("section.setting") in its
+    effective_config of this run.  Raises ConventionsError (naming the key) when it is absent."""
+
+    key: str
+
+    def read(self, effective: Mapping[str, Any]) -> Any:
+        section, _, name = self.key.partition(".")
+        try:
+            return effective[section][name]
+        except (KeyError, TypeError):
+            raise ConventionsError(f"FromConfig({self.key!r}): the effective configuration has no {self.key!r}") \
+                from None
+
+
 def _check(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if isinstance(value, FromConfig):
+        return
     if value not in allowed:
         raise ConventionsError(f"{name}={value!r}: expected one of {allowed}")
 
@@ -137,8 +166,25 @@ class Conventions:
     normalize_reference_transcript: Callable[[str], str] = identity
     loss: LossConventions = field(default_factory=LossConventions)
     config_notes: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    transcript_template: str = "{text}"
+    reference_transcript_template: str = "{text}"
+    target_turn_text: str = "none"
+    target_turn_template: str = "{text}"
+
+    def resolved(self, effective: Mapping[str, Any]) -> "Conventions":
+        """This declaration with every `FromConfig` field read from `effective` (validated again)."""
+        import dataclasses
+
+        changes = {f.name: getattr(self, f.name).read(effective) for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), FromConfig)}
+        return dataclasses.replace(self, **changes) if changes else self
 
     def __post_init__(self) -> None:
+        _check("target_turn_text", self.target_turn_text, TARGET_TURN_TEXT)
+        for name in ("transcript_template", "reference_transcript_template", "target_turn_template"):
+            value = getattr(self, name)
+            if not isinstance(value, FromConfig) and (not isinstance(value, str) or value.count("{text}") != 1):
+                raise ConventionsError(f"{name}={value!r}: expected a string with exactly one {{text}}")
         _check("voice_prompt", self.voice_prompt, VOICE_PROMPT_PLACEMENTS)
         object.__setattr__(self, "config_notes", dict(self.config_notes))
         object.__setattr__(self, "trained_turns", frozenset(self.trained_turns))
@@ -146,14 +192,15 @@ class Conventions:
             _check("trained_turns[]", turn, TRAINABLE_TURNS)
         if "target" not in self.trained_turns:
             raise ConventionsError("trained_turns must contain 'target' (a TTS pipeline trains its target audio)")
-        if "voice_prompt" in self.trained_turns and self.voice_prompt != "assistant_turn":
+        if "voice_prompt" in self.trained_turns and self.voice_prompt not in ("assistant_turn",) \
+                and not isinstance(self.voice_prompt, FromConfig):
             raise ConventionsError(f"trained_turns contains 'voice_prompt' but voice_prompt={self.voice_prompt!r}: "
                                    "only an assistant turn can carry labels")
-        if not (isinstance(self.delay_pattern, bool) or self.delay_pattern == DELAY_FROM_MODEL_CONFIG):
+        if not (isinstance(self.delay_pattern, (bool, FromConfig)) or self.delay_pattern == DELAY_FROM_MODEL_CONFIG):
             raise ConventionsError(f"delay_pattern={self.delay_pattern!r}: expected True, False or "
                                    f"{DELAY_FROM_MODEL_CONFIG!r}")
         _check("audio_label_layout", self.audio_label_layout, AUDIO_LABEL_LAYOUTS)
-        if not isinstance(self.mask_audio_out_token_label, bool):
+        if not isinstance(self.mask_audio_out_token_label, (bool, FromConfig)):
             raise ConventionsError("mask_audio_out_token_label must be a bool")
         for name in ("system_message", "normalize_transcript", "normalize_reference_transcript"):
             if not callable(getattr(self, name)):
@@ -179,6 +226,10 @@ class Conventions:
                 "normalize_transcript": function_name(self.normalize_transcript),
                 "normalize_reference_transcript": function_name(self.normalize_reference_transcript),
                 "loss": self.loss.to_json(),
+                "transcript_template": _plain(self.transcript_template),
+                "reference_transcript_template": _plain(self.reference_transcript_template),
+                "target_turn_text": _plain(self.target_turn_text),
+                "target_turn_template": _plain(self.target_turn_template),
                 "config_notes": {k: {"value": v.to_json() if isinstance(v, PerDevice) else v, "why": why}
                                  for k, (v, why) in self.config_notes.items()}}
 
@@ -199,6 +250,10 @@ class PerDevice:
 
     def to_json(self) -> dict[str, Any]:
         return {"cpu": self.cpu, "cuda": self.cuda}
+
+
+def _plain(value: Any) -> Any:
+    return {"from_config": value.key} if isinstance(value, FromConfig) else value
 
 
 def function_name(fn: Callable[..., Any]) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from higgs_common.stages import SampleError
+from higgs_common.text_encoding import decode_utf8
 
 REQUIRED_FIELDS = ("id", "speaker", "scene", "text", "audio", "ref_text", "ref_audio")
 # The manifest's file name inside a data folder: `--data data/` means `data/manifest.jsonl`.
@@ -75,24 +76,34 @@ def load_manifest(path: Path, *, skip_bad: bool = False,
                   skipped: Optional[list[SampleError]] = None) -> list[CanonicalRecord]:
     """Read a manifest (a folder means its `manifest.jsonl`); audio paths resolve against its folder.
 
-    A bad line raises `ManifestError`; with `skip_bad=True` it is left out instead and the error
+    A bad line (not UTF-8, not JSON, a field missing) raises `ManifestError`; with `skip_bad=True` it is left out instead and the error
     is appended to `skipped` (so the caller can report every skipped line and the count).
     """
     path = resolve_manifest(path)
     records: list[CanonicalRecord] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
+    offset = 0
+    for lineno, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+        start, offset = offset, offset + len(raw)
+        try:
+            line = _decode_line(path, lineno, raw, start)
+            if line.strip():
                 records.append(_parse_line(path, lineno, line, seen))
-            except ManifestError as exc:
-                if not skip_bad:
-                    raise
-                if skipped is not None:
-                    skipped.append(exc)
+        except ManifestError as exc:
+            if not skip_bad:
+                raise
+            if skipped is not None:
+                skipped.append(exc)
     return records
+
+
+def _decode_line(path: Path, lineno: int, raw: bytes, start: int) -> str:
+    """One line's bytes as strict UTF-8, or ManifestError naming line, byte offset and the likely encoding."""
+    try:
+        return decode_utf8(raw, path=path, line_offset=lineno - 1, byte_offset=start)
+    except SampleError as exc:
+        raise ManifestError(str(exc).rsplit(" [sample=", 1)[0], sample_id=f"<line {lineno}>", field=None,
+                            path=path) from None
 
 
 def _parse_line(path: Path, lineno: int, line: str, seen: set[str]) -> CanonicalRecord:

@@ -17,7 +17,10 @@ from typing import Iterable, Sequence
 
 # Prefixes added by wrappers that do not change what a parameter is (outermost first, repeated).
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.", "base_model.model.")
-_ADAPTER_KEY = re.compile(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector)\.[^.]+(?=\.|$)")
+# peft's adapter key: inside a module (`lora_A.<key>.weight`: a component follows) or, for the
+# embedding LoRA parameters, last (`lora_embedding_A.<key>`).  So `lora_A.weight` has no key left
+# and `canonical_name` is idempotent.
+_ADAPTER_KEY = re.compile(r"\.(lora_[AB]|lora_magnitude_vector)\.[^.]+(?=\.)|\.(lora_embedding_[AB])\.[^.]+$")
 
 
 def canonical_name(name: str, adapter_name: str | None = None) -> str:
@@ -35,7 +38,7 @@ def canonical_name(name: str, adapter_name: str | None = None) -> str:
                 name, changed = name[len(prefix):], True
     name = name.replace("._orig_mod.", ".").replace(".base_layer.", ".")
     if adapter_name is None:
-        name = _ADAPTER_KEY.sub(lambda m: "." + m.group(1), name)
+        name = _ADAPTER_KEY.sub(lambda m: "." + (m.group(1) or m.group(2)), name)
     else:
         name = re.sub(rf"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector)\.{re.escape(adapter_name)}(?=\.|$)",
                       lambda m: "." + m.group(1), name)

@@ -26,6 +26,11 @@ module-level names (`REQUIRED_CONTRACT`):
                                                              # update order runs)
     effective_config(ctx, train) -> dict[str, Any]   # settings for the configuration stage
 
+`make_optimizer` always gets a model the adapter's own `build_model` built.  `forward_and_loss(model,
+batch, ctx) -> (ForwardOutputs | None, LossBreakdown)` may replace `forward` + `loss` (fused training
+code; `harness.engine.fused` derives the two, `higgs_common.capture` records its cross-entropy
+calls).  Outputs listed in `OPTIONAL_OUTPUTS` may be None: "not compared", never a divergence.
+
 Optional names: `VERSION` (str, shown in reports), `FAULTS` (name -> object with `stage` and
 `symptom`: faults the adapter can switch on by name through `ctx.faults`), and `ddp_run(ctx, train,
 items, *, world_size, grad_accum, steps, init_state=None, grad_noise=0.0)` (the pipeline's own
@@ -163,6 +168,7 @@ class ForwardOutputs:
     """The model outputs both pipelines agree on (upstream `HiggsAudioModel` field names)."""
 
     logits: torch.Tensor                          # (B, L_exp, vocab)
+    # optional (None): see OPTIONAL_OUTPUTS for what each costs
     audio_logits: Optional[torch.Tensor]          # (N_audio_out_frames, num_codebooks, codebook_size + 2)
     expanded_labels: Optional[torch.Tensor]       # (B, L_exp), -100 at every audio position
     expanded_input_ids: Optional[torch.Tensor]    # (B, L_exp)
@@ -179,11 +185,12 @@ class LossBreakdown:
     """
 
     total: torch.Tensor                           # scalar, differentiable
-    text: torch.Tensor                            # scalar
-    audio: torch.Tensor                           # scalar
-    per_codebook: torch.Tensor                    # (num_codebooks,)
-    text_supervised_tokens: int
-    audio_supervised_tokens: int                  # frames x codebooks with a label != -100
+    # The fields below marked optional may be None (`OPTIONAL_OUTPUTS` says what that costs).
+    text: Optional[torch.Tensor]                  # scalar; optional
+    audio: Optional[torch.Tensor]                 # scalar; optional
+    per_codebook: Optional[torch.Tensor]          # (num_codebooks,); optional
+    text_supervised_tokens: Optional[int]         # optional
+    audio_supervised_tokens: Optional[int]        # frames x codebooks with a label != -100; optional
     has_target_audio: bool
     reduction: str = ""                           # human-readable description of the reduction
     notes: tuple[str, ...] = ()
@@ -192,6 +199,36 @@ class LossBreakdown:
     # on the positions both supervise ("per-codebook CE on common positions").
     audio_token_ce: Optional[torch.Tensor] = None  # (N_audio_out_frames, num_codebooks), detached
     text_token_ce: Optional[torch.Tensor] = None   # (B, L_exp), detached
+
+
+# Outputs an adapter may leave as None, and what the comparison loses without them (shown by
+# `python -m harness.check_adapter` and, per run, as "not compared" in the stage notes; never a
+# divergence).  `higgs_common.capture` recovers most of them from a fused forward-and-loss call.
+OPTIONAL_OUTPUTS: dict[str, dict[str, str]] = {
+    "forward": {
+        "audio_logits": "forward/audio_logits across sides; the loss stage's audio oracle for this side",
+        "expanded_labels": "forward/expanded_labels; the declared text loss and the text no-shift cause",
+        "expanded_input_ids": "forward/expanded_input_ids and the decoded text context of forward divergences",
+    },
+    "loss": {
+        "text": "loss/text across sides and against the declared reduction",
+        "audio": "loss/audio across sides and against the declared reduction",
+        "per_codebook": "loss/per_codebook across sides and per_codebook@<side> (which codebook diverges)",
+        "text_supervised_tokens": "text_supervised_tokens across sides and @<side> (the supervised-count causes)",
+        "audio_supervised_tokens": "audio_supervised_tokens across sides and @<side> (the 'audio loss is 0.0' "
+                                   "count)",
+        "audio_token_ce": "audio_ce_common (per-codebook CE on common positions), audio_token_ce@<side> and the "
+                          "audio shift cause",
+        "text_token_ce": "text_ce_common, text_token_ce@<side> and the text no-shift cause",
+    },
+}
+
+
+def omitted_outputs(stage: str, output: Any) -> dict[str, str]:
+    """{field: what its absence costs} of the optional outputs (`OPTIONAL_OUTPUTS`) that `output`
+    (a ForwardOutputs or LossBreakdown) leaves as None (or lacks)."""
+    return {name: cost for name, cost in OPTIONAL_OUTPUTS.get(stage, {}).items()
+            if getattr(output, name, None) is None}
 
 
 @runtime_checkable

@@ -5,8 +5,10 @@ input safety and bad-sample handling are the project's own behaviour and must re
 `harness.compare` takes the speech-floor options from here too.)
 
 Exit status of the training CLIs (`run_cli`): 0 done, 2 bad input (a `SampleError`: one line
-naming the error, the sample, the field and the file, no traceback).  Anything else (a training
-guard stopping the run, a bug) propagates as before.
+naming the error, the sample, the field and the file, no traceback) or a resume that cannot go on
+(settings differ from the checkpoint's, no loadable checkpoint: `higgs_common.checkpoints`), 1 a
+checkpoint that could not be written (disk full, permissions: one line naming the folder and the
+step).  Anything else (a training guard stopping the run, a bug) propagates as before.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SPEECH_FLOOR_DBFS
+from higgs_common.checkpoints import (OVERRIDE_FLAG, OVERRIDES_FILE, CheckpointError, CheckpointSaveError,
+                                      NoUsableCheckpointError, ResumeConfigError)
 from higgs_common.stages import SampleError
 
 # `--resume` with no value: the last complete checkpoint of --output-dir.
 RESUME_LATEST = Path("<latest>")
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+EXIT_OK, EXIT_SAVE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def add_speech_args(p: argparse.ArgumentParser) -> None:
@@ -39,11 +43,15 @@ def speech_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_reliability_args(p: argparse.ArgumentParser) -> None:
-    """--resume [DIR], --max-audio-seconds, --speech-floor-dbfs, --allow-no-speech, --skip-bad-samples,
-    --allow-frozen-trainables."""
+    """--resume [DIR], --resume-override-config, --max-audio-seconds, --speech-floor-dbfs, --allow-no-speech,
+    --skip-bad-samples, --allow-frozen-trainables."""
     p.add_argument("--resume", type=Path, nargs="?", const=RESUME_LATEST, default=None, metavar="DIR",
                    help="continue from the last complete checkpoint of --output-dir (or of run folder DIR, "
                         "or from checkpoint folder DIR)")
+    p.add_argument(OVERRIDE_FLAG, dest="resume_override_config", action="store_true",
+                   help="with --resume: continue even though settings differ from the checkpoint's stored "
+                        "configuration (without it such a resume stops, naming each differing key); the "
+                        f"differences are recorded in the run folder's {OVERRIDES_FILE}")
     p.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS,
                    help="longer clips are bad input (default: %(default)s)")
     add_speech_args(p)
@@ -54,16 +62,20 @@ def add_reliability_args(p: argparse.ArgumentParser) -> None:
                         "where the model cannot produce zero (higgs_common.guards.check_grads_flow)")
 
 
-def bad_input_line(prog: str, exc: SampleError) -> str:
+def bad_input_line(prog: str, exc: SampleError | CheckpointError) -> str:
     """The one line a CLI prints for bad input: error type and message (which names sample, field, file)."""
     return f"{prog}: bad input: {type(exc).__name__}: {exc}"
 
 
 def run_cli(prog: str, body: Callable[[], Any]) -> int:
-    """Run a CLI's `body`; bad input -> its one line on stderr and EXIT_BAD_INPUT, else EXIT_OK."""
+    """Run a CLI's `body`; bad input or an impossible resume -> one line on stderr and EXIT_BAD_INPUT,
+    a failed checkpoint save -> one line and EXIT_SAVE_FAILED, else EXIT_OK."""
     try:
         body()
-    except SampleError as exc:
+    except (SampleError, ResumeConfigError, NoUsableCheckpointError) as exc:
         print(bad_input_line(prog, exc), file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    except CheckpointSaveError as exc:
+        print(f"{prog}: checkpoint not saved: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_SAVE_FAILED
     return EXIT_OK

@@ -24,7 +24,12 @@ checkpoints left by a killed save are removed first (see `reference_impl.trainer
 raise a SampleError naming the file, sample and field, and every sample is built once before
 training starts (`ReferenceDataset(validate=True)`), so the run stops with one line and exit
 status 2 before the first step; `--skip-bad-samples` leaves them out instead, logging each and the
-count.  `--allow-default-ref-transcript` /
+count.  Every checkpoint also stores the run's configuration (`run_config`) and an integrity record
+(`higgs_common.checkpoints`): a resume with other settings stops naming each key unless
+`--resume-override-config`, a corrupt newest checkpoint is skipped by path, and a failed save (disk
+full) names the folder and the step.  Before the data is converted the data audit
+(`higgs_common.audit`) runs on it: warnings printed once, errors exit 2 (docs/data-and-resume.md).
+`--allow-default-ref-transcript` /
 `--allow-missing-ref-audio` re-enable the reference's silent zero-shot fallbacks.
 """
 
@@ -47,6 +52,9 @@ from transformers import TrainerCallback
 from reference_impl import trainer as tr
 from reference_impl.collator import ExtendedHiggsAudioSampleCollator
 from higgs_common import DEFAULT_MANIFEST
+from higgs_common.audit import audit_before_training
+from higgs_common.checkpoints import check_resume_config, save_errors
+from higgs_common.checkpoints import resolve_resume as resolve_checkpoint
 from higgs_common.manifest import MANIFEST_NAME
 from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, run_cli
 from reference_impl.dataset import TASK_TYPES, ReferenceDataset
@@ -128,16 +136,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def resolve_resume(resume: Path, output_dir: Path) -> Path:
-    """`--resume` value -> a complete checkpoint folder (HiggsDiffError when there is none)."""
-    from higgs_common.stages import HiggsDiffError
-
+    """`--resume` value -> the newest complete checkpoint folder that verifies
+    (`higgs_common.checkpoints.resolve_resume`; NoUsableCheckpointError when there is none)."""
     target = output_dir if resume == RESUME_LATEST else Path(resume).resolve()
-    if tr.is_complete_checkpoint(target):
-        return target
-    found = tr.last_complete_checkpoint(target) if target.is_dir() else None
-    if found is None:
-        raise HiggsDiffError(f"--resume: no complete checkpoint-<step> folder in {str(target)!r}")
-    return found
+    return resolve_checkpoint(target, is_complete=tr.is_complete_checkpoint)
+
+
+# Options that steer where and how often the run writes or logs, not what it computes: not compared on resume.
+RUN_CONTROL_ARGS = frozenset({"resume", "resume_override_config", "output_dir", "save_steps", "logging_steps",
+                              "report_to"})
+# Options whose effect is in TrainConfig (compared there, after defaults are resolved).
+TRAIN_ARGS = frozenset({"learning_rate", "warmup_steps", "max_steps", "seed", "use_lora", "lora_rank", "lora_alpha",
+                        "lora_dropout"})
+
+
+def run_config(args: argparse.Namespace, train: Any, precision: str) -> dict[str, Any]:
+    """The effective configuration stored in every checkpoint and compared on resume: the resolved
+    TrainConfig, the precision, every other option except RUN_CONTROL_ARGS, and the world size."""
+    options = {k: v for k, v in vars(args).items() if k not in RUN_CONTROL_ARGS | TRAIN_ARGS}
+    return {"train": dataclasses.asdict(train), "precision": precision, "args": options,
+            "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
 
 
 def _setup_logging(output_dir: Path, append: bool = False) -> None:
@@ -185,6 +203,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 ctx.model_path, ctx.audio_tokenizer_path, device, precision, lr, warmup, args.use_lora,
                 args.task_type)
 
+    # The data audit's own checks (higgs_common.audit): warnings printed once, errors stop here (exit 2).
+    audit_before_training(args.data_dir or args.data or DEFAULT_MANIFEST, prog="reference_impl.train",
+                          tokenizer=ctx.text_tokenizer,
+                          options={"max_audio_seconds": args.max_audio_seconds,
+                                   "speech_floor_dbfs": args.speech_floor_dbfs,
+                                   "allow_no_speech": args.allow_no_speech},
+                          min_samples=ctx.code_cache.min_samples, quiet=int(os.environ.get("RANK", "0")) != 0)
     data_dir, manifest = args.data_dir, args.data
     if data_dir is not None and not (data_dir / "metadata.json").is_file() and (data_dir / MANIFEST_NAME).is_file():
         logger.info("%s has no metadata.json but a %s: converting that manifest", data_dir, MANIFEST_NAME)
@@ -209,6 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         model = tr.apply_lora(model, train)
         model.print_trainable_parameters()
 
+    config = run_config(args, train, precision)
     training_args = tr.build_training_args(
         train, output_dir, device=device, per_device_train_batch_size=args.per_device_train_batch_size,
         num_train_epochs=args.num_train_epochs, max_steps=args.max_steps, logging_steps=args.logging_steps,
@@ -222,21 +248,27 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     trainer = tr.HiggsAudioTrainer(
         model=model, args=training_args, train_dataset=train_dataset, processing_class=ctx.text_tokenizer,
         data_collator=ExtendedHiggsAudioSampleCollator.from_config(ctx.model_config, ctx.text_tokenizer),
-        callbacks=[StepLogCallback(output_dir / "metrics.jsonl")], allow_frozen_trainables=args.allow_frozen_trainables)
+        callbacks=[StepLogCallback(output_dir / "metrics.jsonl")], allow_frozen_trainables=args.allow_frozen_trainables,
+        run_config=config)
     resume_from = None
+    overrides: list = []
     if args.resume is not None:
         if trainer.is_world_process_zero():   # half-written folders would count in the Trainer's rotation
             tr.remove_incomplete_checkpoints(output_dir)
         trainer.accelerator.wait_for_everyone()
         resume_from = resolve_resume(args.resume, output_dir)
+        overrides = check_resume_config(resume_from, config, override=args.resume_override_config,
+                                        run_dir=output_dir, record=trainer.is_world_process_zero())
         logger.info("resuming from %s", resume_from)
         _truncate_metrics(output_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
 
     summary: dict[str, Any] = {}
     if trainer.is_world_process_zero():
-        trainer.save_model(str(output_dir))
-        adapters = tr.save_lora_adapters(trainer.model, output_dir)
+        # the final model beside the checkpoints: a full disk here names the folder, the checkpoints stay
+        with save_errors(output_dir, trainer.state.global_step, previous=tr.last_complete_checkpoint(output_dir)):
+            trainer.save_model(str(output_dir))
+            adapters = tr.save_lora_adapters(trainer.model, output_dir)
         steps = [h for h in trainer.state.log_history if "loss" in h]
         summary = {
             "output_dir": str(output_dir), "data_dir": str(data_dir), "model_path": str(ctx.model_path),
@@ -247,6 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             "lora_adapters": str(adapters) if adapters else None,
             "wall_time_s": round(time.perf_counter() - started, 2),
             "resumed_from": str(resume_from) if resume_from is not None else None,
+            "resume_overrides": [{"key": k, "old": a, "new": b} for k, a, b in overrides],
             "skipped_samples": train_dataset.skip_log.to_json(),
         }
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

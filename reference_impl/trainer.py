@@ -61,6 +61,7 @@ from transformers.optimization import get_scheduler
 from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 from transformers.trainer_pt_utils import get_parameter_names
 
+from higgs_common.checkpoints import apply_learning_rate, save_errors, write_config, write_integrity
 from higgs_common.crashpoints import maybe_kill
 from higgs_common.guards import (check_audio_loss_nonzero, check_codebook_losses_nonzero, check_grads_finite,
                                  check_grads_flow, check_losses_finite, supervised_frames_per_codebook)
@@ -331,9 +332,11 @@ class HiggsAudioTrainer(Trainer):
     logged as a warning, never silently.
     """
 
-    def __init__(self, *args: Any, allow_frozen_trainables: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, allow_frozen_trainables: bool = False, run_config: Optional[dict] = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.allow_frozen_trainables = allow_frozen_trainables
+        self.run_config = run_config     # stored in every checkpoint (higgs_common.checkpoints.CONFIG_FILE)
         self._term_sums: dict[str, float] = {"llm_loss": 0.0, "audio_loss": 0.0}
         self._term_count = 0
         if self.data_collator is not None and not isinstance(self.data_collator, SampleIdTrackingCollator):
@@ -359,14 +362,30 @@ class HiggsAudioTrainer(Trainer):
         maybe_kill("in_save", self.state.global_step)   # test hook: weights written, the rest not
         super()._save_optimizer_and_scheduler(output_dir)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and self.lr_scheduler is not None:
+            # the loaded state carries the checkpoint's learning rate; this run's (possibly overridden) one wins
+            apply_learning_rate(getattr(self.optimizer, "optimizer", self.optimizer),
+                                getattr(self.lr_scheduler, "scheduler", self.lr_scheduler), self.args.learning_rate)
+
     def _save_checkpoint(self, model, trial, metrics=None):
-        super()._save_checkpoint(model, trial, metrics)
-        self.accelerator.wait_for_everyone()   # every rank's rng_state_<rank>.pth is on disk
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            tmp = folder / (COMPLETE_MARKER + ".tmp")
-            tmp.write_text(json.dumps({"step": self.state.global_step}) + "\n", encoding="utf-8")
-            os.replace(tmp, folder / COMPLETE_MARKER)
+        """The Trainer's save, then (main process) the run configuration, the integrity record and the
+        completion marker.  A write failure (disk full, permissions) is a CheckpointSaveError naming the
+        folder and the step; the half-written folder is removed, earlier checkpoints are untouched."""
+        step = self.state.global_step
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+        previous = last_complete_checkpoint(folder.parent)
+        with save_errors(folder, step, previous=previous, cleanup=folder if self.args.should_save else None):
+            super()._save_checkpoint(model, trial, metrics)
+            self.accelerator.wait_for_everyone()   # every rank's rng_state_<rank>.pth is on disk
+            if self.args.should_save:
+                if self.run_config is not None:
+                    write_config(folder, self.run_config)
+                write_integrity(folder)
+                tmp = folder / (COMPLETE_MARKER + ".tmp")
+                tmp.write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
+                os.replace(tmp, folder / COMPLETE_MARKER)
 
     # -------------------------------------------------------------- guards
     def training_step(self, model, inputs, num_items_in_batch=None):

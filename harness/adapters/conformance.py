@@ -16,6 +16,7 @@ contract):
  8. train-mode    build_model returns a module in train() mode
  9. forward       ForwardOutputs with (B, L, V) logits and (N, C, K) audio logits
 10. loss          a LossBreakdown whose total is a finite differentiable scalar
+10b. optional-outputs  lists the optional outputs (OPTIONAL_OUTPUTS) left None and what each costs
 11. gradients     the loss reaches every trainable parameter (LoRA B set non-zero first, as the
                   harness does): no None, no all-zero gradient
 12. step          make_optimizer + step change the trainable parameters
@@ -37,10 +38,11 @@ from typing import Any, Callable
 
 import torch
 
+from harness.engine.fused import with_derived_stages
 from harness.engine.sides import AdapterError, import_spec, missing_contract
 from higgs_common.conventions import Conventions
 from higgs_common.stages import (EFFECTIVE_CONFIG_SECTIONS, DatasetItem, ForwardOutputs, LossBreakdown, TrainConfig,
-                                 UnknownFaultError)
+                                 UnknownFaultError, omitted_outputs)
 
 SIGNATURES: dict[str, tuple[str, ...]] = {
     "write_native": ("records", "out_dir"), "dataset": ("native_path", "ctx"), "collate": ("items", "ctx"),
@@ -123,7 +125,7 @@ class Conformance:
         @self.check("contract")
         def _() -> str:
             try:
-                self.mod = import_spec(self.spec)
+                self.mod = with_derived_stages(import_spec(self.spec))
             except AdapterError as exc:
                 raise _Failed(str(exc)) from exc
             missing = missing_contract(self.mod)
@@ -265,6 +267,10 @@ class Conformance:
             self.state["loss"] = lb
             return f"total {float(lb.total.detach()):.4g}"
 
+        @self.check("optional-outputs", needs=("loss",))
+        def _() -> str:
+            return optional_output_costs(self.state["outputs"], self.state["loss"])
+
         @self.check("gradients", needs=("loss",))
         def _() -> str:
             model = self.state["model"]
@@ -328,6 +334,18 @@ class Conformance:
 
         self.tmp.cleanup()
         return self.results
+
+
+def optional_output_costs(outputs: ForwardOutputs, lb: LossBreakdown) -> str:
+    """What the optional outputs this adapter leaves None cost (`higgs_common.stages.OPTIONAL_OUTPUTS`):
+    comparisons and causes the harness cannot make with it; never a divergence."""
+    lost = {**{f"ForwardOutputs.{k}": v for k, v in omitted_outputs("forward", outputs).items()},
+            **{f"LossBreakdown.{k}": v for k, v in omitted_outputs("loss", lb).items()}}
+    if not lost:
+        return "every optional output provided"
+    return (f"{len(lost)} optional output(s) omitted (not compared, never a divergence; "
+            "higgs_common.capture can recover them from a fused forward+loss): "
+            + "; ".join(f"{k} -> loses {v}" for k, v in lost.items()))
 
 
 def run_checks(spec: str, *, samples: int = 4) -> list[Check]:

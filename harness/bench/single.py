@@ -9,14 +9,18 @@ Three sections, one run, one device (`nox -s bench` runs this):
            and full fine-tuning; the common configuration at every `--batch-sizes` size, `max`
            adding a doubling search for the largest batch that fits (per pipeline); custom
            speed variants (`--variants`) and an epoch-batching comparison (`--epoch-batch`,
-           where length grouping can show) as in `harness.bench.sweep`.
+           where length grouping can show) as in `harness.bench.sweep`; `--yardstick` adds a
+           plain-PyTorch yardstick of the same step (`harness.bench.yardstick`), `--repeats N`
+           measures the first batch size N times (the spread is in the summary), and
+           `--profile-batch B` profiles the custom step at batch B (`harness.bench.profile`).
 2. harness `python -m harness.compare --stage all` in-process: time the pipelines spend computing
            the stages vs the time the harness spends diffing and writing the report.
 3. data    the data path on CPU (dataset + collator, warm code cache), samples/s, against the
            rate the GPU consumes samples in section 1.
 
 Results go to `<out>/bench.json` and `<out>/bench.md` (device, torch version and settings
-included).  Without CUDA everything runs on the CPU with the tiny checkpoint (a smoke run: the
+included); `--out` defaults to a new `reports/bench/bench-<UTC time>/`, and a folder that already
+holds a bench.json is refused (exit 2) unless `--overwrite` is given.  Without CUDA everything runs on the CPU with the tiny checkpoint (a smoke run: the
 numbers mean nothing, MFU is left out).
 """
 
@@ -83,8 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="harness section DDP check ranks (default: 2 on the tiny model, 0 otherwise: the check "
                         "runs CPU gloo workers that would each load the full model in fp32)")
     p.add_argument("--data-repeats", type=int, default=3, help="repeats of the data-path timing")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench", help="output folder")
+    p.add_argument("--yardstick", action="store_true",
+                   help="also measure the plain-PyTorch yardstick of the same step (harness.bench.yardstick) at every "
+                        "lora-common batch size")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure the first batch size's main rows this many times (the summary reports the spread)")
+    p.add_argument("--profile-batch", type=int, default=None, metavar="B",
+                   help="after the sweep, profile the custom step at batch B with torch.profiler (harness.bench.profile)")
+    p.add_argument("--profile-steps", type=int, default=3, help="profiled steps (after --warmup unprofiled ones)")
+    p.add_argument("--compare-progress", action="store_true",
+                   help="harness section: let harness.compare print its progress (timestamped) instead of --quiet")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: a new reports/bench/bench-<UTC time>/); one holding a bench.json is "
+                        "refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to hold an earlier bench.json")
     return p
+
+
+def default_out(now: float | None = None) -> Path:
+    """reports/bench/bench-<UTC time>: a new folder per run (committed results are never written over)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    return REPO_ROOT / "reports" / "bench" / f"bench-{stamp}"
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -204,6 +227,7 @@ def section_train(ctx: Any, items: list[Any], config_names: Sequence[str], plan:
 
 def _train_line(r: dict) -> str:
     who = r["pipeline"] + ("" if r.get("variant", "default") == "default" else f" {r['variant']}") + (
+        f" #{r['repeat']}" if (r.get("repeat") or 1) > 1 else "") + (
         "" if r.get("batching", "fixed") == "fixed" else f" [{r['batching']}]")
     if r["status"] != "ok":
         return f"  {r['config']:<14} b{r['batch_size']:<4} {who:<24} {r['status']}: {r['error']}"
@@ -240,7 +264,9 @@ def section_harness(args: argparse.Namespace, ctx: Any, device: torch.device, ou
     world = args.ddp_world_size if args.ddp_world_size is not None else (2 if tiny else 0)
     report_dir = out / "compare"
     argv = ["--stage", "all", "--device", str(device), "--samples", str(args.compare_samples),
-            "--ddp-world-size", str(world), "--out", str(report_dir), "--quiet", "--data", str(args.data)]
+            "--ddp-world-size", str(world), "--out", str(report_dir), "--data", str(args.data)]
+    if not args.compare_progress:
+        argv.append("--quiet")
     if args.model is not None:
         argv += ["--model", str(ctx.model_path), "--audio-tokenizer", str(ctx.audio_tokenizer_path)]
     report_seconds: list[float] = []
@@ -255,6 +281,7 @@ def section_harness(args: argparse.Namespace, ctx: Any, device: torch.device, ou
     diff = sum(v["diff_s"] for v in stages.values())
     write = sum(report_seconds)
     return {"argv": argv, "exit_code": exit_code, "verdict": rep.get("verdict"), "ddp_world_size": world,
+            "samples": args.compare_samples,
             "per_stage": stages, "compute_s": compute, "diff_s": diff, "report_write_s": write,
             "total_s": total, "other_s": total - compute - diff - write,
             "diff_plus_report_over_compute": (diff + write) / compute if compute else None,
@@ -293,6 +320,27 @@ def section_data(ctx: Any, records: Sequence[Any], batch_size: int, repeats: int
     return out
 
 
+def section_profile(ctx: Any, items: list[Any], args: argparse.Namespace, speed: Any, *, t0: float) -> dict[str, Any]:
+    """torch.profiler summary of the custom step at --profile-batch (`harness.bench.profile`), under the
+    lora-common configuration; a failure (out of memory) or a spent --deadline-s is recorded, not raised."""
+    from harness.bench.profile import profile_custom
+    from harness.bench.sweep import fixed_batches
+
+    if args.deadline_s is not None and time.perf_counter() - t0 > args.deadline_s:
+        return {"status": "skipped", "error": "time budget (--deadline-s) spent before the profile"}
+    train = train_configs(["lora-common"], ctx.device)["lora-common"]["custom"]
+    print(f"  profiling the custom step at batch {args.profile_batch} ({args.profile_steps} steps)", flush=True)
+    try:
+        (batch,), _ = fixed_batches(ctx, items, args.profile_batch)
+        out = profile_custom(ctx, train, batch, speed, warmup=args.warmup, steps=args.profile_steps)
+    except Exception as exc:  # noqa: BLE001 - an OOM/crash is a result, reported in bench.md
+        log.warning("profile at batch %d failed: %s", args.profile_batch, exc)
+        return {"status": "error", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    print(f"  profile: {out['unprofiled_step_ms']:.1f} ms/step, idle GPU {100 * out['idle_share']:.1f}% of the "
+          "profiled step", flush=True)
+    return {"status": "ok", **out}
+
+
 # ------------------------------------------------------------------------------------ report
 
 def summarise(res: dict[str, Any]) -> dict[str, Any]:
@@ -303,21 +351,31 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == "ok" and r.get("variant", "default") == "default"
           and r.get("batching", "fixed") == "fixed"]
 
-    def pick(cfg: str, pipe: str, bs: int | None = None) -> dict | None:
-        cands = [r for r in ok if r["config"] == cfg and r["pipeline"] == pipe and (bs is None or r["batch_size"] == bs)]
-        return max(cands, key=lambda r: r["batch_size"]) if cands else None
+    def pick(cfg: str, pipe: str, bs: int) -> dict | None:
+        """The row of (config, pipeline, batch); over repeats, the one with the median tokens/s."""
+        cands = sorted((r for r in ok if r["config"] == cfg and r["pipeline"] == pipe and r["batch_size"] == bs),
+                       key=lambda r: r["tokens_per_s"])
+        return cands[(len(cands) - 1) // 2] if cands else None
 
     for bs in sorted({r["batch_size"] for r in ok if r["config"] == "lora-common"}):
-        ref, cus = pick("lora-common", "reference", bs), pick("lora-common", "custom", bs)
+        ref, cus, yard = (pick("lora-common", p, bs) for p in ("reference", "custom", "yardstick"))
+        entry: dict[str, Any] = {}
         if ref and cus:
-            s[f"common_b{bs}"] = {
+            entry.update({
                 "speedup_custom_over_reference": cus["tokens_per_s"] / ref["tokens_per_s"],
                 "peak_memory_ratio_custom_over_reference": (cus["peak_memory_gib"] / ref["peak_memory_gib"]
                                                             if cus.get("peak_memory_gib") and ref.get("peak_memory_gib") else None),
                 "target_speedup_2.0_met": cus["tokens_per_s"] / ref["tokens_per_s"] >= 2.0,
-            }
+            })
+        if yard and cus:
+            entry["speedup_custom_over_yardstick"] = cus["tokens_per_s"] / yard["tokens_per_s"]
+        if entry:
+            s[f"common_b{bs}"] = entry
+        spread = repeat_spread([r for r in ok if r["config"] == "lora-common" and r["batch_size"] == bs])
+        if spread:
+            s[f"repeats_b{bs}"] = spread
     best = {pipe: max((r for r in ok if r["config"] == "lora-common" and r["pipeline"] == pipe),
-                      key=lambda r: r["tokens_per_s"], default=None) for pipe in ("reference", "custom")}
+                      key=lambda r: r["tokens_per_s"], default=None) for pipe in ("reference", "custom", "yardstick")}
     if best["reference"] and best["custom"]:
         ratio = best["custom"]["tokens_per_s"] / best["reference"]["tokens_per_s"]
         s["common_best"] = {
@@ -327,7 +385,12 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
             "speedup_custom_over_reference": ratio, "target_speedup_2.0_met": ratio >= 2.0,
             "largest_batch": res.get("train", {}).get("largest_batch", {}),
         }
-    lora_mfu = [r["mfu"] for r in ok if r["config"].startswith("lora") and r.get("mfu")]
+    if best["yardstick"] and best["custom"]:
+        s["common_best"] = s.get("common_best", {}) | {
+            "yardstick_batch": best["yardstick"]["batch_size"],
+            "yardstick_tokens_per_s": best["yardstick"]["tokens_per_s"],
+            "speedup_custom_over_yardstick": best["custom"]["tokens_per_s"] / best["yardstick"]["tokens_per_s"]}
+    lora_mfu = [r["mfu"] for r in ok if r["config"].startswith("lora") and r.get("mfu") and r["pipeline"] != "yardstick"]
     if lora_mfu:
         s["best_lora_mfu"] = max(lora_mfu)
         s["target_mfu_0.25_met"] = max(lora_mfu) >= 0.25
@@ -335,6 +398,13 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     if h and h.get("diff_plus_report_over_compute") is not None:
         s["harness_overhead"] = h["diff_plus_report_over_compute"]
         s["target_harness_0.10_met"] = h["diff_plus_report_over_compute"] <= 0.10
+    if h and h.get("samples"):
+        # the whole compare run against one training step of each pipeline on a batch of as many samples
+        steps = {p: r["step_s_median"] for p in ("reference", "custom")
+                 if (r := pick("lora-common", p, h["samples"])) and r.get("step_s_median")}
+        if steps:
+            s["harness_total_s"] = h["total_s"]
+            s["harness_total_in_train_steps"] = {p: h["total_s"] / v for p, v in steps.items()}
     d = res.get("data")
     if d and ok:
         gpu_rate = max(r["samples_per_s"] for r in ok)
@@ -343,6 +413,31 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
         s["gpu_samples_per_s_fastest"] = gpu_rate
         s["target_data_5x_met"] = slowest / gpu_rate >= 5
     return s
+
+
+def repeat_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """For rows of one batch size measured several times (their `repeat` 1, 2, ...): per pipeline the
+    tokens/s of each repeat, min / median / max and the spread (max - min) / median; and the
+    custom / reference (and custom / yardstick) ratio of each repeat with its min and max.  None when
+    no pipeline was measured more than once."""
+    by_pipe: dict[str, dict[int, float]] = {}
+    for r in rows:
+        by_pipe.setdefault(r["pipeline"], {})[int(r.get("repeat") or 1)] = r["tokens_per_s"]
+    if not any(len(v) > 1 for v in by_pipe.values()):
+        return None
+    out: dict[str, Any] = {}
+    for pipe, per in sorted(by_pipe.items()):
+        vals = [per[k] for k in sorted(per)]
+        med = statistics.median(vals)
+        out[pipe] = {"tokens_per_s": vals, "min": min(vals), "median": med, "max": max(vals),
+                     "spread": (max(vals) - min(vals)) / med if med else None}
+    for other in ("reference", "yardstick"):
+        if "custom" in by_pipe and other in by_pipe:
+            both = sorted(set(by_pipe["custom"]) & set(by_pipe[other]))
+            ratios = [by_pipe["custom"][k] / by_pipe[other][k] for k in both]
+            if ratios:
+                out[f"custom_over_{other}"] = {"per_repeat": ratios, "min": min(ratios), "max": max(ratios)}
+    return out
 
 
 def render_markdown(res: dict[str, Any]) -> str:
@@ -380,7 +475,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         for r in tr["rows"]:
             f = lambda v, fmt: (fmt.format(v) if v is not None else "-")  # noqa: E731
             lines.append(
-                f"| {r['config']} | {r['batch_size']} | {r['pipeline']} | {r.get('variant', 'default')} | "
+                f"| {r['config']} | {r['batch_size']} | {r['pipeline']} | {r.get('variant', 'default')}"
+                f"{' #' + str(r['repeat']) if (r.get('repeat') or 1) > 1 else ''} | "
                 f"{r.get('batching', 'fixed')} | {r['weights_dtype'] or '-'} | "
                 f"{r['trainable_params']:,} | {f(r['step_s_median'] and 1e3 * r['step_s_median'], '{:.1f}')} | "
                 f"{f(r.get('tokens_per_s'), '{:.0f}')} | {f(r.get('samples_per_s'), '{:.1f}')} | "
@@ -394,6 +490,30 @@ def render_markdown(res: dict[str, Any]) -> str:
         formulas = [r["flop_formula"] for r in tr["rows"] if r.get("flop_formula")]
         if formulas:
             lines += ["", f"FLOP model (useful work, the same for both pipelines): `{formulas[0]}`", ""]
+    spreads = {k: v for k, v in res.get("summary", {}).items() if k.startswith("repeats_b")}
+    for key, sp in spreads.items():
+        lines += [f"## Run-to-run spread at batch {key.removeprefix('repeats_b')} ({res['settings'].get('repeats')} "
+                  "repeats, each a fresh model)", "", "| pipeline | tokens/s per repeat | min | median | max | spread |",
+                  "|---|---|---|---|---|---|"]
+        for pipe in ("reference", "custom", "yardstick"):
+            if pipe in sp:
+                v = sp[pipe]
+                lines.append(f"| {pipe} | {', '.join(f'{x:.0f}' for x in v['tokens_per_s'])} | {v['min']:.0f} | "
+                             f"{v['median']:.0f} | {v['max']:.0f} | {100 * (v['spread'] or 0):.1f}% |")
+        for other in ("reference", "yardstick"):
+            if f"custom_over_{other}" in sp:
+                v = sp[f"custom_over_{other}"]
+                lines.append(f"\ncustom / {other} per repeat: {', '.join(f'{x:.2f}x' for x in v['per_repeat'])} "
+                             f"(min {v['min']:.2f}x, max {v['max']:.2f}x)")
+        lines.append("")
+    prof = res.get("profile")
+    if prof:
+        if prof.get("status") == "ok":
+            from harness.bench.profile import render_profile
+
+            lines += [render_profile(prof)]
+        else:
+            lines += [f"## Profile: {prof.get('status')}: {prof.get('error')}", ""]
     if "harness" in res:
         h = res["harness"]
         lines += ["## Harness cost (`harness.compare --stage all`)", "",
@@ -405,6 +525,11 @@ def render_markdown(res: dict[str, Any]) -> str:
                       f"{h['report_write_s']:.2f} s, other (context, model loading, native files) "
                       f"{h['other_s']:.2f} s; (diff + report) / compute = "
                       f"{100 * (h['diff_plus_report_over_compute'] or 0):.1f}%", ""]
+        in_steps = res.get("summary", {}).get("harness_total_in_train_steps")
+        if in_steps:
+            lines += [f"The whole `compare --stage all` run ({h['total_s']:.1f} s, {h.get('samples')} samples) costs as much "
+                      "as " + " / ".join(f"{v:.0f} {p} training steps" for p, v in in_steps.items())
+                      + f" at batch {h.get('samples')} (lora-common, the rows above).", ""]
     if "data" in res:
         lines += ["## Data path (CPU, warm code cache)", "", "| pipeline | samples | dataset s | collate s | samples/s |",
                   "|---|---|---|---|---|"]
@@ -451,6 +576,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"unknown --sections {bad}; known: {SECTIONS}")
     batch_sizes, search_max = parse_batch_sizes(args.batch_sizes)
+    if args.repeats < 1 or args.profile_steps < 1:
+        raise SystemExit(f"--repeats {args.repeats} / --profile-steps {args.profile_steps}: must be at least 1")
+    out = Path(args.out) if args.out is not None else default_out()
+    if (out / "bench.json").exists() and not args.overwrite:
+        print(f"harness.bench: {out} already holds a bench.json (earlier results); give a new --out, or --overwrite",
+              file=sys.stderr)
+        return 2
     device = resolve_device(args.device)
     from custom_impl import speed as custom_speed
 
@@ -474,7 +606,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     ctx = build_context(args.model, args.audio_tokenizer, device=str(device))
     records = load_manifest(args.data)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = device_info(device)
     peak = datasheet_peak(info.get("name", "")) if device.type == "cuda" else None
@@ -490,7 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "batch_sizes": batch_sizes + (["max"] if search_max else []), "max_batch": args.max_batch,
                      "custom_speed": main_speed.describe(), "variants": [label for label, _ in variants],
                      "variant_batch": args.variant_batch, "epoch_batch": args.epoch_batch,
-                     "deadline_s": args.deadline_s,
+                     "deadline_s": args.deadline_s, "yardstick": args.yardstick, "repeats": args.repeats,
+                     "profile_batch": args.profile_batch, "profile_steps": args.profile_steps,
                      "configs": args.configs.split(","), "sections": sections,
                      "codes": f"{ctx.model_config.audio_num_codebooks} x {ctx.model_config.audio_codebook_size} "
                               "from the codec in the settings (code cache)"},
@@ -512,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "bench.json").write_text(json.dumps(_jsonable(res), indent=2) + "\n")
         (out / "bench.md").write_text(render_markdown(res))
 
+    t_train = time.perf_counter()           # the sweep's deadline counts from here; the profile's too
     if "train" in sections:
         from harness.bench.sweep import SweepPlan
 
@@ -519,12 +652,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                          search_max=search_max, max_batch=args.max_batch, variants=variants,
                          variant_batch=args.variant_batch or (batch_sizes[1] if len(batch_sizes) > 1 else batch_sizes[0]),
                          epoch_batch=args.epoch_batch, steps=args.steps, warmup=args.warmup,
-                         count=not args.no_flop_count, deadline_s=args.deadline_s)
+                         count=not args.no_flop_count, deadline_s=args.deadline_s, yardstick=args.yardstick,
+                         repeats=args.repeats)
 
         def progress(section: dict[str, Any]) -> None:
             res["train"] = section
             save()
         res["train"] = section_train(ctx, items, plan.config_names, plan, main_speed, peak=peak, on_progress=progress)
+        save()
+    if args.profile_batch:
+        res["profile"] = section_profile(ctx, items, args, main_speed, t0=t_train)
         save()
     if "harness" in sections:
         res["harness"] = section_harness(args, ctx, device, out, tiny)

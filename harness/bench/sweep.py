@@ -1,11 +1,13 @@
 """The train section's plan: which (config, pipeline, batch, speed variant, batching) runs, in order.
 
-1. every config at the first batch size; `lora-common` at every listed batch size;
+1. every config at the first batch size; `lora-common` at every listed batch size; with
+   `yardstick`, the plain-PyTorch yardstick (`harness.bench.yardstick`) beside the two pipelines;
 2. `max` in the batch list: for each pipeline, the batch doubles from the largest listed size
    until a run fails (out of memory) or reaches `max_batch`; the largest that ran is reported;
 3. epoch batching at one batch size (`--epoch-batch`): reference, custom, and custom with
    group-by-length flipped, each over its own batches of one pool (`harness.bench.train`);
-4. custom speed variants (`--variants`, each a `custom_impl.speed` SPEC applied on top of the
+4. `repeats` > 1: the first batch size's main rows again (repeat 2, 3, ...), for the spread;
+5. custom speed variants (`--variants`, each a `custom_impl.speed` SPEC applied on top of the
    main custom options, e.g. `-compile` or `none`) at one batch size, fixed batching, in the
    order given (most wanted first: a deadline skips the last).
 
@@ -39,6 +41,8 @@ class SweepPlan:
     count: bool = True
     deadline_s: float | None = None
     seed: int = 0
+    yardstick: bool = False              # also measure harness.bench.yardstick beside the two pipelines
+    repeats: int = 1                     # main rows of the first batch size, measured this many times
 
 
 @dataclass
@@ -115,8 +119,8 @@ def run_sweep(ctx: Any, items: Sequence[Any], configs: dict[str, dict[str, Any]]
         return cache[key]
 
     def measure(name: str, pipeline: str, bs: int, *, speed: Any = None, variant: str = "default",
-                batching: str = "fixed") -> dict[str, Any]:
-        train = configs[name][pipeline]
+                batching: str = "fixed", repeat: int = 1) -> dict[str, Any]:
+        train = configs[name]["custom" if pipeline == "yardstick" else pipeline]   # the yardstick: the custom config
         grouped = pipeline == "custom" and speed is not None and speed.group_by_length
         if out_of_time():
             m = _skipped(pipeline, name, bs, variant, speed.describe() if speed is not None else "", batching)
@@ -128,6 +132,10 @@ def run_sweep(ctx: Any, items: Sequence[Any], configs: dict[str, dict[str, Any]]
             kw = dict(config_name=name, steps=plan.steps, warmup=plan.warmup, batching=batching, count=plan.count)
             if pipeline == "reference":
                 m = run_reference(ctx, train, batches, shapes, **kw)
+            elif pipeline == "yardstick":
+                from harness.bench.yardstick import run_yardstick
+
+                m = run_yardstick(ctx, train, batches, shapes, seed=plan.seed, **kw)
             else:
                 m = run_custom(ctx, train, batches, shapes, speed=speed, variant=variant, **kw)
             if m.step_shapes:
@@ -138,18 +146,18 @@ def run_sweep(ctx: Any, items: Sequence[Any], configs: dict[str, dict[str, Any]]
         row.update(lora_r=train.lora_r if train.use_lora else None,
                    lora_targets=list(train.lora_target_modules) if train.use_lora else None,
                    lora_dropout=train.lora_dropout if train.use_lora else None,
-                   flop_formula=formula if m.step_shapes and m.status == "ok" else None)
+                   flop_formula=formula if m.step_shapes and m.status == "ok" else None, repeat=repeat)
         state.rows.append(row)
         on_row(row)
         if row["status"] == "ok" and variant == "default" and batching == "fixed" and name == "lora-common":
             state.largest[pipeline] = max(state.largest.get(pipeline, 0), bs)
         return row
 
-    pipelines = ("reference", "custom")
+    pipelines = ("reference", "custom") + (("yardstick",) if plan.yardstick else ())
     for name in configs:
         sizes = list(plan.batch_sizes) if name == "lora-common" else list(plan.batch_sizes[:1])
         for bs in sizes:
-            for pipeline in pipelines:
+            for pipeline in (pipelines if name == "lora-common" else pipelines[:2]):
                 measure(name, pipeline, bs, speed=custom_speed if pipeline == "custom" else None)
         if name == "lora-common" and plan.search_max:
             for pipeline in pipelines:
@@ -159,6 +167,11 @@ def run_sweep(ctx: Any, items: Sequence[Any], configs: dict[str, dict[str, Any]]
                     if row["status"] != "ok":
                         break
                     bs *= 2
+    if "lora-common" in configs:
+        for repeat in range(2, plan.repeats + 1):
+            for pipeline in pipelines:
+                measure("lora-common", pipeline, plan.batch_sizes[0],
+                        speed=custom_speed if pipeline == "custom" else None, repeat=repeat)
     if "lora-common" in configs and plan.epoch_batch:
         from custom_impl.speed import flipped
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from harness.engine import model_ops
 from harness.engine import tolerance as TOL
 from harness.engine.fields import FieldSpec
 from harness.explain import context as X
@@ -60,7 +61,7 @@ def backward_fields(c: Any) -> tuple[list, float]:
     world = c.options.ddp_world_size
     steps = max(1, c.options.ddp_steps)
     t0 = time.perf_counter()
-    kw = dict(steps=steps, init_state=c.initial_trainable, grad_noise=c.options.grad_noise)
+    kw = dict(steps=steps, init_state=c.in_side_names("custom", c.initial_trainable), grad_noise=c.options.grad_noise)
     c.say(f"backward: gradient accumulation, {len(items)} micro-batches of 1 vs one batch of {len(items)}")
     single = hook(state.ctx, c.train, items, world_size=1, grad_accum=1, **kw)[0]
     accum = hook(state.ctx, c.train, items, world_size=1, grad_accum=len(items), **kw)[0]
@@ -116,9 +117,9 @@ def contract_gradients(c: Any, role: str, items: list) -> tuple[dict[str, torch.
     st, mod = c.side[role], c.mod(role)
     t0 = time.perf_counter()
     batch = to_device(mod.collate(items, st.ctx), st.ctx.device)
-    st.model.zero_grad(set_to_none=True)
+    model_ops.zero_grad(st.model)
     grads = mod.backward(mod.loss(mod.forward(st.model, batch, st.ctx), batch, st.ctx), st.model)
-    st.model.zero_grad(set_to_none=True)
+    model_ops.zero_grad(st.model)
     return {k: (None if v is None else v.detach().cpu()) for k, v in grads.items()}, time.perf_counter() - t0
 
 
@@ -221,13 +222,13 @@ class _models_off_gpu:
             return
         for name, st in self.c.side.items():
             if st.model is not None:
-                self.devices[name] = next(st.model.parameters()).device
-                st.model.to("cpu")
+                self.devices[name] = model_ops.device_of(st.model)
+                model_ops.move(st.model, "cpu")
         torch.cuda.empty_cache()
 
     def __exit__(self, *exc: Any) -> None:
         for name, dev in self.devices.items():
-            self.c.side[name].model.to(dev)
+            model_ops.move(self.c.side[name].model, dev)
 
 
 def _lone_micro_batch(c: Any, items: list, accum: dict) -> dict | None:

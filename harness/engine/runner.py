@@ -99,6 +99,7 @@ class Comparison:
                  options: RunOptions, sides: dict[str, Side] | None = None,
                  dataset_records: Sequence[Any] | None = None) -> None:
         self.records = list(records)
+        self.side_errors: dict[tuple[str, str], str] = {}   # (stage, role) -> what the side's own code raised
         # the dataset stage may check more records than the later stages run on (a superset whose
         # first len(records) entries are `records`)
         self.dataset_records = list(dataset_records) if dataset_records else list(records)
@@ -119,7 +120,11 @@ class Comparison:
         self.tokenizer = ctx.text_tokenizer
         self.ids = SpecialIds.from_tokenizer(ctx.text_tokenizer, cfg)
         self.decoder = Decoder(ctx.text_tokenizer)
-        self.conv = {role: s.conventions for role, s in self.sides.items()}
+        for state in self.side.values():
+            mod = state.side.module
+            state.effective = mod.effective_config(state.ctx, mod.DEFAULT_TRAIN)
+        # values a pipeline decides at run time (FromConfig) are read from its effective configuration
+        self.conv = {role: s.conventions.resolved(self.side[role].effective or {}) for role, s in self.sides.items()}
         self.delayed = {role: c.delay_pattern_for(cfg) for role, c in self.conv.items()}
         entries = derive(self.conv["reference"], self.conv["custom"], model_config=cfg)
         entries += overrides_for(self.sides["reference"].name, self.sides["custom"].name)
@@ -129,9 +134,6 @@ class Comparison:
         self.extras: dict[str, Any] = {}
         self.initial_trainable: dict[str, torch.Tensor] | None = None
         self.lora_b_init: dict[str, Any] | None = None
-        for state in self.side.values():
-            mod = state.side.module
-            state.effective = mod.effective_config(state.ctx, mod.DEFAULT_TRAIN)
 
     # ------------------------------------------------------------------ helpers
 
@@ -150,6 +152,26 @@ class Comparison:
         except Exception as exc:  # noqa: BLE001 - logged and kept in the evidence, never silent
             log.warning("could not gather %s: %s: %s", what, type(exc).__name__, exc)
             return {"error": f"{what}: {type(exc).__name__}: {exc}"}
+
+    def not_compared(self, stage: str, name: str, missing: Sequence[tuple[str, str]],
+                     stage_of_output: str | None = None) -> None:
+        """Record field `name` of `stage` as not compared: a side left an optional output None
+        (`higgs_common.stages.OPTIONAL_OUTPUTS`); never a divergence.  Listed in the stage note and in
+        the report's extras["not_compared"]."""
+        reason = "; ".join(f"the {role} side does not provide the optional {stage_of_output or stage} output {out!r}"
+                           for role, out in missing)
+        self.extras.setdefault("not_compared", []).append(
+            {"stage": stage, "field": name, "sides": sorted({r for r, _ in missing}),
+             "outputs": sorted({o for _, o in missing}), "reason": reason})
+
+    def not_compared_note(self, stage: str) -> str | None:
+        """One line for the stage note: which fields were not compared and why (None: all were)."""
+        rows = [r for r in self.extras.get("not_compared", []) if r["stage"] == stage]
+        if not rows:
+            return None
+        why = sorted({f"{side}: {out}" for r in rows for side in r["sides"] for out in r["outputs"]})
+        return (f"not compared ({len(rows)} field(s), optional outputs a side does not provide: {', '.join(why)}): "
+                + ", ".join(r["field"] for r in rows))
 
     def mod(self, role: str) -> Any:
         return self.side[role].side.module
@@ -198,26 +220,82 @@ class Comparison:
         LoRA B set to small identical non-zero values (recorded in the report)."""
         if self.side["reference"].model is not None:
             return
+        from harness.engine import model_ops
+
         self.initial_lora_b: dict[str, list[str]] = {}
+        values: dict[str, dict[str, torch.Tensor]] = {}
         for role, state in self.side.items():
             torch.manual_seed(state.ctx.seed)
-            state.model = self.mod(role).build_model(state.ctx, self.train).to(state.ctx.device)
-            state.model.train()
+            state.model = self.mod(role).build_model(state.ctx, self.train)
+            model_ops.move(state.model, state.ctx.device)
+            model_ops.set_mode(state.model, True)
+        self.align_names({role: model_ops.summary(st.model)["names"] for role, st in self.side.items()})
+        for role, state in self.side.items():
+            values[role] = self.in_ref_names(role, model_ops.trainable_values(state.model))
             # LoRA must start as the identity (B = 0: the step-0 model IS the checkpoint); recorded
             # before the harness sets B below, compared at the forward stage.
-            self.initial_lora_b[role] = sorted(n for n, p in state.model.named_parameters()
-                                               if p.requires_grad and "lora_B" in n and bool((p != 0).any()))
-        ref_trainable = {n: p for n, p in self.side["reference"].model.named_parameters() if p.requires_grad}
+            self.initial_lora_b[role] = sorted(n for n, v in values[role].items()
+                                               if "lora_B" in n and bool((v != 0).any()))
+        ref_trainable = values["reference"]
         set_lora_b(ref_trainable, std=LORA_B_STD, seed=self.side["reference"].ctx.seed)
         self.lora_b_init = {"distribution": f"normal(0, {LORA_B_STD}^2)", "seed": self.side["reference"].ctx.seed,
                             "parameters": sum(1 for n in ref_trainable if "lora_B" in n)}
-        with torch.no_grad():
-            for n, p in self.side["custom"].model.named_parameters():
-                if p.requires_grad and n in ref_trainable and ref_trainable[n].shape == p.shape:
-                    p.copy_(ref_trainable[n])
+        for role in self.side:
+            model_ops.load_values(self.side[role].model, self.in_side_names(role, ref_trainable))
         self.initial_trainable = {n: p.detach().clone() for n, p in ref_trainable.items()}
         from harness.engine.evidence import parameter_evidence
         self.evidence["parameters"] = parameter_evidence(self.side, self.side["reference"].ctx.model_path)
+        self.evidence["parameters"]["trainable"] = {
+            role: [self.to_ref[role].get(n, n) for n in names]
+            for role, names in self.evidence["parameters"]["trainable"].items()}
+
+    def mark_intended(self, result: StageResult) -> None:
+        """Mark the unexpected fields an adapter declares intended (`INTENDED_DIFFERENCES`) as expected,
+        with the adapter's reason."""
+        import fnmatch
+
+        for role, state in self.side.items():
+            for pattern, reason in state.side.intended_differences():
+                for f in result.fields:
+                    if f.unexpected and (fnmatch.fnmatchcase(f"{f.stage}/{f.field}", pattern)
+                                         or fnmatch.fnmatchcase(f.field, pattern)):
+                        f.expected = True
+                        f.expected_reason = f"[intended by the {role} adapter {state.side.name}] {reason}"
+
+    # ------------------------------------------------------------------ parameter names
+
+    def align_names(self, names: dict[str, list[str]]) -> None:
+        """Line up the two sides' parameter names: canonical names (`higgs_common.param_names`: DDP,
+        torch.compile and peft wrappers, adapter keys) minus the wrapper attribute one side adds
+        (`common_prefix_alignment`, e.g. "model.").  Every name-keyed value the harness compares is
+        keyed by the REFERENCE side's name; `to_ref[role]` maps a side's names there."""
+        from higgs_common.param_names import canonical_name, common_prefix_alignment
+
+        prefix = dict(zip(("reference", "custom"), common_prefix_alignment(names["reference"], names["custom"])))
+
+        def key(name: str, role: str) -> str:
+            k = canonical_name(name)
+            return k[len(prefix[role]):] if k.startswith(prefix[role]) else k
+
+        ref_by_key = {key(n, "reference"): n for n in names["reference"]}
+        self.name_prefixes = prefix
+        self.to_ref: dict[str, dict[str, str]] = {
+            role: {n: ref_by_key.get(key(n, role), n) for n in names[role]} for role in ("reference", "custom")}
+        self.from_ref: dict[str, dict[str, str]] = {role: {v: k for k, v in m.items()} for role, m in self.to_ref.items()}
+
+    def in_ref_names(self, role: str, values: dict[str, Any] | None) -> dict[str, Any] | None:
+        """`values` keyed by `role`'s parameter names -> keyed by the reference side's names."""
+        if values is None or not hasattr(self, "to_ref"):
+            return values
+        m = self.to_ref[role]
+        return {m.get(k, k): v for k, v in values.items()}
+
+    def in_side_names(self, role: str, values: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Inverse of `in_ref_names`."""
+        if values is None or not hasattr(self, "from_ref"):
+            return values
+        m = self.from_ref[role]
+        return {m.get(k, k): v for k, v in values.items()}
 
     # ------------------------------------------------------------------ driver
 
@@ -254,6 +332,7 @@ class Comparison:
                 results.append(StageResult(stage, "error", [], error=f"{type(exc).__name__}: {exc}"))
                 failed = True
                 continue
+            self.mark_intended(res)
             res.refresh_status()
             if stage in wanted:
                 results.append(res)
@@ -298,7 +377,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return clone
 
 
-def set_lora_b(named: dict[str, torch.nn.Parameter], *, std: float, seed: int) -> None:
+def set_lora_b(named: dict[str, torch.Tensor], *, std: float, seed: int) -> None:
     """Fill every `lora_B` parameter with N(0, std^2), seeded by (seed, name): the same values
     wherever the same parameter name appears."""
     import zlib

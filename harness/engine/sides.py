@@ -10,6 +10,7 @@ imports pipelines; everything else talks to the contract.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -17,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 from higgs_common.conventions import Conventions
 from higgs_common.stages import REQUIRED_CONTRACT, HiggsDiffError
@@ -39,6 +40,7 @@ class Side:
     module: ModuleType
     origin: str              # file the module was loaded from
     version: str | None
+    worker: dict[str, Any] | None = None   # the side's worker process (None: runs in the harness's process)
 
     @property
     def name(self) -> str:
@@ -48,14 +50,28 @@ class Side:
     def conventions(self) -> Conventions:
         return self.module.CONVENTIONS
 
+    def intended_differences(self) -> list[tuple[str, str]]:
+        """The adapter's `INTENDED_DIFFERENCES` (optional): (pattern, reason) pairs, or a dict
+        pattern -> reason.  A pattern is an fnmatch glob over "stage/field" or "field"."""
+        raw = getattr(self.module, "INTENDED_DIFFERENCES", None) or ()
+        pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
+        for item in pairs:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise AdapterError(f"{self.role} adapter {self.spec!r}: INTENDED_DIFFERENCES entries must be "
+                                   f"(pattern, reason) strings, got {item!r}")
+        return [(str(p), str(r)) for p, r in pairs]
+
     def faults(self) -> dict[str, Any]:
         """The adapter's named faults (`FAULTS`, optional): name -> object with `stage`, `symptom`."""
         return dict(getattr(self.module, "FAULTS", {}) or {})
 
     def to_json(self, model_config: Any = None) -> dict[str, Any]:
-        return {"role": self.role, "name": self.name, "spec": self.spec, "module": self.module.__name__,
-                "origin": self.origin, "version": self.version,
-                "conventions": self.conventions.to_json(model_config)}
+        out = {"role": self.role, "name": self.name, "spec": self.spec, "module": self.module.__name__,
+               "origin": self.origin, "version": self.version,
+               "conventions": self.conventions.to_json(model_config)}
+        if self.worker is not None:
+            out["worker"] = self.worker
+        return out
 
 
 def _dotted_name(path: Path) -> str | None:
@@ -80,7 +96,14 @@ def _dotted_name(path: Path) -> str | None:
 
 
 def import_spec(spec: str) -> ModuleType:
-    """Import an adapter module from a module path or a .py file path (module docstring)."""
+    """Import an adapter module from a module path or a .py file path (module docstring).
+
+    A checkout SPEC ``NAME=PATH`` (`checkout_spec`) imports NAME's module and runs its
+    ``configure(PATH)``.
+    """
+    checkout = checkout_spec(spec)
+    if checkout is not None:
+        return _import_configured(*checkout)
     as_path = Path(spec)
     if spec.endswith(".py") or as_path.is_file():
         if not as_path.is_file():
@@ -110,6 +133,39 @@ def import_spec(spec: str) -> ModuleType:
     return _import(spec, spec)
 
 
+WORKER_KEYS: tuple[str, ...] = ("module", "python", "path", "timeout")
+
+
+def checkout_spec(spec: str) -> tuple[str, str] | None:
+    """``NAME=PATH`` -> (adapter module SPEC, checkout PATH); None for any other SPEC.
+
+    NAME is a short name of `adapters.BUILTIN` (``train-higgs-audio``) or an adapter SPEC whose
+    module wraps a user's checkout and has ``configure(path)``.  In a worker (the default), PATH
+    goes first on the worker's ``sys.path``, so the checkout's vendored ``boson_multimodal`` is the
+    one imported; inline, the module's ``configure(PATH)`` runs after import.
+    """
+    name, sep, path = spec.partition("=")
+    if not sep or ";" in spec or name.strip() in WORKER_KEYS:
+        return None
+    from adapters import BUILTIN
+    name = name.strip()
+    return BUILTIN.get(name, name), str(Path(path.strip()).expanduser().resolve())
+
+
+def _import_configured(module_spec: str, path: str) -> ModuleType:
+    """An adapter module configured with a checkout path (see `checkout_spec`)."""
+    module = import_spec(module_spec)
+    name = module_spec
+    configure = getattr(module, "configure", None)
+    if not callable(configure):
+        raise AdapterError(f"adapter {name!r} takes no checkout path (it has no configure(path)); drop '={path}'")
+    try:
+        configure(path)
+    except HiggsDiffError as exc:
+        raise AdapterError(f"adapter {name!r}: {exc}") from exc
+    return module
+
+
 def _import(dotted: str, spec: str) -> ModuleType:
     if str(Path.cwd()) not in sys.path and "" not in sys.path:
         sys.path.insert(0, str(Path.cwd()))      # module paths resolve from the working directory, as `python -m`
@@ -122,8 +178,11 @@ def _import(dotted: str, spec: str) -> ModuleType:
 
 
 def missing_contract(module: ModuleType) -> list[str]:
-    """Names of the contract that `module` lacks (`higgs_common.stages.REQUIRED_CONTRACT`)."""
-    return [name for name in REQUIRED_CONTRACT if not hasattr(module, name)]
+    """Names of the contract that `module` lacks (`higgs_common.stages.REQUIRED_CONTRACT`); a
+    `forward_and_loss` stands for `forward` and `loss` (`harness.engine.fused`)."""
+    fused = hasattr(module, "forward_and_loss")
+    return [name for name in REQUIRED_CONTRACT
+            if not hasattr(module, name) and not (fused and name in ("forward", "loss"))]
 
 
 def version_of(module: ModuleType) -> str | None:
@@ -141,11 +200,50 @@ def version_of(module: ModuleType) -> str | None:
         return None
 
 
-def load_side(spec: str, role: str) -> Side:
-    """Import and validate one adapter (raises AdapterError naming what is missing)."""
+ISOLATIONS: tuple[str, ...] = ("auto", "process", "inline")
+
+
+def load_side(spec: str, role: str, *, python: str | None = None, paths: Sequence[str] = (),
+              timeout: float | None = None, isolation: str = "auto") -> Side:
+    """Import and validate one adapter (raises AdapterError naming what is missing).
+
+    `spec` is a module path, a .py file, or a worker SPEC (`harness.engine.worker.parse_spec`:
+    `module=...;python=...;path=...;timeout=...` or a .json file).  isolation "process" runs the side
+    in its own worker process (`harness.engine.worker`), "inline" imports it here, "auto" uses a
+    worker when an interpreter or import path is given (in the SPEC or by `python`/`paths`).
+    """
     if role not in ROLES:
         raise AdapterError(f"role must be one of {ROLES}, got {role!r}")
-    module = import_spec(spec)
+    if isolation not in ISOLATIONS:
+        raise AdapterError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+    from harness.engine.worker import RemoteAdapter, WorkerSpec, parse_spec
+
+    checkout = checkout_spec(spec)
+    wspec = parse_spec(spec) if checkout is None else WorkerSpec(module=checkout[0], paths=(checkout[1],))
+    wspec = dataclasses.replace(wspec, python=python or wspec.python, paths=tuple(paths) + wspec.paths,
+                                timeout_s=timeout if timeout is not None else wspec.timeout_s)
+    worker = None
+    if isolation == "process" or (isolation == "auto" and wspec.wants_process):
+        module = RemoteAdapter(wspec, role)
+        if checkout is not None:
+            # CONVENTIONS crosses by pickle, its functions by reference: the harness's own import of the
+            # adapter runs them (a normaliser) and must know the checkout too.
+            _import_configured(*checkout)
+        d = module.description
+        worker = {"python": d["python"], "paths": list(wspec.paths), "pid": d["pid"],
+                  "boson_multimodal": d["boson_multimodal"], "timeout_s": module.timeout}
+    else:
+        if checkout is not None:
+            module = _import_configured(*checkout)
+        elif wspec.wants_process:
+            raise AdapterError(f"{role} side {spec!r}: an interpreter/import path needs isolation 'process' or "
+                               f"'auto', not 'inline'")
+        else:
+            module = import_spec(wspec.module)
+        from harness.engine.fused import with_derived_stages
+
+        module = with_derived_stages(module)
+    spec = wspec.module
     missing = missing_contract(module)
     if missing:
         raise AdapterError(f"{role} adapter {spec!r} ({getattr(module, '__file__', '?')}) does not implement the "
@@ -153,13 +251,21 @@ def load_side(spec: str, role: str) -> Side:
                            f"python -m harness.check_adapter {spec})")
     if not isinstance(getattr(module, "CONVENTIONS"), Conventions):
         raise AdapterError(f"{role} adapter {spec!r}: CONVENTIONS must be a higgs_common.conventions.Conventions")
-    return Side(role, spec, module, str(getattr(module, "__file__", "?")), version_of(module))
+    version = module.description["version"] if worker is not None else version_of(module)
+    return Side(role, spec, module, str(getattr(module, "__file__", "?")), version, worker)
 
 
-def load_sides(reference: str | None = None, custom: str | None = None) -> dict[str, Side]:
-    """Both roles, defaulting to the two in-repo pipelines."""
-    return {"reference": load_side(reference or DEFAULT_SPECS["reference"], "reference"),
-            "custom": load_side(custom or DEFAULT_SPECS["custom"], "custom")}
+def load_sides(reference: str | None = None, custom: str | None = None, *,
+               workers: dict[str, dict[str, Any]] | None = None, isolation: str = "auto",
+               timeout: float | None = None) -> dict[str, Side]:
+    """Both roles, defaulting to the two in-repo pipelines.  `workers[role]` may give `python` and
+    `paths` for that side (see `load_side`); `timeout` is the per-call side timeout in seconds."""
+    workers = workers or {}
+    return {role: load_side({"reference": reference, "custom": custom}[role] or DEFAULT_SPECS[role], role,
+                            python=(workers.get(role) or {}).get("python"),
+                            paths=tuple((workers.get(role) or {}).get("paths") or ()), timeout=timeout,
+                            isolation=isolation)
+            for role in ROLES}
 
 
 def stages_of(role: str) -> ModuleType:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from harness.engine import wiring
 from harness.engine.fields import FieldSpec
 from harness.engine.tolerance import Tolerance
+from harness.engine.worker import on_side
 from harness.report.model import StageResult
 from harness.semantics.configdiff import flatten
 from harness.semantics.expectations import Expected
@@ -158,7 +159,8 @@ def _wiring_fields(c: Any, role: str, recipe: TrainConfig) -> tuple[list, float]
     what the recipe asks for (`harness.engine.wiring`).  A build that raises is a divergence too."""
     t0 = time.perf_counter()
     try:
-        info = wiring.probe(c.mod(role), wiring.probe_context(c.side[role].ctx), recipe)
+        adapter = c.mod(role)
+        info = on_side(adapter, wiring.probe, adapter, wiring.probe_context(c.side[role].ctx), recipe)
     except Exception as exc:  # noqa: BLE001 - reported as a diverged field naming the exception, never silent
         err = f"{type(exc).__name__}: {exc}"
         c.evidence.setdefault("wiring", {})[role] = {"error": err}

@@ -76,6 +76,9 @@ def actual_view(c: Any, role: str, item: Any, record: Any) -> dict[str, Any]:
     trans = T.prompt_transcripts(s.input_ids, ids=c.ids, tokenizer=c.tokenizer, voice_prompt=conv.voice_prompt,
                                  reference_audio=item.reference_audio_index,
                                  system_text=conv.system_message(record))
+    # layout-free: the transcript without the side's declared instruction template around it
+    trans = {"target_transcript": T.untemplate(trans["target_transcript"], conv.transcript_template),
+             "reference_transcript": T.untemplate(trans["reference_transcript"], conv.reference_transcript_template)}
     sup = T.supervised_text(s.input_ids, s.label_ids, ids=c.ids, tokenizer=c.tokenizer,
                             target_audio=item.target_audio_index, reference_audio=item.reference_audio_index)
     return {**proj, **trans, **{f"supervised_text/{k}": v for k, v in sup.items()},

@@ -18,15 +18,17 @@ from typing import Any
 
 import torch
 
-from harness.engine import accumulation, wiring
+from harness.engine import accumulation, model_ops, wiring
 from harness.engine import tolerance as TOL
 from harness.engine.common_config import CUDA_FIELD_TOLERANCES
 from harness.engine.fields import FieldSpec
 from harness.engine.runner import to_device
+from harness.engine.worker import on_side
 from harness.explain import context as X
 from harness.report.model import StageResult
 from harness.semantics import loss_oracle as O
 from harness.semantics import projections as P
+from higgs_common.stages import omitted_outputs
 
 EXACT = TOL.Tolerance(0.0, 0.0, "exact (integers)")
 
@@ -57,8 +59,13 @@ def run_forward(c: Any) -> StageResult:
             "logits": ("sample", "position", "vocab"), "audio_logits": ("frame", "codebook", "code")}
     exp_ids = getattr(co, "expanded_input_ids", None)
     text_ctx = X.text_context(exp_ids, c.ids, c.tokenizer) if isinstance(exp_ids, torch.Tensor) else None
+    omit = {role: omitted_outputs("forward", st.outputs) for role, st in c.side.items()}
     for key in ("expanded_input_ids", "expanded_labels", "logits", "audio_logits"):
         a, b = getattr(ro, key), getattr(co, key)
+        missing = [(role, key) for role in ("reference", "custom") if key in omit[role]]
+        if missing:
+            c.not_compared("forward", key, missing)
+            continue
         spec = FieldSpec(tol=_forward_tol(c, key, a), axes=axes[key], decode=c.decoder.for_field(key, ids),
                          token=c.decoder.token if key in ("expanded_input_ids", "expanded_labels") else None,
                          sample_of=c.decoder.row_sample(ids) if key != "audio_logits" else None,
@@ -83,13 +90,13 @@ def run_forward(c: Any) -> StageResult:
         d.note = (f"{len(nz[side])} LoRA B matrices are not zero as the {side} side builds them (first "
                   f"{nz[side][0]!r}): its step-0 model is not the checkpoint")
     fields.append(d)
-    return StageResult("forward", "ok", fields, compute, time.perf_counter() - t0)
+    return StageResult("forward", "ok", fields, compute, time.perf_counter() - t0, note=c.not_compared_note("forward"))
 
 
 def forward_hypotheses(c: Any) -> dict[str, Any]:
     """Why two models with the same weights disagree: train-mode-only code, LoRA scaling or dropout."""
     out: dict[str, Any] = {}
-    lora = {role: wiring.lora_layers(st.model) for role, st in c.side.items()}
+    lora = {role: on_side(st.model, wiring.lora_layers, st.model) for role, st in c.side.items()}
     common = sorted(set(lora["reference"]) & set(lora["custom"]))
     diff_scaling = [(n, lora["reference"][n]["scaling"], lora["custom"][n]["scaling"]) for n in common
                     if lora["reference"][n]["scaling"] != lora["custom"][n]["scaling"]]
@@ -105,12 +112,12 @@ def forward_hypotheses(c: Any) -> dict[str, Any]:
     batch = to_device(c.input_for("custom", "batch"), st.ctx.device)
     ref = c.side["reference"].outputs
     try:
-        st.model.eval()
+        model_ops.set_mode(st.model, False)
         with torch.no_grad():
             out_eval = c.mod("custom").forward(st.model, batch, st.ctx)
         out["eval_mode_matches"] = bool(torch.allclose(out_eval.logits.float(), ref.logits.float(), rtol=1e-5, atol=1e-5))
     finally:
-        st.model.train()
+        model_ops.set_mode(st.model, True)
     return out
 
 
@@ -156,10 +163,28 @@ def run_loss(c: Any) -> StageResult:
         compute += dt
     t0 = time.perf_counter()
     rl, cl = c.side["reference"].loss, c.side["custom"].loss
-    oracle = {}
+    lbs = {"reference": rl, "custom": cl}
+    omit = {role: omitted_outputs("loss", lb) for role, lb in lbs.items()}
+    fields: list = []
+
+    def lacking(*names: str) -> list[tuple[str, str]]:
+        return [(role, n) for role in ("reference", "custom") for n in names if n in omit[role]]
+
+    def compare(name: str, needs: tuple[tuple[str, str], ...], *args: Any) -> None:
+        """Compare unless a side omitted an optional output the field needs: then "not compared"."""
+        missing = [(role, n) for role, n in needs if n in omit[role]]
+        if missing:
+            c.not_compared("loss", name, missing)
+        else:
+            fields.append(c.fields.compare("loss", name, *args))
+
+    oracle: dict[str, Any] = {}
     for role in ("reference", "custom"):
         outputs = c.input_for(role, "outputs")
         batch = to_device(c.input_for(role, "batch"), c.device)
+        if getattr(outputs, "expanded_labels", None) is None:
+            oracle[role] = None      # the declared loss needs the expanded labels
+            continue
         with torch.no_grad():
             oracle[role] = _oracle(c, role, outputs, batch)
     outputs = c.input_for("custom", "outputs")
@@ -167,8 +192,9 @@ def run_loss(c: Any) -> StageResult:
     max_z = float(outputs.logits.detach().abs().max()) if outputs.logits.numel() else 0.0
     max_za = (float(outputs.audio_logits.detach().abs().max())
               if outputs.audio_logits is not None and outputs.audio_logits.numel() else 0.0)
-    n_text = max(oracle["custom"][0].text_tokens, oracle["reference"][0].text_tokens)
-    n_audio = max(oracle["custom"][0].audio_tokens, oracle["reference"][0].audio_tokens)
+    counted = [o[0] for o in oracle.values() if o is not None]
+    n_text = max([t.text_tokens for t in counted] + [int(lb.text_supervised_tokens or 0) for lb in lbs.values()])
+    n_audio = max([t.audio_tokens for t in counted] + [int(lb.audio_supervised_tokens or 0) for lb in lbs.values()])
     tol_text_ce = TOL.cross_entropy(vocab, max_z)
     tol_audio_ce = TOL.cross_entropy(cb_vocab, max_za)
     tol_text = TOL.cross_entropy(vocab, max_z, n_text)
@@ -181,52 +207,67 @@ def run_loss(c: Any) -> StageResult:
     n_frames = int(outputs.audio_logits.shape[0]) if outputs.audio_logits is not None else 0
     audio_ctx = X.audio_context(starts, n_frames, bos=c.bos, eos=c.eos, frame_axis=0, scale_sources=c.scale_sources())
     scale_ctx = X.scale_context(c.scale_sources())
-    info = {"expected_custom_terms": _expected_custom_terms(c, rl, oracle["custom"])}
-    fields = [c.fields.compare("loss", "has_target_audio", rl.has_target_audio, cl.has_target_audio,
-                               FieldSpec(tol=EXACT))]
-    ref_ce, cus_ce = P.common_positions(rl.audio_token_ce, cl.audio_token_ce)
-    fields.append(c.fields.compare("loss", "audio_ce_common", ref_ce, cus_ce,
-                                   FieldSpec(tol=tol_audio_ce, axes=("frame", "codebook"), decode=c.decoder.frames(),
-                                             keep_mask=True, rel_ctx=audio_ctx)))
-    fields.append(c.fields.compare("loss", "text_ce_common", *P.common_positions(rl.text_token_ce, cl.text_token_ce),
-                                   FieldSpec(tol=tol_text_ce, axes=("sample", "position"), rel_ctx=scale_ctx)))
+    info = ({"expected_custom_terms": _expected_custom_terms(c, rl, oracle["custom"])}
+            if oracle["custom"] is not None else {})
+    fields.append(c.fields.compare("loss", "has_target_audio", rl.has_target_audio, cl.has_target_audio,
+                                   FieldSpec(tol=EXACT)))
+    both = lambda n: (("reference", n), ("custom", n))  # noqa: E731
+    if not lacking("audio_token_ce"):
+        ref_ce, cus_ce = P.common_positions(rl.audio_token_ce, cl.audio_token_ce)
+    else:
+        ref_ce = cus_ce = None
+    compare("audio_ce_common", both("audio_token_ce"), ref_ce, cus_ce,
+            FieldSpec(tol=tol_audio_ce, axes=("frame", "codebook"), decode=c.decoder.frames(), keep_mask=True,
+                      rel_ctx=audio_ctx))
+    if not lacking("text_token_ce"):
+        compare("text_ce_common", (), *P.common_positions(rl.text_token_ce, cl.text_token_ce),
+                FieldSpec(tol=tol_text_ce, axes=("sample", "position"), rel_ctx=scale_ctx))
+    else:
+        c.not_compared("loss", "text_ce_common", lacking("text_token_ce"))
     values = {"reference": _terms_of(rl), "custom": _terms_of(cl)}
     declared: dict[str, dict[str, Any]] = {}
     # 1. each side's per-position CE and supervised counts against its declared loss (alignment)
     for role, lb in (("reference", rl), ("custom", cl)):
+        if oracle[role] is None:
+            c.not_compared("loss", f"declared loss@{role}", [("custom" if c.options.mode == "isolated" else role,
+                                                              "expanded_labels")], stage_of_output="forward")
+            continue
         terms, t_ce, a_ce = oracle[role]
         declared[role] = {"text": terms.text.detach(), "audio": terms.audio.detach(),
                           "per_codebook": terms.per_codebook.detach(), "total": terms.total.detach(),
                           "text_supervised_tokens": terms.text_tokens, "audio_supervised_tokens": terms.audio_tokens}
-        if lb.audio_token_ce is not None and a_ce is not None:
-            fields.append(c.fields.compare("loss", f"audio_token_ce@{role}", a_ce.nan_map(), lb.audio_token_ce.detach(),
-                                           FieldSpec(tol=tol_audio_ce, axes=("frame", "codebook"), check="declared",
-                                                     side=role, decode=c.decoder.frames(), keep_mask=True,
-                                                     rel_ctx=audio_ctx)))
-        if lb.text_token_ce is not None:
-            fields.append(c.fields.compare("loss", f"text_token_ce@{role}", t_ce.nan_map(), lb.text_token_ce.detach(),
-                                           FieldSpec(tol=tol_text_ce, axes=("sample", "position"), check="declared",
-                                                     side=role, rel_ctx=scale_ctx)))
+        if a_ce is not None:
+            compare(f"audio_token_ce@{role}", ((role, "audio_token_ce"),), a_ce.nan_map(),
+                    None if lb.audio_token_ce is None else lb.audio_token_ce.detach(),
+                    FieldSpec(tol=tol_audio_ce, axes=("frame", "codebook"), check="declared", side=role,
+                              decode=c.decoder.frames(), keep_mask=True, rel_ctx=audio_ctx))
+        compare(f"text_token_ce@{role}", ((role, "text_token_ce"),), t_ce.nan_map(),
+                None if lb.text_token_ce is None else lb.text_token_ce.detach(),
+                FieldSpec(tol=tol_text_ce, axes=("sample", "position"), check="declared", side=role, rel_ctx=scale_ctx))
         for name in ("audio_supervised_tokens", "text_supervised_tokens"):
-            fields.append(c.fields.compare("loss", f"{name}@{role}", declared[role][name], values[role][name],
-                                           FieldSpec(tol=EXACT, check="declared", side=role, rel_ctx=scale_ctx)))
-        want, got = _supervised_only(declared[role]["per_codebook"], values[role]["per_codebook"],
-                                     terms.per_codebook_tokens)
-        fields.append(c.fields.compare("loss", f"per_codebook@{role}", want, got,
-                                       FieldSpec(tol=tol_audio, check="declared", side=role, rel_ctx=scale_ctx,
-                                                 axes=("codebook",))))
+            compare(f"{name}@{role}", ((role, name),), declared[role][name], values[role][name],
+                    FieldSpec(tol=EXACT, check="declared", side=role, rel_ctx=scale_ctx))
+        if values[role]["per_codebook"] is not None:
+            want, got = _supervised_only(declared[role]["per_codebook"], values[role]["per_codebook"],
+                                         terms.per_codebook_tokens)
+        else:
+            want = got = None
+        compare(f"per_codebook@{role}", ((role, "per_codebook"),), want, got,
+                FieldSpec(tol=tol_audio, check="declared", side=role, rel_ctx=scale_ctx, axes=("codebook",)))
     # 2. the reduced terms across sides (expected differences derived from the two declarations)
     for name in ("text", "audio", "per_codebook", "total", "text_supervised_tokens", "audio_supervised_tokens"):
         spec = FieldSpec(tol=tols.get(name, EXACT), info=info, rel_ctx=scale_ctx,
                          axes=("codebook",) if name == "per_codebook" else None)
-        fields.append(c.fields.compare("loss", name, values["reference"][name], values["custom"][name], spec))
+        compare(name, both(name), values["reference"][name], values["custom"][name], spec)
     # 3. each side's reduced terms against its declared reduction
     for role in ("reference", "custom"):
+        if role not in declared:
+            continue
         for name in ("text", "audio", "total"):
-            fields.append(c.fields.compare("loss", f"{name}@{role}", declared[role][name], values[role][name],
-                                           FieldSpec(tol=tols[name], check="declared", side=role, rel_ctx=scale_ctx)))
-    c.extras["per_codebook"] = {"reference": [float(x) for x in rl.per_codebook.detach().cpu()],
-                                "custom": [float(x) for x in cl.per_codebook.detach().cpu()]}
+            compare(f"{name}@{role}", ((role, name),), declared[role][name], values[role][name],
+                    FieldSpec(tol=tols[name], check="declared", side=role, rel_ctx=scale_ctx))
+    c.extras["per_codebook"] = {role: ([float(x) for x in lb.per_codebook.detach().cpu()]
+                                       if lb.per_codebook is not None else None) for role, lb in lbs.items()}
     c.evidence["loss"] = _loss_evidence(rl, cl, outputs, batch)
     if any(f.unexpected for f in fields):   # which misreading of the declared loss reproduces each side
         from harness.semantics.loss_hypotheses import loss_evidence
@@ -234,13 +275,17 @@ def run_loss(c: Any) -> StageResult:
             role: c.gather("loss hypotheses", lambda role=role, lb=lb: loss_evidence(
                 c.input_for(role, "outputs"), to_device(c.input_for(role, "batch"), c.device), c.conv[role].loss, lb))
             for role, lb in (("reference", rl), ("custom", cl))}
-    return StageResult("loss", "ok", fields, compute, time.perf_counter() - t0)
+    return StageResult("loss", "ok", fields, compute, time.perf_counter() - t0, note=c.not_compared_note("loss"))
 
 
 def _terms_of(lb: Any) -> dict[str, Any]:
-    return {"text": lb.text.detach(), "audio": lb.audio.detach(), "per_codebook": lb.per_codebook.detach(),
-            "total": lb.total.detach(), "text_supervised_tokens": int(lb.text_supervised_tokens),
-            "audio_supervised_tokens": int(lb.audio_supervised_tokens)}
+    def det(v: Any) -> Any:
+        return None if v is None else v.detach()
+
+    return {"text": det(lb.text), "audio": det(lb.audio), "per_codebook": det(lb.per_codebook),
+            "total": lb.total.detach(),
+            "text_supervised_tokens": None if lb.text_supervised_tokens is None else int(lb.text_supervised_tokens),
+            "audio_supervised_tokens": None if lb.audio_supervised_tokens is None else int(lb.audio_supervised_tokens)}
 
 
 def _supervised_only(want: torch.Tensor, got: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,10 +302,12 @@ def _loss_evidence(rl: Any, cl: Any, outputs: Any, batch: Any) -> dict:
     """Numbers the causes are matched against."""
     ev: dict[str, Any] = {}
     for name, lb in (("reference", rl), ("custom", cl)):
-        ev[name] = {"audio": float(lb.audio.detach()), "text": float(lb.text.detach()),
+        ev[name] = {"audio": None if lb.audio is None else float(lb.audio.detach()),
+                    "text": None if lb.text is None else float(lb.text.detach()),
                     "total": float(lb.total.detach()), "has_target_audio": bool(lb.has_target_audio),
-                    "audio_supervised_tokens": int(lb.audio_supervised_tokens),
-                    "per_codebook": [float(x) for x in lb.per_codebook.detach().cpu()]}
+                    "audio_supervised_tokens": None if lb.audio_supervised_tokens is None
+                    else int(lb.audio_supervised_tokens),
+                    "per_codebook": [] if lb.per_codebook is None else [float(x) for x in lb.per_codebook.detach().cpu()]}
     labels = P.batch_field(batch, "label_audio_ids")
     starts = P.batch_field(batch, "audio_out_ids_start")
     al = getattr(outputs, "audio_logits", None)
@@ -305,12 +352,24 @@ def expected_grads(c: Any, role: str, batch: Any, term: str = "total") -> dict[s
     """`role`'s declared loss (or one of its terms) back-propagated through the OTHER side's model."""
     other = "custom" if role == "reference" else "reference"
     st = c.side[other]
-    st.model.zero_grad(set_to_none=True)
-    out = c.mod(other).forward(st.model, batch, st.ctx)
-    terms, _t, _a = _oracle(c, role, out, batch)
-    getattr(terms, term).backward()
-    grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in _trainable(st.model).items()}
-    st.model.zero_grad(set_to_none=True)
+    adapter = c.mod(other)
+    return c.in_ref_names(other, on_side(adapter, declared_loss_grads, adapter, st.model, batch, st.ctx,
+                                         c.conv[role].loss, term))
+
+
+def declared_loss_grads(adapter: Any, model: torch.nn.Module, batch: Any, ctx: Any, loss_conv: Any,
+                        term: str = "total") -> dict[str, torch.Tensor | None]:
+    """Gradients of the trainable parameters of `model` under the declared loss `loss_conv` (or one of
+    its terms) of `adapter.forward`'s outputs; runs where the model lives."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        out = adapter.forward(model, batch, ctx)
+        terms, _t, _a = O.declared_loss(out.logits, out.audio_logits, out.expanded_labels,
+                                        P.batch_field(batch, "label_audio_ids"),
+                                        P.batch_field(batch, "audio_out_ids_start"), loss_conv)
+        getattr(terms, term).backward()
+    grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in _trainable(model).items()}
+    model.zero_grad(set_to_none=True)
     return grads
 
 
@@ -369,15 +428,19 @@ def run_backward(c: Any) -> StageResult:
     for role, state in c.side.items():
         batch = to_device(c.input_for(role, "batch"), state.ctx.device)
         batches[role] = batch
-        state.model.zero_grad(set_to_none=True)
+        model_ops.zero_grad(state.model)
 
         def work(role: str = role, state: Any = state, batch: Any = batch) -> dict[str, torch.Tensor | None]:
             mod = c.mod(role)
             out = mod.forward(state.model, batch, state.ctx)
             return mod.backward(mod.loss(out, batch, state.ctx), state.model)
 
-        state.grads, dt = c.timed(work)
-        state.grads = c.perturbed("backward", role, state.grads)
+        try:
+            state.grads, dt = c.timed(work)
+        except Exception as exc:   # the side's own code raised: recorded for its symptoms, then the stage error
+            c.side_errors[("backward", role)] = f"{type(exc).__name__}: {exc}"
+            raise RuntimeError(f"the {role} side's backward raised {type(exc).__name__}: {exc}") from exc
+        state.grads = c.perturbed("backward", role, c.in_ref_names(role, state.grads))
         compute += dt
     t0 = time.perf_counter()
     expected = {role: expected_grads(c, role, batches[role]) for role in ("reference", "custom")}

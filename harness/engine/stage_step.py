@@ -14,7 +14,9 @@
    (norm 2x the clipping threshold), next to an independent `torch.optim.AdamW` built from what
    the side's `effective_config` declares (lr, betas, eps, weight decay and its no-decay rule,
    max_grad_norm) and the declared schedule's formula (`harness.semantics.schedules`); the whole
-   learning-rate curve over a horizon that covers warmup and decay is compared too.
+   learning-rate curve over a horizon that covers warmup and decay is compared too.  Every
+   `make_optimizer` call gets the adapter's OWN model (from its `build_model`), never a synthetic
+   stand-in, so a make_optimizer that reads `model.config` or the adapter's own attributes works.
 3. The accumulation / DDP runs of the backward stage: parameters after step 1, loss per step.
 """
 
@@ -27,10 +29,11 @@ from typing import Any
 
 import torch
 
-from harness.engine import accumulation
+from harness.engine import accumulation, model_ops
 from harness.engine import tolerance as TOL
 from harness.engine.fields import FieldSpec
 from harness.engine.runner import to_device
+from harness.engine.worker import on_side
 from harness.explain import context as X
 from harness.report.model import StageResult
 from harness.semantics.schedules import lr_multiplier
@@ -76,15 +79,17 @@ def _decoder(names: list[str], shapes: dict[str, torch.Size]):
     return decode
 
 
-def _state(opt: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], names: list[str]) -> dict[str, Any]:
-    """exp_avg, exp_avg_sq, step (flat over `names`) and per-parameter lr / betas / eps / wd."""
+def optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module, names: list[str]) -> dict[str, Any]:
+    """exp_avg, exp_avg_sq, step (flat over `names`) and per-parameter lr / betas / eps / wd of the
+    trainable parameters of `model`; runs where the model lives."""
+    params = _trainable(model)
     out: dict[str, Any] = {"exp_avg": {}, "exp_avg_sq": {}, "step": {}, "lr": {}, "hyper": {}}
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     for n in names:
         p = params[n]
         st = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
-            out[key][n] = st.get(key)
+            out[key][n] = None if st.get(key) is None else st.get(key).detach().clone()
         step = st.get("step")
         out["step"][n] = None if step is None else torch.as_tensor(float(step)).reshape(1)
         g = group_of.get(id(p), {})
@@ -112,9 +117,9 @@ def _batches(c: Any, n: int) -> list[Any]:
 def _custom_grads(c: Any, batch: Any) -> dict[str, torch.Tensor | None]:
     st = c.side["custom"]
     mod = c.mod("custom")
-    st.model.zero_grad(set_to_none=True)
+    model_ops.zero_grad(st.model)
     out = mod.forward(st.model, batch, st.ctx)
-    return mod.backward(mod.loss(out, batch, st.ctx), st.model)
+    return c.in_ref_names("custom", mod.backward(mod.loss(out, batch, st.ctx), st.model))
 
 
 def run_step(c: Any) -> StageResult:
@@ -124,10 +129,8 @@ def run_step(c: Any) -> StageResult:
     n_steps = max(1, c.options.optimizer_steps)
     batches = _batches(c, n_steps)
     for role, st in c.side.items():
-        with torch.no_grad():
-            for n, p in _trainable(st.model).items():
-                if c.initial_trainable and n in c.initial_trainable:
-                    p.copy_(c.initial_trainable[n].to(p.device, p.dtype))
+        if c.initial_trainable:
+            model_ops.load_values(st.model, c.in_side_names(role, c.initial_trainable))
     compute = 0.0
     g1, dt = c.timed(lambda: _custom_grads(c, batches[0]))
     compute += dt
@@ -139,8 +142,10 @@ def run_step(c: Any) -> StageResult:
                                "first_gradient_norm": round(_grad_norm(g1), 6), "learning_rate": train.learning_rate,
                                "betas": list(train.adam_betas), "eps": train.adam_eps}
     opts = {role: c.mod(role).make_optimizer(c.side[role].model, train) for role in c.side}
-    names = sorted(set(_trainable(c.side["reference"].model)) & set(_trainable(c.side["custom"].model)))
-    shapes = {n: p.shape for n, p in _trainable(c.side["custom"].model).items()}
+    summaries = {role: model_ops.summary(c.side[role].model) for role in c.side}
+    names = sorted(set(summaries["reference"]["trainable"]) &
+                   set(c.in_ref_names("custom", dict.fromkeys(summaries["custom"]["trainable"]))))
+    shapes = {n: torch.Size(s) for n, s in c.in_ref_names("custom", summaries["custom"]["shapes"]).items()}
     decode = _decoder(names, shapes)
     fields = []
     hyper_done = False
@@ -153,22 +158,20 @@ def run_step(c: Any) -> StageResult:
             grads, dt = c.timed(lambda: _custom_grads(c, batches[k - 1]))
             compute += dt
         rec = {}
-        lr_k = float(opts["reference"][0].param_groups[0]["lr"])
+        lr_k = model_ops.current_lr(opts["reference"][0])
         clip = TOL.clip_coefficient([g for g in grads.values() if g is not None], train.max_grad_norm)
         for role, st in c.side.items():
-            params = _trainable(st.model)
-            before = {n: p.detach().clone() for n, p in params.items()}
-            with torch.no_grad():
-                for n, p in params.items():
-                    g = grads.get(n)
-                    p.grad = None if g is None else g.detach().clone().to(p.device, p.dtype)
+            before = c.in_ref_names(role, model_ops.trainable_values(st.model))
+            model_ops.set_grads(st.model, c.in_side_names(role, grads))
             opt, sched = opts[role]
             after, dt = c.timed(lambda: c.mod(role).step(st.model, opt, st.ctx, train))
             compute += dt
-            after = c.perturbed("step", role, after)
-            sched.step()
-            update = {n: (after[n].detach() - before[n]) if n in after else None for n in names}
-            rec[role] = {"update": update, "after": after, **_state(opt, params, names)}
+            after = c.perturbed("step", role, c.in_ref_names(role, after))
+            model_ops.step_scheduler(sched)
+            update = {n: (after[n].detach() - before[n].to(after[n].device)) if n in after else None for n in names}
+            state = on_side(st.model, optimizer_state, opt, st.model, list(c.in_side_names(role, dict.fromkeys(names))))
+            rec[role] = {"update": update, "after": after,
+                         **{k: c.in_ref_names(role, v) for k, v in state.items()}}
         ref, cus = rec["reference"], rec["custom"]
         clipped = {n: clip * grads[n].detach().cpu() for n in names if grads.get(n) is not None}
         b = bounds.step(clipped, {n: eps_clip * g.abs() for n, g in clipped.items()}, lr=lr_k,
@@ -246,21 +249,62 @@ def _limit_trainable(model: torch.nn.Module) -> None:
 
 def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
     """Side `role`'s own optimizer + schedule (its DEFAULT_TRAIN) vs an independent AdamW and formula
-    built from its effective_config's declaration (module docstring, point 2)."""
+    built from its effective_config's declaration (module docstring, point 2).  The adapter's
+    `make_optimizer` gets the adapter's own model (`build_model`), never a synthetic one."""
     mod, st = c.mod(role), c.side[role]
     train: TrainConfig = mod.DEFAULT_TRAIN
     decl = st.effective
     opt_decl, sched_decl = decl.get("optimizer", {}), decl.get("schedule", {})
-    torch.manual_seed(st.ctx.seed)
-    model = mod.build_model(st.ctx, train).to(st.ctx.device)
+    horizon = max(train.max_steps, 2 * train.warmup_steps + 50)
+    long_train = train.replace(max_steps=horizon)
+    long_decl = mod.effective_config(st.ctx, long_train).get("schedule", {})
+    run = on_side(mod, native_run, mod, st.ctx, train, decl, n_steps, long_train)
+    names, wd = run["names"], run["weight_decay"]
+    decode = _decoder(names, {n: torch.Size(s) for n, s in run["shapes"].items()})
+    prefix = f"native@{role}"
+    fields = []
+    for k, rec in enumerate(run["steps"], start=1):
+        if role not in c.evidence.get("native_schedule", {}):
+            hyp = _schedule_order(rec["got"], rec["want"], names, rec["lr"], rec["lr_next"], k)
+            if hyp is not None:
+                c.evidence.setdefault("native_schedule", {})[role] = hyp
+        tol = TOL.Tolerance(0.0, 0.0, "AdamW first-order error propagation (AdamBound)", bound=rec["bound"])
+        spec = FieldSpec(tol=tol, axes=("element",), decode=decode, check="declared",
+                         side=role, rel_ctx=X.scale_context({"weight_decay": wd} if wd else {}))
+        fields.append(c.fields.compare("step", f"{prefix}/update/step{k}", _flat(rec["want"], names),
+                                       _flat(rec["got"], names), spec))
+    kind = str(sched_decl.get("type", train.schedule))
+    warm, total = int(long_decl.get("warmup_steps", 0)), int(long_decl.get("max_steps", horizon))
+    want = [run["base_lr"] * lr_multiplier(str(long_decl.get("type", kind)), s, warmup_steps=warm, max_steps=total)
+            for s in range(horizon)]
+    fields.append(c.fields.compare("step", f"native@{role}/lr_curve", torch.tensor(want, dtype=torch.float64),
+                                   torch.tensor(run["lr_curve"], dtype=torch.float64),
+                                   FieldSpec(tol=TOL.Tolerance(1e-12, 1e-15, "the same formula evaluated in float64 "
+                                                               "by two implementations (a few transcendental calls: "
+                                                               "1e-12 relative)"),
+                                             axes=("scheduler step",), check="declared", side=role)))
+    fields.append(c.fields.compare("step", f"{prefix}/optimizer_class", str(opt_decl.get("class", "?")).split(".")[-1],
+                                   run["optimizer_class"], FieldSpec(tol=EXACT, check="declared", side=role)))
+    return fields
+
+
+def native_run(adapter: Any, ctx: Any, train: TrainConfig, decl: dict[str, Any], n_steps: int,
+               long_train: TrainConfig) -> dict[str, Any]:
+    """Runs where the adapter lives: its own model, optimizer, step and scheduler for `n_steps` steps
+    on seeded synthetic gradients, next to an independent AdamW + schedule formula from `decl`; then
+    its scheduler over `long_train.max_steps` steps (the LR curve).  Returns per step the side's
+    update ("got"), the independent one ("want"), the AdamBound tolerance ("bound", flat) and the
+    learning rates; plus names, shapes, "optimizer_class", "base_lr", "weight_decay", "lr_curve"."""
+    opt_decl, sched_decl = decl.get("optimizer", {}), decl.get("schedule", {})
+    torch.manual_seed(ctx.seed)
+    model = adapter.build_model(ctx, train).to(ctx.device)
     _limit_trainable(model)
     params = _trainable(model)
     names = sorted(params)
     owners = _owner_types(model)
-    opt, sched = mod.make_optimizer(model, train)
-    takes_scheduler = "scheduler" in inspect.signature(mod.step).parameters
+    opt, sched = adapter.make_optimizer(model, train)
+    takes_scheduler = "scheduler" in inspect.signature(adapter.step).parameters
     max_norm = float(opt_decl.get("max_grad_norm", train.max_grad_norm) or 0.0)
-    # the independent twin
     twin = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
     rules = list(opt_decl.get("no_decay", []) or [])
     wd = float(opt_decl.get("weight_decay", 0.0))
@@ -277,10 +321,8 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
     gen = torch.Generator(device="cpu").manual_seed(SYNTHETIC_SEED)
     bounds = TOL.AdamBound(betas, float(opt_decl.get("eps", train.adam_eps)))
     eps_clip = TOL.norm_relative_error(sum(params[n].numel() for n in names))
-    fields = []
-    decode = _decoder(names, {n: p.shape for n, p in params.items()})
-    prefix = f"native@{role}"
-    for k in range(1, n_steps + 1):
+    steps = []
+    for _ in range(n_steps):
         synth = {n: torch.randn(params[n].shape, generator=gen) for n in names}
         norm = _grad_norm(synth)
         target = 2.0 * max_norm if max_norm > 0 else 1.0
@@ -293,9 +335,9 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
                 twin[n].grad = synth[n].to(twin[n].device, twin[n].dtype)
         clip = TOL.clip_coefficient(list(synth.values()), max_norm)
         if takes_scheduler:        # the adapter's own update order (clip, step, schedule) runs
-            after = mod.step(model, opt, st.ctx, train, scheduler=sched)
+            after = adapter.step(model, opt, ctx, train, scheduler=sched)
         else:
-            after = mod.step(model, opt, st.ctx, train)
+            after = adapter.step(model, opt, ctx, train)
             sched.step()
         if max_norm > 0:
             torch.nn.utils.clip_grad_norm_([twin[n] for n in names], max_norm)
@@ -305,23 +347,22 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
         twin_opt.zero_grad(set_to_none=True)
         got = {n: after[n].detach() - before[n] for n in names if n in after}
         want = {n: twin[n].detach() - twin_before[n] for n in names}
-        if role not in c.evidence.get("native_schedule", {}):
-            hyp = _schedule_order(got, want, names, lr_k[0], float(twin_opt.param_groups[0]["lr"]), k)
-            if hyp is not None:
-                c.evidence.setdefault("native_schedule", {})[role] = hyp
         clipped = {n: clip * synth[n] for n in names}
         b = bounds.step(clipped, {n: eps_clip * g.abs() for n, g in clipped.items()}, lr=lr_k[0], wd=wd,
                         theta_old=twin_before, theta_new={n: twin[n].detach() for n in names})
-        tol = TOL.Tolerance(0.0, 0.0, "AdamW first-order error propagation (AdamBound)",
-                            bound=_flat({n: b[n]["update"] for n in names}, names))
-        spec = FieldSpec(tol=tol, axes=("element",), decode=decode, check="declared",
-                         side=role, rel_ctx=X.scale_context({"weight_decay": wd} if wd else {}))
-        fields.append(c.fields.compare("step", f"{prefix}/update/step{k}", _flat(want, names), _flat(got, names), spec))
-    fields.append(_lr_curve_field(c, role, train, kind, base_lr))
-    fields.append(c.fields.compare("step", f"{prefix}/optimizer_class", str(opt_decl.get("class", "?")).split(".")[-1],
-                                   type(opt).__name__, FieldSpec(tol=EXACT, check="declared", side=role)))
-    del model
-    return fields
+        steps.append({"got": got, "want": want, "lr": lr_k[0], "lr_next": float(twin_opt.param_groups[0]["lr"]),
+                      "bound": _flat({n: b[n]["update"] for n in names}, names)})
+    optimizer_class = type(opt).__name__
+    # the LR curve: the side's make_optimizer on the same (its own) model, over a long horizon
+    model.zero_grad(set_to_none=True)
+    opt, sched = adapter.make_optimizer(model, long_train)
+    lrs = []
+    for _ in range(long_train.max_steps):
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        opt.step()                 # no gradients: parameters stay, the scheduler's step count advances
+        sched.step()
+    return {"names": names, "shapes": {n: tuple(p.shape) for n, p in params.items()}, "steps": steps,
+            "optimizer_class": optimizer_class, "base_lr": base_lr, "weight_decay": wd, "lr_curve": lrs}
 
 
 def _schedule_order(got: dict, want: dict, names: list[str], lr_now: float, lr_next: float, k: int) -> dict | None:
@@ -337,38 +378,3 @@ def _schedule_order(got: dict, want: dict, names: list[str], lr_now: float, lr_n
     if lr_now > 0.0 and torch.allclose(g, w * (lr_next / lr_now), rtol=1e-3, atol=1e-12):
         return out
     return None
-
-
-def _lr_curve_field(c: Any, role: str, train: TrainConfig, kind: str, base_lr: float) -> Any:
-    """The side's scheduler over a horizon that covers warmup and decay vs the declared formula."""
-    mod, st = c.mod(role), c.side[role]
-    horizon = max(train.max_steps, 2 * train.warmup_steps + 50)
-    long_train = train.replace(max_steps=horizon)
-    decl = mod.effective_config(st.ctx, long_train).get("schedule", {})
-    warm, total = int(decl.get("warmup_steps", 0)), int(decl.get("max_steps", horizon))
-    probe = torch.nn.Linear(1, 1)
-    probe_model = _ProbeModel(probe)
-    opt, sched = mod.make_optimizer(probe_model, long_train)
-    lrs = []
-    for _ in range(horizon):
-        lrs.append(float(opt.param_groups[0]["lr"]))
-        opt.step()
-        sched.step()
-    want = [base_lr * lr_multiplier(str(decl.get("type", kind)), s, warmup_steps=warm, max_steps=total)
-            for s in range(horizon)]
-    return c.fields.compare("step", f"native@{role}/lr_curve", torch.tensor(want, dtype=torch.float64),
-                            torch.tensor(lrs, dtype=torch.float64),
-                            FieldSpec(tol=TOL.Tolerance(1e-12, 1e-15, "the same formula evaluated in float64 by two "
-                                                        "implementations (a few transcendental calls: 1e-12 relative)"),
-                                      axes=("scheduler step",), check="declared", side=role))
-
-
-class _ProbeModel(torch.nn.Module):
-    """A one-parameter model to read a pipeline's LR schedule through its own make_optimizer."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # pragma: no cover - never called
-        return self.inner(x)

@@ -10,8 +10,10 @@ built:
 
 * `lora_built.r`, `.scaling`, `.dropout`: the distinct values over every peft LoRA layer, against
   [r], [alpha / r] and [dropout] requested (peft's LoraLayer attributes);
-* `lora_built.targets`: the module-name suffixes peft wrapped, against the requested
-  `lora_target_modules` (a requested name that wraps nothing, or a wrapped name nobody asked for);
+* `lora_built.targets`: the requested `lora_target_modules` entries that wrap a module (matched as
+  peft matches them: exact name or dotted suffix, `higgs_common.param_names.lora_target_matches`)
+  plus the last name component of any wrapped module no entry asked for, against the requested
+  entries (a requested name that wraps nothing, or a wrapped name nobody asked for);
 * `lora_built.init_repeatable`: two builds after different ambient RNG states give the same
   trainable values, i.e. the init is a function of `train.seed` (HF's `set_seed` / torch's
   `manual_seed` inside `build_model`, as both in-repo pipelines do).
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 
+from higgs_common.param_names import lora_target_matches
 from higgs_common.stages import StageContext, TrainConfig
 
 AMBIENT_SEEDS = (1234, 98765)   # RNG states before the two builds of the repeatability check
@@ -73,9 +76,15 @@ def probe(adapter: Any, ctx: StageContext, recipe: TrainConfig) -> dict[str, Any
         snapshots.append(_trainable(model))
         layers = lora_layers(model)
         del model
-    wrapped = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    targets = list(train.lora_target_modules)
+    # peft's own rule (`lora_target_matches`): "self_attn.q_proj" wraps "...layers.0.self_attn.q_proj".
+    # Built targets: each requested entry that wraps at least one module, plus the last name
+    # component of every wrapped module that no entry asked for.
+    matched = {t for t in targets if any(lora_target_matches(name, [t]) for name in layers)}
+    unasked = {name.rsplit(".", 1)[-1] for name in layers if not lora_target_matches(name, targets)}
+    wrapped = sorted(matched | unasked)
     requested = {"r": [train.lora_r], "scaling": [train.lora_alpha / train.lora_r], "dropout": [float(train.lora_dropout)],
-                 "targets": sorted(set(train.lora_target_modules)), "init_repeatable": True}
+                 "targets": sorted(set(targets)), "init_repeatable": True}
     built = {"r": sorted({v["r"] for v in layers.values()}),
              "scaling": sorted({v["scaling"] for v in layers.values()}),
              "dropout": sorted({v["dropout"] for v in layers.values()}),

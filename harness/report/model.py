@@ -21,6 +21,9 @@ from harness.engine.diff import FieldDiff, jsonable, round_float
 # The order stages run in; `first_divergence` walks stages in this order (unknown stage names
 # keep their listed order, after the known ones).
 PIPELINE_ORDER = ("dataset", "collator", "forward", "loss", "backward", "step", "config")
+# Stages whose fields are the loss (and its terms), the gradients or the parameter updates: a
+# divergence there changes training; one elsewhere matters through them (Report.headline).
+TRAINING_STAGES = ("loss", "backward", "step")
 STAGE_STATUSES = ("ok", "expected", "diverged", "error", "skipped")
 VOLATILE_KEY = "volatile"
 # report.json format (harness/schemas/report.schema.json).  2.0.0: a field's "diverged" means an
@@ -136,8 +139,10 @@ class Report:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     generated_at: str = field(default_factory=_utc_now)  # the ONLY timestamp
     extras: dict = field(default_factory=dict)           # e.g. {"per_codebook": {...}}
+    # What a user sees in training (harness.trace.symptoms.Symptom.to_json() or harness.engine.symptoms),
+    # most consequential first; reports open with them.
+    symptoms: list[dict] = field(default_factory=list)
     skipped: Any = field(default=None, repr=False, compare=False)   # higgs_common.skipping.SkipLog (not in JSON)
-    symptoms: list[dict] = field(default_factory=list)  # {"fault", "symptom"} of the faults switched on
 
     def ordered_stages(self) -> list[StageResult]:
         """Stages in pipeline order (stable for unknown names)."""
@@ -163,15 +168,19 @@ class Report:
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
 
-    def first_divergence_field(self) -> FieldDiff | None:
-        """The field behind `first_divergence` (None when there is none)."""
+    def _first_unexpected(self) -> tuple[StageResult, FieldDiff] | None:
         if self.propagation_origin() is not None:
             return None
         for st in self.ordered_stages():
             f = st.first_unexpected()
             if f is not None:
-                return f
+                return st, f
         return None
+
+    def first_divergence_field(self) -> FieldDiff | None:
+        """The field behind `first_divergence` (None when there is none)."""
+        found = self._first_unexpected()
+        return None if found is None else found[1]
 
     def first_divergence(self) -> dict | None:
         """The first unexpected divergence, walking stages in pipeline order, fields in order, with
@@ -179,29 +188,8 @@ class Report:
 
         In propagated mode, divergences after a stage whose differences are all declared are that
         difference spreading (`propagation_origin`), not a first divergence: then None."""
-        f = self.first_divergence_field()
-        if f is None:
-            return None
-        rel = f.relation or {}
-        return {
-            "stage": f.stage,
-            "field": f.field,
-            "check": f.check,
-            "side": f.side,
-            "status": f.status,
-            "sample": f.sample,
-            "index": f.first_index,
-            "reference": f.reference,
-            "custom": f.custom,
-            "decoded": f.decoded,
-            "relation": rel.get("words"),
-            "relation_detail": rel or None,
-            "cause": cause_object(f.cause),
-            "window": f.window,
-            "axes": f.axes,
-            "mismatches": f.mismatches,
-            "numel": f.numel,
-        }
+        found = self._first_unexpected()
+        return None if found is None else _describe(*found)
 
     def propagation_origin(self) -> str | None:
         """Propagated mode only: the first stage where the pipelines differ at all, when every
@@ -226,6 +214,41 @@ class Report:
         stages = self.ordered_stages()
         after = stages[[s.stage for s in stages].index(origin) + 1:]
         return [(s.stage, s.n_diverged) for s in after if s.n_diverged]
+
+    def headline(self) -> dict | None:
+        """The divergence to lead with, chosen by consequence: the first unexpected divergence in a
+        stage that compares the loss, the gradients or the updates (`TRAINING_STAGES`); when none
+        diverged there, the first divergence, with what is known of its consequence: in propagated
+        mode (each side on its own outputs) agreeing training stages show it changes neither; in
+        isolated mode they got the same input on both sides, so the consequence is not measured.  `first_in_pipeline_order` points at the first divergence, and
+        `other_divergences` lists the unexpected ones outside the training stages (stage/field)."""
+        first = self.first_divergence()
+        if first is None:
+            return None
+        ordered = self.ordered_stages()
+        others: list[dict] = []
+        for st in ordered:
+            for f in st.fields:
+                entry = {"stage": st.stage, "field": f.field}
+                if st.stage not in TRAINING_STAGES and f.unexpected and entry not in others:
+                    others.append(entry)
+        pointer = {"stage": first["stage"], "field": first["field"]}
+        for st in ordered:
+            f = st.first_unexpected() if st.stage in TRAINING_STAGES else None
+            if f is not None:
+                return {**_describe(st, f), "consequence": "changes the loss or the gradients",
+                        "first_in_pipeline_order": pointer, "other_divergences": others}
+        ran = {st.stage for st in ordered if st.status != "error"} & set(TRAINING_STAGES)
+        if not ran:
+            consequence = "unknown: no loss, backward or step stage ran"
+        elif self.mode == "propagated":
+            consequence = ("changes neither the loss nor the gradients (each side ran end to end on its own outputs "
+                           "and the loss, backward and step stages agree)")
+        else:   # isolated: later stages got the same input on both sides, so they cannot show its effect
+            consequence = ("not measured: in isolated mode the loss, backward and step stages get the same input on "
+                           "both sides and agree; run with --mode propagated to see whether it changes the loss or "
+                           "the gradients")
+        return {**first, "consequence": consequence, "first_in_pipeline_order": pointer, "other_divergences": others}
 
     @property
     def verdict(self) -> str:
@@ -271,6 +294,24 @@ class Report:
         return (f"No undeclared divergence: every difference between the two pipelines is declared "
                 f"({n_expected} expected difference(s)).")
 
+    def summary(self) -> str:
+        """The report's first line: the verdict and what a user sees (the first symptom of each kind of
+        consequence: a dead loss term, parameters that do not train), else the first divergence."""
+        parts, seen = [], set()
+        for s in self.symptoms:
+            group = "loss" if s.get("stage") in ("loss", "forward") else s.get("stage")
+            if group in seen:
+                continue
+            seen.add(group)
+            parts.append(str(s.get("text")))
+            if len(parts) == 3:
+                break
+        if not parts:
+            fd = self.first_divergence()
+            if fd is not None:
+                parts.append(f"first divergence at {fd['stage']}: {fd['field']}")
+        return f"{self.verdict}" + (": " + "; ".join(parts) if parts else "")
+
     def timing(self) -> dict:
         return {st.stage: {"compute_s": round_float(st.seconds_compute),
                            "diff_s": round_float(st.seconds_diff)} for st in self.stages}
@@ -285,17 +326,43 @@ class Report:
             "verdict": self.verdict,
             "verdict_reason": self.verdict_reason(),
             "propagation_origin": self.propagation_origin(),
-            "symptoms": list(self.symptoms),
+            "summary": self.summary(),
             "first_divergence": self.first_divergence(),
+            "headline": self.headline(),
             "stages": [st.to_json() for st in self.ordered_stages()],
             "config": self.config,
             "config_diff": self.config_diff,
             "catalogue": self.catalogue,
             "diagnoses": [d.to_json() for d in self.diagnoses],
+            "symptoms": self.symptoms,
             "extras": self.extras,
             VOLATILE_KEY: {"generated_at": self.generated_at, "timing": self.timing()},
         }
         return _sorted(jsonable(out))
+
+
+def _describe(st: StageResult, f: FieldDiff) -> dict:
+    """One divergence as the report's first_divergence / headline dict (its cause: `cause_object`)."""
+    rel = f.relation or {}
+    return {
+        "stage": st.stage,
+        "field": f.field,
+        "check": f.check,
+        "side": f.side,
+        "status": f.status,
+        "sample": f.sample,
+        "index": f.first_index,
+        "reference": f.reference,
+        "custom": f.custom,
+        "decoded": f.decoded,
+        "relation": rel.get("words"),
+        "relation_detail": rel or None,
+        "cause": cause_object(f.cause),
+        "window": f.window,
+        "axes": f.axes,
+        "mismatches": f.mismatches,
+        "numel": f.numel,
+    }
 
 
 def _sorted(x: Any) -> Any:

@@ -162,17 +162,42 @@ def _window_md(win: dict | None) -> list[str]:
     return out + [""]
 
 
+def symptom_line(s: dict) -> str:
+    """One symptom as a line: who shows it, what, why, where."""
+    run = f"[{s['run']}] " if s.get("run") else ""
+    loc = f" (at {s['location']})" if s.get("location") else ""
+    return f"- {run}**{s.get('text')}**: {s.get('mechanism')}{loc}"
+
+
+def _headline_text(report: Report) -> str | None:
+    """The divergence chosen by consequence (`Report.headline`) in one or two sentences (Markdown bold)."""
+    hl = report.headline()
+    if hl is None:
+        return None
+    first = hl["first_in_pipeline_order"]
+    text = (f"**{hl['stage']}/{hl['field']}** ({hl['status']}): {hl['consequence']}."
+            + ("" if (first["stage"], first["field"]) == (hl["stage"], hl["field"]) else
+               f" First divergence in pipeline order: {first['stage']}/{first['field']}."))
+    if hl["other_divergences"]:
+        text += (" Also diverged outside the loss, backward and step stages: "
+                 + ", ".join(f"{d['stage']}/{d['field']}" for d in hl["other_divergences"][:10])
+                 + (" ..." if len(hl["other_divergences"]) > 10 else "") + ".")
+    return text
+
+
 def render_markdown(report: Report) -> str:
     v = report.verdict
-    lines = [f"# Differential report: {report.run_name}", "",
+    lines = [f"# {report.run_name}: {report.summary()}", "",
              f"**Verdict:** `{v}`. {report.verdict_reason()}", "",
              f"Mode: {report.mode}; stages requested: {', '.join(report.stages_requested)}.", "",
              "Contents: " + " · ".join(f"[{title}](#{anchor})" for anchor, title in SECTIONS), ""]
 
     lines += ['<a id="summary"></a>', "## Summary", ""]
     if report.symptoms:
-        lines += ["Symptoms of the faults switched on:", ""]
-        lines += [f"- `{s.get('fault')}`: {s.get('symptom') or '(none recorded)'}" for s in report.symptoms] + [""]
+        lines += ["### Symptoms", ""] + [symptom_line(s) for s in report.symptoms] + [""]
+    headline = _headline_text(report)
+    if headline:
+        lines += ["### Headline", "", headline, ""]
     rows = _summary_rows(report)
     if rows:
         lines += ["### First divergence", ""]
@@ -383,10 +408,14 @@ def _summary_html(report: Report) -> list[str]:
              f'<p id="verdict"><span class="verdict {html.escape(v)}">verdict: {html.escape(v)}</span> '
              f'<span id="verdict-reason">{html.escape(report.verdict_reason())}</span></p>']
     if report.symptoms:
-        parts.append('<p><b>Symptoms</b> of the faults switched on:</p><ul class="symptoms" id="symptoms">'
-                     + "".join(f"<li><code>{html.escape(str(s.get('fault')))}</code>: "
-                               f"{html.escape(str(s.get('symptom') or '(none recorded)'))}</li>"
+        parts.append('<p><b>Symptoms</b> (what a user sees in training):</p><ul class="symptoms" id="symptoms">'
+                     + "".join(f"<li>{_h(('[' + s['run'] + '] ') if s.get('run') else '')}<b>{_h(s.get('text'))}</b>: "
+                               f"{_h(s.get('mechanism'))}"
+                               f"{_h(' (at ' + s['location'] + ')' if s.get('location') else '')}</li>"
                                for s in report.symptoms) + "</ul>")
+    headline = _headline_text(report)
+    if headline:
+        parts.append(f'<p id="headline"><b>Headline</b> (by consequence): {_h(headline.replace("**", ""))}</p>')
     rows = _summary_rows(report)
     if rows:
         parts.append('<div class="card" id="first-divergence"><dl>')

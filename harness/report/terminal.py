@@ -115,6 +115,13 @@ def _warning_to_log(message: Warning | str, category: type[Warning], filename: s
     logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, where, lineno)
 
 
+def symptom_text(s: dict) -> str:
+    """One symptom (`Report.symptoms`) in words: which run shows it, what, why, where."""
+    run = f"[{s['run']}] " if s.get("run") else ""
+    loc = f" (at {s['location']})" if s.get("location") else ""
+    return f"{run}{s.get('text')}: {s.get('mechanism')}{loc}"
+
+
 def verdict_panel(report: Report) -> Panel:
     """The verdict, its reason, the first divergence with its cause and the faults' symptoms.
 
@@ -142,7 +149,7 @@ def verdict_panel(report: Report) -> Panel:
         row("evidence", cause.get("evidence"))
         row("location", cause.get("location"))
     for s in report.symptoms:
-        row("symptom", f"{s.get('fault')}: {s.get('symptom')}" if s.get("symptom") else s.get("fault"))
+        row("symptom", symptom_text(s))
     v = report.verdict
     # with a first divergence its "where" row says what the reason would; otherwise the reason leads
     lead = [] if fd is not None and report.mode != "propagated" else [Text(report.verdict_reason())]

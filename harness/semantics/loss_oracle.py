@@ -42,8 +42,13 @@ class PositionCE:
         return torch.where(self.mask, v, torch.full_like(v, float("nan")))
 
 
-def text_ce(logits: torch.Tensor, expanded_labels: torch.Tensor) -> PositionCE:
-    """logits (B, L, V), expanded_labels (B, L) -> PositionCE (B, L)."""
+def text_ce(logits: torch.Tensor, expanded_labels: torch.Tensor | None) -> PositionCE:
+    """logits (B, L, V), expanded_labels (B, L) -> PositionCE (B, L).  No labels (None: the model call got
+    none) supervise nothing: an all-False mask."""
+    if expanded_labels is None:
+        b, length = logits.shape[:2]
+        return PositionCE(logits.new_zeros((b, length), dtype=torch.float32),
+                          torch.zeros((b, length), dtype=torch.bool, device=logits.device))
     labels = expanded_labels.to(logits.device)
     b, length = labels.shape
     values = logits.new_zeros((b, length), dtype=torch.float32)
@@ -140,7 +145,7 @@ def reduce(text: PositionCE | None, audio: PositionCE | None, conv: LossConventi
     return Terms(text_loss, audio_loss, per_cb, total, t_count, a_count, cb_counts)
 
 
-def declared_loss(logits: torch.Tensor, audio_logits: torch.Tensor | None, expanded_labels: torch.Tensor,
+def declared_loss(logits: torch.Tensor, audio_logits: torch.Tensor | None, expanded_labels: torch.Tensor | None,
                   label_audio_ids: torch.Tensor | None, starts: torch.Tensor | None,
                   conv: LossConventions) -> tuple[Terms, PositionCE, PositionCE | None]:
     """The declared loss of one forward pass: (terms, text PositionCE, audio PositionCE or None)."""

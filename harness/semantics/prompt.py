@@ -47,11 +47,15 @@ class Rendering:
 
 def declared_messages(record: Any, conv: Conventions) -> tuple[list[Message], int | None, tuple[str, ...]]:
     """ChatML messages, start_index and audio roles for `record` under `conv` (module docstring)."""
-    text = conv.normalize_transcript(record.text)
-    ref_text = conv.normalize_reference_transcript(record.ref_text)
+    plain = conv.normalize_transcript(record.text)
+    text = conv.transcript_template.format(text=plain)
+    ref_text = conv.reference_transcript_template.format(text=conv.normalize_reference_transcript(record.ref_text))
     system = conv.system_message(record)
     ref_audio = AudioContent(audio_url=str(record.ref_audio))
-    target_audio = AudioContent(audio_url=str(record.audio))
+    target_audio: Any = AudioContent(audio_url=str(record.audio))
+    if conv.target_turn_text != "none":      # trained text next to the target audio in its assistant turn
+        said = TextContent(conv.target_turn_template.format(text=plain))
+        target_audio = [said, target_audio] if conv.target_turn_text == "before_audio" else [target_audio, said]
     if conv.voice_prompt == "assistant_turn":
         msgs = [Message("system", system), Message("user", ref_text), Message("assistant", ref_audio),
                 Message("user", text), Message("assistant", target_audio)]
@@ -245,6 +249,17 @@ def prompt_transcripts(input_ids: torch.Tensor, *, ids: SpecialIds, tokenizer: A
             elif system_text and reference.startswith(system_text):
                 reference = reference[len(system_text):]
     return {"target_transcript": target, "reference_transcript": reference}
+
+
+def untemplate(text: str | None, template: str) -> str | None:
+    """The `{text}` part of `text` rendered from `template` (prefix and suffix removed); `text`
+    unchanged when it does not have the template's prefix and suffix (then it diverges)."""
+    if text is None or template == "{text}":
+        return text
+    prefix, _, suffix = template.partition("{text}")
+    if text.startswith(prefix) and text.endswith(suffix) and len(text) >= len(prefix) + len(suffix):
+        return text[len(prefix):len(text) - len(suffix)]
+    return text
 
 
 def _find(seq: list[int], pattern: list[int]) -> int | None:

@@ -375,8 +375,9 @@ def test_training_cli_rejects_an_unknown_switch(capsys):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_defaults_keep_the_bf16_loss_and_gradients(assets, items):
-    """On CUDA (bf16 frozen base, fp32 LoRA): the device defaults (compile included) and, when
-    liger-kernel is installed, its kernels give the plain pipeline's loss within bf16 noise."""
+    """On CUDA (bf16 frozen base, fp32 LoRA): the device defaults (compile and tf32 included, tf32
+    turned on process-wide as the training CLI does and checked to be on) and, when liger-kernel is
+    installed, its kernels give the plain pipeline's loss within bf16 noise."""
     from harness.engine.common_config import common_train_config
     from higgs_common.context import build_context
 
@@ -392,10 +393,30 @@ def test_cuda_defaults_keep_the_bf16_loss_and_gradients(assets, items):
         variants.append(SpeedOptions.none().replace(fast_head=True, liger_rmsnorm=True, liger_swiglu=True))
     except ImportError:
         pass
-    _, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), cuda_batches, train=train)
+    assert SpeedOptions.defaults("cuda").tf32                      # the CUDA defaults include tf32 ...
+    with speedups.process_settings(SpeedOptions.none()):
+        assert not torch.backends.cuda.matmul.allow_tf32          # ... the plain pipeline runs without it
+        _, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), cuda_batches, train=train)
     for opts in variants:
-        _, on_total, on_grads = _accumulate(ctx, opts, cuda_batches, train=train)
+        # process_settings is what the training CLI and the bench enter: tf32 on where opts say so
+        with speedups.process_settings(opts):
+            assert torch.backends.cuda.matmul.allow_tf32 == opts.tf32, opts.describe()
+            assert torch.get_float32_matmul_precision() == ("high" if opts.tf32 else "highest"), opts.describe()
+            _, on_total, on_grads = _accumulate(ctx, opts, cuda_batches, train=train)
         torch.testing.assert_close(on_total, off_total, rtol=1e-2, atol=1e-3, msg=opts.describe())
         for name, g in off_grads.items():
             diff = float((on_grads[name].float() - g.float()).norm())
             assert diff <= 3e-2 * float(g.float().norm()) + 1e-6, (opts.describe(), name, diff)
+
+
+def test_process_settings_turn_tf32_on_and_off_and_restore():
+    """The tf32 switch sets fp32 matmuls to TF32 ('high', what allow_tf32 reads) process-wide, and
+    off ('highest') when the switch is off, whatever the process had; leaving restores it."""
+    before = torch.get_float32_matmul_precision()
+    with speedups.process_settings(SpeedOptions.defaults("cuda")):
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+        with speedups.process_settings(SpeedOptions.defaults("cuda").replace(tf32=False)):
+            assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before

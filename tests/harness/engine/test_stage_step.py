@@ -28,3 +28,24 @@ def test_other_differences_are_not_called_scheduler_order():
     assert _schedule_order(want, want, ["a", "b"], lr_now=1e-4, lr_next=2e-4, k=1) is None          # equal
     assert _schedule_order(_upd(3e-3), want, ["a", "b"], lr_now=1e-4, lr_next=2e-4, k=1) is None     # 3x, not 2x
     assert _schedule_order(_upd(2e-3), want, ["a", "b"], lr_now=1e-4, lr_next=1e-4, k=1) is None     # constant lr
+
+
+def test_make_optimizer_gets_the_adapters_own_model(ctx):
+    """A make_optimizer that reads model.config (a Trainer subclass does) runs in the native check:
+    every model handed to it is the adapter's own build."""
+    import types
+
+    import custom_impl.stages as base
+    from harness.engine.stage_step import native_run
+
+    seen = []
+
+    def make_optimizer(model, train):
+        seen.append(model.config.audio_num_codebooks)        # a synthetic stand-in has no .config
+        return base.make_optimizer(model, train)
+
+    adapter = types.SimpleNamespace(build_model=base.build_model, step=base.step, make_optimizer=make_optimizer)
+    train = base.DEFAULT_TRAIN.replace(warmup_steps=2, max_steps=6)
+    decl = base.effective_config(ctx, train)
+    run = native_run(adapter, ctx, train, decl, 1, train)
+    assert len(seen) == 2 and len(run["lr_curve"]) == 6 and run["lr_curve"][0] == 0.0

@@ -1,0 +1,489 @@
+"""Align two traces and diff them: the engine behind `higgs-diff compare-traces A B`.
+
+A is the run you trust (a clean run, the reference, the run before a change), B the run under
+test.  Steps are aligned by number, ranks by number, micro-batches by order within a step,
+cross-entropy calls by order, parameters by canonical name (`higgs_common.param_names`: DDP,
+torch.compile and peft wrappers removed, a wrapper attribute such as ``model.`` found by
+comparing the two name sets).
+
+Two traces of the **same program** (same ``python -m`` module or script: a fault switched on, a
+resumed run, an option changed, speed paths off) are compared tensor by tensor, in the order one
+step runs: the batch reaching the model (``dataset``: the inputs the model reads; ``collator``:
+labels, masks and offsets built from them), model outputs and, with ``--layers``, every decoder
+layer (``forward``), cross-entropy calls and the back-propagated loss (``loss``), gradients
+(``backward``), optimizer hyperparameters, clipping, parameters after the step, AdamW state and
+the learning rate (``step``), and the logged losses (``log``).  The first step with an unexpected
+divergence is reported in full; later steps differ as its consequence and are not listed.
+
+Two traces of **different programs** (the reference CLI and the custom CLI) batch, order and lay
+out their data differently, so only what must agree whatever the layout is compared: the model
+both load (every base parameter's name and shape), the heads their losses score (class counts),
+and each run's symptoms.  For a stage-by-stage numeric comparison of two different pipelines on
+identical inputs use `higgs-diff compare` (the stage replay).
+
+Symptoms (`harness.trace.symptoms`) of both traces come first in the report; a symptom of one
+run that the other does not have is a divergence of its stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from harness.engine.diff import FieldDiff, diff_scalars, diff_tensors
+from harness.explain.relations import infer
+from harness.report.model import Report, StageResult
+from harness.trace.load import StepTrace, Trace, number
+from harness.trace.symptoms import Symptom, head_kind, kind_key, shape_numel, symptoms, where
+from higgs_common.param_names import common_prefix_alignment
+
+TRACE_STAGES = ("dataset", "collator", "forward", "loss", "backward", "step", "log", "run")
+_COLLATOR_WORDS = ("label", "mask", "start", "loc", "position")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Float tolerance of a trace comparison: None = torch.testing's defaults for the dtype."""
+
+    rtol: float | None = None
+    atol: float | None = None
+
+    @classmethod
+    def for_precision(cls, precision: str) -> "Tolerance":
+        """``exact``: the dtype's defaults (same program, same device); ``bf16``: one bf16 rounding of the
+        compared values plus accumulated rounding of a bf16 network (unit roundoff 2^-8, x4 for the
+        reductions of a forward/backward), used to compare speed paths with the plain pipeline."""
+        if precision == "bf16":
+            return cls(rtol=4 * 2.0 ** -8, atol=1e-3)
+        return cls()
+
+
+def batch_stage(field_name: str) -> str:
+    """Inputs the model reads (ids, codes, features) belong to the dataset; labels, masks and offsets
+    built from them to the collator."""
+    return "collator" if any(w in field_name.lower() for w in _COLLATOR_WORDS) else "dataset"
+
+
+class _Collector:
+    """FieldDiffs of one comparison, per stage, with causes that name the call site."""
+
+    def __init__(self, a: Trace, b: Trace, tol: Tolerance) -> None:
+        self.a, self.b, self.tol = a, b, tol
+        self.fields: dict[str, list[FieldDiff]] = {s: [] for s in TRACE_STAGES}
+
+    def add(self, fd: FieldDiff, site_b: Any = None, site_a: Any = None, words: str | None = None,
+            ta: Any = None, tb: Any = None) -> FieldDiff:
+        if fd.diverged:
+            rel = None
+            if isinstance(ta, torch.Tensor) and isinstance(tb, torch.Tensor):
+                try:
+                    rel = infer(ta, tb)
+                except Exception as exc:   # noqa: BLE001  (a relation is an explanation, never a crash)
+                    fd.note = f"relation not inferred: {type(exc).__name__}: {exc}"
+            if rel is not None:
+                fd.relation = rel.to_json()
+                fd.relation["words"] = (fd.relation["words"].replace("on the reference side", "in A")
+                                        .replace("on the custom side", "in B").replace("the reference", "A")
+                                        .replace("the custom", "B"))
+            loc_b, loc_a = where(site_b), where(site_a)
+            mech = words or f"B's {fd.field} differs from A's"
+            if fd.relation:
+                mech += f" ({fd.relation['words']})"
+            if loc_b:
+                mech += f"; produced in B at {loc_b}"
+            if loc_a and loc_a != loc_b:
+                mech += f" (in A at {loc_a})"
+            fd.cause = {"mechanism": mech, "evidence": _evidence(fd), "rule": "trace"}
+        self.fields.setdefault(fd.stage, []).append(fd)
+        return fd
+
+    def tensors(self, stage: str, field: str, sa: StepTrace, da: Any, sb: StepTrace, db: Any,
+                site_b: Any = None, site_a: Any = None, words: str | None = None) -> FieldDiff:
+        """Diff two recorded tensors (or, when only summaries were kept, their sums)."""
+        ta, tb = sa.tensor(da), sb.tensor(db)
+        if da is None and db is None:
+            return self.add(FieldDiff(stage, field, "equal", note="absent in both runs"))
+        if da is None or db is None:
+            fd = FieldDiff(stage, field, "missing", reference=_shape_words(da), custom=_shape_words(db),
+                           note=f"only {'B' if da is None else 'A'} has it")
+            return self.add(fd, site_b, site_a, words or f"{field} exists in only one run")
+        if ta is not None and tb is not None:
+            fd = diff_tensors(ta, tb, stage=stage, field=field, rtol=self.tol.rtol, atol=self.tol.atol)
+            return self.add(fd, site_b, site_a, words, ta, tb)
+        # summaries only (full-size tensors): shape, then sum and |sum| with the dtype's tolerance scaled by size
+        if da.get("shape") != db.get("shape"):
+            fd = FieldDiff(stage, field, "shape", reference=da.get("shape"), custom=db.get("shape"))
+            return self.add(fd, site_b, site_a, words)
+        n = max(1, shape_numel(da.get("shape")))
+        rtol = (self.tol.rtol or 1.3e-6) * math.sqrt(n)
+        for key in ("nonfinite", "abs_sum", "sum"):
+            fd = diff_scalars(da.get(key), db.get(key), stage=stage, field=f"{field}:{key}", rtol=rtol,
+                              atol=(self.tol.atol or 1e-5) * n)
+            if fd.diverged:
+                fd.note = "only summaries were recorded (tensor above --max-numel)"
+                return self.add(fd, site_b, site_a, words)
+        return self.add(FieldDiff(stage, field, "equal", numel=n, note="summaries equal"))
+
+    def scalar(self, stage: str, field: str, va: Any, vb: Any, site_b: Any = None, words: str | None = None,
+               rtol: float | None = None, atol: float | None = None) -> FieldDiff:
+        return self.add(diff_scalars(va, vb, stage=stage, field=field, rtol=rtol, atol=atol), site_b, None, words)
+
+    def unexpected(self, stages: tuple[str, ...] = TRACE_STAGES) -> bool:
+        return any(f.diverged and not f.expected for s in stages for f in self.fields.get(s, []))
+
+
+def _shape_words(desc: Any) -> Any:
+    if isinstance(desc, dict):
+        return f"{desc.get('dtype')}{desc.get('shape')}"
+    return desc
+
+
+def _evidence(fd: FieldDiff) -> str:
+    if fd.status in ("shape", "dtype", "missing"):
+        return f"{fd.status}: A={fd.reference} B={fd.custom}"
+    where_ = "" if fd.first_index is None else f" first at {fd.first_index}"
+    return f"{fd.mismatches}/{fd.numel} differ{where_} (A={fd.reference} B={fd.custom})"
+
+
+# ------------------------------------------------------------------------------ same program
+def _compare_batches(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
+    ca, cb = sa.model_calls, sb.model_calls
+    for k, (ma, mb) in enumerate(zip(ca, cb)):
+        ia, ib = ma.get("inputs") or {}, mb.get("inputs") or {}
+        names = list(ia) + [n for n in ib if n not in ia]
+        ordered = sorted(names, key=lambda n: batch_stage(n) == "collator")   # model inputs before labels
+        for name in ordered:
+            stage = batch_stage(name)
+            fd = c.tensors(stage, f"step{s}.mb{k}.{name}", sa, ia.get(name), sb, ib.get(name), mb.get("call_site"),
+                           ma.get("call_site"), words=f"the batch reaching the model differs in {name}")
+            if fd.diverged and fd.cause:
+                src = copied_from(sb.tensor(ib.get(name)), {n: sb.tensor(d) for n, d in ib.items() if n != name})
+                if src:
+                    fd.cause["mechanism"] = (f"B feeds the content of its {src} as {name}: " + fd.cause["mechanism"])
+    # A different count is batching (collator) when both steps ran to the update, else the run ended early.
+    complete = sa.complete and sb.complete
+    c.scalar("collator" if complete else "run", f"step{s}.micro_batches", len(ca), len(cb),
+             words="the two runs feed a different number of micro-batches per optimizer step" if complete
+             else "one run ended inside this step, before all its micro-batches ran")
+
+
+def copied_from(t: torch.Tensor | None, others: dict[str, torch.Tensor | None]) -> str | None:
+    """The name of another batch field whose content `t` repeats (same values, ignoring padding layout):
+    a field filled from the wrong source."""
+    if t is None or t.numel() == 0:
+        return None
+    for name, o in others.items():
+        if o is None or o.numel() == 0 or o.dtype != t.dtype:
+            continue
+        if o.shape == t.shape and torch.equal(o, t):
+            return name
+        if o.dim() == t.dim() == 2 and o.shape[0] == t.shape[0] and o.shape[1] >= t.shape[1] \
+                and torch.equal(o[:, : t.shape[1]], t):
+            return name
+    return None
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict) and "key" in value and "shape" in value:
+        out[prefix] = value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _flatten(f"{prefix}.{i}" if prefix else str(i), v, out)
+    return out
+
+
+def _compare_forward(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: str, pb: str) -> None:
+    if s == 1 and sa.optimizer and sb.optimizer:
+        na = {n[len(pa):] for n in sa.grads()}
+        nb = {n[len(pb):] for n in sb.grads()}
+        if na != nb:
+            only_a, only_b = sorted(na - nb), sorted(nb - na)
+            fd = FieldDiff("forward", "trainable_parameters", "mismatch", numel=len(na | nb),
+                           mismatches=len(only_a) + len(only_b), reference=len(na), custom=len(nb),
+                           note=f"only in A: {only_a[:5]}; only in B: {only_b[:5]}")
+            c.add(fd, (sb.optimizer or {}).get("call_site"), None,
+                  f"the two runs train different parameters ({len(only_b)} only in B, {len(only_a)} only in A): "
+                  "a module added or removed (e.g. layers absent from the checkpoint, initialised at random) "
+                  "or LoRA targets that differ")
+    for k, (ma, mb) in enumerate(zip(sa.model_calls, sb.model_calls)):
+        oa, ob = _flatten("", ma.get("outputs"), {}), _flatten("", mb.get("outputs"), {})
+        for name in list(oa) + [n for n in ob if n not in oa]:
+            c.tensors("forward", f"step{s}.mb{k}.out.{name}", sa, oa.get(name), sb, ob.get(name), mb.get("call_site"),
+                      ma.get("call_site"), words=f"the model's output {name} differs on the same batch")
+    la = {(r.get("call"), r.get("module")): r for r in sa.records("layers")}
+    lb = {(r.get("call"), r.get("module")): r for r in sb.records("layers")}
+    for key in [k for k in la if k in lb]:
+        c.tensors("forward", f"step{s}.mb{key[0]}.layer.{key[1]}", sa, la[key].get("output"), sb,
+                  lb[key].get("output"), words=f"decoder layer {key[1]} outputs differ: the runs part at this layer")
+
+
+def _compare_loss(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
+    ca, cb = sa.ce_calls, sb.ce_calls
+    widest = kind_key([sa, sb])
+    ga = [x for x in ca if x.get("requires_grad")]
+    gb = [x for x in cb if x.get("requires_grad")]
+    c.scalar("loss", f"step{s}.cross_entropy_calls", len(ga), len(gb), (gb or ga or [{}])[0].get("call_site"),
+             words=f"the loss makes a different number of training cross-entropy calls (A {len(ga)}, B {len(gb)}: "
+                   f"A scores {sorted({head_kind(x, widest) for x in ga})}, B {sorted({head_kind(x, widest) for x in gb})})")
+    for k, (xa, xb) in enumerate(zip(ga, gb)):
+        kind = head_kind(xa, widest)
+        site = xb.get("call_site")
+        f = f"step{s}.ce{k}({kind})"
+        for opt in ("classes", "reduction", "ignore_index", "label_smoothing"):
+            c.scalar("loss", f"{f}.{opt}", xa.get(opt), xb.get(opt), site,
+                     words=f"the {kind} cross-entropy is called with a different {opt}")
+        c.tensors("loss", f"{f}.target", sa, xa.get("target"), sb, xb.get("target"), site, xa.get("call_site"),
+                  words=f"the {kind} cross-entropy scores different targets (labels shifted, masked or from other "
+                        "positions)")
+        c.tensors("loss", f"{f}.per_position", sa, xa.get("per_position"), sb, xb.get("per_position"), site,
+                  xa.get("call_site"), words=f"the {kind} per-position cross-entropy differs")
+        c.tensors("loss", f"{f}.result", sa, xa.get("result"), sb, xb.get("result"), site, xa.get("call_site"),
+                  words=f"the {kind} cross-entropy's result differs (reduction or weighting)")
+    ba, bb = sa.backward, sb.backward
+    c.scalar("loss", f"step{s}.backward_calls", len(ba), len(bb), (bb or [{}])[0].get("call_site"),
+             words="backward() runs a different number of times per step")
+    for k, (xa, xb) in enumerate(zip(ba, bb)):
+        c.scalar("loss", f"step{s}.backward{k}.has_graph", bool(xa.get("requires_grad")), bool(xb.get("requires_grad")),
+                 xb.get("call_site"), words="one run back-propagates a loss without a graph")
+        c.tensors("loss", f"step{s}.backward{k}.loss", sa, xa.get("value"), sb, xb.get("value"), xb.get("call_site"),
+                  xa.get("call_site"), words="the loss handed to backward() differs (its terms, weights or scaling)")
+
+
+def _compare_grads(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: str, pb: str) -> None:
+    ga = {n[len(pa):]: d for n, d in sa.grads().items()}
+    gb = {n[len(pb):]: d for n, d in sb.grads().items()}
+    site = (sb.backward or [{}])[-1].get("call_site")
+    for name in [n for n in ga if n in gb]:
+        da, db = ga[name], gb[name]
+        if da is None or db is None:
+            c.add(FieldDiff("backward", f"step{s}.grad.{name}", "equal" if da is db else "missing",
+                            reference=None if da is None else "gradient", custom=None if db is None else "gradient"),
+                  site, None, "a gradient reaches this parameter in only one run")
+            continue
+        c.tensors("backward", f"step{s}.grad.{name}", sa, da, sb, db, site,
+                  words="the gradient after backward (and any all-reduce and clipping) differs")
+
+
+def _compare_step(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: str, pb: str) -> None:
+    site = (sb.optimizer or {}).get("call_site")
+    gra, grb = sa.param_groups(), sb.param_groups()
+    c.scalar("step", f"step{s}.param_groups", len(gra), len(grb), site,
+             words="the optimizers have a different number of parameter groups")
+    for g, (xa, xb) in enumerate(zip(gra, grb)):
+        for key in ("lr", "initial_lr", "weight_decay", "eps", "betas", "momentum", "num_params"):
+            if key in xa or key in xb:
+                c.scalar("step", f"step{s}.group{g}.{key}", xa.get(key), xb.get(key), site,
+                         words=f"optimizer setting {key} of param group {g} differs")
+    cla, clb = sa.records("clip_grad_norm"), sb.records("clip_grad_norm")
+    c.scalar("step", f"step{s}.clip_calls", len(cla), len(clb), (clb or cla or [{}])[0].get("call_site"),
+             words="gradient clipping runs in only one of the runs")
+    for k, (xa, xb) in enumerate(zip(cla, clb)):
+        c.scalar("step", f"step{s}.clip{k}.max_norm", xa.get("max_norm"), xb.get("max_norm"), xb.get("call_site"),
+                 words="gradients are clipped to a different norm")
+        c.scalar("step", f"step{s}.clip{k}.total_norm", xa.get("total_norm"), xb.get("total_norm"),
+                 xb.get("call_site"), words="the gradient norm before clipping differs",
+                 rtol=c.tol.rtol or 1e-5, atol=c.tol.atol or 1e-7)
+    pa_, pb_ = ({n[len(p):]: d for n, d in st.params_after().items()} for st, p in ((sa, pa), (sb, pb)))
+    for name in [n for n in pa_ if n in pb_]:
+        c.tensors("step", f"step{s}.param.{name}", sa, pa_[name], sb, pb_[name], site,
+                  words="the parameter after the optimizer step differs")
+    sta = {n[len(pa):]: d for n, d in sa.optimizer_state().items()}
+    stb = {n[len(pb):]: d for n, d in sb.optimizer_state().items()}
+    for name in [n for n in sta if n in stb]:
+        for key in sorted(set(sta[name]) | set(stb[name])):
+            va, vb = sta[name].get(key), stb[name].get(key)
+            if isinstance(va, dict) or isinstance(vb, dict):
+                c.tensors("step", f"step{s}.state.{name}.{key}", sa, va if isinstance(va, dict) else None, sb,
+                          vb if isinstance(vb, dict) else None, site, words=f"optimizer state {key} differs")
+            else:
+                c.scalar("step", f"step{s}.state.{name}.{key}", va, vb, site, words=f"optimizer state {key} differs")
+    sca, scb = sa.records("scheduler"), sb.records("scheduler")
+    la = [x.get("last_lr") for x in sca]
+    lb = [x.get("last_lr") for x in scb]
+    c.scalar("step", f"step{s}.scheduler_lr", la[-1] if la else None, lb[-1] if lb else None,
+             (scb or sca or [{}])[-1].get("call_site"), words="the learning-rate scheduler sets a different rate")
+    if sca and scb and sa.optimizer and sb.optimizer:
+        order_a = [(number(x.get("seq")) or 0) > (number(sa.optimizer.get("seq")) or 0) for x in sca]
+        order_b = [(number(x.get("seq")) or 0) > (number(sb.optimizer.get("seq")) or 0) for x in scb]
+        c.scalar("step", f"step{s}.scheduler_after_optimizer", order_a[-1], order_b[-1], scb[-1].get("call_site"),
+                 words="scheduler.step() runs on the other side of optimizer.step()")
+
+
+def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
+    la, lb = sa.logged(), sb.logged()
+    sites = {k: r.get("call_site") for r in sb.records("logged") for k in (r.get("values") if isinstance(r.get("values"), dict) else {})}
+    for tag in [t for t in la if t in lb]:
+        if "time" in tag or "runtime" in tag or "per_second" in tag or tag.endswith("wall_s"):
+            continue
+        c.scalar("log", f"step{s}.logged.{tag}", la[tag], lb[tag], sites.get(tag.split(":", 1)[-1]),
+                 words=f"the program logs a different {tag.split(':', 1)[-1]}", rtol=1e-4, atol=1e-6)
+    for tag in [t for t in la if t not in lb] + [t for t in lb if t not in la]:
+        c.add(FieldDiff("log", f"step{s}.logged.{tag}", "missing", reference=la.get(tag), custom=lb.get(tag),
+                        note="logged in one run only"), sites.get(tag.split(":", 1)[-1]), None,
+              "one run logs a value the other does not")
+
+
+CONSEQUENCE_FIELDS = (".backward", ".grad.", ".param.", ".state.", ".group", ".clip", ".scheduler")
+
+
+def _mark_inconsequential(c: _Collector, s: int) -> None:
+    """Divergences inside the forward pass and the loss's cross-entropy calls of step `s` that change
+    neither the loss handed to backward(), nor any gradient, nor the update are a different path to
+    the same result (a fused or gathered head, chunked cross-entropy, another output layout): they
+    are shown as expected, with that reason, below what changes training."""
+    tag = f"step{s}."
+    in_step = [f for st in ("forward", "loss", "backward", "step") for f in c.fields.get(st, [])
+               if f.field.startswith(tag)]
+    consequential = [f for f in in_step if f.unexpected and any(k in f.field for k in CONSEQUENCE_FIELDS)]
+    checked = [f for f in in_step if any(k in f.field for k in CONSEQUENCE_FIELDS)]
+    if consequential or not checked:
+        return
+    for st in ("forward", "loss"):
+        for f in c.fields.get(st, []):
+            if f.field.startswith(tag) and f.unexpected and not any(k in f.field for k in CONSEQUENCE_FIELDS):
+                f.expected = True
+                f.expected_reason = ("changes neither the loss handed to backward(), nor any gradient, nor the "
+                                     "update: a different path to the same result")
+
+
+def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], common_steps_only: bool = False) -> str | None:
+    """Step by step (aligned by step number) until the first step with an unexpected divergence;
+    returns a note on what was left out."""
+    steps_a = {r: {st.step: st for st in a.rank_steps(r)} for r in ranks}
+    steps_b = {r: {st.step: st for st in b.rank_steps(r)} for r in ranks}
+    common = sorted(set(steps_a[ranks[0]]) & set(steps_b[ranks[0]]))
+    pa, pb = ("", "")
+    if common:
+        pa, pb = common_prefix_alignment(steps_a[ranks[0]][common[0]].grads(), steps_b[ranks[0]][common[0]].grads())
+    for i, s in enumerate(common):
+        for r in ranks:
+            sa, sb = steps_a[r].get(s), steps_b[r].get(s)
+            if sa is None or sb is None:
+                continue
+            _compare_batches(c, s, sa, sb)
+            _compare_forward(c, s, sa, sb, pa, pb)
+            _compare_loss(c, s, sa, sb)
+            _compare_grads(c, s, sa, sb, pa, pb)
+            _compare_step(c, s, sa, sb, pa, pb)
+            _compare_logs(c, s, sa, sb)
+            c.scalar("run", f"step{s}.rank{r}.complete", sa.complete, sb.complete,
+                     words="one run ended inside this step")
+        _mark_inconsequential(c, s)
+        if c.unexpected():
+            left = len(common) - (i + 1)
+            return (f"stopped after step {s}, the first with an unexpected divergence; "
+                    f"{left} later step(s) not listed (they differ as its consequence)") if left else None
+    only_a = sorted(set(steps_a[ranks[0]]) - set(common))
+    only_b = sorted(set(steps_b[ranks[0]]) - set(common))
+    if (only_a or only_b) and not common_steps_only:
+        c.scalar("run", "steps_recorded", len(steps_a[ranks[0]]), len(steps_b[ranks[0]]),
+                 words=f"the runs recorded different steps (only A: {only_a}, only B: {only_b})")
+    return None
+
+
+# ------------------------------------------------------------------------------ different programs
+def compare_different_programs(c: _Collector, a: Trace, b: Trace) -> str:
+    sa, sb = (t.rank_steps(0)[0] if t.rank_steps(0) else None for t in (a, b))
+    if sa is None or sb is None:
+        c.scalar("run", "steps_recorded", len(a.rank_steps(0)), len(b.rank_steps(0)),
+                 words="one run recorded no optimizer step")
+        return "nothing to compare: a run recorded no step"
+    # The heads both losses score: same vocabulary and codebook classes.
+    ca = sorted({int(number(x.get("classes")) or 0) for x in sa.ce_calls if x.get("requires_grad")})
+    cb = sorted({int(number(x.get("classes")) or 0) for x in sb.ce_calls if x.get("requires_grad")})
+    c.scalar("loss", "step1.heads_scored", ca, cb, (sb.ce_calls or [{}])[0].get("call_site"),
+             words="the two losses score heads of different widths (a head missing from one loss, or different "
+                   "vocabularies/codebook sizes)")
+    # Parameters both models train whose names and shapes must agree (same checkpoint).
+    pa, pb = common_prefix_alignment(sa.grads(), sb.grads())
+    ga = {n[len(pa):]: d for n, d in sa.grads().items()}
+    gb = {n[len(pb):]: d for n, d in sb.grads().items()}
+    shared = [n for n in ga if n in gb]
+    shapes_a = {n: (ga[n] or {}).get("shape") for n in shared}
+    shapes_b = {n: (gb[n] or {}).get("shape") for n in shared}
+    bad = [n for n in shared if shapes_a[n] != shapes_b[n] and shapes_a[n] and shapes_b[n]]
+    fd = FieldDiff("forward", "shared_parameter_shapes", "mismatch" if bad else "equal", numel=len(shared),
+                   mismatches=len(bad), note=None if not bad else f"first: {bad[0]} A{shapes_a[bad[0]]} B{shapes_b[bad[0]]}")
+    c.add(fd, (sb.optimizer or {}).get("call_site"), None, "parameters of the same name have different shapes: "
+          "the two runs do not load the same checkpoint")
+    return ("different programs: batches, ordering and loss layouts differ by design, so only the heads scored, "
+            "shared parameter shapes and each run's symptoms are compared; use `higgs-diff compare` for a "
+            "stage-by-stage diff of the two pipelines on identical inputs")
+
+
+# ------------------------------------------------------------------------------ symptoms
+def symptom_fields(c: _Collector, sym_a: list[Symptom], sym_b: list[Symptom]) -> None:
+    """A symptom in one run that the other does not show is a divergence of its stage."""
+    keys_a, keys_b = {s.key for s in sym_a}, {s.key for s in sym_b}
+    for run, mine, other_keys in (("B", sym_b, keys_a), ("A", sym_a, keys_b)):
+        for sym in mine:
+            if sym.key in other_keys:
+                continue
+            stage = sym.stage if sym.stage in TRACE_STAGES else "run"
+            fd = FieldDiff(stage, f"symptom.{sym.kind}.{sym.field}", "mismatch", numel=1, mismatches=1,
+                           reference="absent" if run == "B" else "present", custom="present" if run == "B" else "absent",
+                           note=f"run {run}: {sym.text}")
+            fd.cause = {"mechanism": f"run {run}: {sym.text}: {sym.mechanism}"
+                        + (f"; at {sym.location}" if sym.location else ""),
+                        "evidence": sym.text, "rule": "trace-symptom"}
+            c.fields.setdefault(stage, []).insert(0, fd)
+
+
+def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
+                   progress: Callable[[str], None] | None = None, common_steps_only: bool = False) -> Report:
+    """Compare trace B (under test) with trace A (trusted); a `Report` in the usual schema.
+
+    `common_steps_only`: compare the steps both traces recorded and nothing else (a resumed run covers only
+    the steps after its checkpoint; a short trace of a long run).
+    Never raises on odd trace contents (missing records, None gradients, empty tensors): those are
+    findings.  Raises `harness.trace.load.TraceError` only for folders that are not traces.
+    """
+    tol = tolerance or Tolerance()
+    c = _Collector(a, b, tol)
+    say = progress or (lambda _msg: None)
+    say("symptoms of both runs")
+    sym_a, sym_b = symptoms(a), symptoms(b)
+    same = a.program() == b.program()
+    ranks = [r for r in a.ranks if r in b.ranks] or [0]
+    if a.ranks != b.ranks:
+        c.scalar("run", "ranks", a.ranks, b.ranks, words="the runs have different numbers of processes")
+    note: str | None
+    try:
+        if same:
+            say(f"same program ({a.program()}): step-by-step comparison")
+            note = compare_same_program(c, a, b, ranks, common_steps_only)
+        else:
+            say(f"different programs ({a.program()} vs {b.program()}): structural comparison")
+            note = compare_different_programs(c, a, b)
+    except Exception as exc:   # noqa: BLE001  (the harness never raises on what a pipeline produced)
+        import traceback
+        c.fields["run"].append(FieldDiff("run", "comparison", "missing", note=(
+            f"comparison stopped on unexpected trace contents: {type(exc).__name__}: {exc}\n"
+            + traceback.format_exc(limit=4))))
+        note = "comparison incomplete (see the run stage)"
+    symptom_fields(c, sym_a, sym_b)
+    stages = []
+    for name in TRACE_STAGES:
+        fields = c.fields.get(name) or []
+        if not fields:
+            continue
+        st = StageResult(name, "ok", fields)
+        st.refresh_status()
+        stages.append(st)
+    report = Report(run_name="compare-traces", mode="trace", stages_requested=list(TRACE_STAGES), stages=stages,
+                    config={"a": {"path": str(a.path), "command": a.command_line(), "program": a.program(),
+                                  "exit_code": a.exit_code, "ranks": a.ranks,
+                                  "steps": {r: len(a.rank_steps(r)) for r in a.ranks}},
+                            "b": {"path": str(b.path), "command": b.command_line(), "program": b.program(),
+                                  "exit_code": b.exit_code, "ranks": b.ranks,
+                                  "steps": {r: len(b.rank_steps(r)) for r in b.ranks}},
+                            "same_program": same, "tolerance": {"rtol": tol.rtol, "atol": tol.atol}, "note": note})
+    report.symptoms = [dict(s.to_json(), run="A", path=str(a.path)) for s in sym_a] + \
+                      [dict(s.to_json(), run="B", path=str(b.path)) for s in sym_b]
+    return report

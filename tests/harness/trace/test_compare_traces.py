@@ -1,0 +1,117 @@
+"""compare-traces: the first step, stage and field where two runs of one program part, with the code
+location; degenerate trace contents are findings, never a harness traceback (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.trace import cli
+from harness.trace.compare import compare_traces
+from harness.trace.load import StepTrace, Trace
+
+
+def run_cli(a: Path, b: Path, out: Path, *extra: str) -> tuple[int, dict]:
+    code = cli.main([str(a), str(b), "--out", str(out), "--quiet", *extra])
+    return code, json.loads((out / "report.json").read_text())
+
+
+def test_two_clean_runs_agree(toy_trace, tmp_path):
+    code, report = run_cli(toy_trace(), toy_trace("--seed", "0"), tmp_path)
+    assert code == 0 and report["verdict"] == "pass" and report["first_divergence"] is None
+
+
+@pytest.mark.parametrize("bug, stage, field_part, words", [
+    ("label-shift", "loss", ".target", "targets"),
+    ("unscored-audio", "loss", "symptom.unscored_head", "no cross-entropy scores the audio logits"),
+    ("ignore-wd", "step", "weight_decay", "weight_decay"),
+])
+def test_bug_is_found_at_its_stage_with_its_code_location(toy_trace, tmp_path, bug, stage, field_part, words):
+    extra = ("--weight-decay", "0.05")
+    code, report = run_cli(toy_trace(*extra), toy_trace(*extra, "--bug", bug), tmp_path)
+    first = report["first_divergence"]
+    assert code == 1 and first["stage"] == stage, first
+    assert field_part in first["field"]
+    assert words in first["cause"]["mechanism"]
+    assert "toy_train.py:" in first["cause"]["mechanism"]          # the line in run B that made the diverging tensor
+
+
+def test_summed_logging_is_a_log_divergence_with_symptom(toy_trace, tmp_path):
+    code, report = run_cli(toy_trace(), toy_trace("--bug", "summed-log"), tmp_path)
+    assert code == 1
+    assert report["first_divergence"]["stage"] == "log"
+    assert any(s["kind"] == "logged_loss" and s["run"] == "B" for s in report["symptoms"])
+    assert report["summary"].startswith("diverged")
+
+
+def test_not_a_trace_is_bad_usage(tmp_path, toy_trace):
+    assert cli.main([str(tmp_path), str(toy_trace()), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+
+
+def test_different_programs_compare_structure_only(toy_trace, tmp_path):
+    a = Trace.load(toy_trace())
+    b = Trace.load(toy_trace())
+    b.index = dict(b.index, command=["python", "other_train.py"])
+    report = compare_traces(a, b)
+    assert report.verdict == "pass"
+    assert "different programs" in report.config["note"]
+
+
+# ------------------------------------------------------------------------------ degenerate contents
+_desc = st.one_of(
+    st.none(), st.just({}), st.just({"key": "missing", "stored": True, "shape": [2, 3], "dtype": "float32"}),
+    st.fixed_dictionaries({"key": st.just("x"), "stored": st.booleans(),
+                           "shape": st.lists(st.integers(0, 3), max_size=3), "dtype": st.just("float32")},
+                          optional={"sum": st.floats(allow_nan=True, allow_infinity=True),
+                                    "abs_sum": st.floats(allow_nan=True), "nonfinite": st.integers(0, 5)}),
+    st.text(max_size=3), st.integers())
+_call = st.fixed_dictionaries({}, optional={
+    "inputs": st.one_of(st.none(), st.dictionaries(st.sampled_from(["input_ids", "label_ids", "audio_out_ids"]), _desc)),
+    "outputs": st.one_of(st.none(), st.dictionaries(st.sampled_from(["logits", "audio_logits", "loss"]), _desc)),
+    "call_site": st.one_of(st.none(), st.just([]), st.just([{"file": "f.py", "line": 1, "function": "g"}]))})
+_ce = st.fixed_dictionaries({}, optional={
+    "classes": st.one_of(st.none(), st.integers(0, 40)), "requires_grad": st.booleans(), "result": _desc,
+    "target": _desc, "per_position": _desc, "supervised": st.integers(0, 3), "reduction": st.sampled_from(["mean", None]),
+    "call_site": st.none()})
+_opt = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+    "grads": st.dictionaries(st.sampled_from(["a.weight", "module.a.weight", "b.lora_A.default.weight"]), _desc),
+    "params_after": st.dictionaries(st.sampled_from(["a.weight", "c"]), _desc),
+    "param_groups": st.lists(st.dictionaries(st.sampled_from(["lr", "weight_decay", "betas", "initial_lr"]),
+                                             st.one_of(st.floats(allow_nan=True), st.none(), st.text(max_size=2))),
+                             max_size=2),
+    "state": st.dictionaries(st.just("a.weight"), st.dictionaries(st.just("step"), _desc)),
+    "seq": st.integers(0, 9)}))
+_step = st.fixed_dictionaries({"complete": st.booleans()}, optional={
+    "model_calls": st.lists(_call, max_size=2), "cross_entropy": st.lists(_ce, max_size=3),
+    "backward": st.lists(st.fixed_dictionaries({}, optional={"value": _desc, "requires_grad": st.booleans(),
+                                                               "error": st.one_of(st.none(), st.text(max_size=5))}),
+                         max_size=2),
+    "optimizer": _opt, "logged": st.lists(st.fixed_dictionaries({"values": st.dictionaries(
+        st.sampled_from(["loss", "train/loss", "x"]), st.floats(allow_nan=True))}), max_size=2),
+    "scheduler": st.lists(st.fixed_dictionaries({"seq": st.integers(0, 9), "last_lr": st.just([0.1])}), max_size=2),
+    "clip_grad_norm": st.lists(st.fixed_dictionaries({"max_norm": st.floats(0, 2)}), max_size=1)})
+
+
+def _trace(path: Path, metas: list[dict], ranks: int, command: list[str]) -> Trace:
+    steps = {r: [StepTrace(i + 1, r, dict(m, step=i + 1), None) for i, m in enumerate(metas)] for r in range(ranks)}
+    return Trace(path, {"command": command, "exit_code": 0}, steps, {r: [] for r in range(ranks)})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=st.lists(_step, max_size=3), b=st.lists(_step, max_size=3), ranks=st.integers(1, 2), same=st.booleans())
+def test_degenerate_traces_are_findings_never_a_traceback(tmp_path_factory, a, b, ranks, same):
+    """None labels, empty logits, missing records, NaN losses, unknown keys: compare_traces returns a report
+    (the 'comparison' field of the run stage records anything it could not read) and never raises."""
+    cmd = ["python", "-m", "train"]
+    ta = _trace(Path("A"), a, ranks, cmd)
+    tb = _trace(Path("B"), b, ranks, cmd if same else ["python", "x.py"])
+    report = compare_traces(ta, tb)
+    assert report.verdict in ("pass", "diverged", "error")
+    crashed = [f for s in report.stages for f in s.fields if f.field == "comparison"]
+    assert not crashed, crashed[0].note
+    report.to_json()
+    report.to_markdown()

@@ -1,0 +1,69 @@
+"""The recorder, injected into an unmodified training script, records what its steps really do."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from harness.trace.load import Trace
+
+
+def test_every_step_is_recorded_with_its_pieces(toy_trace):
+    trace = Trace.load(toy_trace())
+    assert trace.exit_code == 0 and trace.ranks == [0]
+    steps = trace.rank_steps(0)
+    assert [s.step for s in steps] == [1, 2, 3] and all(s.complete for s in steps)
+    st = steps[0]
+    # two micro-batches (grad accumulation 2): the batch reaching the model, and its outputs
+    assert len(st.model_calls) == 2
+    call = st.model_calls[0]
+    assert call["module_class"] == "TwoHead"
+    assert set(call["inputs"]) == {"input_ids", "audio_out_ids"}
+    assert st.tensor(call["inputs"]["input_ids"]).shape == (2, 12)
+    assert call["outputs"]["audio_logits"]["shape"] == [2, 4, 10]
+    assert len(call["row_hashes"]["input_ids"]) == 2
+    # cross-entropy: text (32 classes) and audio (10), with targets, per-position CE and the calling line
+    ce = st.ce_calls
+    assert [c["classes"] for c in ce] == [32, 10, 32, 10]
+    assert ce[0]["call_site"][0]["file"].endswith("toy_train.py")
+    per = st.tensor(ce[1]["per_position"])
+    res = st.tensor(ce[1]["result"])
+    torch.testing.assert_close(per.mean(), res)
+    # the back-propagated loss has a graph; gradients, hyperparameters, parameters after the step
+    assert [b["requires_grad"] for b in st.backward] == [True, True]
+    grads = st.grads()
+    assert set(grads) == {"embed.weight", "body.weight", "body.bias", "text_head.weight", "text_head.bias",
+                          "audio_head.weight", "audio_head.bias"}
+    assert st.param_groups()[0]["lr"] == 0.01
+    before = st.tensors()["param_before.body.weight"]
+    after = st.tensor(st.params_after()["body.weight"])
+    assert not torch.equal(before, after)
+    assert st.meta["clip_grad_norm"][0]["max_norm"] == 1.0
+    # the scheduler stepped after the optimizer, inside the same step record; the logged loss
+    assert st.meta["scheduler"][-1]["seq"] > st.optimizer["seq"]
+    assert "tensorboard:train/loss" in st.logged()
+
+
+def test_index_and_log_are_written(toy_trace):
+    path = toy_trace()
+    index = json.loads((path / "trace.json").read_text())
+    assert index["exit_code"] == 0 and index["ranks"] == {"rank0": [1, 2, 3]}
+    assert (path / "command.log").is_file()
+
+
+def test_only_the_requested_steps_are_recorded(toy_trace):
+    trace = Trace.load(toy_trace("--max-steps", "4", steps=2))
+    assert [s.step for s in trace.rank_steps(0)] == [1, 2]
+
+
+def test_large_tensors_are_kept_as_summaries(tmp_path):
+    from harness.trace.run import run_traced
+    from tests.harness.trace.conftest import toy_command
+
+    out = tmp_path / "t"
+    assert run_traced(toy_command("--output-dir", str(tmp_path / "run")), out, steps=1, max_numel=0, echo=False) == 0
+    st = Trace.load(out).rank_steps(0)[0]
+    desc = st.grads()["body.weight"]
+    assert desc["stored"] is False and desc["shape"] == [16, 16]
+    assert desc["abs_sum"] > 0 and desc["nonfinite"] == 0

@@ -1,0 +1,108 @@
+"""A small, complete training script for the trace tests: argparse, a two-head model (text and
+"audio"), cross-entropy losses, gradient accumulation, AdamW with a linear schedule, clipping,
+TensorBoard logging, checkpoints and --resume.  `--bug NAME` switches on one realistic bug.
+
+    python toy_train.py --steps 3 --output-dir /tmp/run [--bug summed-log]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+BUGS = ("none", "detached", "unscored-audio", "summed-log", "ignore-wd", "forget-scheduler", "label-shift",
+        "skip-batch-on-resume", "crash")
+
+
+class Out:
+    def __init__(self, logits: torch.Tensor, audio_logits: torch.Tensor) -> None:
+        self.logits, self.audio_logits = logits, audio_logits
+
+
+class TwoHead(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(32, 16)
+        self.body = torch.nn.Linear(16, 16)
+        self.text_head = torch.nn.Linear(16, 32)
+        self.audio_head = torch.nn.Linear(16, 10)
+
+    def forward(self, input_ids: torch.Tensor, audio_out_ids: torch.Tensor) -> Out:
+        h = torch.tanh(self.body(self.embed(input_ids)))            # (B, T, 16)
+        return Out(self.text_head(h), self.audio_head(h[:, : audio_out_ids.shape[1]]))
+
+
+def batch(step: int, micro: int, size: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + micro)
+    ids = torch.randint(0, 32, (size, 12), generator=g)
+    return {"input_ids": ids, "audio_out_ids": torch.randint(0, 10, (size, 4), generator=g)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="toy trainer")
+    p.add_argument("--max-steps", type=int, default=3, help="optimizer steps (default: 3)")
+    p.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 0.01)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0.0)")
+    p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per step (default: 2)")
+    p.add_argument("--batch-size", type=int, default=2, help="samples per micro-batch (default: 2)")
+    p.add_argument("--output-dir", type=Path, default=Path("toy-run"))
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: never)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bug", choices=BUGS, default="none")
+    a = p.parse_args()
+    torch.manual_seed(a.seed)
+    model = TwoHead()
+    wd = 0.0 if a.bug == "ignore-wd" else a.weight_decay
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / a.max_steps))
+    from torch.utils.tensorboard import SummaryWriter
+    a.output_dir.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(a.output_dir / "tb"))
+    start = 0
+    ckpt = a.output_dir / "ckpt.pt"
+    if a.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if a.bug != "forget-scheduler":
+            sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"] + (1 if a.bug == "skip-batch-on-resume" else 0)
+    running = 0.0
+    for step in range(start + 1, a.max_steps + 1):
+        if a.bug != "summed-log":
+            running = 0.0
+        for micro in range(a.grad_accum):
+            b = batch(step, micro, a.batch_size)
+            out = model(**b)
+            if a.bug == "crash" and step == 2:
+                raise RuntimeError("toy trainer: simulated crash in step 2")
+            labels = b["input_ids"] if a.bug == "label-shift" else torch.roll(b["input_ids"], -1, dims=1)
+            text = F.cross_entropy(out.logits[:, :-1].reshape(-1, 32), labels[:, :-1].reshape(-1))
+            audio = (torch.zeros(()) if a.bug == "unscored-audio"
+                     else F.cross_entropy(out.audio_logits.reshape(-1, 10), b["audio_out_ids"].reshape(-1)))
+            loss = (text + audio) / a.grad_accum
+            if a.bug == "detached":
+                loss = loss.detach().requires_grad_()
+            loss.backward()
+            running += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        writer.add_scalar("train/loss", running, step)
+        if a.save_every and step % a.save_every == 0:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "rng": torch.get_rng_state(), "step": step}, tmp)
+            os.replace(tmp, ckpt)
+    writer.close()
+
+
+if __name__ == "__main__":
+    main()
