@@ -194,6 +194,13 @@ def _compare(sides: dict, *, stage: str, mode: str, data: Any, samples: int, dat
                                 sides=sides)
         results = comparison.run()
     causes.explain_fields(results, comparison.evidence, comparison.extras)
+    from harness.explain.location import attach_locations
+
+    from higgs_common import REPO_ROOT
+
+    origin = Path(str(getattr(sides["custom"], "origin", "") or "?"))   # the adapter file (also for a worker side)
+    origin = origin if origin.is_absolute() else Path(REPO_ROOT) / origin
+    attach_locations(results, list(faults), [origin.parent] if origin.is_file() else [])
     name = run_name or default_run_name(stage, mode, faults, seed)
     report = Report(
         run_name=name, mode=mode, stages_requested=list(stages), stages=results,

@@ -8,7 +8,6 @@ sample and field).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -169,9 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_faults(args.custom)
     if args.samples < 1:
         parser.error("--samples must be at least 1")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-
     from rich.console import Console
 
     console = Console(stderr=False)
@@ -210,30 +206,32 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     from rich.markup import escape
 
     from harness.api import compare
+    from harness.engine.runner import STAGES
     from harness.report.render import write_report
+    from harness.report.terminal import RunOutput, print_summary
     from higgs_common.audio_io import DEFAULT_MAX_AUDIO_SECONDS
     from higgs_common.audit import audit_before_training
     from higgs_common.context import load_text_tokenizer
     from higgs_common.train_cli import speech_options
-    from harness.report.terminal import print_summary
 
-    def progress(msg: str) -> None:
-        if not args.quiet:
-            console.log(msg)
-
-    # The data audit's own checks (higgs_common.audit): warnings printed once, errors are bad input (exit 2).
+    # one progress channel (a bar over the stages; logs and warnings through it); --quiet: errors only
+    stages = STAGES if args.stage == "all" else STAGES[: STAGES.index(args.stage) + 1]
+    # The data audit's own checks (higgs_common.audit): its findings on stderr (only bad data has any), errors are
+    # bad input (exit 2); before the progress channel starts, which would capture them.
     audit_before_training(args.data, prog="higgs-diff compare", tokenizer=load_text_tokenizer(args.model),
                           options={"max_audio_seconds": args.max_audio_seconds or DEFAULT_MAX_AUDIO_SECONDS,
                                    **speech_options(args)})
-    report = compare(args.reference, args.custom, stage=args.stage, mode=args.mode, data=args.data,
-                     samples=args.samples, dataset_samples=args.dataset_samples, fault=args.fault, device=args.device, model=args.model,
-                     audio_tokenizer=args.audio_tokenizer, seed=args.seed, tolerance=tolerances,
-                     precision=args.precision, ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
-                     optimizer_steps=args.optimizer_steps, skip_bad_samples=args.skip_bad_samples,
-                     max_audio_seconds=args.max_audio_seconds, run_name=run_name(args), progress=progress,
-                     options=speech_options(args), reference_python=args.reference_python,
-                     reference_path=args.reference_path, custom_python=args.custom_python,
-                     custom_path=args.custom_path, side_timeout=args.side_timeout, isolation=args.isolation)
+    with RunOutput(console, stages, quiet=args.quiet) as progress:
+        report = compare(args.reference, args.custom, stage=args.stage, mode=args.mode, data=args.data,
+                         samples=args.samples, dataset_samples=args.dataset_samples, fault=args.fault,
+                         device=args.device, model=args.model,
+                         audio_tokenizer=args.audio_tokenizer, seed=args.seed, tolerance=tolerances,
+                         precision=args.precision, ddp_world_size=args.ddp_world_size, ddp_steps=args.ddp_steps,
+                         optimizer_steps=args.optimizer_steps, skip_bad_samples=args.skip_bad_samples,
+                         max_audio_seconds=args.max_audio_seconds, run_name=run_name(args), progress=progress,
+                         options=speech_options(args), reference_python=args.reference_python,
+                         reference_path=args.reference_path, custom_python=args.custom_python,
+                         custom_path=args.custom_path, side_timeout=args.side_timeout, isolation=args.isolation)
     if args.skip_bad_samples and report.skipped is not None:
         console.print(escape(report.skipped.summary()), highlight=False, soft_wrap=True)
         for item in report.skipped.skipped:
@@ -244,6 +242,7 @@ def _run(args: argparse.Namespace, tolerances: dict, console) -> int:
     print_summary(report, console=console, paths=paths)
     if args.skip_bad_samples and report.skipped is not None:
         console.print(escape(report.skipped.summary()), highlight=False, soft_wrap=True)   # the count again, at the end
+    # propagated mode: declared differences spreading give verdict "pass" (Report.propagation_origin)
     return EXIT_OK if report.verdict == "pass" else EXIT_DIVERGED
 
 

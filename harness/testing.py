@@ -36,7 +36,9 @@ def describe_first_divergence(report: Report) -> str:
     if fd.get("relation"):
         lines.append(f"  relation: {fd['relation']}")
     if fd.get("cause"):
-        lines.append(f"  cause: {fd['cause']}")
+        lines.append(f"  cause: {fd['cause']['mechanism']}")
+        if fd["cause"].get("location"):
+            lines.append(f"  at: {fd['cause']['location']}")
     return "\n".join(lines)
 
 

@@ -69,6 +69,7 @@ class FieldDiff:
     relation: dict | None = None       # harness.explain.relations.Relation.to_json() of a divergence
     cause: dict | None = None          # harness.explain.causes: {"mechanism", "evidence", "rule"}
     window: dict | None = None         # decoded values around first_index on both sides (reports)
+    axes: list[str] | None = None      # what each dimension means, e.g. ["frame", "codebook"] (plots, windows)
 
     @property
     def diverged(self) -> bool:
@@ -103,7 +104,10 @@ class FieldDiff:
             if f.name == "mismatch_mask":
                 continue
             out[f.name] = jsonable(getattr(self, f.name))
-        out["diverged"] = self.diverged
+        # JSON meaning (report schema 2): "differs" = the values differ; "expected" = they differ as
+        # declared; "diverged" = they differ and that is NOT declared (differs and not expected).
+        out["differs"] = self.diverged
+        out["diverged"] = self.unexpected
         return out
 
 

@@ -15,6 +15,7 @@ and, for every unexpected divergence, the relation between the two values.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -70,8 +71,10 @@ class FieldComparer:
         elif tol is not None:
             rtol, atol, bound, rule = tol.rtol, tol.atol, tol.bound, tol.rule
         if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            # the mask is always kept here: the relation counts the comparison's own mismatches
+            # (`compare` drops it again unless the spec asks for it, e.g. for a heatmap)
             d = diff_tensors(a, b, stage=stage, field=name, rtol=rtol, atol=atol, decode=spec.decode,
-                             sample_of=spec.sample_of, keep_mask=spec.keep_mask, bound=bound)
+                             sample_of=spec.sample_of, keep_mask=True, bound=bound)
         else:
             d = diff_scalars(a, b, stage=stage, field=name, rtol=rtol, atol=atol)
         if d.rtol is not None and rule is None and d.rtol > 0:
@@ -80,6 +83,7 @@ class FieldComparer:
         if spec.sample is not None and d.sample is None:
             d.sample = spec.sample
         d.check, d.side = spec.check, spec.side
+        d.axes = list(spec.axes) if spec.axes is not None else None
         return d
 
     def compare(self, stage: str, name: str, ref: Any, cus: Any, spec: FieldSpec | None = None,
@@ -99,7 +103,7 @@ class FieldComparer:
                 d = self._raw(stage, name, ref, cus, spec)
                 d.expected = d.diverged
                 d.expected_reason = f"[{entry.id}] {entry.reason}" if d.diverged else None
-                return d
+                return _drop_mask(d, spec)
             against.note = (f"custom differs from the expectation derived from the declared conventions "
                             f"[{entry.id}]: the 'reference' column shows the reference value transformed as "
                             f"the declarations say")
@@ -112,9 +116,9 @@ class FieldComparer:
             elif d.diverged:
                 d.note = f"differs, but not as declared [{entry.id}]: {entry.reason}"
         if d.unexpected:
-            d.relation = explain(compared[0], compared[1], spec)
+            d.relation = explain(compared[0], compared[1], spec, differs=d.mismatch_mask)
             d.window = window(compared[0], compared[1], d.first_index, axes=spec.axes, token=spec.token)
-        return d
+        return _drop_mask(d, spec)
 
     def compare_mapping(self, stage: str, prefix: str, ref: Mapping[str, Any] | None, cus: Mapping[str, Any] | None,
                         spec_for: Callable[[str, Any], FieldSpec]) -> list[FieldDiff]:
@@ -179,12 +183,24 @@ class FieldComparer:
         return dict(zip(fast, torch.stack(flags).tolist()))
 
 
-def explain(ref: Any, cus: Any, spec: FieldSpec) -> dict | None:
-    """The relation between two compared values, as JSON (never raises: a failed inference says so)."""
+def _drop_mask(d: FieldDiff, spec: FieldSpec) -> FieldDiff:
+    """Keep the mismatch mask only where the field's spec asks for it (heatmaps)."""
+    if not spec.keep_mask:
+        d.mismatch_mask = None
+    return d
+
+
+def explain(ref: Any, cus: Any, spec: FieldSpec, *, differs: torch.Tensor | None = None) -> dict | None:
+    """The relation between two compared values, as JSON (never raises: a failed inference says so).
+
+    `differs`: the comparison's own mismatch mask (bool, shape of `ref`); when given, a relation that
+    counts differing elements counts these, so the report never shows two counts for one field."""
     ctx = spec.rel_ctx or R.Context()
     if spec.tol is not None:
         ctx = R.Context(ctx.special_ids, ctx.kind_of, ctx.scale_sources, rtol=max(spec.tol.rtol, R.FIT_RTOL),
                         atol=max(spec.tol.atol, R.FIT_ATOL))
+    if differs is not None:
+        ctx = dataclasses.replace(ctx, differs=differs)
     try:
         return R.infer(ref, cus, axes=spec.axes, ctx=ctx).to_json()
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:   # explanation must not hide the finding

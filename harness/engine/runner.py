@@ -139,9 +139,11 @@ class Comparison:
     # ------------------------------------------------------------------ helpers
 
     def say(self, msg: str) -> None:
+        """Progress: to the caller's channel when it gave one, else to the log (never both)."""
         if self.options.progress:
             self.options.progress(msg)
-        log.info(msg)
+        else:
+            log.info(msg)
 
     def gather(self, what: str, fn: Callable[[], Any]) -> Any:
         """Evidence for explanations, best effort: an explanation must never cost the comparison its

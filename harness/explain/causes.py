@@ -628,11 +628,24 @@ def _grad_values(f: FieldDiff, x: Facts) -> Result:
         return (f"the {side} gradient is the gradient of {hyp['hypothesis']}", "its gradients equal the declared "
                 "loss's term back-propagated alone through the other side's model")
     ratio = hyp.get("ratio")
-    if ratio is not None and abs(ratio - 1) > 1e-3 and kind in ("scale", "none"):
+    if ratio is not None and abs(ratio - 1) > 1e-3 and kind == "scale":
         return (f"the {side} gradient is {ratio:.4g}x what its declared loss gives: the back-propagated loss is "
                 "scaled (a weight, a division by the accumulation steps or the world size, a halved loss)",
-                f"overall gradient ratio {ratio:.6g}")
-    loss_ok = not any(g.unexpected for g in (x.stages.get("loss").fields if x.stages.get("loss") else []))
+                f"overall gradient ratio {ratio:.6g}; {_words(f)}")
+    loss_fields = x.stages.get("loss").fields if x.stages.get("loss") else []
+    loss_div = next((g for g in loss_fields if g.unexpected), None)
+    loss_ok = loss_div is None
+    if loss_div is not None and kind not in ("sign_flip", "scale"):
+        # The cause must not contradict this field's relation ("no simple relation" is not a "scaled copy"),
+        # nor send the reader after a second bug: a gradient of a loss that already diverged follows from it.
+        return (f"the {side} gradient follows from the loss divergence upstream (loss.{loss_div.field}): it is the "
+                "gradient of a different loss, so fix the loss first; no separate gradient bug is implied",
+                _words(f) + (f"; overall gradient ratio {ratio:.6g}" if ratio is not None else ""))
+    if ratio is not None and abs(ratio - 1) > 1e-3 and kind == "none":
+        return (f"the {side} gradient is on the whole {ratio:.4g}x what its declared loss gives, but not element-wise "
+                "a scaled copy: the back-propagated loss is weighted differently (a weight, a division by the "
+                "accumulation steps or the world size, a halved term)",
+                f"overall gradient ratio {ratio:.6g}; element-wise: {_words(f)}")
     if kind == "sign_flip":
         return (f"the {side} gradient has the wrong sign: the loss is negated (maximised)", _words(f))
     if kind == "scale":
@@ -865,7 +878,7 @@ def cause_of(f: FieldDiff, facts: Facts) -> dict | None:
         res = rule(f, facts)
         if res is not None:
             mechanism, evidence = res
-            return {"mechanism": mechanism, "evidence": evidence, "rule": rule.__name__.lstrip("_")}
+            return {"mechanism": mechanism, "evidence": evidence, "rule": rule.__name__.lstrip("_"), "location": None}
     return None
 
 
@@ -887,7 +900,7 @@ def diagnoses(stages: list[StageResult], evidence: dict[str, Any]) -> list[Diagn
             if f.unexpected and f.cause and f.cause["mechanism"] not in seen:
                 seen.add(f.cause["mechanism"])
                 out.append(Diagnosis(cause=f.cause["mechanism"], evidence=f.cause["evidence"], stage=st.stage,
-                                     field=f.field))
+                                     field=f.field, rule=f.cause.get("rule"), location=f.cause.get("location")))
     d = evidence.get("ddp")
     if d and not d.get("unsynced_ranks") and not d.get("step_unsynced_ranks") and d.get("backend"):
         out.append(Diagnosis(

@@ -26,6 +26,21 @@ PIPELINE_ORDER = ("dataset", "collator", "forward", "loss", "backward", "step", 
 TRAINING_STAGES = ("loss", "backward", "step")
 STAGE_STATUSES = ("ok", "expected", "diverged", "error", "skipped")
 VOLATILE_KEY = "volatile"
+# report.json format (harness/schemas/report.schema.json).  2.0.0: a field's "diverged" means an
+# UNEXPECTED divergence ("differs" is the raw inequality), every "cause" is one object type (`CAUSE_KEYS`),
+# "verdict_reason" says why the verdict is what it is.
+SCHEMA_VERSION = "2.0.0"
+CAUSE_KEYS = ("mechanism", "evidence", "rule", "location")
+
+
+def cause_object(cause: dict | None) -> dict | None:
+    """The one JSON form of a cause: {"mechanism", "evidence", "rule", "location"} (missing keys None).
+
+    mechanism: what to fix, in words; evidence: what the run measured that supports it; rule: the
+    `harness.explain.causes` rule that fired; location: ``path:line`` where it acts, when known."""
+    if not cause:
+        return None
+    return {k: cause.get(k) for k in CAUSE_KEYS}
 
 def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
@@ -49,6 +64,10 @@ class StageResult:
     def n_expected(self) -> int:
         return sum(1 for f in self.fields if f.diverged and f.expected)
 
+    @property
+    def n_equal(self) -> int:
+        return sum(1 for f in self.fields if not f.diverged)
+
     def first_unexpected(self) -> FieldDiff | None:
         return next((f for f in self.fields if f.diverged and not f.expected), None)
 
@@ -67,10 +86,17 @@ class StageResult:
             "status": self.status,
             "error": self.error,
             "note": self.note,
-            "counts": {"fields": len(self.fields), "diverged": self.n_diverged,
+            # fields = equal + expected + diverged, the same three classes each field's JSON carries
+            "counts": {"fields": len(self.fields), "equal": self.n_equal, "diverged": self.n_diverged,
                        "expected": self.n_expected},
-            "fields": [f.to_json() for f in self.fields],
+            "fields": [_field_json(f) for f in self.fields],
         }
+
+
+def _field_json(f: FieldDiff) -> dict:
+    out = f.to_json()
+    out["cause"] = cause_object(f.cause)
+    return out
 
 
 def stage_status(fields: list[FieldDiff]) -> str:
@@ -84,14 +110,21 @@ def stage_status(fields: list[FieldDiff]) -> str:
 
 @dataclass
 class Diagnosis:
+    """One entry of the report's diagnosis list: a cause (in words), its evidence, where it was seen."""
+
     cause: str
     evidence: str
     stage: str | None = None
     field: str | None = None
+    rule: str | None = None
+    location: str | None = None
 
     def to_json(self) -> dict:
-        return {"cause": self.cause, "evidence": self.evidence, "stage": self.stage,
-                "field": self.field}
+        """{"cause": {mechanism, evidence, rule, location}, "stage", "field"}: the cause has the one
+        cause type of the report (`cause_object`)."""
+        return {"cause": cause_object({"mechanism": self.cause, "evidence": self.evidence, "rule": self.rule,
+                                       "location": self.location}),
+                "stage": self.stage, "field": self.field}
 
 
 @dataclass
@@ -135,14 +168,52 @@ class Report:
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
 
-    def first_divergence(self) -> dict | None:
-        """The first unexpected divergence, walking stages in pipeline order, fields in order, with
-        the relation between the two values and the mechanism that explains it (if a rule does)."""
+    def _first_unexpected(self) -> tuple[StageResult, FieldDiff] | None:
+        if self.propagation_origin() is not None:
+            return None
         for st in self.ordered_stages():
             f = st.first_unexpected()
             if f is not None:
-                return _describe(st, f)
+                return st, f
         return None
+
+    def first_divergence_field(self) -> FieldDiff | None:
+        """The field behind `first_divergence` (None when there is none)."""
+        found = self._first_unexpected()
+        return None if found is None else found[1]
+
+    def first_divergence(self) -> dict | None:
+        """The first unexpected divergence, walking stages in pipeline order, fields in order, with
+        the relation between the two values and the mechanism that explains it (if a rule does).
+
+        In propagated mode, divergences after a stage whose differences are all declared are that
+        difference spreading (`propagation_origin`), not a first divergence: then None."""
+        found = self._first_unexpected()
+        return None if found is None else _describe(*found)
+
+    def propagation_origin(self) -> str | None:
+        """Propagated mode only: the first stage where the pipelines differ at all, when every
+        difference there is declared.  Later divergences are then that difference spreading (each side
+        runs on its own outputs), which the mode exists to show; they are not failures.  None otherwise
+        (isolated mode, nothing differs, or the first differing stage has an undeclared divergence)."""
+        if self.mode != "propagated":
+            return None
+        for st in self.ordered_stages():
+            if st.status == "error":
+                return None
+            if not any(f.diverged for f in st.fields):
+                continue
+            return st.stage if st.first_unexpected() is None else None
+        return None
+
+    def spread(self) -> list[tuple[str, int]]:
+        """(stage, number of undeclared divergences) of every stage after `propagation_origin`."""
+        origin = self.propagation_origin()
+        if origin is None:
+            return []
+        stages = self.ordered_stages()
+        after = stages[[s.stage for s in stages].index(origin) + 1:]
+        return [(s.stage, s.n_diverged) for s in after if s.n_diverged]
 
     def headline(self) -> dict | None:
         """The divergence to lead with, chosen by consequence: the first unexpected divergence in a
@@ -185,14 +256,43 @@ class Report:
 
         "diverged" wins when an unexpected divergence shows up at or before the first stage that
         errored (the divergence is then the more useful finding); otherwise any error makes the
-        verdict "error"; otherwise "pass" (expected differences do not fail a run).
+        verdict "error"; otherwise "pass" (expected differences do not fail a run, nor, in propagated
+        mode, declared differences spreading: `propagation_origin`).
         """
+        origin = self.propagation_origin()
         for st in self.ordered_stages():
-            if st.first_unexpected() is not None or st.status == "diverged":
+            if origin is None and (st.first_unexpected() is not None or st.status == "diverged"):
                 return "diverged"
             if st.status == "error":
                 return "error"
         return "pass"
+
+    def verdict_reason(self) -> str:
+        """One or two sentences saying why the verdict is what it is (terminal panel, HTML, JSON)."""
+        v = self.verdict
+        n_expected = sum(st.n_expected for st in self.stages)
+        errored = next((st for st in self.ordered_stages() if st.status == "error"), None)
+        if v == "error" and errored is not None:
+            return (f"Stage {errored.stage} could not run ({errored.error}); nothing diverged before it, and later "
+                    "stages were not compared.")
+        origin = self.propagation_origin()
+        if origin is not None:
+            spread = self.spread()
+            total = sum(n for _, n in spread)
+            where = ", ".join(f"{stage} {n}" for stage, n in spread)
+            return (f"Propagated mode shows how differences spread; it does not judge the later stages. The declared "
+                    f"differences at stage {origin} spread to {total} undeclared difference(s) downstream"
+                    + (f" ({where})" if where else "") + ". That is not a failure: run --mode isolated for a "
+                    "verdict on each stage.")
+        fd = self.first_divergence_field()
+        if fd is not None:
+            text = (f"First undeclared divergence: {fd.stage}.{fd.field}"
+                    + (f" (sample {fd.sample})" if fd.sample else "") + ".")
+            if self.mode == "propagated":
+                text += " In propagated mode, divergences after it may be its consequences."
+            return text
+        return (f"No undeclared divergence: every difference between the two pipelines is declared "
+                f"({n_expected} expected difference(s)).")
 
     def summary(self) -> str:
         """The report's first line: the verdict and what a user sees (the first symptom of each kind of
@@ -219,11 +319,13 @@ class Report:
     def to_json(self) -> dict:
         """Plain JSON; everything run-dependent is under ``"volatile"`` (see module docstring)."""
         out = {
-            "schema_version": "1.0.0",   # report.json format (harness/schemas/report.schema.json; README)
+            "schema_version": SCHEMA_VERSION,   # report.json format (harness/schemas/report.schema.json; README)
             "run_name": self.run_name,
             "mode": self.mode,
             "stages_requested": list(self.stages_requested),
             "verdict": self.verdict,
+            "verdict_reason": self.verdict_reason(),
+            "propagation_origin": self.propagation_origin(),
             "summary": self.summary(),
             "first_divergence": self.first_divergence(),
             "headline": self.headline(),
@@ -240,7 +342,7 @@ class Report:
 
 
 def _describe(st: StageResult, f: FieldDiff) -> dict:
-    """One divergence as the report's first_divergence / headline dict."""
+    """One divergence as the report's first_divergence / headline dict (its cause: `cause_object`)."""
     rel = f.relation or {}
     return {
         "stage": st.stage,
@@ -255,9 +357,11 @@ def _describe(st: StageResult, f: FieldDiff) -> dict:
         "decoded": f.decoded,
         "relation": rel.get("words"),
         "relation_detail": rel or None,
-        "cause": f.cause["mechanism"] if f.cause else None,
-        "cause_evidence": f.cause["evidence"] if f.cause else None,
+        "cause": cause_object(f.cause),
         "window": f.window,
+        "axes": f.axes,
+        "mismatches": f.mismatches,
+        "numel": f.numel,
     }
 
 

@@ -1,7 +1,7 @@
 """JSON Schemas of the files higgs-diff writes, shipped inside the package.
 
 `report.schema.json` (JSON Schema draft 2020-12) describes `report.json` of every
-`schema_version` 1.x.y: it requires the stable core (schema_version, verdict, first_divergence,
+`schema_version` 2.x.y: it requires the stable core (schema_version, verdict, verdict_reason, first_divergence,
 stages with their fields, config, volatile) and allows additional properties everywhere, so a
 report that gained keys still validates.  See docs/report-schema.md for the
 compatibility rule.

@@ -160,7 +160,8 @@ def check_flags(command: Sequence[str], options: Sequence[Option], work: Path, *
             report = compare_traces(base, Trace.load(d))
             fd = report.first_divergence()
             if fd is not None:
-                result = FlagResult(opt.name, v, "acts", f"{fd['stage']}: {fd['field']}", fd.get("cause"))
+                result = FlagResult(opt.name, v, "acts", f"{fd['stage']}: {fd['field']}",
+                                    (fd.get("cause") or {}).get("mechanism"))
                 break
             result = FlagResult(opt.name, v, "inert" if declared else "ignored",
                                 detail="no recorded tensor, learning rate, loss or logged value changed")

@@ -32,7 +32,7 @@ def test_1_text_labels_prompt_trained(monkeypatch):
 
     monkeypatch.setattr(D, "prepare_chatml_sample", trains_the_prompt)
     fd = _first()
-    assert fd["stage"] == "dataset" and "prompt is trained" in fd["cause"]
+    assert fd["stage"] == "dataset" and "prompt is trained" in fd["cause"]["mechanism"]
 
 
 def test_2_transcript_final_period_dropped(monkeypatch):
@@ -49,7 +49,7 @@ def test_2_transcript_final_period_dropped(monkeypatch):
 
     monkeypatch.setattr(D, "prepare_chatml_sample", strip_period)
     fd = _first()
-    assert fd["stage"] == "dataset" and "transcript" in fd["field"] and "final period" in fd["cause"]
+    assert fd["stage"] == "dataset" and "transcript" in fd["field"] and "final period" in fd["cause"]["mechanism"]
 
 
 def test_3_training_mode_only_dropout(monkeypatch):
@@ -65,7 +65,7 @@ def test_3_training_mode_only_dropout(monkeypatch):
 
     monkeypatch.setattr(M, "forward", dropout_in_training)
     fd = _first()
-    assert fd["stage"] == "forward" and "train() mode" in fd["cause"]
+    assert fd["stage"] == "forward" and "train() mode" in fd["cause"]["mechanism"]
 
 
 def test_4_custom_loss_detached_audio_term(monkeypatch):
@@ -79,7 +79,7 @@ def test_4_custom_loss_detached_audio_term(monkeypatch):
 
     monkeypatch.setattr(L, "audio_terms", detached)
     fd = _first()
-    assert fd["stage"] == "backward" and "audio term sends no gradient" in fd["cause"]
+    assert fd["stage"] == "backward" and "audio term sends no gradient" in fd["cause"]["mechanism"]
 
 
 @pytest.mark.parametrize("bug", ["halved-gradient", "no-clipping", "weight-decay-1e-5"])
@@ -118,7 +118,7 @@ def test_6_own_schedule_and_undeclared_config(monkeypatch):
 
     monkeypatch.setattr(S, "make_optimizer", off_by_one_warmup)
     fd = _first()
-    assert fd["stage"] == "step" and "schedule" in fd["cause"]
+    assert fd["stage"] == "step" and "schedule" in fd["cause"]["mechanism"]
     monkeypatch.undo()
 
     real_cfg = S.effective_config
@@ -141,7 +141,7 @@ def test_7_accumulation_normalised_per_micro_batch_without_ddp(monkeypatch):
     monkeypatch.setattr(Dist, "global_objective",
                         lambda terms, text_total, cb_totals, world: real(terms, terms.text_count, terms.audio_counts, world))
     fd = _first()
-    assert fd["stage"] == "backward" and fd["field"].startswith("accum_grad/") and "accumulation" in fd["cause"]
+    assert fd["stage"] == "backward" and fd["field"].startswith("accum_grad/") and "accumulation" in fd["cause"]["mechanism"]
 
 
 def test_8_lora_scaling_visible_because_b_is_non_zero(monkeypatch):
@@ -150,7 +150,7 @@ def test_8_lora_scaling_visible_because_b_is_non_zero(monkeypatch):
     real = M.lora_config
     monkeypatch.setattr(M, "lora_config", lambda train: real(train.replace(lora_alpha=2 * train.lora_alpha)))
     fd = _first()
-    assert fd["stage"] == "forward" and "LoRA scaling" in fd["cause"]
+    assert fd["stage"] == "forward" and "LoRA scaling" in fd["cause"]["mechanism"]
 
 
 def test_9_codes_through_bfloat16_with_the_released_code_range(monkeypatch, ctx):
@@ -165,7 +165,7 @@ def test_9_codes_through_bfloat16_with_the_released_code_range(monkeypatch, ctx)
 
     monkeypatch.setattr(D, "ChatMLDatasetSample", sample)
     fd = _first()
-    assert fd["stage"] == "dataset" and "bfloat16" in fd["cause"]
+    assert fd["stage"] == "dataset" and "bfloat16" in fd["cause"]["mechanism"]
 
 
 def test_10_reference_reduced_loss_is_checked(monkeypatch):
@@ -182,4 +182,4 @@ def test_10_reference_reduced_loss_is_checked(monkeypatch):
     import reference_impl.stages as RS
     monkeypatch.setattr(RS, "reference_losses", four_times)
     fd = _first()
-    assert (fd["stage"], fd["field"]) == ("loss", "audio@reference") and "4.0x" in fd["cause"]
+    assert (fd["stage"], fd["field"]) == ("loss", "audio@reference") and "4.0x" in fd["cause"]["mechanism"]

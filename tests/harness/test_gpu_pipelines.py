@@ -90,4 +90,4 @@ def test_fault_table_on_cuda(tmp_path, fault):
     first = report["first_divergence"]
     assert code == 1 and first is not None and first["stage"] == stage, first
     assert first["field"].startswith(field[:-1]) if field.endswith("*") else first["field"] == field, first
-    assert cause in first["cause"], first["cause"]
+    assert cause in first["cause"]["mechanism"], first["cause"]

@@ -28,8 +28,8 @@ def _compare(tmp_path, *extra: str):
 def test_two_gpus_over_nccl_agree_with_one_gpu_and_the_report_says_so(tmp_path):
     code, report = _compare(tmp_path)
     assert code == 0 and report["verdict"] == "pass", report["first_divergence"]
-    in_sync = [d for d in report["diagnoses"] if d["cause"].startswith("DDP in sync")]
-    assert in_sync and "NCCL on 2 GPUs" in in_sync[0]["cause"], report["diagnoses"]
+    in_sync = [d for d in report["diagnoses"] if d["cause"]["mechanism"].startswith("DDP in sync")]
+    assert in_sync and "NCCL on 2 GPUs" in in_sync[0]["cause"]["mechanism"], report["diagnoses"]
     ran = {st.get("stage") or st.get("name") for st in report["stages"]}
     assert {"backward", "step"} <= ran, ran
     md = (tmp_path / "report" / "report.md").read_text()
@@ -42,4 +42,4 @@ def test_ddp_faults_are_caught_on_nccl(tmp_path, fault):
     first = report["first_divergence"]
     assert code == 1 and first["stage"] in ("backward", "step"), first
     assert first["field"].startswith("ddp_rank"), first
-    assert "not synchronised" in first["cause"] and "NCCL" in json.dumps(report["diagnoses"])
+    assert "not synchronised" in first["cause"]["mechanism"] and "NCCL" in json.dumps(report["diagnoses"])

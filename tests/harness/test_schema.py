@@ -90,7 +90,7 @@ def test_synthetic_reports_validate(diverged):
 
 def test_schema_version_is_semver_of_major_1_and_not_volatile(report):
     version = report["schema_version"]
-    assert SEMVER.match(version) and version.split(".")[0] == "1"
+    assert SEMVER.match(version) and version.split(".")[0] == "2"
     assert "schema_version" not in report[VOLATILE_KEY]
     assert re.match(load_report_schema()["properties"]["schema_version"]["pattern"], version)
 
@@ -107,7 +107,8 @@ def test_real_compare_report_validates(tmp_path):
     validate_report(r)
 
 
-CORE_PATHS = [("schema_version",), ("verdict",), ("first_divergence",), ("stages",), ("config",), ("volatile",),
+CORE_PATHS = [("schema_version",), ("verdict",), ("verdict_reason",), ("first_divergence",), ("stages",), ("config",),
+              ("volatile",), ("stages", 1, "fields", 0, "differs"),
               ("stages", 1, "stage"), ("stages", 1, "status"), ("stages", 1, "fields"),
               ("stages", 1, "fields", 0, "field"), ("stages", 1, "fields", 0, "status"),
               ("stages", 1, "fields", 0, "diverged"), ("stages", 1, "fields", 0, "expected"),
@@ -128,7 +129,7 @@ def test_missing_core_key_fails(report, path):
 
 @pytest.mark.parametrize("key, value", [
     ("verdict", "passed"), ("verdict", None), ("verdict", "PASS"),
-    ("schema_version", "2.0.0"), ("schema_version", "1.0"), ("schema_version", 1),
+    ("schema_version", "3.0.0"), ("schema_version", "1.0.0"), ("schema_version", "2.0"), ("schema_version", 2),
     ("first_divergence", []), ("stages", {}), ("config", None), ("volatile", "now"),
 ])
 def test_wrong_top_level_value_fails(report, key, value):
@@ -152,11 +153,12 @@ def test_wrong_nested_types_fail(report):
 def test_additive_changes_still_validate(report):
     """New keys anywhere (a minor version bump) keep validating against the same major's schema."""
     r = copy.deepcopy(report)
-    r["schema_version"] = "1.4.2"
+    r["schema_version"] = "2.4.2"
     r["new_top_level"] = {"anything": [1, 2]}
-    r["first_divergence"]["relation"] = {"kind": "shifted", "by": 1}
+    r["first_divergence"]["new_key"] = {"kind": "shifted", "by": 1}
     r["stages"][1]["new_stage_key"] = 3
-    r["stages"][1]["fields"][0]["cause"] = {"mechanism": "m", "evidence": "e", "rule": "r"}
+    r["stages"][1]["fields"][0]["cause"] = {"mechanism": "m", "evidence": "e", "rule": "r", "location": None,
+                                            "new_key": 1}
     r["config"]["new_setting"] = True
     r[VOLATILE_KEY]["host"] = "ci-1"
     validate_report(r)

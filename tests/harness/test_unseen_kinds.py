@@ -30,7 +30,7 @@ def test_training_path_only_label_smoothing(monkeypatch):
     monkeypatch.setattr(FH, "_ce_rows", smoothed)
     fd = _first()
     assert fd["stage"] == "backward" and fd["field"].startswith("train_path_grad/")
-    assert "training loop" in fd["cause"] and "gathered text head" in fd["cause"]
+    assert "training loop" in fd["cause"]["mechanism"] and "gathered text head" in fd["cause"]["mechanism"]
 
 
 def test_label_smoothing_in_the_declared_loss_is_named(monkeypatch):
@@ -46,7 +46,7 @@ def test_label_smoothing_in_the_declared_loss_is_named(monkeypatch):
 
     monkeypatch.setattr(L, "F", SmoothingF())
     fd = _first()
-    assert fd["stage"] == "loss" and "label smoothing 0.1" in fd["cause"]
+    assert fd["stage"] == "loss" and "label smoothing 0.1" in fd["cause"]["mechanism"]
 
 
 def test_collator_that_reorders_the_batch(monkeypatch):
@@ -55,7 +55,7 @@ def test_collator_that_reorders_the_batch(monkeypatch):
     real = C.collate
     monkeypatch.setattr(C, "collate", lambda items, ctx: real(list(reversed(list(items))), ctx))
     fd = _first()
-    assert fd["stage"] == "collator" and "reorders the samples" in fd["cause"]
+    assert fd["stage"] == "collator" and "reorders the samples" in fd["cause"]["mechanism"]
 
 
 def test_collator_with_audio_token_ids_swapped(monkeypatch):
@@ -70,7 +70,7 @@ def test_collator_with_audio_token_ids_swapped(monkeypatch):
 
     monkeypatch.setattr(C, "make_collator", swapped)
     fd = _first()
-    assert fd["stage"] == "collator" and "swapped" in fd["cause"] and "audio_in_token_id" in fd["cause"]
+    assert fd["stage"] == "collator" and "swapped" in fd["cause"]["mechanism"] and "audio_in_token_id" in fd["cause"]["mechanism"]
 
 
 def test_transcripts_cut_to_a_maximum_length(monkeypatch):
@@ -79,7 +79,7 @@ def test_transcripts_cut_to_a_maximum_length(monkeypatch):
     real = D.normalize_transcript
     monkeypatch.setattr(D, "normalize_transcript", lambda text: real(text)[:30])
     fd = _first(samples=4)
-    assert fd["stage"] == "dataset" and "cut to their first 30 characters" in fd["cause"]
+    assert fd["stage"] == "dataset" and "cut to their first 30 characters" in fd["cause"]["mechanism"]
 
 
 def test_lora_argument_dropped_when_building_the_model(monkeypatch):
@@ -93,7 +93,7 @@ def test_lora_argument_dropped_when_building_the_model(monkeypatch):
     monkeypatch.setattr(T, "build_lora_config", no_dropout)
     fd = _first()
     assert fd["stage"] == "config" and fd["field"] == "lora_built.dropout@reference"
-    assert "lora_dropout not passed" in fd["cause"]
+    assert "lora_dropout not passed" in fd["cause"]["mechanism"]
 
 
 def test_zero_grad_inside_the_micro_batch_loop(monkeypatch):
@@ -120,4 +120,4 @@ def test_zero_grad_inside_the_micro_batch_loop(monkeypatch):
     monkeypatch.setattr("custom_impl.stages.accumulate", last_only)
     fd = _first()
     assert fd["stage"] == "backward" and fd["field"].startswith("accum_grad/")
-    assert "keeps only the last micro-batch" in fd["cause"]
+    assert "keeps only the last micro-batch" in fd["cause"]["mechanism"]

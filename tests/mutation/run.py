@@ -84,7 +84,7 @@ def run_one(mutant: dict, *, timeout: int = 600) -> dict:
         fd = json.loads(report.read_text()).get("first_divergence") if report.is_file() else None
     fd = fd or {}
     row.update(reported_stage=fd.get("stage"), reported_field=fd.get("field"), relation=fd.get("relation"),
-               cause=fd.get("cause"))
+               cause=(fd.get("cause") or {}).get("mechanism"))   # report.json 2.x: a cause object
     row["caught"] = row["exit"] == 1
     row["at_stage"] = row["caught"] and fd.get("stage") == mutant["stage"]
     return judge(row)

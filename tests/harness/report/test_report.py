@@ -88,7 +88,8 @@ def test_cause_is_the_fields_own_never_a_diagnosis_of_another_field():
     f.cause = {"mechanism": "audio labels shifted one frame left", "evidence": "shift -1 along frame", "rule": "x"}
     f.relation = {"kind": "shift", "words": "shifted 1 frame left", "axis": "frame", "details": {"k": -1}}
     fd = r.first_divergence()
-    assert fd["cause"] == "audio labels shifted one frame left" and fd["cause_evidence"] == "shift -1 along frame"
+    assert fd["cause"] == {"mechanism": "audio labels shifted one frame left", "evidence": "shift -1 along frame",
+                           "rule": "x", "location": None}
     assert fd["relation"] == "shifted 1 frame left" and fd["relation_detail"]["details"]["k"] == -1
 
 
@@ -118,6 +119,7 @@ def _full_report(generated_at: str, seconds: float) -> Report:
     from harness.explain.window import window
 
     f = codes_diff()
+    f.axes = ["codebook", "frame"]
     f.cause = {"mechanism": "audio labels | masked", "evidence": "all -100", "rule": "test"}
     f.relation = {"kind": "none", "words": "no simple relation fits", "axis": None, "details": {}}
     ref = torch.arange(4 * 30).reshape(4, 30) % 7
@@ -168,11 +170,11 @@ def test_json_first_divergence_fields():
     ref_value = (torch.arange(120).reshape(4, 30) % 7)[1, 12].item()
     fd = j["first_divergence"]
     assert {k: fd[k] for k in ("stage", "field", "status", "sample", "index", "reference", "custom", "decoded",
-                               "cause", "cause_evidence", "relation", "check")} == {
+                               "cause", "relation", "check", "axes")} == {
         "stage": "dataset", "field": "audio_codes", "status": "mismatch", "sample": "spk1_0001",
         "index": [1, 12], "reference": ref_value, "custom": 99, "decoded": "codebook 1, frame 12",
-        "cause": "audio labels | masked", "cause_evidence": "all -100", "relation": "no simple relation fits",
-        "check": "cross"}
+        "cause": {"mechanism": "audio labels | masked", "evidence": "all -100", "rule": "test", "location": None},
+        "relation": "no simple relation fits", "check": "cross", "axes": ["codebook", "frame"]}
     win = fd["window"]
     assert win["axis"] == "frame" and win["positions"] == list(range(8, 17)) and len(win["rows"]) == 4
     assert win["rows"][1]["custom"][4] == "99"
@@ -189,9 +191,9 @@ def test_write_report_three_files_and_markdown_content(tmp_path):
     assert "**Verdict:** `diverged`" in md
     assert "codebook 1, frame 12" in md and "spk1_0001" in md
     assert "audio labels \\| masked" in md                 # pipe escaped inside tables
-    assert "| lr | 0.0001 | 5e-05 | **no** |" in md
+    assert "| lr | 0.0001 | 5e-05 |" in md and "| seed |" not in md and "1 setting(s) the same" in md
     assert "reference keeps BOS" in md
-    assert "Around the first index" in md and "no simple relation fits" in md
+    assert "Decoded window around the first difference" in md and "no simple relation fits" in md
     # every table row has the header's number of columns
     for block in re.findall(r"((?:^\|.*\|\n)+)", md, flags=re.M):
         rows = block.strip().splitlines()
@@ -203,8 +205,11 @@ def test_expected_fields_marked_with_reason(tmp_path):
     f = mismatch("collator", "label_ids", expected=True)
     f.expected_reason = "reference keeps BOS in labels"
     paths = write_report(make_report([st("collator", [f])]), tmp_path)
-    assert "yes: reference keeps BOS in labels" in paths["md"].read_text()
-    assert 'class="expected"' in paths["html"].read_text()
+    assert "| label_ids | mismatch | 1 of 3 |  | reference keeps BOS in labels |" in paths["md"].read_text()
+    text = paths["html"].read_text()
+    # one click away: inside a closed <details> of a stage that is itself closed (nothing diverged there)
+    assert 'class="expected"' in text and "<summary>1 declared difference(s)</summary>" in text
+    assert '<details class="stage" id="stage-collator">' in text
 
 
 def _data_uri_pngs(html_text: str) -> list[bytes]:
@@ -221,21 +226,27 @@ def test_html_is_self_contained_with_heatmap_and_bars(tmp_path):
     assert "<style>" in text and "http://" not in text and "https://" not in text
     assert "audio labels | masked" in text                  # html-escaped text present
     assert "<script" not in text
+    # the heatmap's caption names its sample, its axes and the field's own count
+    n = codes_diff().mismatches
+    assert f"dataset.audio_codes, sample spk1_0001: {n} of 120 differ (the first divergence)" in text
+    assert "(codebook x frame)" in text
 
 
 def test_html_has_no_image_without_mask(tmp_path):
     r = make_report([st("dataset", [codes_diff(keep_mask=False)])])
     text = write_report(r, tmp_path)["html"].read_text()
     assert _data_uri_pngs(text) == []
-    # 2-D mask but the field is not an audio field -> no heatmap either
-    r = make_report([st("collator", [codes_diff(stage="collator", field="input_ids")])])
-    assert _data_uri_pngs(write_report(r, tmp_path / "b")["html"].read_text()) == []
+    # a declared (expected) difference gets no heatmap either: plots show findings
+    f = codes_diff(stage="collator", field="input_ids")
+    f.expected, f.expected_reason = True, "declared"
+    assert _data_uri_pngs(write_report(make_report([st("collator", [f])]), tmp_path / "b")["html"].read_text()) == []
 
 
-def test_many_equal_fields_are_summarised(tmp_path):
+def test_equal_fields_are_counted_not_listed(tmp_path):
     fields = [equal("backward", f"grad.p{i:03d}") for i in range(100)] + [mismatch("backward", "grad.z")]
-    md = write_report(make_report([st("backward", fields)]), tmp_path)["md"].read_text()
-    assert "grad.z" in md and "further equal fields" in md and "grad.p099" not in md
+    paths = write_report(make_report([st("backward", fields)]), tmp_path)
+    for text in (paths["md"].read_text(), paths["html"].read_text()):
+        assert "grad.z" in text and "100 equal field(s)" in text and "grad.p000" not in text
 
 
 # ----------------------------------------------------------------------------- plots
@@ -267,7 +278,7 @@ def test_print_summary_shows_table_panel_and_paths(tmp_path):
     assert "verdict: diverged" in out
     assert "audio_codes" in out and "codebook 1, frame 12" in out and "99" in out
     assert str(paths["json"]) in out
-    for col in ("stage", "status", "#fields", "#diverged", "#expected", "first field"):
+    for col in ("stage", "status", "equal", "expected", "diverged", "first diverged field"):
         assert col in out
 
 
@@ -276,4 +287,26 @@ def test_print_summary_pass():
     console = Console(file=io.StringIO(), width=100, color_system=None)
     print_summary(report, console=console)
     assert "verdict: pass" in console.file.getvalue()
-    assert "No unexpected divergence" in console.file.getvalue()
+    assert "No undeclared divergence" in console.file.getvalue()
+
+
+def test_error_verdict_summary_names_the_stage_that_crashed(tmp_path):
+    r = make_report([st("dataset", [equal("dataset", "a")]), StageResult("forward", "error", [], error="RuntimeError: boom")])
+    paths = write_report(r, tmp_path)
+    for text in (paths["md"].read_text(), paths["html"].read_text()):
+        assert "Stage forward could not run: RuntimeError: boom" in text and "No undeclared divergence" not in text
+
+
+def test_decoded_window_marks_the_first_difference_and_explains_nan_and_ignored_labels(tmp_path):
+    from harness.explain.window import window
+
+    ref = torch.tensor([[2.0, float("nan"), 3.0, -100.0, 1.0]])      # (sample, position)
+    cus = torch.tensor([[2.0, float("nan"), 4.0, -100.0, 1.0]])
+    f = diff_tensors(ref, cus, stage="loss", field="text_ce_common")
+    f.window = window(ref, cus, f.first_index, axes=("sample", "position"))
+    paths = write_report(make_report([st("loss", [f])]), tmp_path)
+    html_text, md = paths["html"].read_text(), paths["md"].read_text()
+    assert '<td class="first differs"><code>3</code></td>' in html_text
+    for text in (html_text, md):
+        assert "nan</code> = no value at this position" in text or "`nan` = no value at this position" in text
+        assert "ignored label" in text and "infinite" not in text     # only the symbols the window shows

@@ -36,8 +36,8 @@ def test_bug_is_found_at_its_stage_with_its_code_location(toy_trace, tmp_path, b
     first = report["first_divergence"]
     assert code == 1 and first["stage"] == stage, first
     assert field_part in first["field"]
-    assert words in first["cause"]
-    assert "toy_train.py:" in first["cause"]          # the line in run B that made the diverging tensor
+    assert words in first["cause"]["mechanism"]
+    assert "toy_train.py:" in first["cause"]["mechanism"]          # the line in run B that made the diverging tensor
 
 
 def test_summed_logging_is_a_log_divergence_with_symptom(toy_trace, tmp_path):
