@@ -147,7 +147,7 @@ def run_one(m: dict, clean: CleanTraces, work: Path, timeout: int) -> dict[str, 
             hit = [e for e in entries if str(e.get("option", "")).lstrip("-") == m["expect_stage"]]
             e = hit[0] if hit else {}
             row.update(reported_stage=e.get("verdict"), reported_field=e.get("where"),
-                       cause=" ".join(str(e.get(k)) for k in ("verdict", "where", "detail") if e.get(k)))
+                       cause=" ".join(str(e.get(k)) for k in ("option", "verdict", "where", "detail") if e.get(k)))
             row["at_stage"] = row["exit"] == 1 and "ignored" in str(e.get("verdict", "")).lower()
         elif m["tool"] == "compare":
             row["exit"], row["tail"] = _run([sys.executable, "-m", "harness.compare", "--stage", "all", "--quiet",
@@ -157,8 +157,16 @@ def run_one(m: dict, clean: CleanTraces, work: Path, timeout: int) -> dict[str, 
             raise ValueError(f"mutant {m['id']}: unknown tool {m['tool']!r}")
     row["seconds"] = round(time.perf_counter() - t0, 1)
     row["caught"] = row["exit"] == 1
+    return judge(row)
+
+
+def judge(row: dict[str, Any]) -> dict[str, Any]:
+    """cause_right: caught at its stage and the cause (with the reported field; for check-flags the
+    option's name) contains every keyword of the mutant."""
     text = f"{row.get('cause') or ''} {row.get('reported_field') or ''}".lower()
-    row["cause_right"] = bool(row["at_stage"]) and all(k.lower() in text for k in (m.get("keywords") or ()))
+    if row.get("tool") == "check-flags" and row.get("at_stage"):
+        text += f" --{row.get('expect_stage')}"
+    row["cause_right"] = bool(row.get("at_stage")) and all(k.lower() in text for k in (row.get("keywords") or ()))
     return row
 
 
@@ -221,6 +229,24 @@ def interleaved(mutants: list[dict]) -> list[dict]:
     return out
 
 
+def merge(out: Path, extra: Path) -> int:
+    """Rows of `extra` replace or join those of `<out>/results.json`; every row re-judged against the
+    current catalogue's keywords; results.json and table.md rewritten in catalogue order."""
+    current = out / "results.json"
+    rows = {r["id"]: r for r in (json.loads(current.read_text())["rows"] if current.is_file() else [])}
+    rows.update({r["id"]: r for r in json.loads(extra.read_text())["rows"]})
+    catalogue = {m["id"]: m for m in MUTANTS}
+    for r in rows.values():
+        if r["id"] in catalogue:
+            r["keywords"] = list(catalogue[r["id"]]["keywords"])
+        judge(r)
+    order = [control_mutant(), *interleaved(list(MUTANTS))]
+    known = [m for m in order if m["id"] in rows]
+    _write(out, list(rows.values()), known)
+    print(json.dumps(scores(list(rows.values())), indent=2))
+    return 0
+
+
 def control_mutant() -> dict[str, Any]:
     return dict(id=CONTROL_ID, path="control", file="", tool="compare-traces", expect_stage="none",
                 command=("-m", "custom_impl.train", "--max-steps", STEPS), mechanism="no mutation", keywords=())
@@ -234,7 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpu", action="store_true", help="also run the CUDA-only mutants")
     p.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1; CPU is shared)")
     p.add_argument("--no-control", action="store_true", help="skip the clean-vs-clean control row")
+    p.add_argument("--merge", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="no run: merge the rows of RESULTS_JSON into <out>/results.json (same id: replaced), "
+                        "re-judge every row and rewrite the table")
     args = p.parse_args(argv)
+    if args.merge is not None:
+        return merge(args.out, args.merge)
     mutants = [m for m in MUTANTS if (not args.ids or m["id"] in args.ids) and (args.gpu or not m.get("gpu"))]
     mutants = interleaved(mutants)
     if not args.no_control and not args.ids:

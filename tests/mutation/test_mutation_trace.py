@@ -65,3 +65,14 @@ def test_scores_leave_gpu_mutants_and_the_control_out():
                  cause_right=False, exit=0)]
     s = scores(rows)
     assert (s["cpu_mutants"], s["caught_at_stage"], s["explained"], s["control_exit"]) == (1, 1, 0, 0)
+
+
+def test_judge_needs_the_stage_and_every_keyword():
+    from tests.mutation.run_trace import judge
+
+    base = dict(tool="compare-traces", expect_stage="log", keywords=["sum"], at_stage=True)
+    assert judge(dict(base, cause="the logged loss is the sum of the micro-batch losses"))["cause_right"]
+    assert not judge(dict(base, cause="the logged loss differs"))["cause_right"]
+    assert not judge(dict(base, at_stage=False, cause="sum"))["cause_right"]
+    flag = dict(tool="check-flags", expect_stage="lora-alpha", keywords=["alpha"], at_stage=True, cause="ignored")
+    assert judge(flag)["cause_right"]          # the verdict is about that option: it names it
