@@ -34,7 +34,7 @@ MUTANTS: list[dict] = [
         stage="step", tool="check-resume", command=CUSTOM, expect_stage="step",
         mechanism="resume restores weights and AdamW but not the LR scheduler: the resumed run restarts the "
                   "cosine schedule from step 0",
-        keywords=("lr",),
+        keywords=("scheduler",),
         note="scheduler.pt is written but never read back; the first resumed steps run at the warmup/initial "
              "learning rate instead of the scheduled one.",
     ),
@@ -46,7 +46,7 @@ MUTANTS: list[dict] = [
         stage="step", tool="check-resume", command=CUSTOM, expect_stage="step",
         mechanism="resume restores the weights but not AdamW's moments: the first resumed update is a fresh "
                   "AdamW step (bias-corrected, |update| ~ lr) instead of the continued one",
-        keywords=("optimizer",),
+        keywords=("optimizer", "state"),
         note="A common omission when the checkpoint loader is written for inference first.",
     ),
     dict(
@@ -57,7 +57,7 @@ MUTANTS: list[dict] = [
         stage="dataset", tool="check-resume", command=CUSTOM, expect_stage="dataset",
         mechanism="the checkpoint stores the index of the last batch consumed instead of the next one: a resumed "
                   "run trains that batch again (data position off by one)",
-        keywords=("batch",),
+        keywords=("position",),
         note="Classic 'next index vs last index' slip; the straight run is unaffected.",
     ),
     dict(
@@ -112,7 +112,7 @@ MUTANTS: list[dict] = [
         replace="float(lbs[-1].text),",
         stage="log", tool="compare-traces", command=CUSTOM + STEPS3, expect_stage="log",
         mechanism="the logged text loss is the last micro-batch's, not the mean over the step's micro-batches",
-        keywords=("text",),
+        keywords=("micro-batch",),
         note="Written when grad-accum was 1; with accumulation the text curve is noisier and biased to one batch.",
     ),
     dict(
@@ -123,7 +123,7 @@ MUTANTS: list[dict] = [
         stage="log", tool="compare-traces", command=REFERENCE + STEPS3, expect_stage="log",
         mechanism="the text/audio loss sums behind the logged llm_loss/audio_loss are never reset: each log is "
                   "the running mean since step 1, not the logging window's",
-        keywords=("llm_loss",),
+        keywords=("reset",),
         note="Both sums and the count keep growing, so the logged terms lag and flatten; the total 'loss' "
              "(the Trainer's own) stays right.",
     ),
@@ -135,7 +135,7 @@ MUTANTS: list[dict] = [
         stage="step", tool="check-resume", command=REFERENCE, expect_stage="step",
         mechanism="the checkpoint hook saves the optimizer but no scheduler.pt: on resume the Trainer loads "
                   "neither (it needs both files), so AdamW state and the LR schedule restart",
-        keywords=("lr",),
+        keywords=("scheduler",),
         note="An override meant to add a crash hook replaced the Trainer's save instead of extending it.",
     ),
     dict(
@@ -199,7 +199,7 @@ MUTANTS: list[dict] = [
         mechanism="mega-batches sorted shortest first: the 'longest batch first' rule then picks the batch whose "
                   "FIRST sample is longest, i.e. a batch of short samples, so the OOM probe is lost and the "
                   "batches' composition changes",
-        keywords=("batch",),
+        keywords=("order",),
         note="Sign of the sort key dropped.",
     ),
     dict(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -198,13 +199,16 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(x: object) -> str:
-        return str(x if x is not None else "").replace("|", "\\|").replace("\n", " ")
+        text = re.sub(r"/\S*?/higgs-tmut-[^/\s]+/(repo|clean)/", "", str(x if x is not None else ""))
+        text = re.sub(r"/\S*?/higgs-tmut-\S*$", "...", text)          # a path cut by the cell's length
+        return text.replace("|", "\\|").replace("\n", " ")
 
     for r in rows:
         lines.append("| " + " | ".join(cell(x) for x in (
             r["id"] + (" (gpu)" if r["gpu"] else ""), r["path"], r["tool"], r["expect_stage"], r["exit"],
             f"{r.get('reported_stage')} / {r.get('reported_field')}",
-            "yes" if r["at_stage"] else "**no**", (r.get("cause") or "")[:260],
+            "n/a (control: must be exit 0)" if r["id"] == CONTROL_ID else ("yes" if r["at_stage"] else "**no**"),
+            (r.get("cause") or "")[:260],
             "yes" if r["cause_right"] else "no")) + " |")
     return "\n".join(lines) + "\n"
 
