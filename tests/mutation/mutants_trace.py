@@ -169,14 +169,17 @@ MUTANTS: list[dict] = [
         path="speed", file="custom_impl/fast_head.py",
         find="            parts.append(checkpoint(_ce_rows, rows[sl], weight, targets[sl], use_reentrant=False))",
         replace="            parts.append(checkpoint(_ce_rows, rows[sl].detach(), weight, targets[sl], use_reentrant=False))",
-        stage="backward", tool="compare-traces",
-        command=CUSTOM + STEPS3 + ("--speed", "default,ce-chunk-rows=2"), expect_stage="backward",
+        stage="loss", tool="compare-traces",
+        command=CUSTOM + STEPS3 + ("--speed", "default,ce-chunk-rows=2"), expect_stage="loss",
         mechanism="the chunked text-head cross-entropy (above the chunk threshold) detaches the hidden rows: the "
                   "text loss no longer back-propagates into the decoder",
         keywords=("gradient",),
         note="A .detach() added to silence a checkpoint warning / save memory; the loss value is unchanged, "
              "only gradients lose the text term.  Threshold forced low with ce-chunk-rows=2: the tiny data has "
-             "~6 supervised text tokens a micro-batch, so 8 would never chunk.",
+             "~6 supervised text tokens a micro-batch, so 8 would never chunk.  Filed first at backward (where the "
+             "effect shows); re-filed at loss, the stage whose code it changes (the gathered text cross-entropy), "
+             "as the project files every mutant.  The run itself stops at step 1 (the gradient-flow guard: "
+             "layer 1's text-MLP LoRA gets no gradient).",
     ),
     dict(
         id="custom-speed-fast-head-shift-off-by-one",
