@@ -120,6 +120,7 @@ def check_flags(command: Sequence[str], options: Sequence[Option], work: Path, *
     from harness.trace.compare import compare_traces
     from harness.trace.load import Trace
     from harness.trace.run import run_traced
+    from harness.trace.symptoms import symptoms
 
     out_flag = next((o.name for o in options if o.name in ("--output-dir", "--output_dir")), None)
     n = [0]
@@ -157,11 +158,19 @@ def check_flags(command: Sequence[str], options: Sequence[Option], work: Path, *
             if code != 0:
                 result = FlagResult(opt.name, v, "failed", detail=f"the run exited with {code} ({d / 'command.log'})")
                 break
-            report = compare_traces(base, Trace.load(d))
-            fd = report.first_divergence()
-            if fd is not None:
-                result = FlagResult(opt.name, v, "acts", f"{fd['stage']}: {fd['field']}",
-                                    (fd.get("cause") or {}).get("mechanism"))
+            variant = Trace.load(d)
+            report = compare_traces(base, variant)
+            # The option acts where a recorded value changed; a symptom alone (e.g. "the command line asks
+            # --lr X, the optimizer uses Y") is the run telling us the value did NOT arrive.
+            moved = next((f for st in report.ordered_stages() for f in st.fields
+                          if f.unexpected and not f.field.startswith("symptom.")), None)
+            unheard = [sm for sm in symptoms(variant) if sm.kind == "hyperparameter" and opt.name in sm.text]
+            if unheard:
+                result = FlagResult(opt.name, v, "ignored", detail=unheard[0].text)
+                break
+            if moved is not None:
+                cause = moved.cause.get("mechanism") if isinstance(moved.cause, dict) else moved.cause
+                result = FlagResult(opt.name, v, "acts", f"{moved.stage}: {moved.field}", cause)
                 break
             result = FlagResult(opt.name, v, "inert" if declared else "ignored",
                                 detail="no recorded tensor, learning rate, loss or logged value changed")
