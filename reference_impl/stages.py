@@ -263,8 +263,11 @@ def effective_config(ctx: StageContext, train: TrainConfig) -> dict[str, Any]:
                       "eps": opt_kwargs.get("eps", args.adam_epsilon),
                       "weight_decay": args.weight_decay, "no_decay": ["bias", "norm"],
                       "max_grad_norm": args.max_grad_norm},
+        # Quirk kept (transformers.get_scheduler): the "constant" schedule ignores num_warmup_steps, so a
+        # reference run asking for a constant schedule with warm-up gets none; declared as it runs.
         "schedule": {"type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-                     "warmup_steps": args.get_warmup_steps(train.max_steps), "max_steps": train.max_steps},
+                     "warmup_steps": 0 if str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)) == "constant"
+                     else args.get_warmup_steps(train.max_steps), "max_steps": train.max_steps},
         "precision": {"mode": precision, "autocast": "bf16" if precision == "bf16" else "none",
                       "weights_dtype": str(tr.torch_dtype(precision)),
                       # peft keeps LoRA adapters in fp32 (autocast_adapter_dtype); a full fine-tune trains

@@ -209,6 +209,8 @@ def run_step(c: Any) -> StageResult:
     t_native = time.perf_counter()
     for role in ("reference", "custom"):
         fields += native_optimizer_fields(c, role, n_steps)
+        for tag, variant in settings_variants(c.mod(role).DEFAULT_TRAIN):
+            fields += native_optimizer_fields(c, role, n_steps, variant, tag)
     compute += time.perf_counter() - t_native
     t0 = time.perf_counter()
     fields += accumulation.step_fields(c)
@@ -247,13 +249,35 @@ def _limit_trainable(model: torch.nn.Module) -> None:
             total += p.numel()
 
 
-def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
-    """Side `role`'s own optimizer + schedule (its DEFAULT_TRAIN) vs an independent AdamW and formula
-    built from its effective_config's declaration (module docstring, point 2).  The adapter's
-    `make_optimizer` gets the adapter's own model (`build_model`), never a synthetic one."""
+# Settings other than a pipeline's defaults that its optimizer and schedule must honour: every schedule
+# type the stage contract names, with warm-up, and a weight decay no pipeline uses by default.
+SCHEDULE_TYPES = ("linear", "cosine", "constant")
+NON_DEFAULT_WEIGHT_DECAY = 0.0123
+
+
+def settings_variants(train: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """(tag, TrainConfig) for each schedule type other than the default one (warm-up 2 of 8 steps) and a
+    non-default weight decay: the native optimizer check runs each, so code that only works at the
+    defaults (a hard-coded weight decay, a schedule branch that drops its warm-up) shows."""
+    out = []
+    for kind in SCHEDULE_TYPES:
+        if kind != train.schedule:
+            out.append((f"schedule={kind}", train.replace(schedule=kind, warmup_steps=2, max_steps=8)))
+    out.append((f"weight_decay={NON_DEFAULT_WEIGHT_DECAY}", train.replace(weight_decay=NON_DEFAULT_WEIGHT_DECAY)))
+    return out
+
+
+def native_optimizer_fields(c: Any, role: str, n_steps: int, train: TrainConfig | None = None,
+                            tag: str = "") -> list:
+    """Side `role`'s own optimizer + schedule (its DEFAULT_TRAIN, or the variant `train` named `tag`) vs
+    an independent AdamW and formula built from its effective_config's declaration for that recipe
+    (module docstring, point 2).  The adapter's `make_optimizer` gets the adapter's own model
+    (`build_model`), never a synthetic one."""
     mod, st = c.mod(role), c.side[role]
-    train: TrainConfig = mod.DEFAULT_TRAIN
-    decl = st.effective
+    if train is None:
+        train, decl = mod.DEFAULT_TRAIN, st.effective
+    else:
+        decl = mod.effective_config(st.ctx, train)
     opt_decl, sched_decl = decl.get("optimizer", {}), decl.get("schedule", {})
     horizon = max(train.max_steps, 2 * train.warmup_steps + 50)
     long_train = train.replace(max_steps=horizon)
@@ -261,7 +285,7 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
     run = on_side(mod, native_run, mod, st.ctx, train, decl, n_steps, long_train)
     names, wd = run["names"], run["weight_decay"]
     decode = _decoder(names, {n: torch.Size(s) for n, s in run["shapes"].items()})
-    prefix = f"native@{role}"
+    prefix = f"native@{role}" + (f"[{tag}]" if tag else "")
     fields = []
     for k, rec in enumerate(run["steps"], start=1):
         if role not in c.evidence.get("native_schedule", {}):
@@ -277,7 +301,7 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int) -> list:
     warm, total = int(long_decl.get("warmup_steps", 0)), int(long_decl.get("max_steps", horizon))
     want = [run["base_lr"] * lr_multiplier(str(long_decl.get("type", kind)), s, warmup_steps=warm, max_steps=total)
             for s in range(horizon)]
-    fields.append(c.fields.compare("step", f"native@{role}/lr_curve", torch.tensor(want, dtype=torch.float64),
+    fields.append(c.fields.compare("step", f"{prefix}/lr_curve", torch.tensor(want, dtype=torch.float64),
                                    torch.tensor(run["lr_curve"], dtype=torch.float64),
                                    FieldSpec(tol=TOL.Tolerance(1e-12, 1e-15, "the same formula evaluated in float64 "
                                                                "by two implementations (a few transcendental calls: "
