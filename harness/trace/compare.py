@@ -113,17 +113,27 @@ class _Collector:
         if ta is not None and tb is not None:
             fd = diff_tensors(ta, tb, stage=stage, field=field, rtol=self.tol.rtol, atol=self.tol.atol)
             return self.add(fd, site_b, site_a, words, ta, tb)
-        # summaries only (full-size tensors): shape, then sum and |sum| with the dtype's tolerance scaled by size
+        # Summaries (a tensor above --max-numel on at least one side): shape, then the summary keys both
+        # sides have (a stored tensor's summary is computed here).  Tolerances follow from the element-wise
+        # one: |a_i - b_i| <= rtol |a_i| bounds |sum|a| - sum|b|| by rtol sum|a| and |max|a| - max|b|| by
+        # rtol max|a|; the signed sum only by rtol sum|a| (cancellation).
         if da.get("shape") != db.get("shape"):
             fd = FieldDiff(stage, field, "shape", reference=da.get("shape"), custom=db.get("shape"))
             return self.add(fd, site_b, site_a, words)
+        sa_, sb_ = summary_of(ta, da), summary_of(tb, db)
         n = max(1, shape_numel(da.get("shape")))
-        rtol = (self.tol.rtol or 1.3e-6) * math.sqrt(n)
+        rtol = self.tol.rtol or 1.3e-6
+        atol = (self.tol.atol or 1e-5)
+        abs_a = number(sa_.get("abs_sum")) or 0.0
+        bounds = {"abs_sum": (rtol, atol * n), "max_abs": (rtol, atol), "sum": (0.0, rtol * abs_a + atol * n)}
         for key in ("nonfinite", "abs_sum", "max_abs", "sum"):
-            fd = diff_scalars(da.get(key), db.get(key), stage=stage, field=f"{field}:{key}", rtol=rtol,
-                              atol=(self.tol.atol or 1e-5) * n)
+            va, vb = sa_.get(key), sb_.get(key)
+            if va is None or vb is None or (key == "nonfinite" and (va < 0 or vb < 0)):
+                continue        # not summarised the same way on both sides
+            r, t = bounds.get(key, (0.0, 0.0))
+            fd = diff_scalars(float(va), float(vb), stage=stage, field=f"{field}:{key}", rtol=r, atol=t)
             if fd.diverged:
-                fd.note = "only summaries were recorded (tensor above --max-numel)"
+                fd.note = "compared by summary (a tensor above --max-numel)"
                 return self.add(fd, site_b, site_a, words)
         return self.add(FieldDiff(stage, field, "equal", numel=n, note="summaries equal"))
 
@@ -133,6 +143,18 @@ class _Collector:
 
     def unexpected(self, stages: tuple[str, ...] = TRACE_STAGES) -> bool:
         return any(f.diverged and not f.expected for s in stages for f in self.fields.get(s, []))
+
+
+def summary_of(t: torch.Tensor | None, desc: dict[str, Any]) -> dict[str, Any]:
+    """The summary keys of a recorded tensor: computed from the tensor when it was stored, else the
+    description's own (whichever of nonfinite, abs_sum, max_abs, sum it has)."""
+    if t is None or not t.is_floating_point():
+        return {k: desc.get(k) for k in ("nonfinite", "abs_sum", "max_abs", "sum") if number(desc.get(k)) is not None}
+    f = t.double()
+    fin = torch.isfinite(f)
+    z = torch.where(fin, f, torch.zeros((), dtype=f.dtype))
+    return {"nonfinite": int((~fin).sum()), "abs_sum": float(z.abs().sum()),
+            "max_abs": float(z.abs().max()) if z.numel() else 0.0, "sum": float(z.sum())}
 
 
 def _shape_words(desc: Any) -> Any:
