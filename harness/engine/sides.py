@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Sequence
 
-from harness.engine.spec_import import (WORKER_KEYS, AdapterError, checkout_spec, import_spec,  # noqa: F401
+from harness.engine.spec_import import (WORKER_KEYS, AdapterError, _import_configured, checkout_spec, import_spec,  # noqa: F401
                                         missing_contract, version_of)                     # (re-exported)
 from higgs_common.conventions import Conventions
 
