@@ -307,6 +307,12 @@ def native_optimizer_fields(c: Any, role: str, n_steps: int, train: TrainConfig 
                                                                "by two implementations (a few transcendental calls: "
                                                                "1e-12 relative)"),
                                              axes=("scheduler step",), check="declared", side=role)))
+    fields.append(c.fields.compare("step", f"{prefix}/weight_decay",
+                                   torch.tensor(run["declared_weight_decay"], dtype=torch.float64),
+                                   torch.tensor(run["group_weight_decay"], dtype=torch.float64),
+                                   FieldSpec(tol=EXACT, axes=("parameter",), check="declared", side=role,
+                                             decode=lambda idx: names[idx[0]] if idx and idx[0] < len(names)
+                                             else str(idx))))
     fields.append(c.fields.compare("step", f"{prefix}/optimizer_class", str(opt_decl.get("class", "?")).split(".")[-1],
                                    run["optimizer_class"], FieldSpec(tol=EXACT, check="declared", side=role)))
     return fields
@@ -377,6 +383,10 @@ def native_run(adapter: Any, ctx: Any, train: TrainConfig, decl: dict[str, Any],
         steps.append({"got": got, "want": want, "lr": lr_k[0], "lr_next": float(twin_opt.param_groups[0]["lr"]),
                       "bound": _flat({n: b[n]["update"] for n in names}, names)})
     optimizer_class = type(opt).__name__
+    # per parameter, the weight decay its param group applies (declared: `wd`, or 0 for the no-decay rule)
+    group_wd = {n: float(g.get("weight_decay", 0.0)) for g in opt.param_groups
+                for n in names for p in g["params"] if p is params[n]}
+    want_wd = {n: 0.0 if _no_decay(n, owners, rules) else wd for n in names}
     # the LR curve: the side's make_optimizer on the same (its own) model, over a long horizon
     model.zero_grad(set_to_none=True)
     opt, sched = adapter.make_optimizer(model, long_train)
@@ -386,7 +396,9 @@ def native_run(adapter: Any, ctx: Any, train: TrainConfig, decl: dict[str, Any],
         opt.step()                 # no gradients: parameters stay, the scheduler's step count advances
         sched.step()
     return {"names": names, "shapes": {n: tuple(p.shape) for n, p in params.items()}, "steps": steps,
-            "optimizer_class": optimizer_class, "base_lr": base_lr, "weight_decay": wd, "lr_curve": lrs}
+            "optimizer_class": optimizer_class, "base_lr": base_lr, "weight_decay": wd, "lr_curve": lrs,
+            "group_weight_decay": [group_wd.get(n, float("nan")) for n in names],
+            "declared_weight_decay": [want_wd[n] for n in names]}
 
 
 def _schedule_order(got: dict, want: dict, names: list[str], lr_now: float, lr_next: float, k: int) -> dict | None:

@@ -74,8 +74,8 @@ MUTANTS: list[dict] = [
     dict(
         id="custom-cli-lr-flag-ignored",
         path="cli", file="custom_impl/train.py",
-        find="    lr = args.lr if args.lr is not None else (TINY_DEFAULT_LR if tiny else S.DEFAULT_TRAIN.learning_rate)",
-        replace="    lr = TINY_DEFAULT_LR if tiny else (args.lr if args.lr is not None else S.DEFAULT_TRAIN.learning_rate)",
+        find="    lr = args.learning_rate if args.learning_rate is not None else (TINY_DEFAULT_LR if tiny else S.DEFAULT_TRAIN.learning_rate)",
+        replace="    lr = TINY_DEFAULT_LR if tiny else (args.learning_rate if args.learning_rate is not None else S.DEFAULT_TRAIN.learning_rate)",
         stage="step", tool="check-flags", only="lr", command=CUSTOM + ("--max-steps", "2"), expect_stage="lr",
         mechanism="--lr is parsed but the embedded-tiny default wins over it: the flag never reaches the "
                   "configuration on the default model",
@@ -85,7 +85,7 @@ MUTANTS: list[dict] = [
     dict(
         id="custom-cli-full-finetune-flag-ignored",
         path="cli", file="custom_impl/train.py",
-        find="                                   seed=args.seed, use_lora=not args.full_finetune)",
+        find="                                   seed=args.seed, use_lora=args.use_lora)",
         replace="                                   seed=args.seed)",
         stage="forward", tool="check-flags", only="full-finetune", command=CUSTOM + ("--max-steps", "2"),
         expect_stage="full-finetune",

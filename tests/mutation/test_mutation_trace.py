@@ -35,9 +35,10 @@ def test_mutant_applies_exactly_once_and_is_complete(mutant):
 
 
 def _help(command: tuple[str, ...]) -> str:
-    """The CLI module's source: every option it parses is spelled there."""
+    """The CLI module's source and the shared option declarations it uses: every option it parses is
+    spelled there."""
     module = command[1]
-    return (REPO / (module.replace(".", "/") + ".py")).read_text()
+    return (REPO / (module.replace(".", "/") + ".py")).read_text() + (REPO / "higgs_common" / "train_cli.py").read_text()
 
 
 def test_ids_unique_and_distinct_from_the_stage_suite():
