@@ -76,7 +76,8 @@ MUTANTS: list[dict] = [
         path="cli", file="custom_impl/train.py",
         find="    lr = args.learning_rate if args.learning_rate is not None else (TINY_DEFAULT_LR if tiny else S.DEFAULT_TRAIN.learning_rate)",
         replace="    lr = TINY_DEFAULT_LR if tiny else (args.learning_rate if args.learning_rate is not None else S.DEFAULT_TRAIN.learning_rate)",
-        stage="step", tool="check-flags", only="lr", command=CUSTOM + ("--max-steps", "2"), expect_stage="lr",
+        stage="step", tool="check-flags", only="learning-rate", command=CUSTOM + ("--max-steps", "2"),
+        expect_stage="learning-rate",
         mechanism="--lr is parsed but the embedded-tiny default wins over it: the flag never reaches the "
                   "configuration on the default model",
         keywords=("lr",),
