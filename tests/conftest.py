@@ -79,3 +79,21 @@ def _reports_follow_schema(tmp_path_factory):
         except ReportSchemaError as exc:
             invalid.append(f"{path}: {exc}")
     assert not invalid, "report.json files that do not follow the schema:\n" + "\n".join(invalid)
+
+
+@pytest.fixture(scope="session")
+def fault_report():
+    """fault_report(name) -> the `harness.compare` Report of the README's fault run (2 samples; the DDP
+    check on 2 ranks for the DDP faults), made once per session: the fault-table and verdict-panel tests
+    read the same run."""
+    cache: dict[str, object] = {}
+
+    def get(fault: str):
+        if fault not in cache:
+            from harness.api import compare
+
+            ddp = 2 if fault in ("ddp-unwrapped-forward", "inverted-no-sync") else 0
+            cache[fault] = compare(fault=[fault], samples=2, ddp_world_size=ddp,
+                                   run_name=f"all-isolated-{fault}-seed0")
+        return cache[fault]
+    return get

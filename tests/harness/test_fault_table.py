@@ -57,12 +57,16 @@ def test_no_fault_passes_with_only_catalogued_differences(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", sorted(FAULT_TABLE))
-def test_fault_is_reported_where_it_acts(tmp_path, fault):
+def test_fault_is_reported_where_it_acts(tmp_path, fault, fault_report):
+    """The run `python -m harness.compare --fault F --samples 2` makes (the session's shared run)."""
+    from harness.report.render import write_report
+
     if fault in DDP_FAULTS:
         pytest.importorskip("torch.distributed")
     stage, field, cause = FAULT_TABLE[fault]
-    ddp = ["--ddp-world-size", "2" if fault in DDP_FAULTS else "0"]
-    code, report = _run(tmp_path, "--fault", fault, *ddp)
+    run = fault_report(fault)
+    code = 0 if run.verdict == "pass" else 1
+    report = json.loads(write_report(run, tmp_path / "report")["json"].read_text())
     first = report["first_divergence"]
     assert code == 1, f"{fault}: expected exit 1, got {code}"
     assert first is not None and first["stage"] == stage, first

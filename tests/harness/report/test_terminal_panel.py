@@ -99,14 +99,13 @@ DDP_FAULTS = {"ddp-unwrapped-forward", "inverted-no-sync"}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", _faults())
-def test_panel_shows_the_whole_cause_for_every_named_fault(fault, tmp_path):
-    from harness.api import compare
+def test_panel_shows_the_whole_cause_for_every_named_fault(fault, tmp_path, fault_report):
     from harness.report.render import write_report
     from harness.schemas import validate_report
 
     if fault in DDP_FAULTS:
         pytest.importorskip("torch.distributed")
-    report = compare(faults=[fault], samples=2, ddp_world_size=2 if fault in DDP_FAULTS else 0)
+    report = fault_report(fault)
     assert report.verdict == "diverged", report.verdict_reason()
     fd = report.first_divergence()
     assert fd["cause"] and fd["cause"]["mechanism"], fd
