@@ -37,7 +37,8 @@ from harness.engine.diff import FieldDiff, diff_scalars, diff_tensors
 from harness.explain.relations import infer
 from harness.report.model import Report, StageResult
 from harness.trace.load import StepTrace, Trace, number
-from harness.trace.symptoms import Symptom, head_kind, kind_key, shape_numel, symptoms, where
+from harness.trace.symptoms import (Symptom, is_run_summary, head_kind, kind_key, shape_numel, symptoms,
+                                     where)
 from higgs_common.param_names import common_prefix_alignment
 
 TRACE_STAGES = ("dataset", "collator", "forward", "loss", "backward", "step", "log", "run")
@@ -341,12 +342,14 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
     la, lb = sa.logged(), sb.logged()
     sites = {k: r.get("call_site") for r in sb.records("logged") for k in (r.get("values") if isinstance(r.get("values"), dict) else {})}
     for tag in [t for t in la if t in lb]:
-        if "time" in tag or "runtime" in tag or "per_second" in tag or tag.endswith("wall_s"):
+        if "time" in tag or "runtime" in tag or "per_second" in tag or tag.endswith("wall_s") \
+                or is_run_summary(tag):
             continue
         c.scalar("log", f"step{s}.logged.{tag}", la[tag], lb[tag], sites.get(tag.split(":", 1)[-1]),
                  words=f"the program logs a different {tag.split(':', 1)[-1]}",
                  rtol=max(1e-4, c.tol.rtol or 0.0), atol=max(1e-6, c.tol.atol or 0.0))
-    for tag in [t for t in la if t not in lb] + [t for t in lb if t not in la]:
+    for tag in [t for t in la if t not in lb and not is_run_summary(t)] + \
+            [t for t in lb if t not in la and not is_run_summary(t)]:
         c.add(FieldDiff("log", f"step{s}.logged.{tag}", "missing", reference=la.get(tag), custom=lb.get(tag),
                         note="logged in one run only"), sites.get(tag.split(":", 1)[-1]), None,
               "one run logs a value the other does not")

@@ -37,6 +37,17 @@ CLIP_FLAGS = ("--max-grad-norm", "--max_grad_norm", "--clip-grad-norm")
 # Tags of the total training loss as logged ("loss", "train/loss", "loss/total", ...); sub-terms such as
 # "llm_loss" or "loss/audio" are not the back-propagated total.
 LOSS_TAG = re.compile(r"^(?:.*/)?(?:loss|total|total_loss|train_loss)$", re.IGNORECASE)
+# What HF `Trainer.train()` logs once, at the end of a process's run: aggregates over that process's
+# history, not step values (its `train_loss` divides the losses of this process's steps by the global
+# step count, so a resumed run reports a smaller one).  Not compared step by step, not a logged loss.
+RUN_SUMMARY_KEYS = frozenset({"train_loss", "train_runtime", "total_flos", "train_samples_per_second",
+                              "train_steps_per_second"})
+
+
+def is_run_summary(tag: str) -> bool:
+    """A logged tag (``source:name``) that is HF Trainer's end-of-run aggregate (also as TensorBoard's
+    ``train/<name>``)."""
+    return tag.split(":", 1)[-1].rsplit("/", 1)[-1] in RUN_SUMMARY_KEYS
 
 
 @dataclass
@@ -390,7 +401,8 @@ def logging_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
         if not rank_sums:
             continue
         history.append((sum(rank_sums) / len(rank_sums), sum(rank_means) / len(rank_means)))
-        tags = {k: v for k, v in st.logged().items() if LOSS_TAG.search(k.split(":", 1)[-1])}
+        tags = {k: v for k, v in st.logged().items()
+                if LOSS_TAG.search(k.split(":", 1)[-1]) and not is_run_summary(k)}
         for tag, v in tags.items():
             since = history[last_logged.get(tag, 0):]
             last_logged[tag] = len(history)
