@@ -18,6 +18,9 @@
 #   trace    both training CLIs traced on the full checkpoint: CUDA defaults vs every speed switch off
 #            (custom) and bf16 autocast vs off (reference), compare-traces at bf16 tolerance, and the
 #            trace's overhead per step (scripts/gpu_trace_suite.py)
+#   mutants  the trace mutation suite's speed-path and precision mutants (CUDA-only ones included) on
+#            the tiny checkpoint under the CUDA defaults, a clean-vs-clean control first, compared at
+#            bf16 tolerance (python -m tests.mutation.run_trace --gpu --paths speed precision)
 #
 # Results go to a NEW folder, reports/bench/<suite>-<UTC time>/ ($GPU_RESULTS_DIR to name another; an
 # existing folder is refused, so committed results are never written over).  When $OUT is set (the
@@ -33,8 +36,8 @@
 # dry run of the flow, e.g. `tests`, where every GPU test is skipped).
 set -uo pipefail
 
-SUITES=(speed harness tests trace)
-usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+SUITES=(speed harness tests trace mutants)
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=auto
 suite=""
 for arg in "$@"; do
@@ -103,6 +106,8 @@ finish() {   # $1: exit status; writes summary.md, packs the folder into $OUT
         echo
         [ -f "$RES/env.txt" ] && { echo '```'; cat "$RES/env.txt"; echo '```'; echo; }
         case "$suite" in
+        mutants)
+            if [ -f "$RES/table.md" ]; then cat "$RES/table.md"; else echo "no table.md (see run.log)"; fi ;;
         trace)
             if [ -f "$RES/trace_suite.md" ]; then cat "$RES/trace_suite.md"; else echo "no trace_suite.md (see run.log)"; fi ;;
         speed | harness)
@@ -183,7 +188,14 @@ harness)
 trace)
     step "trace: full checkpoint into $FULL, both CLIs traced (scripts/gpu_trace_suite.py)"
     timeout -s KILL "$(left)" "$PYTHON" -c "import sys, torch; from bench.single import build_full_assets; build_full_assets(__import__('pathlib').Path(sys.argv[1]), torch.device('cuda'))" "$FULL" &&
-        timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full "$FULL" --out "$RES" --steps ${TRACE_STEPS:-6} ${TRACE_ARGS:-}
+        timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full "$FULL" --out "$RES" --steps ${TRACE_STEPS:-12} ${TRACE_ARGS:-}
+    status=$?
+    ;;
+mutants)
+    step "mutants: tiny checkpoint, then the speed-path and precision trace mutants under the CUDA defaults"
+    timeout -s KILL "$(left)" "$PYTHON" -m higgs_common.assets.build --size tiny &&
+        timeout -s KILL "$(left)" "$PYTHON" -m tests.mutation.run_trace --gpu --paths speed precision \
+            --precision bf16 --jobs "${MUTANT_JOBS:-4}" --timeout 300 --out "$RES"
     status=$?
     ;;
 tests)

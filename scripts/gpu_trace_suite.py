@@ -1,12 +1,13 @@
 """The `trace` suite of scripts/gpu.sh: both training CLIs traced on the full checkpoint on one GPU.
 
-1. custom CLI, CUDA defaults (compile, index dual FFN, fast head, fused AdamW, tf32, bf16): untraced,
-   then traced with summaries only (--max-numel 0) for the same steps: the trace's overhead per step
-   (metrics.jsonl wall_s, median of the steps after compile warm-up);
-2. custom CLI with every speed switch off (--speed none), traced (tensors up to --max-numel), the same
-   --max-steps (so the same schedule): compare-traces --precision bf16 --common-steps against (1);
-3. reference CLI (LoRA, its bf16 autocast) traced vs --no-autocast traced: compare-traces --precision bf16;
+Per CLI, at the same batch size and --max-steps (so the same schedule):
+1. untraced, then traced with summaries only (--max-numel 0, the full-size mode): the trace's overhead
+   per step, from the step times each CLI logs in metrics.jsonl (custom `wall_s`, reference
+   `step_seconds`), median of the steps after the warm-up (compile, allocator, autotuning);
+2. its speed paths off (custom `--speed none`, reference `--no-autocast`), traced with tensors up to
+   --max-numel for the first 3 steps: compare-traces --precision bf16 --common-steps against (1)'s trace.
 Writes OUT/trace_suite.md and OUT/trace_suite.json; reports of each comparison under OUT/.
+Exit 0 when both comparisons pass.
 """
 
 from __future__ import annotations
@@ -28,15 +29,25 @@ def run(cmd: list[str], log: Path) -> tuple[int, float]:
 
 
 def step_walls(run_dir: Path, skip: int) -> list[float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [r["wall_s"] for r in rows if "wall_s" in r and r["step"] > skip]
+    """Seconds per optimizer step after the first `skip` steps (custom: wall_s, reference: step_seconds)."""
+    f = run_dir / "metrics.jsonl"
+    if not f.is_file():
+        return []
+    rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    out = []
+    for r in rows:
+        wall = r.get("wall_s", r.get("step_seconds"))
+        if wall is not None and r.get("step", 0) > skip:
+            out.append(float(wall))
+    return out
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full", type=Path, required=True, help="full checkpoint folder (model/, audio_tokenizer/)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=12, help="optimizer steps of the timed runs (default 12)")
+    p.add_argument("--warmup", type=int, default=4, help="steps left out of the step-time median (default 4)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--custom-only", action="store_true", help="leave out the reference CLI (short device budget)")
     args = p.parse_args()
@@ -44,65 +55,67 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     paths = ["--model-path", str(args.full / "model"), "--audio-tokenizer-path", str(args.full / "audio_tokenizer")]
-    custom = [py, "-m", "custom_impl.train", *paths, "--max-steps", str(args.steps), "--batch-size",
-              str(args.batch_size), "--grad-accum", "1"]
+    steps = ["--max-steps", str(args.steps)]
+    clis = {"custom": ([py, "-m", "custom_impl.train", *paths, *steps, "--batch-size", str(args.batch_size),
+                        "--grad-accum", "1"], ["--speed", "none"]),
+            "reference": ([py, "-m", "reference_impl.train", *paths, *steps, "--use-lora",
+                           "--per-device-train-batch-size", str(args.batch_size)], ["--no-autocast"])}
+    if args.custom_only:
+        del clis["reference"]
     trace = [py, "-m", "harness.trace.run", "--quiet"]
-    res: dict = {}
+    runs: dict[str, dict] = {}
+    summary: dict = {"batch_size": args.batch_size, "steps": args.steps, "warmup_left_out": args.warmup}
 
-    def say(msg: str) -> None:
-        print(f"[trace-suite] {msg}", flush=True)
+    def go(name: str, cmd: list[str]) -> None:
+        print(f"[trace-suite] {name}", flush=True)
+        code, wall = run(cmd, out / f"{name}.log")
+        runs[name] = {"exit": code, "wall_s": round(wall, 1)}
+        print(f"[trace-suite] {name}: exit {code} after {wall:.0f} s", flush=True)
 
-    say("custom traced (summaries only)")
-    res["custom_traced"] = run(trace + ["--out", str(out / "trace-custom"), "--steps", str(args.steps), "--max-numel", "0",
-                                        "--"] + custom + ["--output-dir", str(out / "run-custom-traced")],
-                               out / "custom-traced.log")
-    say("custom --speed none traced (3 steps)")
-    res["custom_plain"] = run(trace + ["--out", str(out / "trace-custom-plain"), "--steps", "3", "--"] + custom
-                              + ["--speed", "none", "--output-dir", str(out / "run-custom-plain")], out / "custom-plain.log")
-    say("compare: plain (A) vs CUDA defaults (B)")
-    res["compare_custom"] = run([py, "-m", "harness.trace.cli", str(out / "trace-custom-plain"), str(out / "trace-custom"),
-                                 "--precision", "bf16", "--common-steps", "--quiet", "--out", str(out / "report-custom")],
-                                out / "compare-custom.log")
-    say("custom untraced")
-    res["custom_untraced"] = run(custom + ["--output-dir", str(out / "run-custom-untraced")], out / "custom-untraced.log")
-    walls_u = step_walls(out / "run-custom-untraced", skip=3) if (out / "run-custom-untraced" / "metrics.jsonl").is_file() else []
-    walls_t = step_walls(out / "run-custom-traced", skip=3) if (out / "run-custom-traced" / "metrics.jsonl").is_file() else []
-    summary = {"custom_step_s_untraced": statistics.median(walls_u) if walls_u else None,
-               "custom_step_s_traced": statistics.median(walls_t) if walls_t else None}
-    if walls_u and walls_t:
-        summary["custom_trace_overhead"] = summary["custom_step_s_traced"] / summary["custom_step_s_untraced"] - 1
-    if not args.custom_only:
-        reference = [py, "-m", "reference_impl.train", *paths, "--max-steps", "3", "--use-lora",
-                     "--per-device-train-batch-size", str(args.batch_size)]
-        say("reference traced (bf16 autocast, as configured)")
-        res["reference_traced"] = run(trace + ["--out", str(out / "trace-ref"), "--max-numel", "0", "--"] + reference
-                                      + ["--output-dir", str(out / "run-ref-traced")], out / "ref-traced.log")
-        say("reference --no-autocast traced")
-        res["reference_plain"] = run(trace + ["--out", str(out / "trace-ref-plain"), "--"] + reference
-                                     + ["--no-autocast", "--output-dir", str(out / "run-ref-plain")], out / "ref-plain.log")
-        res["compare_reference"] = run([py, "-m", "harness.trace.cli", str(out / "trace-ref-plain"),
-                                        str(out / "trace-ref"), "--precision", "bf16", "--quiet", "--out",
-                                        str(out / "report-ref")], out / "compare-ref.log")
-    summary["runs"] = {k: {"exit": v[0], "wall_s": round(v[1], 1)} for k, v in res.items()}
-    for name in ("report-custom", "report-ref"):
-        f = out / name / "report.json"
+    for side, (cmd, plain) in clis.items():
+        go(f"{side}-untraced", cmd + ["--output-dir", str(out / f"run-{side}-untraced")])
+        go(f"{side}-traced", trace + ["--out", str(out / f"trace-{side}"), "--steps", str(args.steps),
+                                       "--max-numel", "0", "--"] + cmd + ["--output-dir", str(out / f"run-{side}-traced")])
+        go(f"{side}-plain-traced", trace + ["--out", str(out / f"trace-{side}-plain"), "--steps", "3", "--"] + cmd
+           + plain + ["--output-dir", str(out / f"run-{side}-plain")])
+        go(f"{side}-compare", [py, "-m", "harness.trace.cli", str(out / f"trace-{side}-plain"), str(out / f"trace-{side}"),
+                               "--precision", "bf16", "--common-steps", "--quiet", "--out", str(out / f"report-{side}")])
+        untraced = step_walls(out / f"run-{side}-untraced", args.warmup)
+        traced = step_walls(out / f"run-{side}-traced", args.warmup)
+        row: dict = {"step_s_untraced": statistics.median(untraced) if untraced else None,
+                     "step_s_traced": statistics.median(traced) if traced else None,
+                     "steps_timed": [len(untraced), len(traced)]}
+        if untraced and traced:
+            row["trace_overhead"] = row["step_s_traced"] / row["step_s_untraced"] - 1
+        f = out / f"report-{side}" / "report.json"
         if f.is_file():
             r = json.loads(f.read_text())
-            summary[name] = {"verdict": r["verdict"], "headline": r.get("summary"),
-                             "first_divergence": r["first_divergence"] and {k: r["first_divergence"][k] for k in
-                                                                           ("stage", "field", "cause")}}
+            fd = r.get("first_divergence") or {}
+            row["compare"] = {"verdict": r.get("verdict"), "headline": r.get("summary"),
+                              "first_divergence": {k: fd.get(k) for k in ("stage", "field", "cause")} if fd else None}
+        summary[side] = row
+    summary["runs"] = runs
     (out / "trace_suite.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = ["# Trace suite (full checkpoint, one GPU)", "", "| run | exit | wall s |", "|---|---|---|"]
-    lines += [f"| {k} | {v['exit']} | {v['wall_s']} |" for k, v in summary["runs"].items()]
-    lines += ["", f"custom step (median after warm-up): untraced {summary.get('custom_step_s_untraced')} s, traced "
-              f"{summary.get('custom_step_s_traced')} s, overhead {summary.get('custom_trace_overhead')}", ""]
-    for name in ("report-custom", "report-ref"):
-        if name in summary:
-            lines.append(f"- {name}: {summary[name]['verdict']}: {summary[name]['headline']}")
+    lines = ["# Trace suite (full checkpoint, one GPU)", "",
+             f"batch {args.batch_size}, {args.steps} optimizer steps per timed run; step time = median of the "
+             f"steps after the first {args.warmup}", "", "| run | exit | wall s |", "|---|---|---|"]
+    lines += [f"| {k} | {v['exit']} | {v['wall_s']} |" for k, v in runs.items()]
+    lines += ["", "| CLI | step s untraced | step s traced (summaries) | overhead | speed paths vs off |",
+              "|---|---|---|---|---|"]
+    for side in clis:
+        row = summary[side]
+        ov = row.get("trace_overhead")
+        cmp_ = row.get("compare") or {}
+        lines.append(f"| {side} | {_fmt(row['step_s_untraced'])} | {_fmt(row['step_s_traced'])} | "
+                     f"{'-' if ov is None else f'{ov:+.1%}'} | {cmp_.get('verdict', 'no report')}: "
+                     f"{cmp_.get('headline', '')} |")
     (out / "trace_suite.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    wanted = ("report-custom",) if args.custom_only else ("report-custom", "report-ref")
-    return 0 if all(summary.get(n, {}).get("verdict") == "pass" for n in wanted) else 1
+    return 0 if all((summary[s].get("compare") or {}).get("verdict") == "pass" for s in clis) else 1
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 if __name__ == "__main__":

@@ -98,6 +98,12 @@ class Recorder:
         self.tensors: dict[str, torch.Tensor] = {}
         self.pending_stats: list[tuple[dict[str, Any], torch.Tensor, bool]] = []
         self.pending_norms: list[tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]] = []
+        # Values read back at the end of the step, never inside it (a host sync in the middle of a GPU
+        # step stalls the CPU's run-ahead): (record, key, 0-dim tensor) and (record, key, int tensor
+        # whose rows are hashed).
+        self.pending_scalars: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+        self.pending_hashes: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+        self.owns_cache: dict[int, bool] = {}   # id(module) -> holds an optimizer's parameter
         self.current: dict[str, Any] = self._empty_step()
         self.layer_hooks_on: set[int] = set()
         self.t0 = time.time()
@@ -139,9 +145,9 @@ class Recorder:
     def keep(self, key: str, t: torch.Tensor) -> dict[str, Any]:
         """Store `t` under `key` (or only its summary when larger than max_numel); its description.
 
-        The summary (non-finite count; sum, |sum|, min, max with non-finite values as 0) is computed where the
-        tensor lives and read back once per step (`_fill_summaries`), so a GPU run pays one host sync
-        per step for all summaries, not several per tensor.
+        The summary (non-finite count; sum, |sum|, min, max, left out when there are non-finite values) is
+        computed where the tensor lives and read back once per step (`_fill_summaries`), so a GPU run pays
+        one host sync per step for all summaries, not several per tensor.
         """
         t = t.detach()
         desc: dict[str, Any] = {"key": key, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
@@ -149,11 +155,12 @@ class Recorder:
         if t.numel() and not t.is_complex():
             with torch.no_grad():
                 if t.is_floating_point():
-                    # non-finite values count, and are summed (and min/max-ed) as 0
-                    fz = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
-                    lo, hi = torch.aminmax(fz)
-                    stats = torch.stack([(~torch.isfinite(t)).sum().double(), fz.sum(dtype=torch.float64),
-                                         fz.abs().sum(dtype=torch.float64), lo.double(), hi.double()])
+                    # One read of t per statistic, no full-size copy; with non-finite values the others
+                    # are not summarised (_fill_summaries).
+                    lo, hi = torch.aminmax(t)
+                    stats = torch.stack([(~torch.isfinite(t)).sum().double(), t.sum(dtype=torch.float64),
+                                         torch.linalg.vector_norm(t, 1, dtype=torch.float64), lo.double(),
+                                         hi.double()])
                 else:
                     stats = torch.stack([torch.zeros((), dtype=torch.float64, device=t.device),
                                          t.double().sum(), t.double().abs().sum(), t.min().double(), t.max().double()])
@@ -175,20 +182,34 @@ class Recorder:
             for desc, a, m in zip(descs, l1.cpu().tolist(), linf.cpu().tolist()):
                 desc.update(abs_sum=a, max_abs=m, nonfinite=0 if math.isfinite(a) else -1)
         self.pending_norms = []
+        scalars, self.pending_scalars = self.pending_scalars, []
+        by_dev: dict[Any, list] = {}
+        for item in scalars:
+            by_dev.setdefault(item[2].device, []).append(item)
+        for items in by_dev.values():
+            for (rec, key, _), v in zip(items, torch.stack([x.detach().double().reshape(()) for _, _, x in items])
+                                        .cpu().tolist()):
+                rec[key] = int(v) if key in ("supervised",) else v
+        hashes, self.pending_hashes = self.pending_hashes, []
+        for rec, key, t in hashes:
+            cpu = t.to("cpu").contiguous()
+            rec[key] = [hashlib.sha1(r.numpy().tobytes()).hexdigest()[:12] for r in cpu]
         for items in by_device.values():
             values = torch.stack([st for _, st, _ in items]).cpu().tolist()
             for (desc, _, is_float), (nonfinite, total, abs_total, lo, hi) in zip(items, values):
-                if is_float:
-                    desc.update(nonfinite=int(nonfinite), sum=total, abs_sum=abs_total, min=lo, max=hi)
+                if is_float and nonfinite:
+                    desc.update(nonfinite=int(nonfinite))     # sums of inf/NaN say nothing more
+                elif is_float:
+                    desc.update(nonfinite=0, sum=total, abs_sum=abs_total, min=lo, max=hi)
                 else:
                     desc.update(sum=total, min=int(lo), max=int(hi))
 
-    def row_hashes(self, t: torch.Tensor) -> list[str] | None:
-        """Content hash of each row (dim 0) of an integer tensor: sample identity without sample ids."""
+    def row_hashes(self, into: dict[str, Any], key: str, t: torch.Tensor) -> None:
+        """Content hash of each row (dim 0) of an integer tensor, sample identity without sample ids,
+        written into `into[key]` at the end of the step (a copy of `t` is kept till then)."""
         if t.dim() < 1 or t.is_floating_point() or t.numel() > 50_000_000:
-            return None
-        cpu = t.detach().to("cpu").contiguous()
-        return [hashlib.sha1(r.numpy().tobytes()).hexdigest()[:12] for r in cpu]
+            return
+        self.pending_hashes.append((into, key, t.detach().clone()))
 
     def describe(self, prefix: str, value: Any, depth: int = 0) -> Any:
         """Tensors inside nested outputs (dataclasses, ModelOutput, dicts, tuples) -> descriptions."""
@@ -284,9 +305,7 @@ class Recorder:
                 for key, v in kwargs.items():
                     if isinstance(v, torch.Tensor):
                         inputs[key] = self.keep(f"call.{k}.in.{key}", v)
-                        h = self.row_hashes(v)
-                        if h is not None:
-                            hashes[key] = h
+                        self.row_hashes(hashes, key, v)
                     elif v is None:
                         inputs[key] = None
                 self.current["model_calls"].append({
@@ -319,7 +338,7 @@ class Recorder:
                 if isinstance(target, torch.Tensor):
                     rec["target"] = self.keep(f"ce.{k}.target", target)
                     if not target.is_floating_point():
-                        rec["supervised"] = int((target != ignore_index).sum())
+                        self.pending_scalars.append((rec, "supervised", (target != ignore_index).sum()))
                         rec["targets_total"] = int(target.numel())
                 rec["result"] = self.keep(f"ce.{k}.result", result)
                 if isinstance(target, torch.Tensor) and not target.is_floating_point() and inp.numel() <= 50_000_000:
@@ -350,9 +369,12 @@ class Recorder:
     def clip(self, max_norm: Any, total: Any, site: list) -> None:
         with self.lock:
             try:
-                self.current["clip_grad_norm"].append({
-                    "seq": self.next_seq(), "call_site": site, "max_norm": float(max_norm),
-                    "total_norm": float(total) if total is not None else None})
+                rec = {"seq": self.next_seq(), "call_site": site, "max_norm": float(max_norm), "total_norm": None}
+                if isinstance(total, torch.Tensor):
+                    self.pending_scalars.append((rec, "total_norm", total))
+                elif total is not None:
+                    rec["total_norm"] = float(total)
+                self.current["clip_grad_norm"].append(rec)
             except Exception:   # noqa: BLE001
                 self._failed("clip_grad_norm")
 
@@ -445,7 +467,9 @@ class Recorder:
                         for k, v in opt.state.get(p, {}).items():
                             if isinstance(v, torch.Tensor) and v.numel() > 1:
                                 keys.append(f"state.{name}.{k}"), ts.append(v), slots.append((name, k))
-                            elif isinstance(v, (torch.Tensor, int, float)):
+                            elif isinstance(v, torch.Tensor):
+                                self.pending_scalars.append((state[name], k, v))
+                            elif isinstance(v, (int, float)):
                                 state[name][k] = float(v)
                 for (name, k), desc in zip(slots, self.keep_many(keys, ts)):
                     if k is None:
@@ -531,6 +555,7 @@ def install() -> Recorder | None:
                 for group in self.param_groups:
                     for p in group["params"]:
                         rec.optimizer_params[id(p)] = p
+                rec.owns_cache.clear()
             except Exception:   # noqa: BLE001
                 rec._failed("optimizer init")
         return __init__
@@ -547,7 +572,11 @@ def install() -> Recorder | None:
         def __call__(self, *args, **kwargs):
             if rec.model_depth or not rec.active or not rec.optimizer_params or _is_compiling():
                 return orig(self, *args, **kwargs)
-            owns = torch.is_grad_enabled() and any(id(p) in rec.optimizer_params for p in self.parameters())
+            if not torch.is_grad_enabled():
+                return orig(self, *args, **kwargs)
+            owns = rec.owns_cache.get(id(self))
+            if owns is None:
+                owns = rec.owns_cache[id(self)] = any(id(p) in rec.optimizer_params for p in self.parameters())
             if not owns:
                 return orig(self, *args, **kwargs)
             if rec.pending:

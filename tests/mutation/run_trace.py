@@ -50,7 +50,10 @@ def _env() -> dict[str, str]:
     from higgs_common.assets.paths import default_assets_dir, default_code_cache_dir
 
     return dict(os.environ, HIGGS_DIFF_ASSETS=str(default_assets_dir()),
-                HIGGS_DIFF_CODE_CACHE=str(default_code_cache_dir()), PYTHONWARNINGS="ignore", PYTHONPATH=".")
+                HIGGS_DIFF_CODE_CACHE=str(default_code_cache_dir()), PYTHONWARNINGS="ignore",
+                # the copy first; what the caller's PYTHONPATH holds (e.g. the GPU machine's wheels) after it
+                PYTHONPATH=os.pathsep.join(["."] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                    if p]))
 
 
 def _run(args: list[str], cwd: Path, timeout: int) -> tuple[int | str, str]:
@@ -113,7 +116,7 @@ def _from_report(row: dict[str, Any], report: dict[str, Any], expect: str) -> No
     row["at_stage"] = row["exit"] == 1 and (fd.get("stage") == expect or expect in row["symptom_stages"])
 
 
-def run_one(m: dict, clean: CleanTraces, work: Path, timeout: int) -> dict[str, Any]:
+def run_one(m: dict, clean: CleanTraces, work: Path, timeout: int, precision: str = "exact") -> dict[str, Any]:
     """Apply one mutant in a copy and run its tool; returns the result row."""
     row: dict[str, Any] = {k: m.get(k) for k in ("id", "path", "file", "tool", "expect_stage", "mechanism",
                                                  "keywords")}
@@ -131,7 +134,8 @@ def run_one(m: dict, clean: CleanTraces, work: Path, timeout: int) -> dict[str, 
             base = clean.get(m["command"])
             rc, tail = _trace(root, m["command"], Path(tmp) / "trace", timeout)
             row["trace_exit"] = rc
-            row["exit"], row["tail"] = _run(_higgs("compare-traces", "--quiet", "--out", str(rep), str(base),
+            row["exit"], row["tail"] = _run(_higgs("compare-traces", "--quiet", "--precision", precision,
+                                                   "--out", str(rep), str(base),
                                                    str(Path(tmp) / "trace")), root, timeout)
             _from_report(row, _report_json(rep), m["expect_stage"])
         elif m["tool"] == "check-resume":
@@ -262,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     p.add_argument("--timeout", type=int, default=600, help="seconds per traced run")
     p.add_argument("--gpu", action="store_true", help="also run the CUDA-only mutants")
+    p.add_argument("--paths", nargs="*", default=None, metavar="PATH",
+                   help="only the mutants of these code paths (cli, speed, precision, settings)")
+    p.add_argument("--precision", choices=("exact", "bf16"), default="exact",
+                   help="compare-traces tolerance: bf16 where the traced runs compute in bf16 (CUDA defaults)")
     p.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1; CPU is shared)")
     p.add_argument("--no-control", action="store_true", help="skip the clean-vs-clean control row")
     p.add_argument("--merge", type=Path, default=None, metavar="RESULTS_JSON",
@@ -270,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.merge is not None:
         return merge(args.out, args.merge)
-    mutants = [m for m in MUTANTS if (not args.ids or m["id"] in args.ids) and (args.gpu or not m.get("gpu"))]
+    mutants = [m for m in MUTANTS if (not args.ids or m["id"] in args.ids) and (args.gpu or not m.get("gpu"))
+               and (not args.paths or m["path"] in args.paths)]
     mutants = interleaved(mutants)
     if not args.no_control and not args.ids:
         mutants = [control_mutant(), *mutants]
@@ -287,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def one(m: dict) -> dict:
             try:
-                row = run_one(m, clean, work, args.timeout)
+                row = run_one(m, clean, work, args.timeout, args.precision)
             except Exception as exc:   # a broken mutant run is a row, not a lost table
                 row = {k: m.get(k) for k in ("id", "path", "file", "tool", "expect_stage", "mechanism", "keywords")}
                 row.update(gpu=bool(m.get("gpu")), exit=f"error: {type(exc).__name__}: {exc}", caught=False,

@@ -115,3 +115,55 @@ def test_degenerate_traces_are_findings_never_a_traceback(tmp_path_factory, a, b
     assert not crashed, crashed[0].note
     report.to_json()
     report.to_markdown()
+
+
+# ------------------------------------------------------------------ speed paths: bf16 tolerance and drift
+def test_bf16_rounding_path_agrees_at_bf16_and_not_exactly(toy_trace, tmp_path):
+    """A speed path whose logits come out rounded to bf16 is a divergence for an exact comparison and
+    agrees at --precision bf16; a bug on a path only a later batch takes is still found at that step."""
+    plain, fast = toy_trace(steps=4), toy_trace("--bf16-head", steps=4)
+    assert run_cli(plain, fast, tmp_path / "exact")[0] == 1
+    code, report = run_cli(plain, fast, tmp_path / "bf16", "--precision", "bf16")
+    assert code == 0, report["summary"]
+    code, report = run_cli(plain, toy_trace("--bf16-head", "--bug", "late-loss-scale", steps=4), tmp_path / "late",
+                           "--precision", "bf16")
+    assert code == 1 and report["first_divergence"]["field"] == "step2.backward0.loss"
+
+
+def _collector(fields: list[tuple[str, str, str]]):
+    from harness.engine.diff import FieldDiff
+    from harness.trace.compare import Tolerance, _Collector
+
+    c = _Collector(None, None, Tolerance.for_precision("bf16"))   # type: ignore[arg-type]
+    for stage, field, status in fields:
+        c.fields[stage].append(FieldDiff(stage, field, status))
+    return c
+
+
+def test_adamw_update_drift_is_expected_only_where_everything_else_agrees():
+    from harness.trace.compare import _mark_drift
+
+    # first step: gradients agree, one parameter after AdamW's update differs -> drift
+    c = _collector([("backward", "step1.grad.w", "equal"), ("step", "step1.param.w", "mismatch"),
+                    ("loss", "step1.backward0.loss", "equal")])
+    _mark_drift(c, 1, 1)
+    assert not c.unexpected() and "AdamW" in c.fields["step"][0].expected_reason
+    # first step: a gradient differs -> nothing is drift
+    c = _collector([("backward", "step1.grad.w", "mismatch"), ("step", "step1.param.w", "mismatch")])
+    _mark_drift(c, 1, 1)
+    assert all(f.unexpected for st in c.fields.values() for f in st)
+    # later step: gradients and outputs may drift while the loss, logs and settings agree ...
+    c = _collector([("forward", "step2.mb0.out.logits", "mismatch"), ("backward", "step2.grad.w", "mismatch"),
+                    ("loss", "step2.backward0.loss", "equal"), ("log", "step2.logged.loss", "equal"),
+                    ("step", "step2.group0.lr", "equal")])
+    _mark_drift(c, 2, 1)
+    assert not c.unexpected()
+    # ... but not when the loss handed to backward() or a setting differs
+    for bad in (("loss", "step2.backward0.loss"), ("step", "step2.group0.lr"), ("log", "step2.logged.loss")):
+        c = _collector([("backward", "step2.grad.w", "mismatch"), (*bad, "mismatch")])
+        _mark_drift(c, 2, 1)
+        assert c.fields["backward"][0].unexpected, bad
+    # a shape difference is never drift
+    c = _collector([("forward", "step2.mb0.out.logits", "shape")])
+    _mark_drift(c, 2, 1)
+    assert c.unexpected()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 BUGS = ("none", "detached", "unscored-audio", "summed-log", "ignore-wd", "forget-scheduler", "label-shift",
-        "skip-batch-on-resume", "crash")
+        "skip-batch-on-resume", "crash", "late-loss-scale")
 
 
 class Out:
@@ -31,9 +31,14 @@ class TwoHead(torch.nn.Module):
         self.text_head = torch.nn.Linear(16, 32)
         self.audio_head = torch.nn.Linear(16, 10)
 
+        self.bf16_head = False        # a "speed path": text logits come out rounded to bf16 (other rounding)
+
     def forward(self, input_ids: torch.Tensor, audio_out_ids: torch.Tensor) -> Out:
         h = torch.tanh(self.body(self.embed(input_ids)))            # (B, T, 16)
-        return Out(self.text_head(h), self.audio_head(h[:, : audio_out_ids.shape[1]]))
+        logits = self.text_head(h)
+        if self.bf16_head:
+            logits = logits.bfloat16().float()
+        return Out(logits, self.audio_head(h[:, : audio_out_ids.shape[1]]))
 
 
 def batch(step: int, micro: int, size: int) -> dict[str, torch.Tensor]:
@@ -54,9 +59,11 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bug", choices=BUGS, default="none")
+    p.add_argument("--bf16-head", action="store_true", help="text logits rounded to bf16 (a speed path with other rounding)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     model = TwoHead()
+    model.bf16_head = a.bf16_head
     wd = 0.0 if a.bug == "ignore-wd" else a.weight_decay
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / a.max_steps))
@@ -87,6 +94,8 @@ def main() -> None:
             audio = (torch.zeros(()) if a.bug == "unscored-audio"
                      else F.cross_entropy(out.audio_logits.reshape(-1, 10), b["audio_out_ids"].reshape(-1)))
             loss = (text + audio) / a.grad_accum
+            if a.bug == "late-loss-scale" and step >= 2:     # a path that only a later batch takes
+                loss = loss * 1.5
             if a.bug == "detached":
                 loss = loss.detach().requires_grad_()
             loss.backward()
