@@ -188,7 +188,7 @@ harness)
 trace)
     step "trace: full checkpoint into $FULL, both CLIs traced (scripts/gpu_trace_suite.py)"
     timeout -s KILL "$(left)" "$PYTHON" -c "import sys, torch; from bench.single import build_full_assets; build_full_assets(__import__('pathlib').Path(sys.argv[1]), torch.device('cuda'))" "$FULL" &&
-        timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full "$FULL" --out "$RES" --steps ${TRACE_STEPS:-12} ${TRACE_ARGS:-}
+        timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full "$FULL" --out "$RES" --steps ${TRACE_STEPS:-10} ${TRACE_ARGS:-}
     status=$?
     ;;
 mutants)

@@ -1,9 +1,12 @@
 """The `trace` suite of scripts/gpu.sh: both training CLIs traced on the full checkpoint on one GPU.
 
 Per CLI, at the same batch size and --max-steps (so the same schedule):
-1. untraced, then traced with summaries only (--max-numel 0, the full-size mode): the trace's overhead
-   per step, from the step times each CLI logs in metrics.jsonl (custom `wall_s`, reference
-   `step_seconds`), median of the steps after the warm-up (compile, allocator, autotuning);
+1. one run of 2 x --steps optimizer steps, traced with summaries only (--max-numel 0, the full-size mode)
+   for its first --steps steps: the trace's overhead per step is the median step time (from the step
+   times each CLI logs in metrics.jsonl: custom `wall_s`, reference `step_seconds`) of the traced
+   steps after the warm-up (compile, allocator, autotuning) against that of the untraced steps after
+   them, in the same process (no run-to-run variance; the hooks left installed but idle are counted
+   as untraced);
 2. its speed paths off (custom `--speed none`, reference `--no-autocast`), traced with tensors up to
    --max-numel for the first 3 steps: compare-traces --precision bf16 --common-steps against (1)'s trace.
 Writes OUT/trace_suite.md and OUT/trace_suite.json; reports of each comparison under OUT/.
@@ -28,8 +31,8 @@ def run(cmd: list[str], log: Path) -> tuple[int, float]:
     return code, time.time() - t0
 
 
-def step_walls(run_dir: Path, skip: int) -> list[float]:
-    """Seconds per optimizer step after the first `skip` steps (custom: wall_s, reference: step_seconds)."""
+def step_walls(run_dir: Path, skip: int, upto: int | None = None) -> list[float]:
+    """Seconds per optimizer step of steps skip+1..upto (custom: wall_s, reference: step_seconds)."""
     f = run_dir / "metrics.jsonl"
     if not f.is_file():
         return []
@@ -37,7 +40,7 @@ def step_walls(run_dir: Path, skip: int) -> list[float]:
     out = []
     for r in rows:
         wall = r.get("wall_s", r.get("step_seconds"))
-        if wall is not None and r.get("step", 0) > skip:
+        if wall is not None and r.get("step", 0) > skip and (upto is None or r.get("step", 0) <= upto):
             out.append(float(wall))
     return out
 
@@ -46,7 +49,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full", type=Path, required=True, help="full checkpoint folder (model/, audio_tokenizer/)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=12, help="optimizer steps of the timed runs (default 12)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="optimizer steps traced; the timed run makes twice as many (default 10)")
     p.add_argument("--warmup", type=int, default=4, help="steps left out of the step-time median (default 4)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--custom-only", action="store_true", help="leave out the reference CLI (short device budget)")
@@ -55,7 +59,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     paths = ["--model-path", str(args.full / "model"), "--audio-tokenizer-path", str(args.full / "audio_tokenizer")]
-    steps = ["--max-steps", str(args.steps)]
+    steps = ["--max-steps", str(2 * args.steps)]
     clis = {"custom": ([py, "-m", "custom_impl.train", *paths, *steps, "--batch-size", str(args.batch_size),
                         "--grad-accum", "1"], ["--speed", "none"]),
             "reference": ([py, "-m", "reference_impl.train", *paths, *steps, "--use-lora",
@@ -73,15 +77,14 @@ def main() -> int:
         print(f"[trace-suite] {name}: exit {code} after {wall:.0f} s", flush=True)
 
     for side, (cmd, plain) in clis.items():
-        go(f"{side}-untraced", cmd + ["--output-dir", str(out / f"run-{side}-untraced")])
         go(f"{side}-traced", trace + ["--out", str(out / f"trace-{side}"), "--steps", str(args.steps),
                                        "--max-numel", "0", "--"] + cmd + ["--output-dir", str(out / f"run-{side}-traced")])
         go(f"{side}-plain-traced", trace + ["--out", str(out / f"trace-{side}-plain"), "--steps", "3", "--"] + cmd
            + plain + ["--output-dir", str(out / f"run-{side}-plain")])
         go(f"{side}-compare", [py, "-m", "harness.trace.cli", str(out / f"trace-{side}-plain"), str(out / f"trace-{side}"),
                                "--precision", "bf16", "--common-steps", "--quiet", "--out", str(out / f"report-{side}")])
-        untraced = step_walls(out / f"run-{side}-untraced", args.warmup)
-        traced = step_walls(out / f"run-{side}-traced", args.warmup)
+        traced = step_walls(out / f"run-{side}-traced", args.warmup, args.steps)
+        untraced = step_walls(out / f"run-{side}-traced", args.steps)
         row: dict = {"step_s_untraced": statistics.median(untraced) if untraced else None,
                      "step_s_traced": statistics.median(traced) if traced else None,
                      "steps_timed": [len(untraced), len(traced)]}
@@ -97,8 +100,9 @@ def main() -> int:
     summary["runs"] = runs
     (out / "trace_suite.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["# Trace suite (full checkpoint, one GPU)", "",
-             f"batch {args.batch_size}, {args.steps} optimizer steps per timed run; step time = median of the "
-             f"steps after the first {args.warmup}", "", "| run | exit | wall s |", "|---|---|---|"]
+             f"batch {args.batch_size}, {2 * args.steps} optimizer steps per run, the first {args.steps} traced; "
+             f"step time = median of steps {args.warmup + 1}-{args.steps} (traced) and {args.steps + 1}-"
+             f"{2 * args.steps} (untraced, same process)", "", "| run | exit | wall s |", "|---|---|---|"]
     lines += [f"| {k} | {v['exit']} | {v['wall_s']} |" for k, v in runs.items()]
     lines += ["", "| CLI | step s untraced | step s traced (summaries) | overhead | speed paths vs off |",
               "|---|---|---|---|---|"]
