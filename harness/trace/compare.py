@@ -359,6 +359,10 @@ def _compare_step(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: str, 
                  words="scheduler.step() runs on the other side of optimizer.step()")
 
 
+# Logged values that are settings or counters, not computed from the weights: never widened by drift.
+SETTING_TAGS = ("lr", "learning_rate", "epoch", "step", "tokens", "samples")
+
+
 def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
     la, lb = sa.logged(), sb.logged()
     sites = {k: r.get("call_site") for r in sb.records("logged") for k in (r.get("values") if isinstance(r.get("values"), dict) else {})}
@@ -366,10 +370,11 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
         if "time" in tag or "runtime" in tag or "per_second" in tag or tag.endswith("wall_s") \
                 or is_run_summary(tag):
             continue
+        drift = c.drift_atol if not any(w in tag.lower() for w in SETTING_TAGS) else 0.0
         fd = c.scalar("log", f"step{s}.logged.{tag}", la[tag], lb[tag], sites.get(tag.split(":", 1)[-1]),
                       words=f"the program logs a different {tag.split(':', 1)[-1]}",
-                      rtol=max(1e-4, c.tol.rtol or 0.0), atol=max(1e-6, c.tol.atol or 0.0, c.drift_atol))
-        if c.drift_atol:
+                      rtol=max(1e-4, c.tol.rtol or 0.0), atol=max(1e-6, c.tol.atol or 0.0, drift))
+        if drift:
             fd.note = f"tolerance widened by the weight-drift bound {c.drift_atol:.3g} (first order)"
     for tag in [t for t in la if t not in lb and not is_run_summary(t)] + \
             [t for t in lb if t not in la and not is_run_summary(t)]:
