@@ -55,11 +55,10 @@ _LAYER_CLASS_HINTS = ("DecoderLayer",)
 _BRANCH_NAMES = ("mlp", "audio_mlp")
 
 
-def _is_compiling() -> bool:
-    try:
-        return bool(torch.compiler.is_compiling())
-    except Exception:   # noqa: BLE001  (older torch without torch.compiler)
-        return False
+# Every hook asks this FIRST: torch.compile treats it as a constant True while tracing, so the rest of
+# the hook is dead code to it and no guard is installed on the recorder's state (a guard on its step
+# counter would recompile the model at every step and, past the recompile limit, run it eagerly).
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def call_site(limit: int = 4) -> list[dict[str, Any]]:
@@ -267,7 +266,7 @@ class Recorder:
 
     def _layer_hook(self, name: str):
         def hook(_module, _inputs, output):
-            if not self.active or _is_compiling():
+            if _is_compiling() or not self.active:
                 return
             with self.lock:
                 try:
@@ -570,7 +569,7 @@ def install() -> Recorder | None:
 
     def module_call(orig):
         def __call__(self, *args, **kwargs):
-            if rec.model_depth or not rec.active or not rec.optimizer_params or _is_compiling():
+            if _is_compiling() or rec.model_depth or not rec.active or not rec.optimizer_params:
                 return orig(self, *args, **kwargs)
             if not torch.is_grad_enabled():
                 return orig(self, *args, **kwargs)
@@ -596,7 +595,7 @@ def install() -> Recorder | None:
     def ce(orig):
         def cross_entropy(*args, **kwargs):
             result = orig(*args, **kwargs)
-            if rec.active and not rec.in_ce and not _is_compiling():
+            if not _is_compiling() and rec.active and not rec.in_ce:
                 rec.in_ce = True
                 try:
                     rec.cross_entropy(args, kwargs, result, orig, call_site())
