@@ -85,6 +85,11 @@ def trainer_optimizer(trainer_cls: type, model: torch.nn.Module, args: Any, num_
     return trainer.optimizer, trainer.lr_scheduler
 
 
+def schedule_type(args: Any) -> str:
+    """The HF TrainingArguments' lr_scheduler_type as a plain string ("linear", "cosine", "constant", ...)."""
+    return str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+
+
 def effective_config(*, conventions: Conventions, collator: Any, args: Any, lora: Any, use_lora: bool,
                      num_training_steps: int, trainable_dtype: str, messages: list[str]) -> dict[str, Any]:
     """The sections of `EFFECTIVE_CONFIG_SECTIONS`, read off a built collator (its ``base_collator``),
@@ -109,8 +114,10 @@ def effective_config(*, conventions: Conventions, collator: Any, args: Any, lora
                       "betas": list(opt_kwargs.get("betas", (args.adam_beta1, args.adam_beta2))),
                       "eps": opt_kwargs.get("eps", args.adam_epsilon), "weight_decay": args.weight_decay,
                       "no_decay": ["bias", "norm"], "max_grad_norm": args.max_grad_norm},
-        "schedule": {"type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-                     "warmup_steps": args.get_warmup_steps(num_training_steps), "max_steps": num_training_steps},
+        # transformers.get_scheduler: the "constant" schedule ignores num_warmup_steps (declared as it runs)
+        "schedule": {"type": schedule_type(args),
+                     "warmup_steps": 0 if schedule_type(args) == "constant" else args.get_warmup_steps(num_training_steps),
+                     "max_steps": num_training_steps},
         "precision": {"mode": precision, "autocast": precision if precision != "fp32" else "none",
                       "weights_dtype": "torch.float32", "trainable_dtype": trainable_dtype},
         "distributed": {"wrapper": "DistributedDataParallel", "no_sync": "all_but_last_micro_batch",

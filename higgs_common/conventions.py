@@ -71,10 +71,20 @@ AUDIO_LABEL_LAYOUTS: tuple[str, ...] = ("bos_first", "ignore_first")
 TARGET_TURN_TEXT: tuple[str, ...] = ("none", "before_audio", "after_audio")
 TEXT_REDUCTIONS: tuple[str, ...] = ("token_mean",)
 AUDIO_REDUCTIONS: tuple[str, ...] = ("codebook_mean", "token_mean")
-TOTALS: tuple[str, ...] = ("sum", "sum_positive")
+TOTALS: tuple[str, ...] = ("sum", "sum_positive", "mean")
 AUDIO_SHIFT_SCOPES: tuple[str, ...] = ("segment", "stream")
+AUDIO_SHIFTS: tuple[str, ...] = ("next_frame", "none")
 ACCUMULATIONS: tuple[str, ...] = ("global_token_mean", "micro_batch_mean")
 DELAY_FROM_MODEL_CONFIG = "model_config"
+
+
+# Declarations a pipeline may truthfully make that no training recipe should: effective-config key ->
+# (value, what it does to training).  The config stage reports a side that declares one as a divergence.
+DEFECTIVE_DECLARATIONS: dict[str, tuple[Any, str]] = {
+    "loss.audio_shift": ("none", "audio logits are scored against the codes the model was fed at the same "
+                                 "position (no next-frame shift): a copy task; the audio loss falls fast and the "
+                                 "model learns nothing about the next frame"),
+}
 
 
 class ConventionsError(ValueError):
@@ -122,7 +132,13 @@ class LossConventions:
         (frame, codebook) pair.
     total
         ``"sum"``: text + audio; ``"sum_positive"``: each term added only when it is > 0
-        (train-higgs-audio's ``if loss.item() > 0``).
+        (train-higgs-audio's ``if loss.item() > 0``); ``"mean"``: the mean of the terms present, i.e.
+        (text + audio) / the number of terms with a supervised token (a hand-written
+        ``total_loss / num_losses``).
+    audio_shift
+        ``"next_frame"``: ``audio_logits[t]`` scores the NEXT frame's codes (upstream's next-token
+        objective); ``"none"``: ``audio_logits[t]`` scores ``label_audio_ids[:, t]``, the codes fed at
+        that same position (a copy task: see `DEFECTIVE_DECLARATIONS`).
     audio_shift_scope
         ``"segment"``: ``audio_logits[t]`` scores ``label_audio_ids[:, t + 1]`` only inside one
         audio-out segment; ``"stream"``: across the whole concatenated stream of the batch
@@ -138,6 +154,7 @@ class LossConventions:
     total: str = "sum"
     audio_shift_scope: str = "segment"
     accumulation: str = "global_token_mean"
+    audio_shift: str = "next_frame"
 
     def __post_init__(self) -> None:
         _check("loss.text_reduction", self.text_reduction, TEXT_REDUCTIONS)
@@ -145,11 +162,17 @@ class LossConventions:
         _check("loss.total", self.total, TOTALS)
         _check("loss.audio_shift_scope", self.audio_shift_scope, AUDIO_SHIFT_SCOPES)
         _check("loss.accumulation", self.accumulation, ACCUMULATIONS)
+        _check("loss.audio_shift", self.audio_shift, AUDIO_SHIFTS)
 
     def to_json(self) -> dict[str, str]:
         return {"text_reduction": self.text_reduction, "audio_reduction": self.audio_reduction,
                 "total": self.total, "audio_shift_scope": self.audio_shift_scope,
-                "accumulation": self.accumulation}
+                "accumulation": self.accumulation, "audio_shift": self.audio_shift}
+
+    @property
+    def audio_offset(self) -> int:
+        """Frames between the logits row and the label column it scores (1: next frame, 0: none)."""
+        return 1 if self.audio_shift == "next_frame" else 0
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ wraps it the way docs/adapters.md describes; all computing is the checkout's cod
 
 Run offline with the shims of `adapters.offline` (codec served from the code cache, Whisper
 feature extractor) and ``device=ctx.device`` where ``main()`` hard-codes ``"cuda"``.  The
-conventions below are what its author meant (a fork of train-higgs-audio's layout, an upstream
-next-token loss summed over terms); the harness checks the code against them.
+conventions below declare what its code does (check-adapter checks them): train-higgs-audio's
+layout, and its hand-written loss, whose audio term scores ``audio_logits[t]`` against the codes
+fed at ``t`` (no next-frame shift) and whose total is the mean of the terms present.  The first is
+a defect no recipe should have; the comparison reports it at the config stage.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ CONVENTIONS = Conventions(
     voice_prompt="assistant_turn", trained_turns=frozenset({"target", "voice_prompt"}), delay_pattern=False,
     audio_label_layout="bos_first", mask_audio_out_token_label=True, system_message=_system_message,
     normalize_transcript=_normalize, normalize_reference_transcript=identity,
-    loss=LossConventions(text_reduction="token_mean", audio_reduction="codebook_mean", total="sum",
-                         audio_shift_scope="segment", accumulation="micro_batch_mean"),
+    loss=LossConventions(text_reduction="token_mean", audio_reduction="codebook_mean", total="mean",
+                         audio_shift="none", accumulation="micro_batch_mean"),   # its _compute_higgs_audio_loss
     config_notes={
         "collator.class": ("ExtendedHiggsAudioSampleCollator", "its collator: upstream's, label_audio_ids = audio_out_ids"),
         "collator.whisper_processor": ("loaded", "main() loads Whisper"), "collator.encode_whisper_embed": (True, "main()"),

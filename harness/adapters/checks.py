@@ -23,8 +23,11 @@ CHECKS: dict[str, str] = {
     "step": "make_optimizer + step change the trainable parameters",
     "faults": "an unknown fault name raises UnknownFaultError",
     "config": "effective_config has every section of EFFECTIVE_CONFIG_SECTIONS",
-    "conventions": "the declared conventions match the outputs, and build_model honours its TrainConfig "
-                   "(the harness compares the adapter with itself)",
+    "conventions": "effective_config agrees with the declared conventions and recipe, and build_model honours its "
+                   "TrainConfig (the harness compares the adapter with itself)",
+    "declared-behaviour": "where the pipeline's dataset, collator, loss, gradients and update deviate from its "
+                          "declared conventions: a finding (a bug in the pipeline, or a declaration to correct), "
+                          "never a failure",
 }
 
 

@@ -26,7 +26,7 @@ from harness.report.model import StageResult
 from harness.semantics.configdiff import flatten
 from harness.semantics.expectations import Expected
 from harness.semantics.prompt import declared_messages
-from higgs_common.conventions import Conventions, PerDevice
+from higgs_common.conventions import DEFECTIVE_DECLARATIONS, Conventions, PerDevice
 from higgs_common.stages import TrainConfig
 
 EXACT = Tolerance(0.0, 0.0, "exact")
@@ -56,7 +56,7 @@ def convention_keys(model_config: Any) -> dict[str, Callable[[Conventions], Any]
         "message_layout.trained_turns": lambda cv: sorted(cv.trained_turns),
         "message_layout.messages": _describe,
     }
-    for k in ("text_reduction", "audio_reduction", "total", "audio_shift_scope", "accumulation"):
+    for k in ("text_reduction", "audio_reduction", "total", "audio_shift_scope", "accumulation", "audio_shift"):
         keys[f"loss.{k}"] = (lambda name: lambda cv: cv.loss.to_json()[name])(k)
     return keys
 
@@ -146,6 +146,11 @@ def run_config(c: Any) -> StageResult:
             src = conv[role] if key in ckeys else train[role]
             fields.append(c.fields.compare("config", f"{key}@{role}", fn(src), flat.get(key, ABSENT),
                                            FieldSpec(tol=EXACT, check="declared", side=role)))
+    for role in ("reference", "custom"):          # truthful declarations that no recipe should make
+        for key, (bad, why) in DEFECTIVE_DECLARATIONS.items():
+            if key in ckeys and ckeys[key](conv[role]) == bad:
+                fields.append(c.fields.compare("config", f"defect.{key}@{role}", "a training objective",
+                                               f"{bad!r}: {why}", FieldSpec(tol=EXACT, check="declared", side=role)))
     compute = 0.0
     for role in ("reference", "custom"):
         wf, dt = _wiring_fields(c, role, train[role])

@@ -308,6 +308,7 @@ def _loss_evidence(rl: Any, cl: Any, outputs: Any, batch: Any) -> dict:
                     "audio_supervised_tokens": None if lb.audio_supervised_tokens is None
                     else int(lb.audio_supervised_tokens),
                     "per_codebook": [] if lb.per_codebook is None else [float(x) for x in lb.per_codebook.detach().cpu()]}
+    ev["expanded_labels_none"] = getattr(outputs, "expanded_labels", None) is None   # the model got no text labels
     labels = P.batch_field(batch, "label_audio_ids")
     starts = P.batch_field(batch, "audio_out_ids_start")
     al = getattr(outputs, "audio_logits", None)
@@ -367,7 +368,9 @@ def declared_loss_grads(adapter: Any, model: torch.nn.Module, batch: Any, ctx: A
         terms, _t, _a = O.declared_loss(out.logits, out.audio_logits, out.expanded_labels,
                                         P.batch_field(batch, "label_audio_ids"),
                                         P.batch_field(batch, "audio_out_ids_start"), loss_conv)
-        getattr(terms, term).backward()
+        value = getattr(terms, term)
+        if value.requires_grad:          # a term with nothing supervised is a constant 0.0: no gradient
+            value.backward()
     grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in _trainable(model).items()}
     model.zero_grad(set_to_none=True)
     return grads

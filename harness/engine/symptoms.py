@@ -55,8 +55,13 @@ def side_symptoms(role: str, name: str, state: Any, backward_error: str | None =
         add("unscored_head", "the model call got no text labels (expanded_labels is None)",
             "label_ids never reach the model, so the text loss has nothing to score", "forward", "expanded_labels")
     model = getattr(state, "model", None)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad] if model is not None else []
     grads = getattr(state, "grads", None)
+    if isinstance(grads, dict) and grads:       # backward returns one entry per trainable parameter
+        trainable = list(grads)
+    elif isinstance(model, torch.nn.Module):
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    else:                                       # a worker's model (a handle): nothing to count without grads
+        trainable = []
     if trainable:
         if grads is None and backward_error:
             add("no_gradient", f"none of the {len(trainable)} trainable parameters receives a gradient",

@@ -43,6 +43,14 @@ Result = tuple[str, str] | None
 Rule = Callable[[FieldDiff, Facts], Result]
 
 
+def _fault(x: Facts, name: str) -> str:
+    """" (custom fault NAME)" when the custom side runs with that named fault switched on (its effective
+    configuration's `faults`), else "": a mechanism is named by the fault only where the fault is on."""
+    f = x.field("config", "faults")
+    active = f.custom if f is not None else None
+    return f" (custom fault {name})" if isinstance(active, (list, tuple)) and name in active else ""
+
+
 def _rel(f: FieldDiff) -> dict:
     return f.relation or {"kind": "none", "words": "", "details": {}, "axis": None}
 
@@ -89,8 +97,8 @@ def _target_is_reference_clip(f: FieldDiff, x: Facts) -> Result:
     for side, view in zip(("reference", "custom"), views):
         if view.get("target_is_reference_clip"):
             return ("audio labels equal the reference clip's codes: the dataset encoded the reference (voice-prompt) "
-                    f"audio as the training target on the {side} side, so training teaches copying the prompt "
-                    "(custom fault reference-audio-as-label)",
+                    f"audio as the training target on the {side} side, so training teaches copying the prompt"
+                    + _fault(x, "reference-audio-as-label"),
                     f"target codes == reference codes for sample {f.sample!r} on the {side} side")
     return None
 
@@ -329,8 +337,8 @@ def _all_labels_ignored(f: FieldDiff, x: Facts) -> Result:
     for side, e in x.evidence.get("collator", {}).items():
         if e.get("label_audio_all_ignored"):
             return (f"all audio labels are -100 (or absent) on the {side} side: label_audio_ids is not mapped from the "
-                    "audio-out codes, so no audio token is supervised and the audio loss can only be 0.0 or skipped "
-                    "(custom fault unmapped-audio-labels)", f"{side} label_audio_ids has no supervised entry")
+                    "audio-out codes, so no audio token is supervised and the audio loss can only be 0.0 or skipped"
+                    + _fault(x, "unmapped-audio-labels"), f"{side} label_audio_ids has no supervised entry")
     return None
 
 
@@ -405,7 +413,7 @@ def _random_layers(f: FieldDiff, x: Facts) -> Result:
     for side, names in absent.items():
         if names:
             return (f"parameters absent from the checkpoint on the {side} side: config flags added randomly initialised "
-                    "layers, so outputs and losses sit near chance level (custom fault random-extra-layers)",
+                    "layers, so outputs and losses sit near chance level" + _fault(x, "random-extra-layers"),
                     f"{len(names)} parameter(s) not in the checkpoint, first {names[0]!r}")
     return None
 
@@ -484,7 +492,7 @@ def _no_shift_audio(f: FieldDiff, x: Facts) -> Result:
     m = x.evidence.get("loss", {}).get("custom_matches")
     if m and m.get("unshifted") and not m.get("shifted"):
         return ("no next-token shift: the custom audio CE scores logits[t] against labels[t] (labels equal to the "
-                "inputs, a copy task), instead of logits[t-1] (custom fault no-shift)",
+                "inputs, a copy task), instead of logits[t-1]" + _fault(x, "no-shift"),
                 "custom per-position audio CE matches the unshifted computation, not the shifted one")
     return None
 
@@ -531,7 +539,7 @@ def _zero_term(f: FieldDiff, x: Facts) -> Result:
         if name in (term, "audio_ce_common" if term == "audio" else "text_ce_common", "total") and e.get(term) == 0.0 \
                 and (term == "text" or e.get("has_target_audio")):
             return (f"{term} loss is exactly 0.0 on the {side} side although the batch has targets: the term was "
-                    "silently skipped or zeroed" + (" (custom fault silent-zero-audio-loss)"
+                    "silently skipped or zeroed" + (_fault(x, "silent-zero-audio-loss")
                                                     if term == "audio" and side == "custom" else ""),
                     f"{term} = 0.0 with {e.get('audio_supervised_tokens')} supervised audio tokens")
     if name == "per_codebook" and _kind(f) in ("nonfinite_onset", "masked", "none") and f.first_index:
@@ -653,6 +661,14 @@ def _grad_values(f: FieldDiff, x: Facts) -> Result:
                 "back-propagated is scaled differently from the one logged (a weight, a division by the accumulation "
                 "steps or world size" + (f"; matches {', '.join(d.get('sources'))}" if d.get("sources") else "") + ")",
                 _words(f))
+    lev = x.evidence.get("loss", {})
+    text_term = (lev.get(side) or {}).get("text")
+    if loss_ok and lev.get("expanded_labels_none") and text_term:
+        return (f"the {side} loss has a text term ({text_term:.4g}) although the model call returned no "
+                "expanded_labels (the model got no text labels): its text cross-entropy scores the logits against "
+                "labels taken from elsewhere (e.g. the un-expanded label_ids, which do not line up with the "
+                "expanded sequence), so no declared text loss matches it and its gradient differs",
+                _words(f))
     if loss_ok:
         return (f"the {side} loss VALUE matches its declaration but its gradient does not: a term is detached or "
                 "computed outside the graph (e.g. .item()/.detach() in one term), or the model's training-mode graph "
@@ -709,8 +725,8 @@ def _ddp(f: FieldDiff, x: Facts) -> Result:
                 "all-reduced on every step, or rank-dependent optimizer state)", _words(f))
     if d.get("ranks_agree") is False:
         return ("gradients not synchronised across ranks: DDP's all-reduce did not run on every micro-batch that should "
-                "sync (forward on the unwrapped module, or no_sync inverted: custom faults ddp-unwrapped-forward / "
-                "inverted-no-sync)",
+                "sync (forward on the unwrapped module, or no_sync inverted)" + (_fault(x, "ddp-unwrapped-forward")
+                                                                            or _fault(x, "inverted-no-sync")),
                 f"ranks {d.get('unsynced_ranks')} of {d.get('world_size')} ({d.get('backend')}) differ from one process "
                 "and from each other")
     ratio = d.get("grad_ratio")

@@ -62,24 +62,26 @@ def audio_map_hypotheses(audio_logits: torch.Tensor, labels: torch.Tensor, start
     n = audio_logits.shape[0]
     dev = audio_logits.device
     other = "segment" if conv.audio_shift_scope == "stream" else "stream"
-    out = {"declared": audio_ce(audio_logits, labels, starts, scope=conv.audio_shift_scope)}
-    for name, scope, offset in ((f"no next-token shift (logits[t] scored against labels[t], a copy task)",
-                                 conv.audio_shift_scope, 0),
+    sh = conv.audio_offset
+    out = {"declared": audio_ce(audio_logits, labels, starts, scope=conv.audio_shift_scope, shift=sh)}
+    for name, scope, offset in (("no next-token shift (logits[t] scored against labels[t], a copy task)" if sh else
+                                 "a next-frame shift (logits[t] scored against labels[t+1]) where none is declared",
+                                 conv.audio_shift_scope, 0 if sh else 1),
                                 ("a two-frame shift (logits[t] against labels[t+2])", conv.audio_shift_scope, 2),
                                 (f"the shift taken across the {other} instead of the {conv.audio_shift_scope}",
-                                 other, 1)):
+                                 other, sh)):
         rows, cols = _rows(starts, n, scope, offset, dev)
         out[name] = _pairs_ce(audio_logits, labels, rows, cols)
     rows, cols = _rows(starts, n, conv.audio_shift_scope, -1, dev)              # logits[t+1] vs labels[t]
     out["the shift reversed (logits[t+1] scored against labels[t])"] = _pairs_ce(audio_logits, labels, rows, cols)
-    rows, cols = _rows(starts, n, conv.audio_shift_scope, 1, dev)
+    rows, cols = _rows(starts, n, conv.audio_shift_scope, sh, dev)
     out["codebooks in reverse order (labels of codebook C-1-c scored against logits of codebook c)"] = \
         _pairs_ce(audio_logits, labels.flip(0), rows, cols)
     eos = audio_logits.shape[-1] - 1                     # K = codebook_size + 2: BOS = K - 2, EOS = K - 1
     declared = out["declared"]
     keep = declared.mask & (labels.T != eos)
     out["the stream EOS left unsupervised (its labels masked)"] = PositionCE(declared.values * keep, keep)
-    smooth = fitted_smoothing(declared, _audio_uniform(audio_logits, labels, starts, conv.audio_shift_scope), actual)
+    smooth = fitted_smoothing(declared, _audio_uniform(audio_logits, labels, starts, conv.audio_shift_scope, sh), actual)
     if smooth is not None:
         out[smooth[0]] = smooth[1]
     return out
@@ -129,11 +131,11 @@ def _text_uniform(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _audio_uniform(audio_logits: torch.Tensor, labels: torch.Tensor, starts: torch.Tensor | None,
-                   scope: str) -> torch.Tensor:
-    """U at every declared audio target position (N, C): rows t-1 predict frame t (oracle's alignment)."""
+                   scope: str, shift: int = 1) -> torch.Tensor:
+    """U at every declared audio target position (N, C): rows t-shift predict frame t (oracle's alignment)."""
     n, c, _ = audio_logits.shape
     out = audio_logits.new_zeros((n, c), dtype=torch.float32)
-    rows, cols = _rows(starts, n, scope, 1, audio_logits.device)
+    rows, cols = _rows(starts, n, scope, shift, audio_logits.device)
     if cols.numel():
         u = -torch.log_softmax(audio_logits[rows].float(), dim=-1).mean(-1)       # (m, C)
         out = out.index_put((cols,), u)
@@ -203,7 +205,7 @@ def reduced_hypotheses(text: PositionCE, audio: PositionCE | None, conv: LossCon
             out[f"audio reduced as {name}"] = {"audio": v, "text": declared_text, "total": declared_text + v}
     out["text summed instead of averaged"] = {"text": text_vals["sum over tokens"], "audio": declared_audio,
                                               "total": text_vals["sum over tokens"] + declared_audio}
-    other_total = "sum" if conv.total == "sum_positive" else "sum_positive"
+    other_total = "sum_positive" if conv.total == "sum" else "sum"
     out[f"total formed as {other_total}"] = {"text": declared_text, "audio": declared_audio,
                                              "total": declared_text + declared_audio}
     out["total = text only (audio term left out)"] = {"text": declared_text, "audio": declared_audio, "total": declared_text}
@@ -215,7 +217,7 @@ def reduced_hypotheses(text: PositionCE, audio: PositionCE | None, conv: LossCon
 
 def ignored_as_zero(audio_logits: torch.Tensor, labels: torch.Tensor, starts: torch.Tensor | None,
                     conv: LossConventions) -> PositionCE:
-    rows, cols = _rows(starts, audio_logits.shape[0], conv.audio_shift_scope, 1, audio_logits.device)
+    rows, cols = _rows(starts, audio_logits.shape[0], conv.audio_shift_scope, conv.audio_offset, audio_logits.device)
     return _pairs_ce(audio_logits, labels.to(audio_logits.device), rows, cols, keep_ignored=True)
 
 
@@ -279,8 +281,12 @@ def loss_evidence(outputs: Any, batch: Any, conv: LossConventions, lb: Any) -> d
     starts = getattr(batch, "audio_out_ids_start", None)
     out: dict[str, Any] = {}
     with torch.no_grad():
-        tmaps = text_map_hypotheses(outputs.logits.detach(), outputs.expanded_labels, lb.text_token_ce)
-        out["text_map"] = match_map(lb.text_token_ce, tmaps)
+        if outputs.expanded_labels is not None:
+            tmaps = text_map_hypotheses(outputs.logits.detach(), outputs.expanded_labels, lb.text_token_ce)
+            out["text_map"] = match_map(lb.text_token_ce, tmaps)
+        else:        # the model call got no text labels: only "nothing supervised" is declared
+            tmaps = {"declared": text_ce(outputs.logits.detach(), None)}
+            out["text_map"] = None
         amaps = None
         if outputs.audio_logits is not None and labels is not None and labels.numel():
             amaps = audio_map_hypotheses(outputs.audio_logits.detach(), labels, starts, conv, lb.audio_token_ce)

@@ -14,7 +14,9 @@ TARGET token (the label), as `higgs_common.stages.LossBreakdown` documents:
 
 Reductions (names from `higgs_common.conventions`): text "token_mean"; audio "codebook_mean"
 (mean over codebooks that have labels of each codebook's mean) or "token_mean" (one pooled mean);
-total "sum" or "sum_positive" (a term enters only if > 0, train-higgs-audio's ``.item() > 0``).
+total "sum", "sum_positive" (a term enters only if > 0, train-higgs-audio's ``.item() > 0``) or
+"mean" (of the terms that have a supervised token).  Audio shift "none" scores ``audio_logits[j]``
+against the labels at j.
 A term with no supervised token is 0.0.
 """
 
@@ -66,8 +68,9 @@ def text_ce(logits: torch.Tensor, expanded_labels: torch.Tensor | None) -> Posit
 
 
 def audio_ce(audio_logits: torch.Tensor, labels: torch.Tensor, starts: torch.Tensor | None, *,
-             scope: str) -> PositionCE:
-    """audio_logits (N, C, K), label_audio_ids (C, N), audio_out_ids_start (S,) -> PositionCE (N, C)."""
+             scope: str, shift: int = 1) -> PositionCE:
+    """audio_logits (N, C, K), label_audio_ids (C, N), audio_out_ids_start (S,) -> PositionCE (N, C).
+    ``shift`` 1: ``audio_logits[j - 1]`` scores the labels at j (next frame); 0: ``audio_logits[j]``."""
     n, c, _ = audio_logits.shape
     labels = labels.to(audio_logits.device)
     values = audio_logits.new_zeros((n, c), dtype=torch.float32)
@@ -80,14 +83,14 @@ def audio_ce(audio_logits: torch.Tensor, labels: torch.Tensor, starts: torch.Ten
         bounds = segment_bounds(starts, n)
     rows = []
     for a, b in bounds:
-        if b - a > 1:
-            rows.append(torch.arange(a + 1, b, device=audio_logits.device))
+        if b - a > shift:
+            rows.append(torch.arange(a + shift, b, device=audio_logits.device))
     if not rows:
         return PositionCE(values, mask)
     cols = torch.cat(rows)                                   # target positions j
     tgt = labels[:, cols].T                                  # (n', C)
     sup = tgt != IGNORE
-    pred = audio_logits[cols - 1].float()                    # (n', C, K)
+    pred = audio_logits[cols - shift].float()                # (n', C, K)
     ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1).clamp_min(0),
                          reduction="none").reshape(tgt.shape)
     ce = torch.where(sup, ce, torch.zeros_like(ce))
@@ -140,6 +143,9 @@ def reduce(text: PositionCE | None, audio: PositionCE | None, conv: LossConventi
             total = total + text_loss
         if float(audio_loss.detach()) > 0:
             total = total + audio_loss
+    elif conv.total == "mean":
+        present = (t_count > 0) + (a_count > 0)
+        total = (text_loss + audio_loss) / max(1, present)
     else:
         total = text_loss + audio_loss
     return Terms(text_loss, audio_loss, per_cb, total, t_count, a_count, cb_counts)
@@ -153,7 +159,7 @@ def declared_loss(logits: torch.Tensor, audio_logits: torch.Tensor | None, expan
     a = None
     if (audio_logits is not None and label_audio_ids is not None and audio_logits.numel()
             and label_audio_ids.numel()):
-        a = audio_ce(audio_logits, label_audio_ids, starts, scope=conv.audio_shift_scope)
+        a = audio_ce(audio_logits, label_audio_ids, starts, scope=conv.audio_shift_scope, shift=conv.audio_offset)
     return reduce(t, a, conv), t, a
 
 

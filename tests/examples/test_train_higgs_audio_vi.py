@@ -22,10 +22,16 @@ pytestmark = [pytest.mark.slow,
                                                      "github.com/thucth-qt/train-higgs-audio-vi")]
 
 
-def test_the_example_adapter_implements_the_contract():
+def test_the_example_adapter_passes_check_adapter_and_reports_its_loss_as_a_finding(tmp_path):
+    from harness import check_adapter
+
+    assert check_adapter.main([SPEC, "--json", str(tmp_path / "checks.json")]) == 0
     results = {c.name: c for c in run_checks(SPEC)}
-    contract = [n for n in results if n != "conventions"]
-    assert all(results[n].passed for n in contract), {n: results[n].reason for n in contract if not results[n].passed}
+    assert all(c.passed for c in results.values()), {n: c.reason for n, c in results.items() if not c.passed}
+    finding = results["declared-behaviour"].reason
+    # its declaration is truthful (no audio shift, mean of terms); what no declaration can say (text
+    # labels the model never got) is reported as the pipeline deviating, with the mechanism
+    assert finding.startswith("FINDING") and "audio_shift = 'none'" in finding and "no expanded_labels" in finding
 
 
 @pytest.mark.skipif(not REFERENCE, reason="set HIGGS_DIFF_TRAIN_HIGGS_AUDIO to a clone of "
@@ -34,6 +40,9 @@ def test_compare_runs_and_finds_its_loss_differs():
     from harness.api import compare
     report = compare(f"train-higgs-audio={REFERENCE}", SPEC, stage="all", ddp_world_size=0)
     assert all(st.status != "error" for st in report.stages), [(st.stage, st.status) for st in report.stages]
-    loss = next(st for st in report.stages if st.stage == "loss")
-    # its wrapper drops the text labels and its audio CE has no shift: the loss cannot agree
-    assert loss.status == "diverged" and report.verdict == "diverged"
+    first = report.first_divergence()
+    assert first["stage"] == "loss" and "no next-token shift" in first["cause"]["mechanism"]
+    assert "custom fault" not in first["cause"]["mechanism"]         # not one of custom_impl's named faults
+    config = next(st for st in report.stages if st.stage == "config")
+    assert any(f.field == "defect.loss.audio_shift@custom" and f.unexpected for f in config.fields)
+    assert any(s["kind"] == "unscored_head" for s in report.symptoms)

@@ -118,3 +118,37 @@ def test_audio_label_smoothing_is_recognised(setup, ctx):
     actual[cols] = torch.where(sup, ce, torch.full_like(ce, float("nan")))
     found = H.match_map(actual, H.audio_map_hypotheses(logits, labels, starts, conv, actual))
     assert found is not None and found.startswith("label smoothing 0.2"), found
+
+
+def test_declared_no_audio_shift_and_mean_total_equal_a_hand_written_copy_loss():
+    """audio_shift="none" scores audio_logits[t] against the labels at t; total="mean" divides the sum
+    of the present terms by their number (train-higgs-audio-vi's `total_loss / num_losses`)."""
+    from higgs_common.conventions import LossConventions
+
+    g = torch.Generator().manual_seed(3)
+    audio_logits = torch.randn(7, 2, 11, generator=g, requires_grad=True)        # (N, C, K)
+    labels = torch.randint(0, 11, (2, 7), generator=g)                          # (C, N)
+    labels[1, 4] = -100
+    text_logits = torch.randn(1, 5, 13, generator=g, requires_grad=True)
+    text_labels = torch.tensor([[-100, 3, 4, -100, 7]])
+    conv = LossConventions(total="mean", audio_shift="none")
+    terms, _t, a = O.declared_loss(text_logits, audio_logits, text_labels, labels, torch.tensor([0]), conv)
+    per_cb = [torch.nn.functional.cross_entropy(audio_logits[:, c][labels[c] != -100], labels[c][labels[c] != -100])
+              for c in range(2)]
+    audio = torch.stack(per_cb).mean()
+    text = torch.nn.functional.cross_entropy(text_logits[0, :-1], text_labels[0, 1:], ignore_index=-100)
+    torch.testing.assert_close(terms.audio, audio)
+    torch.testing.assert_close(terms.total, (text + audio) / 2)
+    assert a.mask.sum() == 13 and bool(a.mask[0].all())                          # frame 0 scored too: no shift
+    # the declared map is not the shifted one, and the hypotheses name the shift this declaration lacks
+    hyps = H.audio_map_hypotheses(audio_logits.detach(), labels, torch.tensor([0]), conv)
+    shifted = O.audio_ce(audio_logits.detach(), labels, torch.tensor([0]), scope="segment").nan_map()
+    assert H.match_map(shifted, hyps).startswith("a next-frame shift")
+
+
+def test_a_declared_defect_is_listed():
+    from higgs_common.conventions import DEFECTIVE_DECLARATIONS, LossConventions
+
+    assert LossConventions(audio_shift="none").to_json()["audio_shift"] == DEFECTIVE_DECLARATIONS["loss.audio_shift"][0]
+    with pytest.raises(ValueError, match="audio_shift"):
+        LossConventions(audio_shift="backwards")
