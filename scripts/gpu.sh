@@ -32,7 +32,8 @@
 # the full random checkpoint, built there in ~75 s and reused), HARD_LIMIT (570: seconds after which
 # the suite is killed), BUDGET (speed: 330 s of sweep after which no new run starts), PYTHON (python3),
 # BENCH_ARGS (speed, harness: more `python -m bench` options, e.g. "--variants=-compile;-tf32"),
-# PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed"), GPU_ALLOW_CPU=1 (run without CUDA: a
+# PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed"), MUTANT_IDS / MUTANT_JOBS (mutants: only these
+# ids, space-separated; mutants run at once, default 4), GPU_ALLOW_CPU=1 (run without CUDA: a
 # dry run of the flow, e.g. `tests`, where every GPU test is skipped).
 set -uo pipefail
 
@@ -195,7 +196,7 @@ mutants)
     step "mutants: tiny checkpoint, then the speed-path and precision trace mutants under the CUDA defaults"
     timeout -s KILL "$(left)" "$PYTHON" -m higgs_common.assets.build --size tiny &&
         timeout -s KILL "$(left)" "$PYTHON" -m tests.mutation.run_trace --gpu --paths speed precision \
-            --precision bf16 --jobs "${MUTANT_JOBS:-4}" --timeout 300 --out "$RES"
+            --precision bf16 --jobs "${MUTANT_JOBS:-4}" --timeout 300 --out "$RES" ${MUTANT_IDS:+--ids $MUTANT_IDS}
     status=$?
     ;;
 tests)
