@@ -38,7 +38,7 @@
 set -uo pipefail
 
 SUITES=(speed harness tests trace mutants)
-usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=auto
 suite=""
 for arg in "$@"; do
