@@ -431,14 +431,19 @@ def _reduction_order(ref, cus, axes, ctx) -> Relation | None:
     finite = torch.isfinite(r) & torch.isfinite(c)
     if not bool(finite.any()):
         return None
-    u = UNIT_ROUNDOFF.get(ref.dtype, UNIT_ROUNDOFF[torch.float32])
+    # Reordering a sum changes its accumulation error (sqrt(n) units of the ACCUMULATION precision, fp32 for
+    # bf16/fp16/fp32 values as GPU and CPU kernels accumulate) plus one rounding of the stored value (a unit
+    # of its own dtype); n, the reduction length, is unknown here and bounded by the number of elements.
+    u_out = UNIT_ROUNDOFF.get(ref.dtype, UNIT_ROUNDOFF[torch.float32])
+    u_acc = UNIT_ROUNDOFF[torch.float64] if ref.dtype == torch.float64 else UNIT_ROUNDOFF[torch.float32]
     err = float((r[finite] - c[finite]).norm())
     scale = float(r[finite].norm())
     n = int(finite.sum())
-    bound = 8.0 * math.sqrt(max(n, 1)) * u * max(scale, 1e-30)
+    bound = 8.0 * (u_out + math.sqrt(max(n, 1)) * u_acc) * max(scale, 1e-30)
     if err <= bound:
         return Relation("reduction_order", f"equal up to the order of a floating-point reduction (norm-wise "
-                                           f"error {err / max(scale, 1e-30):.2e} relative, within 8*sqrt(n)*u)",
+                                           f"error {err / max(scale, 1e-30):.2e} relative, within "
+                                           f"8*(u + sqrt(n)*u_acc))",
                         details={"relative_error": err / max(scale, 1e-30)})
     return None
 
