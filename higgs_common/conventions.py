@@ -79,11 +79,13 @@ DELAY_FROM_MODEL_CONFIG = "model_config"
 
 
 # Declarations a pipeline may truthfully make that no training recipe should: effective-config key ->
-# (value, what it does to training).  The config stage reports a side that declares one as a divergence.
-DEFECTIVE_DECLARATIONS: dict[str, tuple[Any, str]] = {
-    "loss.audio_shift": ("none", "audio logits are scored against the codes the model was fed at the same "
-                                 "position (no next-frame shift): a copy task; the audio loss falls fast and the "
-                                 "model learns nothing about the next frame"),
+# (that value, the sound one, what the first does to training).  The config stage reports a side that
+# declares one as a divergence.
+DEFECTIVE_DECLARATIONS: dict[str, tuple[Any, Any, str]] = {
+    "loss.audio_shift": ("none", "next_frame",
+                         "audio logits are scored against the codes the model was fed at the same position (no "
+                         "next-frame shift): a copy task; the audio loss falls fast and the model learns nothing "
+                         "about the next frame"),
 }
 
 

@@ -104,13 +104,13 @@ def _unlabelled(field: str) -> str:
 def declaration_failure(field: str, declared: Any, actual: Any, cause: str | None) -> str:
     """One failed declaration check, said about the adapter, with what to change."""
     name = _unlabelled(field)
+    what = re.sub(r"\bthe (?:reference|custom)(?: side's| side)?\b", "the adapter's", cause or "")
     if name.startswith("defect."):        # a truthful declaration of a defect (DEFECTIVE_DECLARATIONS)
-        return f"{name[len('defect.'):]} = {actual}"
+        return f"declared defect: {what or name}"
     fix = DECLARATION_FIXES.get(name)
     if fix is None:
         fix = (f"make CONVENTIONS declare what the pipeline does, or the pipeline do what CONVENTIONS declares "
                f"(higgs_common/conventions.py documents {name.split('.')[0]!r})")
-    what = re.sub(r"\bthe (?:reference|custom)(?: side's| side)?\b", "the adapter's", cause or "")
     return f"{name}: declared {declared!r}, actual {actual!r}" + (f" ({what})" if what else "") + f". Fix: {fix}"
 
 

@@ -147,10 +147,10 @@ def run_config(c: Any) -> StageResult:
             fields.append(c.fields.compare("config", f"{key}@{role}", fn(src), flat.get(key, ABSENT),
                                            FieldSpec(tol=EXACT, check="declared", side=role)))
     for role in ("reference", "custom"):          # truthful declarations that no recipe should make
-        for key, (bad, why) in DEFECTIVE_DECLARATIONS.items():
-            if key in ckeys and ckeys[key](conv[role]) == bad:
-                fields.append(c.fields.compare("config", f"defect.{key}@{role}", "a training objective",
-                                               f"{bad!r}: {why}", FieldSpec(tol=EXACT, check="declared", side=role)))
+        for key, (bad, sound, _why) in DEFECTIVE_DECLARATIONS.items():
+            if key in ckeys and ckeys[key](conv[role]) == bad:    # 'reference' column: what a sound recipe has
+                fields.append(c.fields.compare("config", f"defect.{key}@{role}", sound, bad,
+                                               FieldSpec(tol=EXACT, check="declared", side=role)))
     compute = 0.0
     for role in ("reference", "custom"):
         wf, dt = _wiring_fields(c, role, train[role])

@@ -52,8 +52,15 @@ def side_symptoms(role: str, name: str, state: Any, backward_error: str | None =
             add("detached_loss", f"the total loss ({_num(total):.6g}) has no graph", "it is built from constants or "
                 "detached terms, so backward() cannot reach any parameter", "loss", "total")
     if no_text_labels:
-        add("unscored_head", "the model call got no text labels (expanded_labels is None)",
-            "label_ids never reach the model, so the text loss has nothing to score", "forward", "expanded_labels")
+        text_term = _num(getattr(lb, "text", None)) if lb is not None else None
+        if text_term:     # yet the loss scores text: against labels that are not the expanded sequence's
+            why = (f"label_ids never reach the model, yet its loss has a text term ({text_term:.4g}): it scores the "
+                   "expanded logits against labels taken from elsewhere (e.g. the un-expanded label_ids, which "
+                   "do not line up with the expanded sequence)")
+        else:
+            why = "label_ids never reach the model, so the text loss has nothing to score"
+        add("unscored_head", "the model call got no text labels (expanded_labels is None)", why, "forward",
+            "expanded_labels")
     model = getattr(state, "model", None)
     grads = getattr(state, "grads", None)
     if isinstance(grads, dict) and grads:       # backward returns one entry per trainable parameter

@@ -640,6 +640,10 @@ def _grad_values(f: FieldDiff, x: Facts) -> Result:
         return (f"the {side} gradient is {ratio:.4g}x what its declared loss gives: the back-propagated loss is "
                 "scaled (a weight, a division by the accumulation steps or the world size, a halved loss)",
                 f"overall gradient ratio {ratio:.6g}; {_words(f)}")
+    lev = x.evidence.get("loss", {})
+    text_term = (lev.get(side) or {}).get("text")
+    if f.field.startswith("grad@") and lev.get("expanded_labels_none") and text_term:
+        return _unplaced_text(side, text_term, f)
     loss_fields = x.stages.get("loss").fields if x.stages.get("loss") else []
     loss_div = next((g for g in loss_fields if g.unexpected), None)
     loss_ok = loss_div is None
@@ -661,19 +665,20 @@ def _grad_values(f: FieldDiff, x: Facts) -> Result:
                 "back-propagated is scaled differently from the one logged (a weight, a division by the accumulation "
                 "steps or world size" + (f"; matches {', '.join(d.get('sources'))}" if d.get("sources") else "") + ")",
                 _words(f))
-    lev = x.evidence.get("loss", {})
-    text_term = (lev.get(side) or {}).get("text")
     if loss_ok and lev.get("expanded_labels_none") and text_term:
-        return (f"the {side} loss has a text term ({text_term:.4g}) although the model call returned no "
-                "expanded_labels (the model got no text labels): its text cross-entropy scores the logits against "
-                "labels taken from elsewhere (e.g. the un-expanded label_ids, which do not line up with the "
-                "expanded sequence), so no declared text loss matches it and its gradient differs",
-                _words(f))
+        return _unplaced_text(side, text_term, f)
     if loss_ok:
         return (f"the {side} loss VALUE matches its declaration but its gradient does not: a term is detached or "
                 "computed outside the graph (e.g. .item()/.detach() in one term), or the model's training-mode graph "
                 "differs (activation checkpointing, dropout)", _words(f))
     return None
+
+
+def _unplaced_text(side: str, text_term: float, f: FieldDiff) -> Result:
+    return (f"the {side} loss has a text term ({text_term:.4g}) although the model call returned no expanded_labels "
+            "(the model got no text labels): its text cross-entropy scores the logits against labels taken from "
+            "elsewhere (e.g. the un-expanded label_ids, which do not line up with the expanded sequence), so no "
+            "declared text loss matches it and its gradient differs", _words(f))
 
 
 def _accumulation(f: FieldDiff, x: Facts) -> Result:
@@ -864,6 +869,13 @@ def _wiring(f: FieldDiff, x: Facts) -> Result:
 def _config(f: FieldDiff, x: Facts) -> Result:
     if f.stage != "config":
         return None
+    if f.field.startswith("defect."):
+        from higgs_common.conventions import DEFECTIVE_DECLARATIONS
+
+        key = _name(f)[len("defect."):]
+        bad, sound, why = DEFECTIVE_DECLARATIONS.get(key, (f.custom, f.reference, "a declared defect"))
+        return (f"the {f.side} side's CONVENTIONS declare {key} = {bad!r} (a sound recipe has {sound!r}): {why}",
+                "a declaration no recipe should make (higgs_common.conventions.DEFECTIVE_DECLARATIONS)")
     if f.check == "declared":
         return (f"the {f.side} side's effective setting {_name(f)} = {f.custom!r} contradicts its declaration "
                 f"({f.reference!r})", "")
