@@ -29,7 +29,9 @@ module-level names (`REQUIRED_CONTRACT`):
 `make_optimizer` always gets a model the adapter's own `build_model` built.  `forward_and_loss(model,
 batch, ctx) -> (ForwardOutputs | None, LossBreakdown)` may replace `forward` + `loss` (fused training
 code; `harness.engine.fused` derives the two, `higgs_common.capture` records its cross-entropy
-calls).  Outputs listed in `OPTIONAL_OUTPUTS` may be None: "not compared", never a divergence.
+calls), and `train_step(model, batch, optimizer, ctx, train)` may replace `backward` + `step` (an
+inline loop body: forward, loss, backward(), clipping, optimizer.step(), zero_grad on one batch;
+`harness.engine.fused` derives the two from it).  Outputs listed in `OPTIONAL_OUTPUTS` may be None: "not compared", never a divergence.
 
 Optional names: `VERSION` (str, shown in reports), `FAULTS` (name -> object with `stage` and
 `symptom`: faults the adapter can switch on by name through `ctx.faults`), and `ddp_run(ctx, train,

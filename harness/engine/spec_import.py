@@ -125,10 +125,13 @@ def _import(dotted: str, spec: str) -> ModuleType:
 
 def missing_contract(module: ModuleType) -> list[str]:
     """Names of the contract that `module` lacks (`higgs_common.stages.REQUIRED_CONTRACT`); a
-    `forward_and_loss` stands for `forward` and `loss` (`harness.engine.fused`)."""
+    `forward_and_loss` stands for `forward` and `loss`, `train_step` for `backward` and `step`
+    (`harness.engine.fused`)."""
     fused = hasattr(module, "forward_and_loss")
+    inline = hasattr(module, "train_step")
     return [name for name in REQUIRED_CONTRACT
-            if not hasattr(module, name) and not (fused and name in ("forward", "loss"))]
+            if not hasattr(module, name) and not (fused and name in ("forward", "loss"))
+            and not (inline and name in ("backward", "step"))]
 
 
 def version_of(module: ModuleType) -> str | None:
