@@ -136,6 +136,8 @@ def _strings(ref: str, cus: str) -> Relation:
         return Relation("extension", f"the custom text adds {c_mid!r} {where}", details=details)
     if ref.strip() == "" or cus.strip() == "":
         return Relation("replaced", f"one text is empty: {ref!r} vs {cus!r}", details=details)
+    if not any(ch.isspace() for ch in ref + cus):     # two names (a setting's values): characters mean nothing
+        return Relation("replaced", f"{ref!r} on the reference side, {cus!r} on the custom side", details=details)
     return Relation("replaced", f"{r_mid!r} on the reference side is {c_mid!r} on the custom side ({where})",
                     details=details)
 

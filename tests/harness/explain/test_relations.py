@@ -115,6 +115,13 @@ def test_strings_say_what_was_cut():
     assert rel.kind == "truncation" and rel.details["reference_part"] == "."
 
 
+def test_two_names_are_not_diffed_character_by_character():
+    rel = R.infer("next_frame", "none")
+    assert rel.kind == "replaced" and rel.words == "'next_frame' on the reference side, 'none' on the custom side"
+    rel = R.infer("Generate audio now.", "Generate speech now.")
+    assert "'audio' on the reference side is 'speech'" in rel.words
+
+
 def test_no_relation_is_said_plainly_with_localisation():
     ref = _floats(8, 20)
     cus = ref.clone()
