@@ -31,18 +31,12 @@ def run(cmd: list[str], log: Path) -> tuple[int, float]:
     return code, time.time() - t0
 
 
-def step_walls(run_dir: Path, skip: int, upto: int | None = None) -> list[float]:
-    """Seconds per optimizer step of steps skip+1..upto (custom: wall_s, reference: step_seconds)."""
+def step_walls(run_dir: Path) -> dict[int, float]:
+    """Seconds per optimizer step by step number (custom: wall_s, reference: step_seconds)."""
     f = run_dir / "metrics.jsonl"
-    if not f.is_file():
-        return []
-    rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-    out = []
-    for r in rows:
-        wall = r.get("wall_s", r.get("step_seconds"))
-        if wall is not None and r.get("step", 0) > skip and (upto is None or r.get("step", 0) <= upto):
-            out.append(float(wall))
-    return out
+    rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
+    return {int(r.get("step", 0)): float(r.get("wall_s", r.get("step_seconds")))
+            for r in rows if r.get("wall_s", r.get("step_seconds")) is not None}
 
 
 def main() -> int:
@@ -83,8 +77,9 @@ def main() -> int:
            + plain + ["--output-dir", str(out / f"run-{side}-plain")])
         go(f"{side}-compare", [py, "-m", "harness.trace.cli", str(out / f"trace-{side}-plain"), str(out / f"trace-{side}"),
                                "--precision", "bf16", "--common-steps", "--quiet", "--out", str(out / f"report-{side}")])
-        traced = step_walls(out / f"run-{side}-traced", args.warmup, args.steps)
-        untraced = step_walls(out / f"run-{side}-traced", args.steps)
+        walls = step_walls(out / f"run-{side}-traced")
+        traced = [w for s, w in walls.items() if args.warmup < s <= args.steps]
+        untraced = [w for s, w in walls.items() if s > args.steps]
         row: dict = {"step_s_untraced": statistics.median(untraced) if untraced else None,
                      "step_s_traced": statistics.median(traced) if traced else None,
                      "steps_timed": [len(untraced), len(traced)]}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 from types import ModuleType
 from typing import Any, Iterator
+from unittest import mock
 
 import torch
 
@@ -129,30 +130,20 @@ def _clip_records(seen: dict[int, torch.Tensor | None]) -> Iterator[None]:
             for p in params:
                 seen[id(p)] = None if p.grad is None else p.grad.detach().clone()
         return orig(params, *args, **kwargs)
-    saved = (clip_mod.clip_grad_norm_, torch.nn.utils.clip_grad_norm_)
-    clip_mod.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
-    try:
+    with mock.patch.object(clip_mod, "clip_grad_norm_", clip_grad_norm_), \
+            mock.patch.object(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_):
         yield
-    finally:
-        clip_mod.clip_grad_norm_, torch.nn.utils.clip_grad_norm_ = saved
 
 
 @contextlib.contextmanager
 def _given_gradients(params: list[torch.nn.Parameter], grads: list[torch.Tensor | None]) -> Iterator[None]:
     """Every backward() inside sets `grads` on `params` instead of computing them."""
-    orig_tensor, orig_autograd = torch.Tensor.backward, torch.autograd.backward
-
     def assign(*_a: Any, **_k: Any) -> None:
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.grad = None if g is None else g.clone()
-    torch.Tensor.backward = assign               # type: ignore[method-assign]
-    torch.autograd.backward = assign             # type: ignore[assignment]
-    try:
+    with mock.patch.object(torch.Tensor, "backward", assign), mock.patch.object(torch.autograd, "backward", assign):
         yield
-    finally:
-        torch.Tensor.backward = orig_tensor      # type: ignore[method-assign]
-        torch.autograd.backward = orig_autograd  # type: ignore[assignment]
 
 
 class TrainStepStages:

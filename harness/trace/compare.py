@@ -292,7 +292,7 @@ def _compare_loss(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
             fd = c.scalar("loss", f"step{s}.backward{k}.loss", va, vb, xb.get("call_site"),
                           words="the loss handed to backward() differs (its terms, weights or scaling)",
                           rtol=c.tol.rtol, atol=max(c.tol.atol or 0.0, c.drift_atol))
-            fd.note = f"tolerance widened by the weight-drift bound {c.drift_atol:.3g} (first order)"
+            fd.note = _drift_note(c.drift_atol)
         else:
             c.tensors("loss", f"step{s}.backward{k}.loss", sa, xa.get("value"), sb, xb.get("value"),
                       xb.get("call_site"), xa.get("call_site"),
@@ -375,7 +375,7 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
                       words=f"the program logs a different {tag.split(':', 1)[-1]}",
                       rtol=max(1e-4, c.tol.rtol or 0.0), atol=max(1e-6, c.tol.atol or 0.0, drift))
         if drift:
-            fd.note = f"tolerance widened by the weight-drift bound {c.drift_atol:.3g} (first order)"
+            fd.note = _drift_note(drift)
     for tag in [t for t in la if t not in lb and not is_run_summary(t)] + \
             [t for t in lb if t not in la and not is_run_summary(t)]:
         c.add(FieldDiff("log", f"step{s}.logged.{tag}", "missing", reference=la.get(tag), custom=lb.get(tag),
@@ -390,6 +390,10 @@ WEIGHT_DEPENDENT = (".out.", ".layer.", ".per_position", ".result", ".grad.", ".
 # What AdamW's update makes of the gradients: at the first step too, an element whose gradient lies within
 # rounding of zero moves by +-lr in one run and -+lr (or 0) in the other.
 WEIGHT_UPDATE = (".param.", ".state.")
+
+
+def _drift_note(atol: float) -> str:
+    return f"tolerance widened by the weight-drift bound {atol:.3g} (first order)"
 
 
 def weights_drift_bound(earlier: list[StepTrace], now: StepTrace) -> float:

@@ -61,6 +61,14 @@ _BRANCH_NAMES = ("mlp", "audio_mlp")
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
+def _by_device(items: list[tuple], at: int) -> dict[Any, list[tuple]]:
+    """`items` grouped by the device of their tensor at position `at` (one read-back per device)."""
+    out: dict[Any, list[tuple]] = {}
+    for item in items:
+        out.setdefault(item[at].device, []).append(item)
+    return out
+
+
 def call_site(limit: int = 4) -> list[dict[str, Any]]:
     """The innermost `limit` frames outside torch and this recorder: file, line, function."""
     out: list[dict[str, Any]] = []
@@ -173,19 +181,14 @@ class Recorder:
 
     def _fill_summaries(self) -> None:
         """Read every pending summary back in one transfer per device and write it into its description."""
-        by_device: dict[Any, list] = {}
-        for item in self.pending_stats:
-            by_device.setdefault(item[1].device, []).append(item)
+        by_device = _by_device(self.pending_stats, 1)
         self.pending_stats = []
         for descs, l1, linf in self.pending_norms:
             for desc, a, m in zip(descs, l1.cpu().tolist(), linf.cpu().tolist()):
                 desc.update(abs_sum=a, max_abs=m, nonfinite=0 if math.isfinite(a) else -1)
         self.pending_norms = []
         scalars, self.pending_scalars = self.pending_scalars, []
-        by_dev: dict[Any, list] = {}
-        for item in scalars:
-            by_dev.setdefault(item[2].device, []).append(item)
-        for items in by_dev.values():
+        for items in _by_device(scalars, 2).values():
             for (rec, key, _), v in zip(items, torch.stack([x.detach().double().reshape(()) for _, _, x in items])
                                         .cpu().tolist()):
                 rec[key] = int(v) if key in ("supervised",) else v
@@ -569,9 +572,8 @@ def install() -> Recorder | None:
 
     def module_call(orig):
         def __call__(self, *args, **kwargs):
-            if _is_compiling() or rec.model_depth or not rec.active or not rec.optimizer_params:
-                return orig(self, *args, **kwargs)
-            if not torch.is_grad_enabled():
+            if _is_compiling() or rec.model_depth or not rec.active or not rec.optimizer_params \
+                    or not torch.is_grad_enabled():
                 return orig(self, *args, **kwargs)
             owns = rec.owns_cache.get(id(self))
             if owns is None:
