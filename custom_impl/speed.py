@@ -22,6 +22,7 @@ from, in order (later wins): the device defaults, the environment variable `HIGG
 | causal-attn       | right-padded batches: SDPA `is_causal`, no mask (`attention`)   | on   | off |
 | fused-adamw       | `torch.optim.AdamW(fused=True)` (CUDA only)                     | on   | off |
 | tf32              | TF32 for fp32 matmuls (the fp32 LoRA adapters; changes numerics) | on   | off |
+| lora-bf16         | LoRA adapter matmuls in the base dtype (`lora_compute`; numerics) | on   | off |
 | liger-rmsnorm     | liger-kernel RMSNorm on the custom model (`kernels`)            | off  | off |
 | liger-swiglu      | liger-kernel SwiGLU in every MLP (`kernels`)                    | off  | off |
 | liger-ce          | liger-kernel fused linear cross-entropy for the gathered head   | off  | off |
@@ -33,13 +34,16 @@ instead of 0.36 s) and a recompilation (1.5 s), which costs more than the ~10% o
 grouping saves (reports/bench/h200-speed, epoch rows).  It also changes which samples share a
 batch, i.e. the training trajectory.  `+group-by-length` turns it on.
 
-`tf32` is the one CUDA default that changes numerics: the fp32 LoRA adapters' matmuls round
-their inputs to TF32 (10-bit mantissa) instead of running in full fp32.  That is still finer than
-the reference, whose bf16 autocast (7-bit mantissa) runs the same matmuls in bf16, and the change
-is below the bf16 tolerance the losses are checked at; measured on an H200 (full checkpoint,
-batch 32) it is worth +13% tokens/s (reports/bench/h200-speed-variants).  `-tf32` turns it off.
+`tf32` and `lora-bf16` are the CUDA defaults that change numerics.  `tf32`: fp32 matmuls (the
+fp32 LoRA adapters' without `lora-bf16`) round their inputs to TF32 (10-bit mantissa) instead of
+running in full fp32; measured on an H200 (full checkpoint, batch 32) it is worth +13% tokens/s
+(reports/bench/h200-speed-variants).  `lora-bf16`: the adapters' two matmuls take bf16 inputs
+(fp32 master weights and gradients kept), which is exactly what the reference's bf16 autocast
+does to them; it saves the fp32 copies of every adapted projection's input and output
+(`custom_impl.lora_compute`).  Both change the loss by less than the bf16 tolerance it is checked
+at; `-tf32` / `-lora-bf16` turn them off.
 
-Every switch but `tf32` leaves the loss unchanged up to floating-point summation order
+Every switch but `tf32` and `lora-bf16` leaves the loss unchanged up to floating-point summation order
 (tests/custom_impl/test_speed.py); the liger ones need the optional `liger-kernel` package
 (and triton, i.e. CUDA) and fail with a message naming it when it is missing.  None of them
 touches the harness's stage-contract forward (`custom_impl.stages.forward`), which still returns
@@ -66,6 +70,7 @@ SWITCHES: dict[str, str] = {
     "causal-attn": "causal_attn",
     "fused-adamw": "fused_adamw",
     "tf32": "tf32",
+    "lora-bf16": "lora_bf16",
     "liger-rmsnorm": "liger_rmsnorm",
     "liger-swiglu": "liger_swiglu",
     "liger-ce": "liger_ce",
@@ -73,7 +78,7 @@ SWITCHES: dict[str, str] = {
 # Switches that need an optional package: `all` leaves them out.
 OPTIONAL_PACKAGE = {"liger-rmsnorm": "liger_kernel", "liger-swiglu": "liger_kernel", "liger-ce": "liger_kernel"}
 # Switches that change numerics beyond summation order: `all` leaves them out too.
-NUMERICS_CHANGING = ("tf32",)
+NUMERICS_CHANGING = ("tf32", "lora-bf16")
 
 
 class SpeedSpecError(ValueError):
@@ -91,6 +96,7 @@ class SpeedOptions:
     causal_attn: bool = False
     fused_adamw: bool = False
     tf32: bool = False
+    lora_bf16: bool = False
     liger_rmsnorm: bool = False
     liger_swiglu: bool = False
     liger_ce: bool = False
@@ -108,10 +114,10 @@ class SpeedOptions:
 
     @classmethod
     def defaults(cls, device: torch.device | str) -> "SpeedOptions":
-        """CUDA: every exact switch that needs no optional package but group-by-length, plus tf32
-        (module docstring: both measured); CPU: only the gathered text head."""
+        """CUDA: every exact switch that needs no optional package but group-by-length, plus tf32 and
+        lora-bf16 (module docstring: all measured); CPU: only the gathered text head."""
         if torch.device(device).type == "cuda":
-            return cls.all().replace(tf32=True, group_by_length=False)
+            return cls.all().replace(tf32=True, lora_bf16=True, group_by_length=False)
         return cls.none().replace(fast_head=True)
 
     def replace(self, **changes: object) -> "SpeedOptions":

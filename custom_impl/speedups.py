@@ -21,6 +21,7 @@ from loguru import logger
 from custom_impl import attention as _attention
 from custom_impl import dual_ffn as _dual_ffn
 from custom_impl import kernels as _kernels
+from custom_impl import lora_compute as _lora_compute
 from custom_impl.speed import SpeedOptions
 
 
@@ -43,6 +44,8 @@ def apply(model: torch.nn.Module, opts: SpeedOptions) -> dict[str, Any]:
         done["liger_rmsnorm_modules"] = _kernels.install_rmsnorm(base)
     if opts.liger_swiglu:
         done["liger_swiglu_modules"] = _kernels.install_swiglu(base)
+    if opts.lora_bf16:
+        done["lora_bf16_modules"] = _lora_compute.install(base)
     if opts.causal_attn:
         reason = _attention.install(base)
         done["causal_attn"] = "installed" if reason is None else f"not installed: {reason}"

@@ -10,7 +10,10 @@ Per CLI, at the same batch size and --max-steps (so the same schedule):
 2. its speed paths off (custom `--speed none`, reference `--no-autocast`), traced with tensors up to
    --max-numel for the first 3 steps: compare-traces --precision bf16 --common-steps against (1)'s trace.
 Writes OUT/trace_suite.md and OUT/trace_suite.json; reports of each comparison under OUT/.
-Exit 0 when both comparisons pass.
+Exit 0 when both comparisons pass (with --overhead-only: when the timed runs exit 0).
+
+--profile-host runs (1) under cProfile and writes OUT/host-profile-<cli>.txt: the traced process's
+host time by function (the recorder's hooks among them), to say where an overhead goes.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=4, help="steps left out of the step-time median (default 4)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--custom-only", action="store_true", help="leave out the reference CLI (short device budget)")
+    p.add_argument("--overhead-only", action="store_true", help="only the timed run (1), no comparison")
+    p.add_argument("--profile-host", action="store_true", help="run (1) under cProfile (module docstring)")
     args = p.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -71,20 +76,22 @@ def main() -> int:
         print(f"[trace-suite] {name}: exit {code} after {wall:.0f} s", flush=True)
 
     for side, (cmd, plain) in clis.items():
+        prof = out / f"host-profile-{side}.prof"
+        timed = [py, "-m", "cProfile", "-o", str(prof), *cmd[1:]] if args.profile_host else cmd
         go(f"{side}-traced", trace + ["--out", str(out / f"trace-{side}"), "--steps", str(args.steps),
-                                       "--max-numel", "0", "--"] + cmd + ["--output-dir", str(out / f"run-{side}-traced")])
+                                       "--max-numel", "0", "--"] + timed + ["--output-dir", str(out / f"run-{side}-traced")])
+        if prof.is_file():
+            write_host_profile(prof, out / f"host-profile-{side}.txt")
+            prof.unlink()
+        walls = step_walls(out / f"run-{side}-traced")
+        if args.overhead_only:
+            summary[side] = overhead_row(walls, args, out / f"trace-{side}")
+            continue
         go(f"{side}-plain-traced", trace + ["--out", str(out / f"trace-{side}-plain"), "--steps", "3", "--"] + cmd
            + plain + ["--output-dir", str(out / f"run-{side}-plain")])
         go(f"{side}-compare", [py, "-m", "harness.trace.cli", str(out / f"trace-{side}-plain"), str(out / f"trace-{side}"),
                                "--precision", "bf16", "--common-steps", "--quiet", "--out", str(out / f"report-{side}")])
-        walls = step_walls(out / f"run-{side}-traced")
-        traced = [w for s, w in walls.items() if args.warmup < s <= args.steps]
-        untraced = [w for s, w in walls.items() if s > args.steps]
-        row: dict = {"step_s_untraced": statistics.median(untraced) if untraced else None,
-                     "step_s_traced": statistics.median(traced) if traced else None,
-                     "steps_timed": [len(untraced), len(traced)]}
-        if untraced and traced:
-            row["trace_overhead"] = row["step_s_traced"] / row["step_s_untraced"] - 1
+        row = overhead_row(walls, args, out / f"trace-{side}")
         f = out / f"report-{side}" / "report.json"
         if f.is_file():
             r = json.loads(f.read_text())
@@ -99,18 +106,68 @@ def main() -> int:
              f"step time = median of steps {args.warmup + 1}-{args.steps} (traced) and {args.steps + 1}-"
              f"{2 * args.steps} (untraced, same process)", "", "| run | exit | wall s |", "|---|---|---|"]
     lines += [f"| {k} | {v['exit']} | {v['wall_s']} |" for k, v in runs.items()]
-    lines += ["", "| CLI | step s untraced | step s traced (summaries) | overhead | speed paths vs off |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| CLI | step s untraced | step s traced (summaries) | overhead | recorder host s per step "
+              "(share of untraced step) | summary read-back s | speed paths vs off |", "|---|---|---|---|---|---|---|"]
     for side in clis:
         row = summary[side]
         ov = row.get("trace_overhead")
+        share = row.get("recorder_host_share")
         cmp_ = row.get("compare") or {}
         lines.append(f"| {side} | {_fmt(row['step_s_untraced'])} | {_fmt(row['step_s_traced'])} | "
-                     f"{'-' if ov is None else f'{ov:+.1%}'} | {cmp_.get('verdict', 'no report')}: "
-                     f"{cmp_.get('headline', '')} |")
+                     f"{'-' if ov is None else f'{ov:+.1%}'} | {_fmt(row.get('recorder_host_s'))} "
+                     f"({'-' if share is None else f'{share:.1%}'}) | {_fmt(row.get('recorder_readback_s'))} | "
+                     f"{cmp_.get('verdict', 'no report')}: {cmp_.get('headline', '')} |")
+    lines += ["", "overhead: traced against untraced step time in one process (includes any warm-up still "
+              "going on in the traced steps); recorder host s: the recorder's own time in its hooks, "
+              "summaries and file writing, from each step's `recorder` record (the read-back also waits for "
+              "the step's GPU work, which an untraced step waits for at its own next sync)."]
     (out / "trace_suite.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.overhead_only:
+        return 0 if all(runs[f"{s}-traced"]["exit"] == 0 for s in clis) else 1
     return 0 if all((summary[s].get("compare") or {}).get("verdict") == "pass" for s in clis) else 1
+
+
+def recorder_cost(trace_dir: Path, first: int, last: int) -> dict[str, float | None]:
+    """Median over steps first..last of the recorder's own host seconds and summary read-back seconds
+    (each step's `recorder` record, rank 0)."""
+    host, read = [], []
+    for step in range(first, last + 1):
+        f = trace_dir / "rank0" / f"step-{step:04d}.json"
+        rec = (json.loads(f.read_text()).get("recorder") or {}) if f.is_file() else {}
+        if "host_s" in rec:
+            host.append(rec["host_s"])
+            read.append(rec.get("readback_s", 0.0))
+    return {"recorder_host_s": statistics.median(host) if host else None,
+            "recorder_readback_s": statistics.median(read) if read else None}
+
+
+def overhead_row(walls: dict[int, float], args: argparse.Namespace, trace_dir: Path) -> dict:
+    """Median traced (after the warm-up) and untraced step seconds, their ratio, every step's seconds,
+    and the recorder's own host time per traced step (`recorder_cost`) against the untraced step."""
+    traced = [w for s, w in walls.items() if args.warmup < s <= args.steps]
+    untraced = [w for s, w in walls.items() if s > args.steps]
+    row: dict = {"step_s_untraced": statistics.median(untraced) if untraced else None,
+                 "step_s_traced": statistics.median(traced) if traced else None,
+                 "steps_timed": [len(untraced), len(traced)], "step_s": {str(k): round(v, 4) for k, v in sorted(walls.items())}}
+    if untraced and traced:
+        row["trace_overhead"] = row["step_s_traced"] / row["step_s_untraced"] - 1
+    row.update(recorder_cost(trace_dir, args.warmup + 1, args.steps))
+    if row["recorder_host_s"] is not None and untraced:
+        row["recorder_host_share"] = row["recorder_host_s"] / row["step_s_untraced"]
+    return row
+
+
+def write_host_profile(prof: Path, txt: Path) -> None:
+    """The cProfile dump as text: top functions by cumulative and by own time, and the recorder's."""
+    import io
+    import pstats
+    buf = io.StringIO()
+    stats = pstats.Stats(str(prof), stream=buf).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(40)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats("recorder", 30)
+    txt.write_text(buf.getvalue())
 
 
 def _fmt(x: float | None) -> str:

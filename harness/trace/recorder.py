@@ -30,6 +30,7 @@ and never raises into the traced program: a recording failure is written to ``ev
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import math
@@ -81,6 +82,19 @@ def call_site(limit: int = 4) -> list[dict[str, Any]]:
     return out
 
 
+def _timed(method):
+    """Add the method's host time to `self.host_s`, less the time of any step flush inside it (a flush
+    books its own time)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        flushed, t0 = self.flush_s, time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.host_s += time.perf_counter() - t0 - (self.flush_s - flushed)
+    return wrapper
+
+
 class Recorder:
     """Per-process recording state (one per traced process; rank from ``RANK``)."""
 
@@ -111,6 +125,11 @@ class Recorder:
         self.pending_scalars: list[tuple[dict[str, Any], str, torch.Tensor]] = []
         self.pending_hashes: list[tuple[dict[str, Any], str, torch.Tensor]] = []
         self.owns_cache: dict[int, bool] = {}   # id(module) -> holds an optimizer's parameter
+        self.meta_cache: dict[str, tuple] = {}   # tensor key -> (shape, list, dtype, device, summarised, group)
+        # The recorder's own host time inside the hooks of the step being recorded (written into the step
+        # as recorder_host_s: what the trace adds to the step's critical path, besides waiting for the GPU).
+        self.host_s = 0.0
+        self.flush_s = 0.0      # total time spent in flush (so that _timed leaves it out)
         self.current: dict[str, Any] = self._empty_step()
         self.layer_hooks_on: set[int] = set()
         self.t0 = time.time()
@@ -188,9 +207,12 @@ class Recorder:
                 desc.update(abs_sum=a, max_abs=m, nonfinite=0 if math.isfinite(a) else -1)
         self.pending_norms = []
         scalars, self.pending_scalars = self.pending_scalars, []
-        for items in _by_device(scalars, 2).values():
-            for (rec, key, _), v in zip(items, torch.stack([x.detach().double().reshape(()) for _, _, x in items])
-                                        .cpu().tolist()):
+        groups: dict[tuple, list[tuple]] = {}
+        for item in scalars:      # one stack and one read-back per (device, dtype), no per-scalar kernels
+            groups.setdefault((item[2].device, item[2].dtype), []).append(item)
+        for items in groups.values():
+            values = torch.stack([x.reshape(()) for _, _, x in items]).detach().double().cpu().tolist()
+            for (rec, key, _), v in zip(items, values):
                 rec[key] = int(v) if key in ("supervised",) else v
         hashes, self.pending_hashes = self.pending_hashes, []
         for rec, key, t in hashes:
@@ -291,6 +313,7 @@ class Recorder:
             sys.stderr.flush()
             os.kill(os.getpid(), 9)
 
+    @_timed
     def model_call(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any, site: list) -> None:
         with self.lock:
             self.close_pending()
@@ -317,6 +340,7 @@ class Recorder:
             except Exception:   # noqa: BLE001
                 self._failed("model call")
 
+    @_timed
     def cross_entropy(self, args: tuple, kwargs: dict, result: torch.Tensor, ce_fn, site: list) -> None:
         with self.lock:
             self.close_pending()
@@ -352,6 +376,7 @@ class Recorder:
             except Exception:   # noqa: BLE001
                 self._failed("cross_entropy")
 
+    @_timed
     def backward(self, loss: Any, site: list, error: str | None = None) -> None:
         with self.lock:
             self.close_pending()
@@ -368,6 +393,7 @@ class Recorder:
             except Exception:   # noqa: BLE001
                 self._failed("backward")
 
+    @_timed
     def clip(self, max_norm: Any, total: Any, site: list) -> None:
         with self.lock:
             try:
@@ -380,6 +406,7 @@ class Recorder:
             except Exception:   # noqa: BLE001
                 self._failed("clip_grad_norm")
 
+    @_timed
     def scheduler_step(self, sched: Any, site: list) -> None:
         with self.lock:
             try:
@@ -390,6 +417,7 @@ class Recorder:
             except Exception:   # noqa: BLE001
                 self._failed("scheduler")
 
+    @_timed
     def logged(self, source: str, values: dict[str, Any], site: list) -> None:
         with self.lock:
             try:
@@ -405,27 +433,35 @@ class Recorder:
         """`keep` for many tensors at once (gradients, parameters, optimizer state): those above
         max_numel get a summary from two fused multi-tensor kernels for all of them (|sum| = L1 norm,
         max |x| = L-inf norm; non-finite values make both non-finite), not several kernels each."""
-        descs: list[dict[str, Any] | None] = [None] * len(tensors)
-        bulk = [i for i, t in enumerate(tensors) if t.numel() > self.max_numel and t.is_floating_point()]
-        in_bulk = set(bulk)
-        for i, (k, t) in enumerate(zip(keys, tensors)):
-            if i not in in_bulk:
-                descs[i] = self.keep(k, t)
-        by_device: dict[Any, list[int]] = {}
-        for i in bulk:
-            by_device.setdefault((tensors[i].device, tensors[i].dtype), []).append(i)
-        for idx in by_device.values():
-            ts = [tensors[i].detach() for i in idx]
-            with torch.no_grad():
+        # The same keys come back every step (thousands of adapter tensors): their metadata is read from
+        # the tensor once and cached by key, checked against the shape (the per-tensor Python of this
+        # loop is most of the trace's host time on a LoRA run).
+        descs: list[dict[str, Any]] = []
+        groups: dict[Any, tuple[list[torch.Tensor], list[dict[str, Any]]]] = {}
+        cache = self.meta_cache
+        for k, t in zip(keys, tensors):
+            meta = cache.get(k)
+            if meta is None or meta[0] != t.shape:
+                meta = cache[k] = (t.shape, list(t.shape), str(t.dtype).replace("torch.", ""), t.device.type,
+                                   t.numel() > self.max_numel and t.is_floating_point(), (t.device, t.dtype))
+            if not meta[4]:
+                descs.append(self.keep(k, t))
+                continue
+            desc = {"key": k, "shape": meta[1], "dtype": meta[2], "device": meta[3], "stored": False}
+            descs.append(desc)
+            group = groups.get(meta[5])
+            if group is None:
+                group = groups[meta[5]] = ([], [])
+            group[0].append(t)
+            group[1].append(desc)
+        with torch.no_grad():
+            for ts, group_descs in groups.values():
                 l1 = torch.stack(torch._foreach_norm(ts, 1)).double()
                 linf = torch.stack(torch._foreach_norm(ts, float("inf"))).double()
-            for j, i in enumerate(idx):
-                t = tensors[i]
-                descs[i] = {"key": keys[i], "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
-                            "device": t.device.type, "stored": False}
-            self.pending_norms.append(([descs[i] for i in idx], l1, linf))
-        return descs  # type: ignore[return-value]
+                self.pending_norms.append((group_descs, l1, linf))
+        return descs
 
+    @_timed
     def optimizer_pre(self, opt: torch.optim.Optimizer) -> None:
         with self.lock:
             self.close_pending()
@@ -455,6 +491,7 @@ class Recorder:
             except Exception:   # noqa: BLE001
                 self._failed("optimizer pre-step")
 
+    @_timed
     def optimizer_post(self, opt: torch.optim.Optimizer) -> None:
         with self.lock:
             try:
@@ -503,11 +540,14 @@ class Recorder:
             or self.current["optimizer"] is not None
         if not has_content:
             return
+        t0 = time.perf_counter()
         self._ensure_dir()
         base = os.path.join(self.dir, f"step-{self.step:04d}")
         self.current.update(step=self.step, rank=self.rank, world_size=self.world_size, complete=complete,
                             format_version=FORMAT_VERSION)
+        t_read = time.perf_counter()
         self._fill_summaries()
+        readback = time.perf_counter() - t_read
         tensors, self.tensors = self.tensors, {}
         self.in_flush = True
         try:
@@ -519,13 +559,24 @@ class Recorder:
             self.current["tensor_file"] = os.path.basename(base) + ".pt"
         finally:
             self.in_flush = False
+        # The recorder's cost for this step: host time in its hooks, in its summaries and in writing the
+        # previous step's files (host_s), and the read-back of the summaries, which also waits for the GPU
+        # to finish the step's queued work (readback_s).
+        self.current["recorder"] = {"host_s": round(self.host_s + time.perf_counter() - t0 - readback, 5),
+                                    "readback_s": round(readback, 5)}
+        # json.dumps, not json.dump: only the one-shot encoder is C (json.dump to a file runs the pure-Python
+        # encoder, about 10x slower on a step with thousands of tensor descriptions).
+        t_write = time.perf_counter()
+        text = json.dumps(self.current, default=str)
         with open(base + ".json", "w", encoding="utf-8") as fh:
-            json.dump(self.current, fh, default=str)
+            fh.write(text)
         sys.stderr.write(f"[higgs-trace] rank {self.rank}: step {self.step} recorded "
                          f"({len(tensors)} tensors{'' if complete else ', run ended inside the step'})\n")
         sys.stderr.flush()
         self.step += 1
         self.current = self._empty_step()
+        self.host_s = time.perf_counter() - t_write     # this step's file writing, booked to the next step
+        self.flush_s += time.perf_counter() - t0
 
 
 _RECORDER: Recorder | None = None

@@ -12,7 +12,8 @@ Three traced runs of the same command (`harness.trace.run`), each in its own out
 Steps k+1..N of the resumed run are compared with the straight run's (`harness.trace.compare`): the
 batch (data position), the model's outputs and losses (weights and RNG restored), gradients, the
 optimizer's state and the learning rate (scheduler restored), parameters after each step.  The
-weights the resumed run starts from are compared with the straight run's after step k.
+weights the resumed run starts from are compared exactly with the interrupted run's after step k
+(the weights its checkpoint saved; the straight run's when the interrupted trace lacks step k).
 
 The flags come from the command's ``--help``: ``--max-steps``, ``--output-dir``, a save interval
 (``--save-every`` or ``--save-steps``) and ``--resume``; other spellings are given with
@@ -112,15 +113,22 @@ def check_resume(command: Sequence[str], work: Path, *, steps: int, kill_after: 
                       f"see {work / 'trace-interrupted' / 'command.log'}")
     straight, resumed = Trace.load(work / "trace-straight"), Trace.load(work / "trace-resumed")
     report = compare_traces(straight, resumed, tolerance=Tolerance.for_precision(precision), common_steps_only=True)
-    _check_restored_weights(report, straight, resumed, kill_after)
+    _check_restored_weights(report, interrupted if _has_step(interrupted, kill_after) else straight, resumed,
+                            kill_after)
     report.run_name = "check-resume"
     report.config["check_resume"] = {"steps": steps, "kill_after": kill_after, "exit_codes": codes,
                                      "command": list(command)}
     return report, None
 
 
+def _has_step(trace, k: int) -> bool:
+    return any(st.step == k and st.complete for st in trace.rank_steps(0))
+
+
 def _check_restored_weights(report, straight, resumed, k: int) -> None:
-    """The resumed run's weights before its first step = the straight run's after step k."""
+    """The resumed run's weights before its first step = the weights after step k of the run that saved
+    the checkpoint (the interrupted run's own trace, else the straight run's): a save/load round trip,
+    compared exactly, whatever two processes' floating-point sums may do to each other's step k."""
     from harness.engine.diff import diff_tensors
     from harness.report.model import StageResult
     from higgs_common.param_names import canonical_name
@@ -137,7 +145,7 @@ def _check_restored_weights(report, straight, resumed, k: int) -> None:
         if t is not None and name in before:
             fd = diff_tensors(t, before[name], stage="step", field=f"restored_weights.{name}")
             if fd.diverged:
-                fd.cause = {"mechanism": f"the resumed run starts from weights that are not the straight run's after "
+                fd.cause = {"mechanism": f"the resumed run starts from weights that are not the saving run's after "
                                          f"step {k}: the checkpoint does not restore {name}",
                             "evidence": fd.summary(), "rule": "check-resume"}
             fields.append(fd)

@@ -74,7 +74,7 @@ def test_every_switch_leaves_losses_and_gradients_unchanged(ctx, batches):
     _assert_grads_close(on_grads, off_grads)
 
 
-@pytest.mark.parametrize("name", ["fast-head", "index-ffn", "causal-attn"])
+@pytest.mark.parametrize("name", ["fast-head", "index-ffn", "causal-attn", "lora-bf16"])
 def test_each_switch_alone_leaves_the_loss_unchanged(ctx, batches, name):
     off_lbs, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches[:1])
     on_lbs, on_total, on_grads = _accumulate(ctx, apply_spec(SpeedOptions.none(), name, "cpu"), batches[:1])
@@ -300,6 +300,7 @@ def test_speed_spec_grammar(monkeypatch):
     cuda = SpeedOptions.defaults("cuda")
     assert cuda.fast_head and cuda.index_ffn and cuda.compile_layers and not cuda.group_by_length
     assert cuda.tf32 and not cuda.liger_rmsnorm and not SpeedOptions.all().tf32
+    assert cuda.lora_bf16 and not SpeedOptions.all().lora_bf16           # numerics-changing: CUDA default only
     assert SpeedOptions.defaults("cpu") == SpeedOptions() == SpeedOptions.none().replace(fast_head=True)
     assert apply_spec(cuda, "-compile,no-index-ffn,-tf32", "cuda") == cuda.replace(compile_layers=False,
                                                                                    index_ffn=False, tf32=False)
@@ -420,3 +421,74 @@ def test_process_settings_turn_tf32_on_and_off_and_restore():
             assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
         assert torch.get_float32_matmul_precision() == "high"
     assert torch.get_float32_matmul_precision() == before
+
+
+def test_permute_rows_gathers_both_ways_and_matches_index_select():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    idx = torch.randperm(7, generator=g)
+    inv = torch.empty_like(idx).index_copy_(0, idx, torch.arange(7))
+    w = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    a = x.clone().requires_grad_(True)
+    (dual_ffn.permute_rows(a, idx, inv) * w).sum().backward()
+    b = x.clone().requires_grad_(True)
+    (b.index_select(0, idx) * w).sum().backward()
+    assert torch.equal(dual_ffn.permute_rows(x, idx, inv), x.index_select(0, idx))
+    assert torch.equal(a.grad, b.grad)                            # the inverse gather is autograd's scatter
+    assert torch.equal(dual_ffn.permute_rows(dual_ffn.permute_rows(x, idx, inv), inv, idx), x)
+
+
+def _lora_linear(seed: int = 0, base_dtype=torch.bfloat16):
+    """A peft LoRA Linear (r 4) on a frozen base of `base_dtype`, fp32 adapters, B non-zero."""
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(24, 20, bias=True)).to(base_dtype)
+    peft_model = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["0"]))
+    layer = peft_model.base_model.model[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+    assert layer.lora_A["default"].weight.dtype == torch.float32
+    return layer
+
+
+def _run_lora(layer, x):
+    x = x.clone().requires_grad_(True)
+    out = layer(x)
+    (out.float() * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    grads = [layer.lora_A["default"].weight.grad.clone(), layer.lora_B["default"].weight.grad.clone(), x.grad.clone()]
+    layer.zero_grad()
+    return out.detach(), grads
+
+
+def test_lora_bf16_is_the_reference_autocast_of_the_adapter_path():
+    """On a bf16 base the patched forward computes what peft's forward computes under bf16 autocast
+    (the reference's setting), within bf16 rounding; the adapters' gradients stay fp32."""
+    from custom_impl import lora_compute
+
+    layer = _lora_linear()
+    x = torch.randn(3, 5, 24, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_out, ref_grads = _run_lora(layer, x)
+    assert lora_compute.install(layer) == 1 and lora_compute.install(layer) == 0     # once per module
+    out, grads = _run_lora(layer, x)
+    assert out.dtype == torch.bfloat16 and grads[0].dtype == grads[1].dtype == torch.float32
+    # bf16 (8-bit significand) rounding of the inputs and of two sums: a few units of 2^-8 relative
+    torch.testing.assert_close(out.float(), ref_out.float(), rtol=2 ** -6, atol=2 ** -6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2 ** -5, atol=2 ** -5 * float(b.float().abs().max()))
+
+
+def test_lora_bf16_on_an_fp32_base_changes_only_summation_order_and_falls_back_to_peft():
+    from custom_impl import lora_compute
+
+    layer = _lora_linear(base_dtype=torch.float32)
+    x = torch.randn(2, 6, 24, generator=torch.Generator().manual_seed(2))
+    ref_out, ref_grads = _run_lora(layer, x)
+    lora_compute.install(layer)
+    out, grads = _run_lora(layer, x)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    layer.enable_adapters(False)                 # not covered: peft's own forward, the base layer alone
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.base_layer(x))

@@ -246,6 +246,20 @@ MUTANTS: list[dict] = [
         note="Only with +index-ffn (off on CPU by default, on on CUDA).",
     ),
     dict(
+        id="custom-speed-lora-bf16-scaling-dropped",
+        path="speed", file="custom_impl/lora_compute.py",
+        find="    b = (self.lora_B[name].weight * self.scaling[name]).to(dtype)             # (out, r)",
+        replace="    b = self.lora_B[name].weight.to(dtype)                                    # (out, r)",
+        stage="backward", tool="compare-traces", command=CUSTOM + STEPS3 + ("--speed", "default,+lora-bf16"),
+        expect_stage="backward",
+        mechanism="the base-dtype LoRA forward folds lora_alpha / r into B and the fold was dropped: the "
+                  "adapter update is scaled by 1 instead of alpha / r (2 here), so B's gradient is 1/2 of the "
+                  "reference's from the first step (B starts at zero, so the first forward still agrees)",
+        keywords=("lora_b",),
+        note="Written by the author of the switch, not blind (the rest of the suite was): the scaling that "
+             "peft applies outside the adapter is easy to lose when the computation is rewritten.",
+    ),
+    dict(
         id="custom-speed-fused-adamw-on-cpu-path",
         path="speed", file="custom_impl/speedups.py",
         find="    return opts.fused_adamw and torch.device(device).type == \"cuda\"",

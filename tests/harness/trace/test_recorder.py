@@ -67,3 +67,18 @@ def test_large_tensors_are_kept_as_summaries(tmp_path):
     desc = st.grads()["body.weight"]
     assert desc["stored"] is False and desc["shape"] == [16, 16]
     assert desc["abs_sum"] > 0 and desc["nonfinite"] == 0
+    # the recorder books its own cost in every step: host time in its hooks and the summaries' read-back
+    cost = st.meta["recorder"]
+    assert cost["host_s"] > 0 and cost["readback_s"] >= 0
+
+
+def test_summaries_follow_a_tensor_whose_shape_changes_under_the_same_key(tmp_path):
+    """keep_many caches each key's metadata across steps; a new shape under an old key is re-read."""
+    from harness.trace.recorder import Recorder
+
+    rec = Recorder(str(tmp_path), steps=2, layers=False, max_numel=0)
+    first = rec.keep_many(["grad.w"], [torch.ones(2, 3)])
+    second = rec.keep_many(["grad.w"], [-torch.ones(4)])
+    rec._fill_summaries()
+    assert first[0]["shape"] == [2, 3] and first[0]["abs_sum"] == 6.0 and first[0]["max_abs"] == 1.0
+    assert second[0]["shape"] == [4] and second[0]["abs_sum"] == 4.0
