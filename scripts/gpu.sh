@@ -32,13 +32,14 @@
 # the full random checkpoint, built there in ~75 s and reused), HARD_LIMIT (570: seconds after which
 # the suite is killed), BUDGET (speed: 330 s of sweep after which no new run starts), PYTHON (python3),
 # BENCH_ARGS (speed, harness: more `python -m bench` options, e.g. "--variants=-compile;-tf32"),
-# PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed"), MUTANT_IDS / MUTANT_JOBS (mutants: only these
-# ids, space-separated; mutants run at once, default 4), GPU_ALLOW_CPU=1 (run without CUDA: a
-# dry run of the flow, e.g. `tests`, where every GPU test is skipped).
+# PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed"), TRACE_STEPS / TRACE_ARGS (trace: steps traced,
+# default 10; more scripts/gpu_trace_suite.py options: --custom-only, --overhead-only, --profile-host),
+# MUTANT_IDS / MUTANT_JOBS (mutants: only these ids, space-separated; mutants run at once, default 4),
+# GPU_ALLOW_CPU=1 (run without CUDA: a dry run of the flow, e.g. `tests`, where every GPU test is skipped).
 set -uo pipefail
 
 SUITES=(speed harness tests trace mutants)
-usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=auto
 suite=""
 for arg in "$@"; do
