@@ -12,6 +12,11 @@ Per CLI, at the same batch size and --max-steps (so the same schedule):
 Writes OUT/trace_suite.md and OUT/trace_suite.json; reports of each comparison under OUT/.
 Exit 0 when both comparisons pass (with --overhead-only: when the timed runs exit 0).
 
+--overhead-only times a window instead (`higgs-diff trace --start-step`): 3 x --steps optimizer steps,
+steps --steps+1 .. 2 x --steps traced, and compares them with the untraced steps on both sides of the
+window (after the warm-up), so a step time that still falls or rises through the run does not read
+as the trace's cost.
+
 --profile-host runs (1) under cProfile and writes OUT/host-profile-<cli>.txt: the traced process's
 host time by function (the recorder's hooks among them), to say where an overhead goes.
 """
@@ -58,7 +63,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     paths = ["--model-path", str(args.full / "model"), "--audio-tokenizer-path", str(args.full / "audio_tokenizer")]
-    steps = ["--max-steps", str(2 * args.steps)]
+    steps = ["--max-steps", str((3 if args.overhead_only else 2) * args.steps)]
+    window = ["--start-step", str(args.steps + 1)] if args.overhead_only else []
     clis = {"custom": ([py, "-m", "custom_impl.train", *paths, *steps, "--batch-size", str(args.batch_size),
                         "--grad-accum", "1"], ["--speed", "none"]),
             "reference": ([py, "-m", "reference_impl.train", *paths, *steps, "--use-lora",
@@ -78,7 +84,7 @@ def main() -> int:
     for side, (cmd, plain) in clis.items():
         prof = out / f"host-profile-{side}.prof"
         timed = [py, "-m", "cProfile", "-o", str(prof), *cmd[1:]] if args.profile_host else cmd
-        go(f"{side}-traced", trace + ["--out", str(out / f"trace-{side}"), "--steps", str(args.steps),
+        go(f"{side}-traced", trace + ["--out", str(out / f"trace-{side}"), "--steps", str(args.steps), *window,
                                        "--max-numel", "0", "--"] + timed + ["--output-dir", str(out / f"run-{side}-traced")])
         if prof.is_file():
             write_host_profile(prof, out / f"host-profile-{side}.txt")
@@ -102,9 +108,7 @@ def main() -> int:
     summary["runs"] = runs
     (out / "trace_suite.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["# Trace suite (full checkpoint, one GPU)", "",
-             f"batch {args.batch_size}, {2 * args.steps} optimizer steps per run, the first {args.steps} traced; "
-             f"step time = median of steps {args.warmup + 1}-{args.steps} (traced) and {args.steps + 1}-"
-             f"{2 * args.steps} (untraced, same process)", "", "| run | exit | wall s |", "|---|---|---|"]
+             _design(args), "", "| run | exit | wall s |", "|---|---|---|"]
     lines += [f"| {k} | {v['exit']} | {v['wall_s']} |" for k, v in runs.items()]
     lines += ["", "| CLI | step s untraced | step s traced (summaries) | overhead | recorder host s per step "
               "(share of untraced step) | summary read-back s | speed paths vs off |", "|---|---|---|---|---|---|---|"]
@@ -144,15 +148,23 @@ def recorder_cost(trace_dir: Path, first: int, last: int) -> dict[str, float | N
 
 def overhead_row(walls: dict[int, float], args: argparse.Namespace, trace_dir: Path) -> dict:
     """Median traced (after the warm-up) and untraced step seconds, their ratio, every step's seconds,
-    and the recorder's own host time per traced step (`recorder_cost`) against the untraced step."""
-    traced = [w for s, w in walls.items() if args.warmup < s <= args.steps]
-    untraced = [w for s, w in walls.items() if s > args.steps]
+    and the recorder's own host time per traced step (`recorder_cost`) against the untraced step.
+    Traced steps: 1..steps, or with --overhead-only the window steps+1..2*steps (module docstring)."""
+    n = args.steps
+    if args.overhead_only:
+        first, last = n + 1, 2 * n
+        traced = [w for s, w in walls.items() if first <= s <= last]
+        untraced = [w for s, w in walls.items() if args.warmup < s < first or s > last]
+    else:
+        first, last = args.warmup + 1, n
+        traced = [w for s, w in walls.items() if first <= s <= last]
+        untraced = [w for s, w in walls.items() if s > n]
     row: dict = {"step_s_untraced": statistics.median(untraced) if untraced else None,
                  "step_s_traced": statistics.median(traced) if traced else None,
                  "steps_timed": [len(untraced), len(traced)], "step_s": {str(k): round(v, 4) for k, v in sorted(walls.items())}}
     if untraced and traced:
         row["trace_overhead"] = row["step_s_traced"] / row["step_s_untraced"] - 1
-    row.update(recorder_cost(trace_dir, args.warmup + 1, args.steps))
+    row.update(recorder_cost(trace_dir, first, last))
     if row["recorder_host_s"] is not None and untraced:
         row["recorder_host_share"] = row["recorder_host_s"] / row["step_s_untraced"]
     return row
@@ -168,6 +180,15 @@ def write_host_profile(prof: Path, txt: Path) -> None:
     stats.sort_stats("tottime").print_stats(40)
     stats.sort_stats("cumulative").print_stats("recorder", 30)
     txt.write_text(buf.getvalue())
+
+
+def _design(args: argparse.Namespace) -> str:
+    n, w = args.steps, args.warmup
+    if args.overhead_only:
+        return (f"batch {args.batch_size}, {3 * n} optimizer steps, steps {n + 1}-{2 * n} traced; step time = median "
+                f"of the traced steps and of the untraced steps {w + 1}-{n} and {2 * n + 1}-{3 * n} (same process)")
+    return (f"batch {args.batch_size}, {2 * n} optimizer steps per run, the first {n} traced; step time = median "
+            f"of steps {w + 1}-{n} (traced) and {n + 1}-{2 * n} (untraced, same process)")
 
 
 def _fmt(x: float | None) -> str:

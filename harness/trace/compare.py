@@ -233,8 +233,11 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _compare_forward(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: str, pb: str) -> None:
-    if s == 1 and sa.optimizer and sb.optimizer:
+def _compare_forward(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: str, pb: str,
+                     first: bool = False) -> None:
+    """`first`: the first compared step (step 1, or the first of a recorded window), where the sets of
+    trainable parameters are compared."""
+    if first and sa.optimizer and sb.optimizer:
         na = {n[len(pa):] for n in sa.grads()}
         nb = {n[len(pb):] for n in sb.grads()}
         if na != nb:
@@ -474,7 +477,7 @@ def compare_same_program(c: _Collector, a: Trace, b: Trace, ranks: list[int], co
             if c.tol.weights_drift and i > 0:
                 c.drift_atol = weights_drift_bound([steps_a[r][j] for j in common[:i] if j in steps_a[r]], sa)
             _compare_batches(c, s, sa, sb)
-            _compare_forward(c, s, sa, sb, pa, pb)
+            _compare_forward(c, s, sa, sb, pa, pb, first=i == 0)
             _compare_loss(c, s, sa, sb)
             _compare_grads(c, s, sa, sb, pa, pb)
             _compare_step(c, s, sa, sb, pa, pb)

@@ -16,8 +16,9 @@ patches a few public torch entry points, the way msprobe's dump mode does:
 - ``torch.nn.utils.clip_grad_norm_``, ``LRScheduler.step``, ``torch.save``/``torch.load``,
   safetensors' ``save_file``/``load_file``, TensorBoard's ``add_scalar`` and HF ``Trainer.log``.
 
-Only the first ``HIGGS_TRACE_STEPS`` optimizer steps are recorded (a step = everything between two
-optimizer steps, so gradient-accumulation micro-batches belong to the step they feed).  Each rank
+Only ``HIGGS_TRACE_STEPS`` optimizer steps are recorded, from step ``HIGGS_TRACE_START_STEP`` (default 1;
+the steps before it are counted, not recorded) (a step = everything between two optimizer steps, so
+gradient-accumulation micro-batches belong to the step they feed).  Each rank
 writes ``rank<R>/step-<NNNN>.json`` (metadata, call sites, summaries) and
 ``rank<R>/step-<NNNN>.safetensors`` (tensors up to ``HIGGS_TRACE_MAX_NUMEL`` elements; larger ones
 are kept as summaries: shape, dtype, sum, |sum|, min, max, non-finite count), plus
@@ -48,6 +49,9 @@ ENV_DIR, ENV_STEPS, ENV_LAYERS, ENV_MAX_NUMEL = ("HIGGS_TRACE_DIR", "HIGGS_TRACE
 # check-resume: number recorded steps from this offset + 1 (a resumed run), and SIGKILL the process when
 # the step after this one starts (its checkpoint of this step is then complete: both CLIs save in the loop).
 ENV_STEP_OFFSET, ENV_KILL_AFTER = "HIGGS_TRACE_STEP_OFFSET", "HIGGS_TRACE_KILL_AFTER_STEP"
+# Record a window later in the run: the first recorded step is offset + this (default 1); the optimizer steps
+# before it are only counted.
+ENV_START_STEP = "HIGGS_TRACE_START_STEP"
 FORMAT_VERSION = 1
 _THIS_FILE = os.path.abspath(__file__)
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -105,7 +109,9 @@ class Recorder:
         self.steps, self.layers, self.max_numel = steps, layers, max_numel
         self.offset = int(os.environ.get(ENV_STEP_OFFSET, "0"))
         self.kill_after = int(os.environ.get(ENV_KILL_AFTER, "0"))
-        self.step = self.offset + 1   # the optimizer step being recorded (1-based, program numbering)
+        self.step = self.offset + 1   # the optimizer step being run (1-based, program numbering)
+        self.first = self.offset + max(1, int(os.environ.get(ENV_START_STEP, "1")))   # first recorded step
+        self.last = self.first + steps - 1                                               # last recorded step
         self.seq = 0                  # order of every record in this process
         self.lock = threading.RLock()
         self.optimizer_params: dict[int, torch.nn.Parameter] = {}   # id -> param of every optimizer
@@ -137,7 +143,12 @@ class Recorder:
     # ------------------------------------------------------------------ bookkeeping
     @property
     def active(self) -> bool:
-        return self.step <= self.offset + self.steps
+        return self.first <= self.step <= self.last
+
+    def count_step(self) -> None:
+        """An optimizer step before the recorded window: only counted (one optimizer per step assumed)."""
+        if self.step < self.first:
+            self.step += 1
 
     def _empty_step(self) -> dict[str, Any]:
         return {"step": getattr(self, "step", 1), "rank": getattr(self, "rank", 0), "model_calls": [],
@@ -481,7 +492,7 @@ class Recorder:
                         grads[name] = None
                         if p.grad is not None:
                             keys.append(f"grad.{name}"), ts.append(p.grad), names.append(name)
-                        if self.step == self.offset + 1:
+                        if self.step == self.first:
                             keys.append(f"param_before.{name}"), ts.append(p), names.append(None)
                 for name, desc in zip(names, self.keep_many(keys, ts)):
                     if name is not None:
@@ -534,7 +545,7 @@ class Recorder:
     # ------------------------------------------------------------------ output
     def flush(self, complete: bool) -> None:
         """Write the current step (complete after an optimizer step; else the run ended inside it)."""
-        if self.step > self.offset + self.steps:
+        if self.step > self.last:
             return
         has_content = any(self.current[k] for k in ("model_calls", "cross_entropy", "backward", "logged")) \
             or self.current["optimizer"] is not None
@@ -619,7 +630,7 @@ def install() -> Recorder | None:
     _optim.register_optimizer_step_pre_hook(
         lambda opt, args, kwargs: rec.optimizer_pre(opt))
     _optim.register_optimizer_step_post_hook(
-        lambda opt, args, kwargs: rec.optimizer_post(opt) if rec.active and not rec.pending else None)
+        lambda opt, args, kwargs: rec.optimizer_post(opt) if rec.active and not rec.pending else rec.count_step())
 
     def module_call(orig):
         def __call__(self, *args, **kwargs):

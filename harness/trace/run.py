@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Everything after `--` is the command. Compare two traces with `higgs-diff compare-traces A B`.")
     p.add_argument("--out", type=Path, required=True, help="trace folder to create (must be empty or absent)")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps to record (default: %(default)s)")
+    p.add_argument("--start-step", type=int, default=1, metavar="N",
+                   help="first optimizer step to record, counting from 1 (default: %(default)s): record a window "
+                        "later in the run, e.g. where a loss goes wrong; the steps before it run untraced")
     p.add_argument("--layers", action="store_true",
                    help="also record every decoder layer's output and each dual-FFN branch (larger traces)")
     p.add_argument("--max-numel", type=int, default=4_000_000,
@@ -52,18 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def trace_env(out: Path, steps: int, layers: bool, max_numel: int, base: dict[str, str] | None = None) -> dict[str, str]:
+def trace_env(out: Path, steps: int, layers: bool, max_numel: int, base: dict[str, str] | None = None,
+              start_step: int = 1) -> dict[str, str]:
     """The environment that injects the recorder into every Python process the command starts."""
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join([str(BOOT_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update({"HIGGS_TRACE_DIR": str(out.resolve()), "HIGGS_TRACE_STEPS": str(steps),
-                "HIGGS_TRACE_LAYERS": "1" if layers else "0", "HIGGS_TRACE_MAX_NUMEL": str(max_numel)})
+                "HIGGS_TRACE_LAYERS": "1" if layers else "0", "HIGGS_TRACE_MAX_NUMEL": str(max_numel),
+                "HIGGS_TRACE_START_STEP": str(start_step)})
     return env
 
 
 def run_traced(command: Sequence[str], out: Path, *, steps: int = 3, layers: bool = False,
                max_numel: int = 4_000_000, timeout: float | None = None, echo: bool = True,
-               env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+               env: dict[str, str] | None = None, cwd: Path | None = None, start_step: int = 1) -> int:
     """Run `command` with the recorder; write ``out/trace.json`` and ``out/command.log``; its exit status.
 
     Raises FileExistsError when `out` exists and is not empty (a trace is never mixed with another).
@@ -75,7 +80,7 @@ def run_traced(command: Sequence[str], out: Path, *, steps: int = 3, layers: boo
     t0 = time.time()
     log_path = out / "command.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(list(command), env=trace_env(out, steps, layers, max_numel, env), cwd=cwd,
+        proc = subprocess.Popen(list(command), env=trace_env(out, steps, layers, max_numel, env, start_step), cwd=cwd,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
         def pump() -> None:
@@ -98,7 +103,8 @@ def run_traced(command: Sequence[str], out: Path, *, steps: int = 3, layers: boo
     index = {
         "format_version": 1, "command": list(command), "command_line": shlex.join(command),
         "cwd": str(Path(cwd or os.getcwd()).resolve()), "exit_code": code, "timed_out": timed_out,
-        "seconds": round(time.time() - t0, 2), "steps_requested": steps, "layers": layers, "max_numel": max_numel,
+        "seconds": round(time.time() - t0, 2), "steps_requested": steps, "start_step": start_step, "layers": layers,
+        "max_numel": max_numel,
         "ranks": {r: sorted(int(p.stem.split("-")[1]) for p in (out / r).glob("step-*.json")) for r in ranks},
     }
     (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
@@ -115,9 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("no command given: higgs-diff trace --out DIR -- COMMAND ...")
     if args.steps < 1:
         p.error("--steps must be at least 1")
+    if args.start_step < 1:
+        p.error("--start-step must be at least 1")
     try:
         code = run_traced(command, args.out, steps=args.steps, layers=args.layers, max_numel=args.max_numel,
-                          timeout=args.timeout, echo=not args.quiet)
+                          timeout=args.timeout, echo=not args.quiet, start_step=args.start_step)
     except FileExistsError as exc:
         print(f"higgs-diff trace: {exc}", file=sys.stderr)
         return EXIT_USAGE

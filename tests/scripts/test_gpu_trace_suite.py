@@ -23,7 +23,10 @@ def test_overhead_only_run_reports_step_times_recorder_cost_and_host_profile(ass
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     row = json.loads((out / "trace_suite.json").read_text())["custom"]
-    assert sorted(row["step_s"]) == ["1", "2", "3", "4"] and row["steps_timed"] == [2, 2]
+    # --overhead-only: 6 steps, the window 3-4 traced, 1-2 and 5-6 untraced around it
+    assert sorted(row["step_s"], key=int) == ["1", "2", "3", "4", "5", "6"] and row["steps_timed"] == [4, 2]
+    assert sorted(p.name for p in (out / "trace-custom" / "rank0").glob("step-*.json")) == [
+        "step-0003.json", "step-0004.json"]
     assert row["recorder_host_s"] > 0 and 0 < row["recorder_host_share"] < 10
     assert "recorder host s per step" in (out / "trace_suite.md").read_text()
     profile = (out / "host-profile-custom.txt").read_text()

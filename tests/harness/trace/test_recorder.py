@@ -82,3 +82,23 @@ def test_summaries_follow_a_tensor_whose_shape_changes_under_the_same_key(tmp_pa
     rec._fill_summaries()
     assert first[0]["shape"] == [2, 3] and first[0]["abs_sum"] == 6.0 and first[0]["max_abs"] == 1.0
     assert second[0]["shape"] == [4] and second[0]["abs_sum"] == 4.0
+
+
+def test_a_window_later_in_the_run_is_recorded_as_those_steps_of_the_whole_run(toy_trace, tmp_path):
+    """--start-step: steps before the window run untraced; the window's steps equal the same steps of a
+    trace of the whole run (same batches, weights, gradients, updates)."""
+    from harness.trace.compare import compare_traces
+    from harness.trace.run import run_traced
+    from tests.harness.trace.conftest import toy_command
+
+    whole = Trace.load(toy_trace("--max-steps", "4", steps=4))
+    out = tmp_path / "window"
+    assert run_traced(toy_command("--max-steps", "4", "--output-dir", str(tmp_path / "run")), out, steps=2,
+                      start_step=3, echo=False) == 0
+    window = Trace.load(out)
+    assert [s.step for s in window.rank_steps(0)] == [3, 4]
+    assert json.loads((out / "trace.json").read_text())["start_step"] == 3
+    first = window.rank_steps(0)[0]
+    assert any(k.startswith("param_before.") for k in first.tensors())     # weights entering the window
+    report = compare_traces(whole, window, common_steps_only=True)
+    assert report.verdict == "pass", report.first_divergence
