@@ -26,12 +26,13 @@ rounded to bf16.  It changes numerics (bf16 instead of TF32/fp32 rounding of the
 no more than the reference's autocast does; on an fp32 base it changes nothing but summation order.
 
 Calls the fast path does not cover (several or disabled adapters, merged weights, DoRA and other
-LoRA variants, `adapter_names=`, extra arguments) go to peft's forward unchanged.
+LoRA variants, a bias on lora_B (`lora_bias=True`), `adapter_names=`, extra arguments) go to peft's
+forward unchanged.  `install` changes each module's class to a subclass of peft's `lora.Linear`
+(`BaseDtypeLoraLinear`), so the modules stay picklable and `isinstance` checks still hold.
 """
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
@@ -53,16 +54,15 @@ def _covered(module: Any, args: tuple, kwargs: dict) -> str | None:
     name = active[0]
     if name not in module.lora_A or name in getattr(module, "lora_variant", {}):
         return None
+    if module.lora_A[name].bias is not None or module.lora_B[name].bias is not None:
+        return None
     return name
 
 
-def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """peft LoRA Linear forward with the adapter path in the base output's dtype (module docstring).
-
-    x (..., in) -> (..., out), the dtype of `base_layer(x)`."""
-    name = _covered(self, args, kwargs)
-    if name is None:
-        return self.higgs_peft_forward(x, *args, **kwargs)
+def base_dtype_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """The adapter path in the base output's dtype (module docstring); `self` a peft LoRA Linear whose
+    call `_covered` accepts.  x (..., in) -> (..., out), the dtype of `base_layer(x)`."""
+    name = self.active_adapters[0]
     result = self.base_layer(x)                                               # (..., out)
     dtype = result.dtype
     a = self.lora_A[name].weight.to(dtype)                                    # (r, in)
@@ -74,16 +74,27 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Ten
     return result + F.linear(h, b)                                            # (..., out)
 
 
+if LoraLinear is not None:
+    class BaseDtypeLoraLinear(LoraLinear):
+        """peft's `lora.Linear` whose covered calls run `base_dtype_forward`; the rest, peft's forward."""
+
+        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if _covered(self, args, kwargs) is None:
+                return super().forward(x, *args, **kwargs)
+            return base_dtype_forward(self, x)
+else:  # pragma: no cover
+    BaseDtypeLoraLinear = None  # type: ignore[assignment,misc]
+
+
 def install(model: torch.nn.Module) -> int:
-    """Give every peft LoRA Linear in `model` (an instance; the class and other models keep peft's
-    forward) the base-dtype adapter forward; returns how many modules were patched (0 without peft
-    or without LoRA)."""
+    """Give every peft LoRA Linear in `model` (exactly that class: peft's quantised subclasses keep their
+    own forward) the base-dtype adapter forward, by changing the INSTANCE's class (other models keep
+    peft's); returns how many modules were changed (0 without peft, without LoRA, or when done before)."""
     if LoraLinear is None:
         return 0
     n = 0
     for module in model.modules():
-        if isinstance(module, LoraLinear) and "higgs_peft_forward" not in vars(module):
-            module.higgs_peft_forward = module.forward
-            module.forward = types.MethodType(_forward, module)
+        if type(module) is LoraLinear:
+            module.__class__ = BaseDtypeLoraLinear
             n += 1
     return n

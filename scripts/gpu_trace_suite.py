@@ -47,6 +47,23 @@ def step_walls(run_dir: Path) -> dict[int, float]:
             for r in rows if r.get("wall_s", r.get("step_seconds")) is not None}
 
 
+# `python -c PROFILED_MODULE OUT.prof MODULE ARGS...`: run MODULE as __main__ under cProfile and exit with ITS
+# status (`python -m cProfile` swallows SystemExit, so a failing training run would exit 0).
+PROFILED_MODULE = """
+import cProfile, runpy, sys
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module] + sys.argv[3:]
+prof, code = cProfile.Profile(), 0
+try:
+    prof.runcall(runpy.run_module, module, run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    code = exc.code
+finally:
+    prof.dump_stats(out)
+sys.exit(code)
+"""
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full", type=Path, required=True, help="full checkpoint folder (model/, audio_tokenizer/)")
@@ -83,10 +100,10 @@ def main() -> int:
 
     for side, (cmd, plain) in clis.items():
         prof = out / f"host-profile-{side}.prof"
-        timed = [py, "-m", "cProfile", "-o", str(prof), *cmd[1:]] if args.profile_host else cmd
+        timed = [py, "-c", PROFILED_MODULE, str(prof), *cmd[2:]] if args.profile_host else cmd
         go(f"{side}-traced", trace + ["--out", str(out / f"trace-{side}"), "--steps", str(args.steps), *window,
                                        "--max-numel", "0", "--"] + timed + ["--output-dir", str(out / f"run-{side}-traced")])
-        if prof.is_file():
+        if args.profile_host and prof.is_file():
             write_host_profile(prof, out / f"host-profile-{side}.txt")
             prof.unlink()
         walls = step_walls(out / f"run-{side}-traced")

@@ -445,14 +445,14 @@ class Recorder:
         max_numel get a summary from two fused multi-tensor kernels for all of them (|sum| = L1 norm,
         max |x| = L-inf norm; non-finite values make both non-finite), not several kernels each."""
         # The same keys come back every step (thousands of adapter tensors): their metadata is read from
-        # the tensor once and cached by key, checked against the shape (the per-tensor Python of this
-        # loop is most of the trace's host time on a LoRA run).
+        # the tensor once and cached by key, checked against shape, dtype and device (the per-tensor Python
+        # of this loop is most of the trace's host time on a LoRA run).
         descs: list[dict[str, Any]] = []
         groups: dict[Any, tuple[list[torch.Tensor], list[dict[str, Any]]]] = {}
         cache = self.meta_cache
         for k, t in zip(keys, tensors):
             meta = cache.get(k)
-            if meta is None or meta[0] != t.shape:
+            if meta is None or meta[0] != t.shape or meta[5][1] != t.dtype or meta[5][0] != t.device:
                 meta = cache[k] = (t.shape, list(t.shape), str(t.dtype).replace("torch.", ""), t.device.type,
                                    t.numel() > self.max_numel and t.is_floating_point(), (t.device, t.dtype))
             if not meta[4]:
@@ -570,9 +570,10 @@ class Recorder:
             self.current["tensor_file"] = os.path.basename(base) + ".pt"
         finally:
             self.in_flush = False
-        # The recorder's cost for this step: host time in its hooks, in its summaries and in writing the
-        # previous step's files (host_s), and the read-back of the summaries, which also waits for the GPU
-        # to finish the step's queued work (readback_s).
+        # The recorder's cost for this step: host time in its recording methods, in its summaries and in
+        # writing the previous step's files (host_s; the call-site capture done before each method, layer
+        # hooks and events are not counted), and the read-back of the summaries and row hashes, which
+        # also waits for the GPU to finish the step's queued work (readback_s).
         self.current["recorder"] = {"host_s": round(self.host_s + time.perf_counter() - t0 - readback, 5),
                                     "readback_s": round(readback, 5)}
         # json.dumps, not json.dump: only the one-shot encoder is C (json.dump to a file runs the pure-Python

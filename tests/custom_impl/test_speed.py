@@ -492,3 +492,35 @@ def test_lora_bf16_on_an_fp32_base_changes_only_summation_order_and_falls_back_t
     layer.enable_adapters(False)                 # not covered: peft's own forward, the base layer alone
     with torch.no_grad():
         assert torch.equal(layer(x), layer.base_layer(x))
+
+
+def test_lora_bf16_leaves_a_lora_bias_to_peft_and_keeps_modules_picklable(tmp_path):
+    """A bias on lora_B (peft's lora_bias) is not covered: peft's forward runs it.  The changed modules
+    are still peft LoRA Linears and survive torch.save / torch.load."""
+    import io
+
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from custom_impl import lora_compute
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(24, 20))
+    layer = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["0"], lora_bias=True)).base_model.model[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+        layer.lora_B["default"].bias.normal_()
+    x = torch.randn(3, 24)
+    with torch.no_grad():
+        before = layer(x)
+        assert lora_compute.install(layer) == 1 and isinstance(layer, LoraLinear)
+        torch.testing.assert_close(layer(x), before, rtol=0, atol=0)         # peft's own forward ran
+    plain = _lora_linear(base_dtype=torch.float32)
+    lora_compute.install(plain)
+    buf = io.BytesIO()
+    torch.save(plain, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert type(loaded) is lora_compute.BaseDtypeLoraLinear
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), plain(x))

@@ -72,16 +72,18 @@ def test_large_tensors_are_kept_as_summaries(tmp_path):
     assert cost["host_s"] > 0 and cost["readback_s"] >= 0
 
 
-def test_summaries_follow_a_tensor_whose_shape_changes_under_the_same_key(tmp_path):
-    """keep_many caches each key's metadata across steps; a new shape under an old key is re-read."""
+def test_summaries_follow_a_tensor_whose_shape_or_dtype_changes_under_the_same_key(tmp_path):
+    """keep_many caches each key's metadata across steps; a new shape or dtype under an old key is re-read."""
     from harness.trace.recorder import Recorder
 
     rec = Recorder(str(tmp_path), steps=2, layers=False, max_numel=0)
     first = rec.keep_many(["grad.w"], [torch.ones(2, 3)])
     second = rec.keep_many(["grad.w"], [-torch.ones(4)])
+    third = rec.keep_many(["grad.w"], [torch.full((4,), 2.0, dtype=torch.bfloat16)])   # cast mid-run
     rec._fill_summaries()
     assert first[0]["shape"] == [2, 3] and first[0]["abs_sum"] == 6.0 and first[0]["max_abs"] == 1.0
     assert second[0]["shape"] == [4] and second[0]["abs_sum"] == 4.0
+    assert third[0]["dtype"] == "bfloat16" and third[0]["abs_sum"] == 8.0
 
 
 def test_a_window_later_in_the_run_is_recorded_as_those_steps_of_the_whole_run(toy_trace, tmp_path):
