@@ -94,13 +94,14 @@ def test_full_finetuning_gets_the_same_head_gradient_through_the_gathered_head(c
 
 @pytest.mark.slow
 def test_compiled_layers_leave_losses_and_gradients_unchanged(ctx, batches):
-    """torch.compile (inductor, CPU here) of every layer: same loss, gradients within fp32 noise,
-    one graph shared by all layers (two: layer 0's input needs no gradient)."""
+    """torch.compile (inductor, CPU here) of every layer, with the base-dtype LoRA forward inside it:
+    same loss, gradients within fp32 noise, one graph shared by all layers (two: layer 0's input
+    needs no gradient), no graph break."""
     from torch._dynamo.utils import counters
 
     off_lbs, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches)
     counters.clear()
-    on_lbs, on_total, on_grads = _accumulate(ctx, CPU_ALL.replace(compile_layers=True), batches)
+    on_lbs, on_total, on_grads = _accumulate(ctx, CPU_ALL.replace(compile_layers=True, lora_bf16=True), batches)
     torch.testing.assert_close(on_total, off_total, rtol=1e-5, atol=1e-6)
     _assert_grads_close(on_grads, off_grads, rtol=1e-3, atol=1e-6)
     assert counters["frames"]["ok"] <= 2, dict(counters["frames"])
