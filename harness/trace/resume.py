@@ -24,11 +24,12 @@ written), 2 bad usage (a flag the command does not have, a run that failed befor
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from harness.trace.options import find, help_text, parse_help
 
@@ -115,10 +116,98 @@ def check_resume(command: Sequence[str], work: Path, *, steps: int, kill_after: 
     report = compare_traces(straight, resumed, tolerance=Tolerance.for_precision(precision), common_steps_only=True)
     _check_restored_weights(report, interrupted if _has_step(interrupted, kill_after) else straight, resumed,
                             kill_after)
+    _name_the_state_not_restored(report, straight, resumed, kill_after)
     report.run_name = "check-resume"
     report.config["check_resume"] = {"steps": steps, "kill_after": kill_after, "exit_codes": codes,
                                      "command": list(command)}
     return report, None
+
+
+def _batch_key(st) -> list:
+    """The content hashes of every model call's batch rows in a step (sample identity without ids)."""
+    return [c.get("row_hashes") or {} for c in st.model_calls]
+
+
+def _where_from(straight, b, k: int) -> str:
+    """Where the resumed step's first micro-batch sits in the straight run, as words ('' when nowhere):
+    the data position's offset in steps, or in micro-batches when it is not a whole number of steps."""
+    first = json.dumps(_batch_key(b)[:1], sort_keys=True)
+    per_step = max(1, len(next((st for st in straight.rank_steps(0) if st.step == k + 1), b).model_calls))
+    for st in straight.rank_steps(0):
+        for i, key in enumerate(_batch_key(st)):
+            if key and json.dumps([key], sort_keys=True) == first:
+                off = (st.step - 1) * per_step + i - k * per_step       # in micro-batches
+                by = (f"{off // per_step:+d} step(s)" if off % per_step == 0 else f"{off:+d} micro-batch(es)")
+                return (f"; its first micro-batch is the one the straight run trained at step {st.step} "
+                        f"(micro-batch {i}): the position is off by {by}")
+    return ""
+
+
+def _adamw_steps(st) -> dict[str, float]:
+    return {n: v["step"] for n, v in st.optimizer_state().items() if isinstance(v, dict) and "step" in v}
+
+
+def _schedule(st) -> tuple[Any, list]:
+    """(the scheduler's last_epoch after the step's last scheduler step, lr of each param group) of a step
+    (the first step of a run also holds the scheduler's construction, whose step() is recorded too)."""
+    records = st.records("scheduler")
+    return (records[-1].get("last_epoch") if records else None), [g.get("lr") for g in st.param_groups()]
+
+
+def resume_state_cause(straight, resumed, k: int) -> tuple[str, str] | None:
+    """Which part of the training state the resumed run did not get back, read from its first step (k+1)
+    against the straight run's step k+1: (mechanism, evidence), or None when that step agrees on it all.
+
+    Checked in the order a step uses its state: the data position (the batch rows' content hashes; where
+    the resumed batch comes from in the straight run); then AdamW's state (its step count after the
+    update) and the learning-rate schedule (the scheduler's last_epoch, and the param groups' lr when
+    the optimizer's state was restored), both named when both are lost (HF's Trainer loads neither when
+    one file is missing); and, with the same batch, weights and schedule, the random state (the forward
+    differs: dropout masks).
+    """
+    a = next((st for st in straight.rank_steps(0) if st.step == k + 1), None)
+    b = next((st for st in resumed.rank_steps(0) if st.step == k + 1), None)
+    if a is None or b is None:
+        return None
+    if _batch_key(a) != _batch_key(b):
+        return (f"the checkpoint does not restore the data position: the resumed run's first step ({k + 1}) "
+                f"reads another batch than the straight run's step {k + 1}{_where_from(straight, b, k)}",
+                "batch row hashes differ at the first resumed step")
+    parts, evidence = [], []
+    steps_a, steps_b = _adamw_steps(a), _adamw_steps(b)
+    diff = sorted(n for n in steps_a if n in steps_b and steps_a[n] != steps_b[n])
+    if diff:
+        parts.append(f"the optimizer's state (after step {k + 1} AdamW's step count is {steps_b[diff[0]]:g} in the "
+                     f"resumed run against {steps_a[diff[0]]:g} straight: its moments restarted from zero)")
+        evidence.append(f"AdamW step count differs for {len(diff)} of {len(steps_a)} parameters (first: {diff[0]})")
+    (epoch_a, lrs_a), (epoch_b, lrs_b) = _schedule(a), _schedule(b)
+    if epoch_a != epoch_b or (lrs_a != lrs_b and not diff):
+        # With the optimizer's state lost, the param groups' lr restart too: only last_epoch then says
+        # whether the scheduler itself was restored.
+        parts.append(f"the learning-rate schedule (at step {k + 1} the scheduler's last_epoch is {epoch_b} in the "
+                     f"resumed run against {epoch_a} straight, the learning rates {lrs_b} against {lrs_a})")
+        evidence.append("scheduler state differs at the first resumed step")
+    if parts:
+        return "the checkpoint does not restore " + " and ".join(parts), "; ".join(evidence)
+    return ("the checkpoint does not restore the random state (RNG): the first resumed step reads the same batch with "
+            "the same weights, optimizer state and schedule, yet computes differently (dropout masks and other "
+            "random draws come from a fresh generator)", "batch, restored weights, AdamW step counts and schedule agree")
+
+
+def _name_the_state_not_restored(report, straight, resumed, k: int) -> None:
+    """Give the first divergence the part of the state the resume lost (`resume_state_cause`), keeping the
+    field's own evidence and location; a divergence of the restored weights keeps its own cause."""
+    fd = report.first_divergence_field()
+    if fd is None or fd.field.startswith("restored_weights."):
+        return
+    found = resume_state_cause(straight, resumed, k)
+    if found is None:
+        return
+    mechanism, evidence = found
+    old = fd.cause or {}
+    fd.cause = {"mechanism": mechanism, "rule": "check-resume", "location": old.get("location"),
+                "evidence": f"{evidence}; first diverging field {fd.stage}.{fd.field}: "
+                            f"{old.get('mechanism') or fd.summary()}"}
 
 
 def _has_step(trace, k: int) -> bool:

@@ -103,6 +103,28 @@ def test_check_resume_fails_when_the_scheduler_is_not_restored(tmp_path):
                             *toy_command()]) == 0
 
 
+@pytest.mark.parametrize("bug, words", [
+    ("forget-scheduler", "does not restore the learning-rate schedule"),
+    ("forget-optimizer", "does not restore the optimizer's state"),
+    ("skip-batch-on-resume", "does not restore the data position"),
+    ("forget-rng", "does not restore the random state"),
+])
+def test_check_resume_names_the_state_the_checkpoint_does_not_restore(tmp_path, bug, words):
+    code = resume_cli.main(["--steps", "4", "--kill-after", "2", "--work-dir", str(tmp_path), "--",
+                            *toy_command("--bug", bug, "--dropout", "0.25")])
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert code == 1
+    cause = report["first_divergence"]["cause"]
+    assert words in cause["mechanism"] and cause["rule"] == "check-resume", cause
+    if bug == "skip-batch-on-resume":
+        assert "straight run trained at step 4 (micro-batch 0): the position is off by +1 step(s)" in cause["mechanism"]
+
+
+def test_check_resume_passes_with_dropout_when_the_random_state_is_restored(tmp_path):
+    assert resume_cli.main(["--steps", "4", "--kill-after", "2", "--work-dir", str(tmp_path), "--",
+                            *toy_command("--dropout", "0.25")]) == 0
+
+
 def test_check_flags_names_an_ignored_option(tmp_path):
     code = flags_cli.main(["--only", "weight-decay,lr", "--work-dir", str(tmp_path), "--",
                            *toy_command("--bug", "ignore-wd")])

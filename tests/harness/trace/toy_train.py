@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 BUGS = ("none", "detached", "unscored-audio", "summed-log", "ignore-wd", "forget-scheduler", "label-shift",
-        "skip-batch-on-resume", "crash", "late-loss-scale")
+        "skip-batch-on-resume", "crash", "late-loss-scale", "forget-optimizer", "forget-rng")
 
 
 class Out:
@@ -32,9 +32,12 @@ class TwoHead(torch.nn.Module):
         self.audio_head = torch.nn.Linear(16, 10)
 
         self.bf16_head = False        # a "speed path": text logits come out rounded to bf16 (other rounding)
+        self.dropout = 0.0            # dropout on the hidden state (the RNG a resume must restore)
 
     def forward(self, input_ids: torch.Tensor, audio_out_ids: torch.Tensor) -> Out:
         h = torch.tanh(self.body(self.embed(input_ids)))            # (B, T, 16)
+        if self.dropout:
+            h = F.dropout(h, self.dropout, training=True)
         logits = self.text_head(h)
         if self.bf16_head:
             logits = logits.bfloat16().float()
@@ -60,10 +63,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bug", choices=BUGS, default="none")
     p.add_argument("--bf16-head", action="store_true", help="text logits rounded to bf16 (a speed path with other rounding)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on the hidden state (default: 0.0)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     model = TwoHead()
     model.bf16_head = a.bf16_head
+    model.dropout = a.dropout
     wd = 0.0 if a.bug == "ignore-wd" else a.weight_decay
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / a.max_steps))
@@ -75,10 +80,12 @@ def main() -> None:
     if a.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if a.bug != "forget-optimizer":
+            opt.load_state_dict(state["optimizer"])
         if a.bug != "forget-scheduler":
             sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        if a.bug != "forget-rng":
+            torch.set_rng_state(state["rng"])
         start = state["step"] + (1 if a.bug == "skip-batch-on-resume" else 0)
     running = 0.0
     for step in range(start + 1, a.max_steps + 1):
