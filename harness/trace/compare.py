@@ -95,6 +95,8 @@ class _Collector:
                     rel = infer(ta, tb)
                 except Exception as exc:   # noqa: BLE001  (a relation is an explanation, never a crash)
                     fd.note = f"relation not inferred: {type(exc).__name__}: {exc}"
+            if rel is not None and rel.kind == "none":
+                rel = lower_precision(ta, tb) or rel
             if rel is not None:
                 fd.relation = rel.to_json()
                 fd.relation["words"] = (fd.relation["words"].replace("on the reference side", "in A")
@@ -155,6 +157,29 @@ class _Collector:
 
     def unexpected(self, stages: tuple[str, ...] = TRACE_STAGES) -> bool:
         return any(f.diverged and not f.expected for s in stages for f in self.fields.get(s, []))
+
+
+def lower_precision(ta: torch.Tensor, tb: torch.Tensor):
+    """A `Relation` when two float tensors differ in (nearly) every element by a relative amount the size
+    of lower-precision arithmetic (norm-wise between 2^-14 and 2^-5: bf16's unit roundoff is 2^-8, fp16's
+    and TF32's 2^-11): one run computes at lower precision than the other (autocast, a bf16 cast, TF32),
+    not a change of what is computed, which moves some elements by more.  None otherwise."""
+    from harness.explain.relations import Relation
+
+    if not (ta.is_floating_point() and tb.is_floating_point()) or ta.shape != tb.shape or ta.numel() < 8:
+        return None
+    a, b = ta.detach().double().flatten(), tb.detach().double().flatten()
+    finite = torch.isfinite(a) & torch.isfinite(b) & (a != 0)
+    if int(finite.sum()) < 8 or float(((a != b) & finite).float().mean()) < 0.5:
+        return None
+    err = float((a[finite] - b[finite]).norm()) / max(float(a[finite].norm()), 1e-30)
+    if not 2.0 ** -14 <= err <= 2.0 ** -5:
+        return None
+    bits = -math.log2(err)
+    fmt = "bf16 (8-bit significand)" if err >= 2.0 ** -10 else "fp16 or TF32 (11-bit significand)"
+    return Relation("lower_precision", f"every element moves by about 2^-{bits:.1f} relative (norm-wise), the size "
+                                       f"of {fmt} arithmetic: one run computes at lower precision than the other",
+                    details={"relative_error": err, "format": fmt.split()[0]})
 
 
 def summary_of(t: torch.Tensor | None, desc: dict[str, Any]) -> dict[str, Any]:
@@ -598,4 +623,56 @@ def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
                             "same_program": same, "tolerance": {"rtol": tol.rtol, "atol": tol.atol}, "note": note})
     report.symptoms = [dict(s.to_json(), run="A", path=str(a.path)) for s in sym_a] + \
                       [dict(s.to_json(), run="B", path=str(b.path)) for s in sym_b]
+    if same:
+        _name_a_precision_change(report, a, b)
     return report
+
+
+# ------------------------------------------------------------------------------ precision
+_SHORT_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+
+
+def dtype_changes(sa: StepTrace, sb: StepTrace) -> list[tuple[str, str, str]]:
+    """(what, dtype in A, dtype in B) for every floating tensor recorded in both steps whose dtype differs:
+    model inputs and outputs, cross-entropy inputs, gradients, parameters after the update."""
+    out: list[tuple[str, str, str]] = []
+
+    def census(what: str, da: Any, db: Any) -> None:
+        ta, tb = (da or {}).get("dtype"), (db or {}).get("dtype")
+        if ta != tb and ta in _SHORT_DTYPE and tb in _SHORT_DTYPE:
+            out.append((what, ta, tb))
+    for k, (ma, mb) in enumerate(zip(sa.model_calls, sb.model_calls)):
+        for part in ("inputs", "outputs"):
+            fa, fb = _flatten("", ma.get(part), {}), _flatten("", mb.get(part), {})
+            for name in fa:
+                if name in fb:
+                    census(f"the model's {part[:-1]} {name}", fa[name], fb[name])
+    for k, (ca, cb) in enumerate(zip(sa.ce_calls, sb.ce_calls)):
+        census(f"cross-entropy call {k}'s input", {"dtype": ca.get("input_dtype")}, {"dtype": cb.get("input_dtype")})
+    for label, ga, gb in (("gradient of", sa.grads(), sb.grads()), ("parameter", sa.params_after(), sb.params_after())):
+        for name in ga:
+            if name in gb:
+                census(f"the {label} {name}", ga[name], gb[name])
+    return out
+
+
+def _name_a_precision_change(report: Report, a: Trace, b: Trace) -> None:
+    """When the first divergence's step holds tensors at another precision in B (autocast turned on, bf16
+    weights, a cast), say so first in its cause: the relation and location stay in the rest of it."""
+    import re
+
+    fd = report.first_divergence_field()
+    m = re.match(r"step(\d+)\.", fd.field) if fd is not None else None
+    if fd is None or m is None or not fd.cause:
+        return
+    s = int(m.group(1))
+    sa = next((st for st in a.rank_steps(0) if st.step == s), None)
+    sb = next((st for st in b.rank_steps(0) if st.step == s), None)
+    changes = dtype_changes(sa, sb) if sa is not None and sb is not None else []
+    if not changes:
+        return
+    what, ta, tb = changes[0]
+    more = f" (and {len(changes) - 1} more tensors)" if len(changes) > 1 else ""
+    fd.cause["mechanism"] = (f"B computes at another precision: {what} is {_SHORT_DTYPE[tb]} ({tb}) in B, "
+                             f"{_SHORT_DTYPE[ta]} ({ta}) in A{more} (autocast, weights loaded in another dtype, "
+                             f"or a cast); " + fd.cause["mechanism"])

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +39,17 @@ def test_bug_is_found_at_its_stage_with_its_code_location(toy_trace, tmp_path, b
     assert field_part in first["field"]
     assert words in first["cause"]["mechanism"]
     assert "toy_train.py:" in first["cause"]["mechanism"]          # the line in run B that made the diverging tensor
+
+
+def test_a_precision_change_is_named_in_the_first_divergence(toy_trace, tmp_path):
+    """B's forward under bf16 autocast: the first divergence's cause opens with the tensor held at
+    another precision, whatever field diverges first."""
+    code, report = run_cli(toy_trace(), toy_trace("--autocast"), tmp_path)
+    mech = report["first_divergence"]["cause"]["mechanism"]
+    assert code == 1
+    assert mech.startswith("B computes at another precision:") and "bf16 (bfloat16) in B, fp32 (float32) in A" in mech
+    code, report = run_cli(toy_trace(), toy_trace("--bug", "label-shift"), tmp_path / "same-dtype")
+    assert "another precision" not in report["first_divergence"]["cause"]["mechanism"]
 
 
 def test_summed_logging_is_a_log_divergence_with_symptom(toy_trace, tmp_path):
@@ -167,3 +179,16 @@ def test_adamw_update_drift_is_expected_only_where_everything_else_agrees():
     c = _collector([("forward", "step2.mb0.out.logits", "shape")])
     _mark_drift(c, 2, 1)
     assert c.unexpected()
+
+
+def test_lower_precision_relation_needs_every_element_moved_by_rounding_sized_amounts():
+    from harness.trace.compare import lower_precision
+
+    a = torch.randn(256, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rel = lower_precision(a, a.to(torch.bfloat16).double() * (1 + 1e-4))   # bf16 rounding, nudged everywhere
+    assert rel is not None and rel.kind == "lower_precision" and "bf16" in rel.words
+    assert lower_precision(a, a * 1.5) is None                               # a change of what is computed
+    b = a.clone()
+    b[:3] += 1e-3
+    assert lower_precision(a, b) is None                                     # a few elements moved
+    assert lower_precision(a, a) is None

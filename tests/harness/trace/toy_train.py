@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--bug", choices=BUGS, default="none")
     p.add_argument("--bf16-head", action="store_true", help="text logits rounded to bf16 (a speed path with other rounding)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on the hidden state (default: 0.0)")
+    p.add_argument("--autocast", action="store_true", help="forward under CPU bf16 autocast (another precision)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     model = TwoHead()
@@ -93,7 +94,8 @@ def main() -> None:
             running = 0.0
         for micro in range(a.grad_accum):
             b = batch(step, micro, a.batch_size)
-            out = model(**b)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast):
+                out = model(**b)
             if a.bug == "crash" and step == 2:
                 raise RuntimeError("toy trainer: simulated crash in step 2")
             labels = b["input_ids"] if a.bug == "label-shift" else torch.roll(b["input_ids"], -1, dims=1)
