@@ -399,8 +399,9 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
                 or is_run_summary(tag):
             continue
         drift = c.drift_atol if not any(w in tag.lower() for w in SETTING_TAGS) else 0.0
+        how = logged_value_origin(c.a, s, tag, la[tag], lb[tag], sb)
         fd = c.scalar("log", f"step{s}.logged.{tag}", la[tag], lb[tag], sites.get(tag.split(":", 1)[-1]),
-                      words=f"the program logs a different {tag.split(':', 1)[-1]}",
+                      words=f"the program logs a different {tag.split(':', 1)[-1]}" + (f": {how}" if how else ""),
                       rtol=max(1e-4, c.tol.rtol or 0.0), atol=max(1e-6, c.tol.atol or 0.0, drift))
         if drift:
             fd.note = _drift_note(drift)
@@ -409,6 +410,65 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
         c.add(FieldDiff("log", f"step{s}.logged.{tag}", "missing", reference=la.get(tag), custom=lb.get(tag),
                         note="logged in one run only"), sites.get(tag.split(":", 1)[-1]), None,
               "one run logs a value the other does not")
+
+
+def _close(x: float, y: float, rtol: float = 1e-5) -> bool:
+    return math.isfinite(x) and math.isfinite(y) and abs(x - y) <= rtol * max(abs(x), abs(y), 1e-12)
+
+
+def logged_value_origin(a: Trace, s: int, tag: str, va: Any, vb: Any, sb: StepTrace) -> str | None:
+    """Where B's logged value comes from when it is not A's, in words (None when no candidate fits):
+    a running sum or mean of A's values of the same tag over steps 1..s (accumulators never reset between
+    logs), A's value times or over B's micro-batch count (summed instead of averaged, or averaged twice),
+    or the result of ONE of B's cross-entropy calls (one micro-batch's loss, not the step's)."""
+    x, y = number(va), number(vb)
+    if x is None or y is None or _close(x, y):
+        return None
+    name = tag.split(":", 1)[-1]
+    history = [number(st.logged().get(tag)) for st in a.rank_steps(0) if st.step <= s]
+    history = [h for h in history if h is not None]
+    if len(history) >= 2:
+        if _close(y, sum(history)):
+            return (f"B's value is the sum of A's {name} over steps 1-{s}: an accumulator that is never reset "
+                    "between logs")
+        if _close(y, sum(history) / len(history)):
+            return (f"B's value is the mean of A's {name} over steps 1-{s}: the sums behind it are never reset "
+                    "between logs (a running mean since the start)")
+    m = len(sb.model_calls)
+    if m > 1 and _close(y, x * m):
+        return f"B's value is {m} x A's: summed over the step's {m} micro-batches instead of averaged"
+    if m > 1 and _close(y, x / m):
+        return f"B's value is A's / {m}: divided by the step's {m} micro-batches once more"
+    for (mb, classes), v in _micro_batch_ce(sb).items():
+        if _close(y, v):
+            return (f"B's value is the {classes}-class cross-entropy of micro-batch {mb} alone (of {m}): one "
+                    f"micro-batch's loss, not the step's")
+    return None
+
+
+def _micro_batch_ce(st: StepTrace) -> dict[tuple[int, int], float]:
+    """Per (micro-batch, class count): the mean cross-entropy over its supervised targets, from the step's
+    CE calls (chunked calls of one head in one micro-batch pooled; `sum` and per-position (`none`) results
+    summed and divided by the supervised count, `mean` results weighted by it).  A call belongs to the last
+    model call before it."""
+    calls = sorted((c.get("seq") or 0) for c in st.model_calls)
+    pooled: dict[tuple[int, int], list[float]] = {}
+    for ce in st.ce_calls:
+        t = st.tensor(ce.get("result"))
+        v = float(t.double().sum()) if t is not None and t.numel() else number((ce.get("result") or {}).get("sum"))
+        n = number(ce.get("supervised"))
+        if v is None or ce.get("reduction") not in ("mean", "sum", "none"):
+            continue
+        mb = max(0, sum(1 for q in calls if q < (ce.get("seq") or 0)) - 1)
+        acc = pooled.setdefault((mb, int(ce.get("classes") or 0)), [0.0, 0.0, 0.0])   # sum of losses, count, calls
+        if ce.get("reduction") in ("sum", "none"):      # per-position results: ignored positions hold 0
+            acc[0] += v
+            acc[1] += n or 0.0
+        else:
+            acc[0] += v * (n or 1.0)
+            acc[1] += n or 1.0
+        acc[2] += 1
+    return {k: tot / cnt for k, (tot, cnt, _) in pooled.items() if cnt > 0}
 
 
 CONSEQUENCE_FIELDS = (".backward", ".grad.", ".param.", ".state.", ".group", ".clip", ".scheduler")

@@ -52,10 +52,21 @@ def test_a_precision_change_is_named_in_the_first_divergence(toy_trace, tmp_path
     assert "another precision" not in report["first_divergence"]["cause"]["mechanism"]
 
 
+def test_a_logged_value_of_one_micro_batch_is_named(toy_trace, tmp_path):
+    code, report = run_cli(toy_trace(), toy_trace("--bug", "log-last-micro-text"), tmp_path)
+    first = report["first_divergence"]
+    assert code == 1 and first["stage"] == "log" and first["field"] == "step1.logged.tensorboard:train/text"
+    assert "B's value is the 32-class cross-entropy of micro-batch 1 alone (of 2)" in first["cause"]["mechanism"]
+
+
 def test_summed_logging_is_a_log_divergence_with_symptom(toy_trace, tmp_path):
     code, report = run_cli(toy_trace(), toy_trace("--bug", "summed-log"), tmp_path)
     assert code == 1
     assert report["first_divergence"]["stage"] == "log"
+    logged = [f for st in report["stages"] if st["stage"] == "log" for f in st["fields"]
+              if f["field"].startswith("step2.logged.") and f.get("cause")]
+    assert logged and "is the sum of A's train/loss over steps 1-2: an accumulator that is never reset" in \
+        logged[0]["cause"]["mechanism"]
     assert any(s["kind"] == "logged_loss" and s["run"] == "B" for s in report["symptoms"])
     assert report["summary"].startswith("diverged")
 

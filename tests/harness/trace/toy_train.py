@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 BUGS = ("none", "detached", "unscored-audio", "summed-log", "ignore-wd", "forget-scheduler", "label-shift",
-        "skip-batch-on-resume", "crash", "late-loss-scale", "forget-optimizer", "forget-rng")
+        "skip-batch-on-resume", "crash", "late-loss-scale", "forget-optimizer", "forget-rng", "log-last-micro-text")
 
 
 class Out:
@@ -92,6 +92,7 @@ def main() -> None:
     for step in range(start + 1, a.max_steps + 1):
         if a.bug != "summed-log":
             running = 0.0
+        texts = []
         for micro in range(a.grad_accum):
             b = batch(step, micro, a.batch_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast):
@@ -102,6 +103,7 @@ def main() -> None:
             text = F.cross_entropy(out.logits[:, :-1].reshape(-1, 32), labels[:, :-1].reshape(-1))
             audio = (torch.zeros(()) if a.bug == "unscored-audio"
                      else F.cross_entropy(out.audio_logits.reshape(-1, 10), b["audio_out_ids"].reshape(-1)))
+            texts.append(float(text.detach()))
             loss = (text + audio) / a.grad_accum
             if a.bug == "late-loss-scale" and step >= 2:     # a path that only a later batch takes
                 loss = loss * 1.5
@@ -114,6 +116,7 @@ def main() -> None:
         sched.step()
         opt.zero_grad()
         writer.add_scalar("train/loss", running, step)
+        writer.add_scalar("train/text", texts[-1] if a.bug == "log-last-micro-text" else sum(texts) / len(texts), step)
         if a.save_every and step % a.save_every == 0:
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
