@@ -818,9 +818,15 @@ def _native(f: FieldDiff, x: Facts) -> Result:
         return (f"the {side} optimizer class is {f.custom}, its effective_config declares {f.reference}", "")
     order = (x.evidence.get("native_schedule") or {}).get(side)
     if order is not None:
-        return (f"the {side} side steps the learning-rate scheduler before the optimizer: its update at step "
+        # At a warmup's first step (declared lr 0), "one step ahead" and "no warmup" give the same update:
+        # say both, the evidence cannot tell them apart.
+        dropped = order["step"] == 1 and order["lr_declared"] == 0
+        alt = (" or its warmup is dropped (the schedule starts at the value warmup would reach a step later)"
+               if dropped else "")
+        tail = "; or warmup_steps of the declared schedule missing" if dropped else ""
+        return (f"the {side} side steps the learning-rate scheduler before the optimizer{alt}: its update at step "
                 f"{order['step']} uses the schedule's next value ({order['lr_next']:.6g}) instead of "
-                f"{order['lr_declared']:.6g} (scheduler.step() ahead of optimizer.step(): the order is wrong)",
+                f"{order['lr_declared']:.6g} (scheduler.step() ahead of optimizer.step(): the order is wrong{tail})",
                 "the update equals the declared one at the next step's learning rate")
     return (f"the {side} optimizer step does not do what its effective_config declares (lr, betas, eps, weight decay "
             "and its no-decay groups, or gradient clipping)", _words(f))

@@ -223,11 +223,50 @@ def _compare_batches(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> Non
                 src = copied_from(sb.tensor(ib.get(name)), {n: sb.tensor(d) for n, d in ib.items() if n != name})
                 if src:
                     fd.cause["mechanism"] = (f"B feeds the content of its {src} as {name}: " + fd.cause["mechanism"])
+                else:
+                    moved = rows_elsewhere(c.a, name, sb.tensor(ib.get(name)), s, k)
+                    if moved:
+                        fd.cause["mechanism"] = moved + "; " + fd.cause["mechanism"]
     # A different count is batching (collator) when both steps ran to the update, else the run ended early.
     complete = sa.complete and sb.complete
     c.scalar("collator" if complete else "run", f"step{s}.micro_batches", len(ca), len(cb),
              words="the two runs feed a different number of micro-batches per optimizer step" if complete
              else "one run ended inside this step, before all its micro-batches ran")
+
+
+def _row_keys(t: Any) -> list[bytes]:
+    """Padding-free identity of each row (dim 0) of an integer batch tensor: the row without the trailing
+    run of its last value (the padding), so one sample keys alike in batches padded to other lengths."""
+    if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.is_floating_point() or t.shape[0] == 0:
+        return []
+    keys = []
+    for row in t.reshape(t.shape[0], -1):
+        n = row.numel()
+        while n > 1 and bool(row[n - 1] == row[-1]):
+            n -= 1
+        keys.append(row[:n].numpy().tobytes())
+    return keys
+
+
+def rows_elsewhere(a: Trace, name: str, tb: Any, s: int, k: int) -> str | None:
+    """When most rows (samples) of B's micro-batch k of step s are rows A's run feeds at other places
+    (padding left out), the words saying so: same samples, another order.  None otherwise (or when the
+    tensors were kept as summaries only)."""
+    rows_b = _row_keys(tb)
+    if not rows_b:
+        return None
+    seen: dict[bytes, tuple[int, int]] = {}
+    for st in a.rank_steps(0):
+        for j, call in enumerate(st.model_calls):
+            for key in _row_keys(st.tensor((call.get("inputs") or {}).get(name))):
+                seen.setdefault(key, (st.step, j))
+    found = [seen[h] for h in rows_b if h in seen and seen[h] != (s, k)]
+    if 2 * len(found) < len(rows_b):
+        return None
+    at = sorted(set(found))[:3]
+    return (f"B feeds samples A's run also feeds, in another order ({len(found)} of {len(rows_b)} rows of this "
+            f"micro-batch are A's at " + ", ".join(f"step {x} micro-batch {y}" for x, y in at)
+            + "): the sample order (shuffle seed, sampler or grouping) differs")
 
 
 def copied_from(t: torch.Tensor | None, others: dict[str, torch.Tensor | None]) -> str | None:
@@ -291,9 +330,16 @@ def _compare_loss(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
     widest = kind_key([sa, sb])
     ga = [x for x in ca if x.get("requires_grad")]
     gb = [x for x in cb if x.get("requires_grad")]
+    why = []
+    for kind in sorted({head_kind(x, widest) for x in ga} - {head_kind(x, widest) for x in gb}):
+        detached = [x for x in cb if not x.get("requires_grad") and head_kind(x, widest) == kind]
+        why.append(f"B computes its {kind} cross-entropy on logits that do not require a gradient (detached, or "
+                   f"under no_grad): that term trains nothing, no gradient reaches the {kind} head through it"
+                   if detached else f"B never scores the {kind} head in training")
     c.scalar("loss", f"step{s}.cross_entropy_calls", len(ga), len(gb), (gb or ga or [{}])[0].get("call_site"),
              words=f"the loss makes a different number of training cross-entropy calls (A {len(ga)}, B {len(gb)}: "
-                   f"A scores {sorted({head_kind(x, widest) for x in ga})}, B {sorted({head_kind(x, widest) for x in gb})})")
+                   f"A scores {sorted({head_kind(x, widest) for x in ga})}, B {sorted({head_kind(x, widest) for x in gb})})"
+                   + "".join(f"; {w}" for w in why))
     for k, (xa, xb) in enumerate(zip(ga, gb)):
         kind = head_kind(xa, widest)
         site = xb.get("call_site")

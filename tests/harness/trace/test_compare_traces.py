@@ -52,6 +52,22 @@ def test_a_precision_change_is_named_in_the_first_divergence(toy_trace, tmp_path
     assert "another precision" not in report["first_divergence"]["cause"]["mechanism"]
 
 
+def test_a_cross_entropy_on_detached_logits_is_named(toy_trace, tmp_path):
+    code, report = run_cli(toy_trace(), toy_trace("--bug", "detached-text"), tmp_path)
+    first = report["first_divergence"]
+    assert code == 1 and first["field"] == "step1.cross_entropy_calls", first
+    assert "B computes its text cross-entropy on logits that do not require a gradient" in first["cause"]["mechanism"]
+
+
+def test_the_same_samples_in_another_order_are_named(toy_trace, tmp_path):
+    code, report = run_cli(toy_trace(), toy_trace("--bug", "micro-order-reversed"), tmp_path)
+    first = report["first_divergence"]
+    assert code == 1 and first["field"] == "step1.mb0.input_ids", first
+    assert first["cause"]["mechanism"].startswith(
+        "B feeds samples A's run also feeds, in another order (2 of 2 rows of this micro-batch are A's at step 1 "
+        "micro-batch 1)")
+
+
 def test_a_logged_value_of_one_micro_batch_is_named(toy_trace, tmp_path):
     code, report = run_cli(toy_trace(), toy_trace("--bug", "log-last-micro-text"), tmp_path)
     first = report["first_divergence"]

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 BUGS = ("none", "detached", "unscored-audio", "summed-log", "ignore-wd", "forget-scheduler", "label-shift",
-        "skip-batch-on-resume", "crash", "late-loss-scale", "forget-optimizer", "forget-rng", "log-last-micro-text")
+        "skip-batch-on-resume", "crash", "late-loss-scale", "forget-optimizer", "forget-rng", "log-last-micro-text",
+        "detached-text", "micro-order-reversed")
 
 
 class Out:
@@ -94,13 +95,14 @@ def main() -> None:
             running = 0.0
         texts = []
         for micro in range(a.grad_accum):
-            b = batch(step, micro, a.batch_size)
+            b = batch(step, a.grad_accum - 1 - micro if a.bug == "micro-order-reversed" else micro, a.batch_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast):
                 out = model(**b)
             if a.bug == "crash" and step == 2:
                 raise RuntimeError("toy trainer: simulated crash in step 2")
             labels = b["input_ids"] if a.bug == "label-shift" else torch.roll(b["input_ids"], -1, dims=1)
-            text = F.cross_entropy(out.logits[:, :-1].reshape(-1, 32), labels[:, :-1].reshape(-1))
+            logits = out.logits.detach() if a.bug == "detached-text" else out.logits
+            text = F.cross_entropy(logits[:, :-1].reshape(-1, 32), labels[:, :-1].reshape(-1))
             audio = (torch.zeros(()) if a.bug == "unscored-audio"
                      else F.cross_entropy(out.audio_logits.reshape(-1, 10), b["audio_out_ids"].reshape(-1)))
             texts.append(float(text.detach()))
