@@ -119,7 +119,7 @@ def check_flags(command: Sequence[str], options: Sequence[Option], work: Path, *
                 only: Sequence[str] | None, inert: Sequence[str], timeout: float) -> list[FlagResult] | None:
     from harness.trace.compare import compare_traces
     from harness.trace.load import Trace
-    from harness.trace.run import run_traced
+    from harness.trace.run import reproducible_env, run_traced
     from harness.trace.symptoms import symptoms
 
     out_flag = next((o.name for o in options if o.name in ("--output-dir", "--output_dir")), None)
@@ -130,7 +130,8 @@ def check_flags(command: Sequence[str], options: Sequence[Option], work: Path, *
         tag = f"run{n[0]:02d}"
         cmd = list(command) + extra + ([out_flag, str(work / f"{tag}-out")] if out_flag else [])
         print(f"check-flags: {' '.join(extra) or '(baseline)'}", file=sys.stderr, flush=True)
-        return run_traced(cmd, work / f"{tag}-trace", steps=steps, echo=False, timeout=timeout), work / f"{tag}-trace"
+        return (run_traced(cmd, work / f"{tag}-trace", steps=steps, echo=False, timeout=timeout, env=reproducible_env()),
+                work / f"{tag}-trace")
 
     code, base_dir = traced([])
     if code != 0:

@@ -90,7 +90,7 @@ def check_resume(command: Sequence[str], work: Path, *, steps: int, kill_after: 
     """Run the three traced runs and compare; returns (report, problem) where problem is a usage error text."""
     from harness.trace.compare import Tolerance, compare_traces
     from harness.trace.load import Trace
-    from harness.trace.run import run_traced
+    from harness.trace.run import reproducible_env, run_traced
 
     ms, od = flags["max_steps"], flags["output_dir"]
     base = list(command) + [ms, str(steps)] + list(flags["save"])
@@ -100,11 +100,10 @@ def check_resume(command: Sequence[str], work: Path, *, steps: int, kill_after: 
         "resumed": (base + [od, str(work / "run-resumed")] + list(flags["resume"]),
                     {"HIGGS_TRACE_STEP_OFFSET": str(kill_after)}),
     }
-    import os
     codes = {}
     for name, (cmd, extra) in runs.items():
         echo(f"check-resume: {name} run: {shlex.join(cmd)}")
-        env = dict(os.environ, **extra)
+        env = reproducible_env(**extra)
         codes[name] = run_traced(cmd, work / f"trace-{name}", steps=steps, echo=False, env=env, timeout=timeout)
     if codes["straight"] != 0:
         return None, f"the straight run failed (exit {codes['straight']}); see {work / 'trace-straight' / 'command.log'}"

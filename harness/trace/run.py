@@ -55,6 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Intel MKL (torch's CPU BLAS) may round differently from one process to the next, with the memory
+# alignment of its buffers, unless its Conditional Numerical Reproducibility mode is on.  Commands that run
+# one program several times and expect the same numbers (check-resume, check-flags) set it.
+REPRODUCIBLE_ENV = {"MKL_CBWR": "AUTO,STRICT"}
+
+
+def reproducible_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """`base` (default: this process's environment) with `extra`, and MKL's reproducible mode unless the
+    caller's environment already chooses one."""
+    env = dict(os.environ if base is None else base, **extra)
+    for k, v in REPRODUCIBLE_ENV.items():
+        env.setdefault(k, v)
+    return env
+
+
 def trace_env(out: Path, steps: int, layers: bool, max_numel: int, base: dict[str, str] | None = None,
               start_step: int = 1) -> dict[str, str]:
     """The environment that injects the recorder into every Python process the command starts."""

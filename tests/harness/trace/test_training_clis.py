@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -123,6 +124,17 @@ def test_check_resume_names_the_state_the_checkpoint_does_not_restore(tmp_path, 
 def test_check_resume_passes_with_dropout_when_the_random_state_is_restored(tmp_path):
     assert resume_cli.main(["--steps", "4", "--kill-after", "2", "--work-dir", str(tmp_path), "--",
                             *toy_command("--dropout", "0.25")]) == 0
+
+
+def test_repeated_runs_ask_mkl_for_reproducible_results(monkeypatch):
+    """check-resume and check-flags run one program several times and expect the same numbers: MKL's
+    reproducible mode is on for them unless the caller's environment already chooses one."""
+    from harness.trace.run import reproducible_env
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    assert reproducible_env(X="1") == {**os.environ, "X": "1", "MKL_CBWR": "AUTO,STRICT"}
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    assert reproducible_env()["MKL_CBWR"] == "COMPATIBLE"
 
 
 def test_check_flags_names_an_ignored_option(tmp_path):
