@@ -59,10 +59,9 @@ def _covered(module: Any, args: tuple, kwargs: dict) -> str | None:
     return name
 
 
-def base_dtype_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+def base_dtype_forward(self: Any, x: torch.Tensor, name: str) -> torch.Tensor:
     """The adapter path in the base output's dtype (module docstring); `self` a peft LoRA Linear whose
-    call `_covered` accepts.  x (..., in) -> (..., out), the dtype of `base_layer(x)`."""
-    name = self.active_adapters[0]
+    call `_covered` accepts for adapter `name`.  x (..., in) -> (..., out), the dtype of `base_layer(x)`."""
     result = self.base_layer(x)                                               # (..., out)
     dtype = result.dtype
     a = self.lora_A[name].weight.to(dtype)                                    # (r, in)
@@ -79,9 +78,10 @@ if LoraLinear is not None:
         """peft's `lora.Linear` whose covered calls run `base_dtype_forward`; the rest, peft's forward."""
 
         def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if _covered(self, args, kwargs) is None:
+            name = _covered(self, args, kwargs)
+            if name is None:
                 return super().forward(x, *args, **kwargs)
-            return base_dtype_forward(self, x)
+            return base_dtype_forward(self, x, name)
 else:  # pragma: no cover
     BaseDtypeLoraLinear = None  # type: ignore[assignment,misc]
 

@@ -458,8 +458,8 @@ def _compare_logs(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
               "one run logs a value the other does not")
 
 
-def _close(x: float, y: float, rtol: float = 1e-5) -> bool:
-    return math.isfinite(x) and math.isfinite(y) and abs(x - y) <= rtol * max(abs(x), abs(y), 1e-12)
+def _close(x: float, y: float) -> bool:
+    return math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-12)     # False for inf and NaN
 
 
 def logged_value_origin(a: Trace, s: int, tag: str, va: Any, vb: Any, sb: StepTrace) -> str | None:
@@ -506,15 +506,14 @@ def _micro_batch_ce(st: StepTrace) -> dict[tuple[int, int], float]:
         if v is None or ce.get("reduction") not in ("mean", "sum", "none"):
             continue
         mb = max(0, sum(1 for q in calls if q < (ce.get("seq") or 0)) - 1)
-        acc = pooled.setdefault((mb, int(ce.get("classes") or 0)), [0.0, 0.0, 0.0])   # sum of losses, count, calls
+        acc = pooled.setdefault((mb, int(ce.get("classes") or 0)), [0.0, 0.0])   # sum of losses, supervised count
         if ce.get("reduction") in ("sum", "none"):      # per-position results: ignored positions hold 0
             acc[0] += v
             acc[1] += n or 0.0
         else:
             acc[0] += v * (n or 1.0)
             acc[1] += n or 1.0
-        acc[2] += 1
-    return {k: tot / cnt for k, (tot, cnt, _) in pooled.items() if cnt > 0}
+    return {k: tot / cnt for k, (tot, cnt) in pooled.items() if cnt > 0}
 
 
 CONSEQUENCE_FIELDS = (".backward", ".grad.", ".param.", ".state.", ".group", ".clip", ".scheduler")

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -84,6 +84,16 @@ def call_site(limit: int = 4) -> list[dict[str, Any]]:
             out.append({"file": fn, "line": frame.f_lineno, "function": frame.f_code.co_name})
         frame = frame.f_back
     return out
+
+
+class _Meta(NamedTuple):
+    """What `Recorder.keep_many` reads once from a tensor recorded under one key every step."""
+
+    layout: tuple        # (shape, device, dtype): the cache holds while these stay
+    shape: list          # JSON forms
+    dtype: str
+    device: str
+    summarised: bool     # above max_numel and floating: summarised by the fused norms
 
 
 def _timed(method):
@@ -131,7 +141,7 @@ class Recorder:
         self.pending_scalars: list[tuple[dict[str, Any], str, torch.Tensor]] = []
         self.pending_hashes: list[tuple[dict[str, Any], str, torch.Tensor]] = []
         self.owns_cache: dict[int, bool] = {}   # id(module) -> holds an optimizer's parameter
-        self.meta_cache: dict[str, tuple] = {}   # tensor key -> (shape, list, dtype, device, summarised, group)
+        self.meta_cache: dict[str, _Meta] = {}   # tensor key -> what keep_many read from its tensor
         # The recorder's own host time inside the hooks of the step being recorded (written into the step
         # as recorder_host_s: what the trace adds to the step's critical path, besides waiting for the GPU).
         self.host_s = 0.0
@@ -452,19 +462,17 @@ class Recorder:
         cache = self.meta_cache
         for k, t in zip(keys, tensors):
             meta = cache.get(k)
-            if meta is None or meta[0] != t.shape or meta[5][1] != t.dtype or meta[5][0] != t.device:
-                meta = cache[k] = (t.shape, list(t.shape), str(t.dtype).replace("torch.", ""), t.device.type,
-                                   t.numel() > self.max_numel and t.is_floating_point(), (t.device, t.dtype))
-            if not meta[4]:
+            if meta is None or meta.layout != (t.shape, t.device, t.dtype):
+                meta = cache[k] = _Meta((t.shape, t.device, t.dtype), list(t.shape), str(t.dtype).replace("torch.", ""),
+                                        t.device.type, t.numel() > self.max_numel and t.is_floating_point())
+            if not meta.summarised:
                 descs.append(self.keep(k, t))
                 continue
-            desc = {"key": k, "shape": meta[1], "dtype": meta[2], "device": meta[3], "stored": False}
+            desc = {"key": k, "shape": meta.shape, "dtype": meta.dtype, "device": meta.device, "stored": False}
             descs.append(desc)
-            group = groups.get(meta[5])
-            if group is None:
-                group = groups[meta[5]] = ([], [])
-            group[0].append(t)
-            group[1].append(desc)
+            ts, group_descs = groups.setdefault(meta.layout[1:], ([], []))    # by (device, dtype)
+            ts.append(t)
+            group_descs.append(desc)
         with torch.no_grad():
             for ts, group_descs in groups.values():
                 l1 = torch.stack(torch._foreach_norm(ts, 1)).double()

@@ -24,7 +24,6 @@ written), 2 bad usage (a flag the command does not have, a run that failed befor
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -130,11 +129,11 @@ def _batch_key(st) -> list:
 def _where_from(straight, b, k: int) -> str:
     """Where the resumed step's first micro-batch sits in the straight run, as words ('' when nowhere):
     the data position's offset in steps, or in micro-batches when it is not a whole number of steps."""
-    first = json.dumps(_batch_key(b)[:1], sort_keys=True)
+    first = _batch_key(b)[:1]
     per_step = max(1, len(next((st for st in straight.rank_steps(0) if st.step == k + 1), b).model_calls))
     for st in straight.rank_steps(0):
         for i, key in enumerate(_batch_key(st)):
-            if key and json.dumps([key], sort_keys=True) == first:
+            if key and [key] == first:
                 off = (st.step - 1) * per_step + i - k * per_step       # in micro-batches
                 by = (f"{off // per_step:+d} step(s)" if off % per_step == 0 else f"{off:+d} micro-batch(es)")
                 return (f"; its first micro-batch is the one the straight run trained at step {st.step} "
