@@ -22,6 +22,16 @@ single addition, so the result is bit-identical to upstream's in fp32
 (tests/custom_impl/test_speed.py).  Without data-dependent shapes inside,
 `torch.compile` captures the whole layer (attention, norms, both FFNs, LoRA) as one graph.
 
+Padding rows (`unpad`, the `unpad-ffn` speed switch): upstream runs the text FFN on every row that
+is not audio, padding included (13% of the rows of a batch of 32 shipped samples).  With `unpad`
+the split takes the batch's merged (B, L) attention mask, recorded from the model's
+`_update_causal_mask` call of the same forward, and puts padding rows in a third group that skips
+both FFNs: their layer output is the attention residual alone.  No real row can see that change: the
+attention mask (or, right-padded, causality) hides padding keys from every real query, and every
+op of the FFN works row by row, so real rows' outputs are upstream's up to the GEMMs' summation
+order for another row count.  Padding rows carry no label; their outputs differ from upstream's,
+as they already do under `causal-attn`.
+
 `install(model_base, compile_layers=...)` replaces `forward` on each eligible layer INSTANCE of one
 model (the class and every other model, e.g. the reference's, keep upstream's forward); any call
 the core does not cover (cache, attention outputs, ...) goes to upstream's forward unchanged.
@@ -45,40 +55,72 @@ RECOMPILE_LIMIT = 64
 
 @dataclass
 class TokenSplit:
-    """Text/audio rows of a (B, L) audio mask as flat indices into the (B * L) rows."""
+    """Text/audio(/padding) rows of a (B, L) audio mask as flat indices into the (B * L) rows."""
 
     mask: torch.Tensor          # (B, L) bool, True at audio positions (the tensor the layers receive)
     text_idx: torch.Tensor      # (n_text,) long, ascending
-    audio_idx: torch.Tensor     # (n_audio,) long, ascending; n_text + n_audio = B * L
+    audio_idx: torch.Tensor     # (n_audio,) long, ascending
+    pad_idx: torch.Tensor       # (n_pad,) long, ascending (empty without `valid`); n_text + n_audio + n_pad = B * L
+    valid: torch.Tensor | None = None   # (B, L) the merged attention mask the split skipped padding by
 
     @classmethod
-    def of(cls, mask: torch.Tensor) -> "TokenSplit":
+    def of(cls, mask: torch.Tensor, valid: torch.Tensor | None = None) -> "TokenSplit":
+        """Split by `mask` (B, L) bool; with `valid` (B, L) (0/1 or bool, the merged attention
+        mask), rows where it is 0 go to `pad_idx` whatever `mask` says."""
         flat = mask.reshape(-1)                                     # (B * L,)
-        return cls(mask=mask, text_idx=torch.nonzero(~flat).squeeze(1), audio_idx=torch.nonzero(flat).squeeze(1))
+        if valid is None:
+            return cls(mask=mask, text_idx=torch.nonzero(~flat).squeeze(1), audio_idx=torch.nonzero(flat).squeeze(1),
+                       pad_idx=flat.new_empty(0, dtype=torch.long))
+        real = valid.reshape(-1).bool()                             # (B * L,)
+        return cls(mask=mask, text_idx=torch.nonzero(~flat & real).squeeze(1),
+                   audio_idx=torch.nonzero(flat & real).squeeze(1), pad_idx=torch.nonzero(~real).squeeze(1),
+                   valid=valid)
 
 
 class SplitCache:
-    """The split of the mask the current forward passes to every layer (computed by the first)."""
+    """The split of the mask the current forward passes to every layer (computed by the first).
+
+    `valid`: the merged (B, L) attention mask of the current forward, set by `record_padding`'s
+    wrapper of the model's `_update_causal_mask` when padding rows are to skip the FFNs, else None.
+    """
 
     def __init__(self) -> None:
         self.split: TokenSplit | None = None
+        self.valid: torch.Tensor | None = None
 
     def get(self, mask: torch.Tensor) -> TokenSplit:
         # Identity, not value: one forward passes the same mask object to all layers.  The cache
         # holds that object, so a later forward's mask cannot reuse its id.
-        if self.split is None or self.split.mask is not mask:
-            self.split = TokenSplit.of(mask)
+        valid = self.valid if self.valid is not None and tuple(self.valid.shape) == tuple(mask.shape) else None
+        if self.split is None or self.split.mask is not mask or self.split.valid is not valid:
+            self.split = TokenSplit.of(mask, valid)
         return self.split
+
+
+def record_padding(base: torch.nn.Module, cache: SplitCache) -> None:
+    """Wrap `base._update_causal_mask` (whatever is bound there: upstream's or `attention`'s) to keep
+    the merged (B, L) attention mask of each forward on `cache.valid` (None when it is not one).
+    Bound methods only, so a deep copy of the model gets its own wiring."""
+    base.higgs_padding_cache = cache
+    base.higgs_inner_update_causal_mask = base._update_causal_mask
+    base._update_causal_mask = types.MethodType(_recording_update_causal_mask, base)
+
+
+def _recording_update_causal_mask(self: torch.nn.Module, attention_mask: Any, *args: Any, **kwargs: Any) -> Any:
+    self.higgs_padding_cache.valid = (attention_mask if isinstance(attention_mask, torch.Tensor)
+                                      and attention_mask.dim() == 2 else None)
+    return self.higgs_inner_update_causal_mask(attention_mask, *args, **kwargs)
 
 
 def dual_ffn_core(layer: HiggsAudioDualFFNDecoderLayer, hidden_states: torch.Tensor,
                   attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
                   cache_position: torch.Tensor | None, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                  audio_mask: torch.Tensor, text_idx: torch.Tensor, audio_idx: torch.Tensor) -> torch.Tensor:
+                  audio_mask: torch.Tensor, text_idx: torch.Tensor, audio_idx: torch.Tensor,
+                  pad_idx: torch.Tensor | None = None) -> torch.Tensor:
     """One dual-FFN layer, training path (see module docstring).
 
-    hidden_states (B, L, H), audio_mask (B, L) bool, text_idx (n_text,), audio_idx (n_audio,)
-    -> (B, L, H).
+    hidden_states (B, L, H), audio_mask (B, L) bool, text_idx (n_text,), audio_idx (n_audio,),
+    pad_idx (n_pad,) rows that skip both FFNs (None: no such rows) -> (B, L, H).
     """
     residual = hidden_states                                                        # (B, L, H)
     hidden_states = torch.where(audio_mask.unsqueeze(-1), layer.audio_input_layernorm(hidden_states),
@@ -89,12 +131,16 @@ def dual_ffn_core(layer: HiggsAudioDualFFNDecoderLayer, hidden_states: torch.Ten
                                position_embeddings=position_embeddings)[0]        # (B, L, H)
     hidden_states = residual + attn_out                                             # (B, L, H)
     flat = hidden_states.reshape(-1, hidden_states.shape[-1])                       # (B*L, H)
-    perm = torch.cat([text_idx, audio_idx])                                         # (B*L,) text rows, then audio
+    if pad_idx is None:
+        pad_idx = text_idx.new_empty(0)
+    perm = torch.cat([text_idx, audio_idx, pad_idx])                                # (B*L,) text, audio, padding rows
     inv = torch.empty_like(perm).index_copy_(0, perm, torch.arange(perm.numel(), device=perm.device))
-    text_in, audio_in = permute_rows(flat, perm, inv).split([text_idx.numel(), audio_idx.numel()])
+    text_in, audio_in, _ = permute_rows(flat, perm, inv).split([text_idx.numel(), audio_idx.numel(),
+                                                                pad_idx.numel()])
     text = layer.mlp(layer.post_attention_layernorm(text_in))                       # (n_text, H)
     audio = layer.audio_mlp(layer.audio_post_attention_layernorm(audio_in))         # (n_audio, H)
-    out = flat + permute_rows(torch.cat([text, audio]), inv, perm)                  # (B*L, H)
+    skipped = text.new_zeros(pad_idx.numel(), text.shape[-1])                       # (n_pad, H)
+    out = flat + permute_rows(torch.cat([text, audio, skipped]), inv, perm)         # (B*L, H)
     return out.view_as(hidden_states)
 
 
@@ -175,7 +221,7 @@ def _index_forward(self: HiggsAudioDualFFNDecoderLayer, hidden_states: torch.Ten
     if self.higgs_core is not dual_ffn_core:
         mark_dynamic_shapes(hidden_states, attention_mask, position_ids, cache_position, position_embeddings, split)
     out = self.higgs_core(self, hidden_states, attention_mask, position_ids, cache_position, position_embeddings,
-                          split.mask, split.text_idx, split.audio_idx)
+                          split.mask, split.text_idx, split.audio_idx, split.pad_idx)
     return (out,)
 
 
@@ -192,6 +238,7 @@ def mark_dynamic_shapes(hidden_states: torch.Tensor, attention_mask: torch.Tenso
     mark(split.mask, 1)
     mark(split.text_idx, 0)
     mark(split.audio_idx, 0)
+    mark(split.pad_idx, 0)
     if attention_mask is not None:                                   # (B, 1, L, L)
         for dim in (0, 2, 3):
             mark(attention_mask, dim)
@@ -205,16 +252,20 @@ def mark_dynamic_shapes(hidden_states: torch.Tensor, attention_mask: torch.Tenso
         mark(t, 1)
 
 
-def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool) -> dict[str, int]:
+def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool, unpad: bool = False) -> dict[str, int]:
     """Patch the decoder layers of ONE HiggsAudioModel instance (`base`, unwrapped from peft/DDP).
 
     index_ffn: eligible dual-FFN layers run `dual_ffn_core` (compiled when `compile_layers`).
+    unpad: with index_ffn, padding rows skip both FFNs (module docstring; `record_padding`).
     compile_layers: the other layers (or all, without index_ffn: then upstream's boolean-mask
     layer, whose graph breaks) are compiled whole with `nn.Module.compile`.
     Returns counts of what was done, for logs and reports.
     """
     cache = SplitCache()
     done = {"index_ffn_layers": 0, "compiled_layers": 0, "layers": len(base.layers)}
+    if index_ffn and unpad:
+        record_padding(base, cache)
+        done["unpad_ffn"] = 1
     if compile_layers:
         raise_recompile_limit()
     for layer in base.layers:

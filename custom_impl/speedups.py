@@ -52,7 +52,10 @@ def apply(model: torch.nn.Module, opts: SpeedOptions) -> dict[str, Any]:
         if reason is not None:
             logger.warning(f"speed switch causal-attn not applied: {reason}")
     if opts.index_ffn or opts.compile_layers:
-        done.update(_dual_ffn.install(base, index_ffn=opts.index_ffn, compile_layers=opts.compile_layers))
+        done.update(_dual_ffn.install(base, index_ffn=opts.index_ffn, compile_layers=opts.compile_layers,
+                                      unpad=opts.unpad_ffn))
+    if opts.unpad_ffn and not opts.index_ffn:
+        logger.warning("speed switch unpad-ffn has no effect without index-ffn")
     model.higgs_speed = opts
     return done
 

@@ -146,6 +146,66 @@ def test_index_dual_ffn_layer_equals_upstream_layer(ctx, padded):
         torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("right_padded", [True, False])
+def test_unpadded_dual_ffn_layer_equals_upstream_at_real_rows(ctx, right_padded):
+    """Padding rows skip both FFNs: real rows keep upstream's output and every gradient a loss on
+    real rows gives (up to summation order); padding rows get the attention residual alone."""
+    base = speedups.base_model(_model(ctx))
+    layer = base.layers[0]
+    g = torch.Generator().manual_seed(1)
+    b, n, h = 3, 24, base.config.text_config.hidden_size
+    hidden = torch.randn(b, n, h, generator=g)
+    keep = torch.ones(b, n, dtype=torch.long)                                    # (B, L) merged attention mask
+    if right_padded:
+        keep[0, 17:] = 0
+        keep[2, 20:] = 0
+    else:
+        keep[1, :6] = 0
+    mask = (torch.rand(b, n, generator=g) < 0.4) & keep.bool()                   # (B, L) audio positions, all real
+    position_ids = torch.arange(n).unsqueeze(0).expand(b, n)
+    pos_emb = base.rotary_emb(hidden, position_ids)
+    attn_mask = base._update_causal_mask(keep, hidden, torch.arange(n), None, False)
+    real = keep.bool()
+
+    def run(fn):
+        x = hidden.clone().requires_grad_(True)
+        out = fn(x)
+        out[real].pow(2).sum().backward()
+        grads = [p.grad.clone() for p in layer.parameters() if p.requires_grad] + [x.grad.clone()]
+        layer.zero_grad()
+        return out.detach(), grads
+
+    up_out, up_grads = run(lambda x: dual_ffn.UPSTREAM_FORWARD(
+        layer, x, attention_mask=attn_mask, position_ids=position_ids, audio_out_mask=mask,
+        cache_position=torch.arange(n), position_embeddings=pos_emb)[0])
+    split = dual_ffn.TokenSplit.of(mask, keep)
+    assert split.pad_idx.numel() == int((keep == 0).sum())
+    assert split.text_idx.numel() + split.audio_idx.numel() + split.pad_idx.numel() == b * n
+    ix_out, ix_grads = run(lambda x: dual_ffn.dual_ffn_core(layer, x, attn_mask, position_ids, torch.arange(n),
+                                                            pos_emb, mask, split.text_idx, split.audio_idx,
+                                                            split.pad_idx))
+    torch.testing.assert_close(ix_out[real], up_out[real], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(ix_out[~real], up_out[~real])                     # padding rows did skip the FFN
+    for a, c in zip(ix_grads, up_grads):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_unpad_records_each_forwards_padding_and_survives_a_deep_copy(ctx, batches):
+    import copy
+
+    model = _model(ctx, SpeedOptions.none().replace(index_ffn=True, unpad_ffn=True))
+    base = speedups.base_model(model)
+    out = S.forward(model, batches[0], ctx)
+    cache = base.layers[0].higgs_split_cache
+    merged = out.extra["attention_mask"]                                          # (B, L)
+    assert cache.valid is not None and torch.equal(cache.valid, merged)
+    assert cache.split.pad_idx.numel() == int((merged == 0).sum()) > 0           # the shipped batch has padding
+    twin = copy.deepcopy(model)
+    twin_base = speedups.base_model(twin)
+    assert twin_base.higgs_padding_cache is twin_base.layers[0].higgs_split_cache is not cache
+    assert twin_base._update_causal_mask.__self__ is twin_base
+
+
 def test_installed_layers_fall_back_to_upstream_outside_the_training_path(ctx, batches):
     model = _model(ctx, SpeedOptions.none().replace(index_ffn=True))
     base = speedups.base_model(model)
