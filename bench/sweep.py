@@ -1,13 +1,14 @@
 """The train section's plan: which (config, pipeline, batch, speed variant, batching) runs, in order.
 
 1. every config at the first batch size; `lora-common` at every listed batch size; with
-   `yardstick`, the plain-PyTorch yardstick (`bench.yardstick`) beside the two pipelines;
+   `yardstick`, the plain-PyTorch yardstick (`bench.yardstick`) beside the two pipelines; with
+   `repeats` > 1, the first batch size's main rows again (repeat 2, 3, ...) right after them, for
+   the run-to-run spread;
 2. `max` in the batch list: for each pipeline, the batch doubles from the largest listed size
    until a run fails (out of memory) or reaches `max_batch`; the largest that ran is reported;
 3. epoch batching at one batch size (`--epoch-batch`): reference, custom, and custom with
    group-by-length flipped, each over its own batches of one pool (`bench.train`);
-4. `repeats` > 1: the first batch size's main rows again (repeat 2, 3, ...), for the spread;
-5. custom speed variants (`--variants`, each a `custom_impl.speed` SPEC applied on top of the
+4. custom speed variants (`--variants`, each a `custom_impl.speed` SPEC applied on top of the
    main custom options, e.g. `-compile` or `none`) at one batch size, fixed batching, in the
    order given (most wanted first: a deadline skips the last).
 
@@ -156,9 +157,16 @@ def run_sweep(ctx: Any, items: Sequence[Any], configs: dict[str, dict[str, Any]]
     pipelines = ("reference", "custom") + (("yardstick",) if plan.yardstick else ())
     for name in configs:
         sizes = list(plan.batch_sizes) if name == "lora-common" else list(plan.batch_sizes[:1])
-        for bs in sizes:
+        for i, bs in enumerate(sizes):
             for pipeline in (pipelines if name == "lora-common" else pipelines[:2]):
                 measure(name, pipeline, bs, speed=custom_speed if pipeline == "custom" else None)
+            if name == "lora-common" and i == 0:
+                # Repeats right after the first: the runs whose spread is measured see the same machine
+                # state (clocks, heat, other tenants) rather than the state after the larger batches.
+                for repeat in range(2, plan.repeats + 1):
+                    for pipeline in pipelines:
+                        measure("lora-common", pipeline, bs,
+                                speed=custom_speed if pipeline == "custom" else None, repeat=repeat)
         if name == "lora-common" and plan.search_max:
             for pipeline in pipelines:
                 bs = 2 * max(sizes)
@@ -167,11 +175,6 @@ def run_sweep(ctx: Any, items: Sequence[Any], configs: dict[str, dict[str, Any]]
                     if row["status"] != "ok":
                         break
                     bs *= 2
-    if "lora-common" in configs:
-        for repeat in range(2, plan.repeats + 1):
-            for pipeline in pipelines:
-                measure("lora-common", pipeline, plan.batch_sizes[0],
-                        speed=custom_speed if pipeline == "custom" else None, repeat=repeat)
     if "lora-common" in configs and plan.epoch_batch:
         from custom_impl.speed import flipped
 

@@ -43,8 +43,9 @@ import logging
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -215,6 +216,23 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Python's collector leaves the heap that exists now alone while the timed steps run.
+
+    The bench measures every pipeline in one process, one after another: the objects an earlier
+    run left (torch.compile's graphs and caches above all) would make each full collection during a
+    later run slower than in that pipeline's own process.  `gc.freeze` moves them to the permanent
+    generation, as a fresh process would have them; `gc.unfreeze` gives them back afterwards.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -285,14 +303,15 @@ def run_custom(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence[Ba
             opt.zero_grad(set_to_none=True)
             return float(lbs[0].total.detach())
 
-        for i in range(warmup + steps):
-            sync(device)
-            t0 = time.perf_counter()
-            loss = one_step(batches[i % len(batches)])
-            sync(device)
-            if i >= warmup:
-                m.step_seconds.append(time.perf_counter() - t0)
-            m.losses.append(loss)
+        with frozen_heap():
+            for i in range(warmup + steps):
+                sync(device)
+                t0 = time.perf_counter()
+                loss = one_step(batches[i % len(batches)])
+                sync(device)
+                if i >= warmup:
+                    m.step_seconds.append(time.perf_counter() - t0)
+                m.losses.append(loss)
         m.peak_memory_gib = _peak(device)
         if count and not speed.compile_layers:   # the flop counter's dispatch mode and compiled graphs do not mix
             m.counted_flops_per_step = count_flops(
@@ -412,7 +431,8 @@ def run_reference(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence
                                            train_dataset=_RepeatDataset(m.batch_size * (warmup + steps)),
                                            data_collator=_BatchCycle(ref_batches),
                                            callbacks=[timer.callback])
-            result = trainer.train()
+            with frozen_heap():
+                result = trainer.train()
         m.step_seconds = timer.seconds
         m.losses = [float(result.training_loss)]
         m.peak_memory_gib = _peak(device)

@@ -274,14 +274,15 @@ def run_yardstick(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence
             opt.zero_grad(set_to_none=True)
             return float(loss.detach())
 
-        for i in range(warmup + steps):
-            tb.sync(device)
-            t0 = time.perf_counter()
-            loss = one_step(ybatches[i % len(ybatches)])
-            tb.sync(device)
-            if i >= warmup:
-                m.step_seconds.append(time.perf_counter() - t0)
-            m.losses.append(loss)
+        with tb.frozen_heap():
+            for i in range(warmup + steps):
+                tb.sync(device)
+                t0 = time.perf_counter()
+                loss = one_step(ybatches[i % len(ybatches)])
+                tb.sync(device)
+                if i >= warmup:
+                    m.step_seconds.append(time.perf_counter() - t0)
+                m.losses.append(loss)
         m.peak_memory_gib = tb._peak(device)
         if count:
             m.counted_flops_per_step = tb.count_flops(lambda: model.loss(ybatches[0]).backward())

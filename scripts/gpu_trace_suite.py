@@ -134,10 +134,12 @@ def main() -> int:
         ov = row.get("trace_overhead")
         share = row.get("recorder_host_share")
         cmp_ = row.get("compare") or {}
+        verdict = ("not run (--overhead-only)" if args.overhead_only
+                   else f"{cmp_.get('verdict', 'no report')}: {cmp_.get('headline', '')}")
         lines.append(f"| {side} | {_fmt(row['step_s_untraced'])} | {_fmt(row['step_s_traced'])} | "
                      f"{'-' if ov is None else f'{ov:+.1%}'} | {_fmt(row.get('recorder_host_s'))} "
                      f"({'-' if share is None else f'{share:.1%}'}) | {_fmt(row.get('recorder_readback_s'))} | "
-                     f"{cmp_.get('verdict', 'no report')}: {cmp_.get('headline', '')} |")
+                     f"{verdict} |")
     lines += ["", "overhead: traced against untraced step time in one process (includes any warm-up still "
               "going on in the traced steps); recorder host s: the recorder's own time in its hooks, "
               "summaries and file writing, from each step's `recorder` record (the read-back also waits for "

@@ -173,8 +173,8 @@ def test_speed_suite_smoke_run(tmp_path, assets):
     assert code == 0
     res = json.loads((tmp_path / "bench.json").read_text())
     main = [(r["pipeline"], r["batch_size"], r["repeat"]) for r in res["train"]["rows"]]
-    assert main == [(p, b, 1) for b in (1, 2) for p in ("reference", "custom", "yardstick")] + [
-        (p, 1, 2) for p in ("reference", "custom", "yardstick")]
+    pipes = ("reference", "custom", "yardstick")
+    assert main == [(p, 1, k) for k in (1, 2) for p in pipes] + [(p, 2, 1) for p in pipes]   # repeats back to back
     assert all(r["status"] == "ok" for r in res["train"]["rows"]), [r["error"] for r in res["train"]["rows"]]
     assert res["profile"]["status"] == "ok" and res["summary"]["repeats_b1"]["custom"]["tokens_per_s"]
     md = (tmp_path / "bench.md").read_text()
@@ -188,3 +188,14 @@ def test_summary_puts_the_compare_run_against_training_steps():
            "harness": {"diff_plus_report_over_compute": 0.05, "total_s": 100.0, "samples": 4}}
     s = bench.summarise(res)
     assert s["harness_total_in_train_steps"] == {"reference": 200.0, "custom": 400.0}
+
+
+def test_frozen_heap_freezes_the_heap_for_the_timed_steps_and_gives_it_back():
+    import gc
+
+    from bench import train as tb
+
+    before = gc.get_freeze_count()
+    with tb.frozen_heap():
+        assert gc.get_freeze_count() > before
+    assert gc.get_freeze_count() == before
