@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "lora-common batch size")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure the first batch size's main rows this many times (the summary reports the spread)")
+    p.add_argument("--repeat-steps", type=int, default=None, metavar="N",
+                   help="timed steps of each of those repeated rows (default: --steps). A launch-bound small batch "
+                        "varies 10-20%% from step to step on a shared host; the median of N steps has a standard "
+                        "error of about 1.25 x that / sqrt(N), so the spread between repeats needs more steps there")
     p.add_argument("--profile-batch", type=int, default=None, metavar="B",
                    help="after the sweep, profile the custom step at batch B with torch.profiler (bench.profile)")
     p.add_argument("--profile-steps", type=int, default=3, help="profiled steps (after --warmup unprofiled ones)")
@@ -492,8 +496,9 @@ def render_markdown(res: dict[str, Any]) -> str:
             lines += ["", f"FLOP model (useful work, the same for both pipelines): `{formulas[0]}`", ""]
     spreads = {k: v for k, v in res.get("summary", {}).items() if k.startswith("repeats_b")}
     for key, sp in spreads.items():
+        n_steps = res["settings"].get("repeat_steps") or res["settings"].get("steps")
         lines += [f"## Run-to-run spread at batch {key.removeprefix('repeats_b')} ({res['settings'].get('repeats')} "
-                  "repeats, each a fresh model)", "", "| pipeline | tokens/s per repeat | min | median | max | spread |",
+                  f"repeats, each a fresh model, median of {n_steps} timed steps)", "", "| pipeline | tokens/s per repeat | min | median | max | spread |",
                   "|---|---|---|---|---|---|"]
         for pipe in ("reference", "custom", "yardstick"):
             if pipe in sp:
@@ -576,8 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"unknown --sections {bad}; known: {SECTIONS}")
     batch_sizes, search_max = parse_batch_sizes(args.batch_sizes)
-    if args.repeats < 1 or args.profile_steps < 1:
-        raise SystemExit(f"--repeats {args.repeats} / --profile-steps {args.profile_steps}: must be at least 1")
+    if args.repeats < 1 or args.profile_steps < 1 or (args.repeat_steps is not None and args.repeat_steps < 1):
+        raise SystemExit(f"--repeats {args.repeats} / --profile-steps {args.profile_steps} / --repeat-steps "
+                         f"{args.repeat_steps}: must be at least 1")
     out = Path(args.out) if args.out is not None else default_out()
     if (out / "bench.json").exists() and not args.overwrite:
         print(f"bench: {out} already holds a bench.json (earlier results); give a new --out, or --overwrite",
@@ -622,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "custom_speed": main_speed.describe(), "variants": [label for label, _ in variants],
                      "variant_batch": args.variant_batch, "epoch_batch": args.epoch_batch,
                      "deadline_s": args.deadline_s, "yardstick": args.yardstick, "repeats": args.repeats,
+                     "repeat_steps": args.repeat_steps,
                      "profile_batch": args.profile_batch, "profile_steps": args.profile_steps,
                      "configs": args.configs.split(","), "sections": sections,
                      "codes": f"{ctx.model_config.audio_num_codebooks} x {ctx.model_config.audio_codebook_size} "
@@ -653,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          variant_batch=args.variant_batch or (batch_sizes[1] if len(batch_sizes) > 1 else batch_sizes[0]),
                          epoch_batch=args.epoch_batch, steps=args.steps, warmup=args.warmup,
                          count=not args.no_flop_count, deadline_s=args.deadline_s, yardstick=args.yardstick,
-                         repeats=args.repeats)
+                         repeats=args.repeats, repeat_steps=args.repeat_steps)
 
         def progress(section: dict[str, Any]) -> None:
             res["train"] = section

@@ -44,6 +44,7 @@ class SweepPlan:
     seed: int = 0
     yardstick: bool = False              # also measure bench.yardstick beside the two pipelines
     repeats: int = 1                     # main rows of the first batch size, measured this many times
+    repeat_steps: int | None = None      # timed steps of those rows when repeats > 1 (None: `steps`)
 
 
 @dataclass
@@ -130,7 +131,10 @@ def run_sweep(ctx: Any, items: Sequence[Any], configs: dict[str, dict[str, Any]]
             key = f"{bs}" if batching == "fixed" else f"{bs}-epoch-{'grouped' if grouped else 'random'}"
             if key not in state.shapes:
                 state.shapes[key] = _shape_summary(shapes, plan.warmup, plan.steps)
-            kw = dict(config_name=name, steps=plan.steps, warmup=plan.warmup, batching=batching, count=plan.count)
+            repeated = (plan.repeats > 1 and name == "lora-common" and bs == plan.batch_sizes[0]
+                        and batching == "fixed" and variant == "default")
+            steps = plan.repeat_steps if repeated and plan.repeat_steps else plan.steps
+            kw = dict(config_name=name, steps=steps, warmup=plan.warmup, batching=batching, count=plan.count)
             if pipeline == "reference":
                 m = run_reference(ctx, train, batches, shapes, **kw)
             elif pipeline == "yardstick":

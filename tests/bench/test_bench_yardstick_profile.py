@@ -168,17 +168,20 @@ def test_profile_custom_runs_on_the_cpu(ctx, items):
 def test_speed_suite_smoke_run(tmp_path, assets):
     """What `scripts/gpu.sh speed` runs, at tiny size on the CPU: three pipelines, repeats, profile."""
     code = bench.main(["--device", "cpu", "--sections", "train", "--configs", "lora-common", "--batch-sizes", "1,2",
-                       "--repeats", "2", "--yardstick", "--profile-batch", "1", "--profile-steps", "1", "--steps", "1",
+                       "--repeats", "2", "--repeat-steps", "2", "--yardstick", "--profile-batch", "1",
+                       "--profile-steps", "1", "--steps", "1",
                        "--warmup", "0", "--no-flop-count", "--out", str(tmp_path)])
     assert code == 0
     res = json.loads((tmp_path / "bench.json").read_text())
     main = [(r["pipeline"], r["batch_size"], r["repeat"]) for r in res["train"]["rows"]]
     pipes = ("reference", "custom", "yardstick")
     assert main == [(p, 1, k) for k in (1, 2) for p in pipes] + [(p, 2, 1) for p in pipes]   # repeats back to back
+    timed = [len(r["step_seconds"]) for r in res["train"]["rows"]]
+    assert timed == [2] * 6 + [1] * 3                              # --repeat-steps for the repeated batch size only
     assert all(r["status"] == "ok" for r in res["train"]["rows"]), [r["error"] for r in res["train"]["rows"]]
     assert res["profile"]["status"] == "ok" and res["summary"]["repeats_b1"]["custom"]["tokens_per_s"]
     md = (tmp_path / "bench.md").read_text()
-    assert "Run-to-run spread at batch 1" in md and "## Profile: custom pipeline, batch 1" in md
+    assert "Run-to-run spread at batch 1 (2 repeats, each a fresh model, median of 2 timed steps)" in md and "## Profile: custom pipeline, batch 1" in md
 
 
 def test_summary_puts_the_compare_run_against_training_steps():
