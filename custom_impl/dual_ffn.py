@@ -30,7 +30,9 @@ both FFNs: their layer output is the attention residual alone.  No real row can 
 attention mask (or, right-padded, causality) hides padding keys from every real query, and every
 op of the FFN works row by row, so real rows' outputs are upstream's up to the GEMMs' summation
 order for another row count.  Padding rows carry no label; their outputs differ from upstream's,
-as they already do under `causal-attn`.
+as they already do under `causal-attn`.  With LoRA dropout on, the text FFN's adapters draw their
+dropout masks over fewer rows, so a real row gets another draw from the same distribution than it
+would upstream (as `compile`'s generated dropout kernels also do).
 
 `install(model_base, compile_layers=...)` replaces `forward` on each eligible layer INSTANCE of one
 model (the class and every other model, e.g. the reference's, keep upstream's forward); any call

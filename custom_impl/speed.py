@@ -46,7 +46,8 @@ at; `-tf32` / `-lora-bf16` turn them off.
 
 `unpad-ffn` acts only inside `index-ffn`'s layers: the FFNs skip the batch's padding rows (13%
 of the rows of a batch of 32 shipped samples), whose outputs nothing reads; real rows are
-unchanged up to summation order.
+unchanged up to summation order; with LoRA dropout on, the text FFN's dropout masks are drawn over
+fewer rows (other draws of the same distribution).
 
 Every switch but `tf32` and `lora-bf16` leaves the loss unchanged up to floating-point summation order
 (tests/custom_impl/test_speed.py); the liger ones need the optional `liger-kernel` package

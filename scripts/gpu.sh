@@ -33,13 +33,14 @@
 # the suite is killed), BUDGET (speed: 330 s of sweep after which no new run starts), PYTHON (python3),
 # BENCH_ARGS (speed, harness: more `python -m bench` options, e.g. "--variants=-compile;-tf32"),
 # PYTEST_ARGS (tests: more pytest arguments, e.g. "-k speed"), TRACE_STEPS / TRACE_ARGS (trace: steps traced,
-# default 10; more scripts/gpu_trace_suite.py options: --custom-only, --overhead-only, --profile-host),
+# default 10; more scripts/gpu_trace_suite.py options: --custom-only, --overhead-only, --profile-host), TRACE_SIZE
+# (trace: `tiny` runs it on the tiny checkpoint, a ~2-minute check of the speed paths against off),
 # MUTANT_IDS / MUTANT_JOBS (mutants: only these ids, space-separated; mutants run at once, default 4),
 # GPU_ALLOW_CPU=1 (run without CUDA: a dry run of the flow, e.g. `tests`, where every GPU test is skipped).
 set -uo pipefail
 
 SUITES=(speed harness tests trace mutants)
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=auto
 suite=""
 for arg in "$@"; do
@@ -188,9 +189,16 @@ harness)
     status=$?
     ;;
 trace)
-    step "trace: full checkpoint into $FULL, both CLIs traced (scripts/gpu_trace_suite.py)"
-    timeout -s KILL "$(left)" "$PYTHON" -c "import sys, torch; from bench.single import build_full_assets; build_full_assets(__import__('pathlib').Path(sys.argv[1]), torch.device('cuda'))" "$FULL" &&
-        timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full "$FULL" --out "$RES" --steps ${TRACE_STEPS:-10} ${TRACE_ARGS:-}
+    if [ "${TRACE_SIZE:-full}" = tiny ]; then
+        step "trace: tiny checkpoint into /tmp/higgs-tiny, both CLIs traced (scripts/gpu_trace_suite.py)"
+        timeout -s KILL "$(left)" "$PYTHON" -m higgs_common.assets.build --size tiny --out /tmp/higgs-tiny &&
+            timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full /tmp/higgs-tiny --out "$RES" \
+                --steps ${TRACE_STEPS:-10} ${TRACE_ARGS:-}
+    else
+        step "trace: full checkpoint into $FULL, both CLIs traced (scripts/gpu_trace_suite.py)"
+        timeout -s KILL "$(left)" "$PYTHON" -c "import sys, torch; from bench.single import build_full_assets; build_full_assets(__import__('pathlib').Path(sys.argv[1]), torch.device('cuda'))" "$FULL" &&
+            timeout -s KILL "$(left)" "$PYTHON" scripts/gpu_trace_suite.py --full "$FULL" --out "$RES" --steps ${TRACE_STEPS:-10} ${TRACE_ARGS:-}
+    fi
     status=$?
     ;;
 mutants)

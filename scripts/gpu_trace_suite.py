@@ -124,7 +124,7 @@ def main() -> int:
         summary[side] = row
     summary["runs"] = runs
     (out / "trace_suite.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = ["# Trace suite (full checkpoint, one GPU)", "",
+    lines = [f"# Trace suite (checkpoint {args.full}, one GPU)", "",
              _design(args), "", "| run | exit | wall s |", "|---|---|---|"]
     lines += [f"| {k} | {v['exit']} | {v['wall_s']} |" for k, v in runs.items()]
     lines += ["", "| CLI | step s untraced | step s traced (summaries) | overhead | recorder host s per step "

@@ -313,16 +313,20 @@ def _compare_forward(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: st
                   f"the two runs train different parameters ({len(only_b)} only in B, {len(only_a)} only in A): "
                   "a module added or removed (e.g. layers absent from the checkpoint, initialised at random) "
                   "or LoRA targets that differ")
+    # With --layers, each model call's layer and dual-FFN branch outputs come first, in the order they ran: the
+    # first of them that differs is where the runs part, before the model's output shows it.
+    la = {(r.get("call"), r.get("module")): r for r in sa.records("layers")}
+    lb = {(r.get("call"), r.get("module")): r for r in sb.records("layers")}
     for k, (ma, mb) in enumerate(zip(sa.model_calls, sb.model_calls)):
+        for key in [x for x in la if x[0] == k and x in lb]:
+            what = "dual-FFN branch" if str(key[1]).rsplit(".", 1)[-1] in ("mlp", "audio_mlp") else "decoder layer"
+            c.tensors("forward", f"step{s}.mb{k}.layer.{key[1]}", sa, la[key].get("output"), sb, lb[key].get("output"),
+                      lb[key].get("call_site"), la[key].get("call_site"),
+                      words=f"{what} {key[1]} outputs differ: the runs part at this {what.split()[-1]}")
         oa, ob = _flatten("", ma.get("outputs"), {}), _flatten("", mb.get("outputs"), {})
         for name in list(oa) + [n for n in ob if n not in oa]:
             c.tensors("forward", f"step{s}.mb{k}.out.{name}", sa, oa.get(name), sb, ob.get(name), mb.get("call_site"),
                       ma.get("call_site"), words=f"the model's output {name} differs on the same batch")
-    la = {(r.get("call"), r.get("module")): r for r in sa.records("layers")}
-    lb = {(r.get("call"), r.get("module")): r for r in sb.records("layers")}
-    for key in [k for k in la if k in lb]:
-        c.tensors("forward", f"step{s}.mb{key[0]}.layer.{key[1]}", sa, la[key].get("output"), sb,
-                  lb[key].get("output"), words=f"decoder layer {key[1]} outputs differ: the runs part at this layer")
 
 
 def _compare_loss(c: _Collector, s: int, sa: StepTrace, sb: StepTrace) -> None:
@@ -677,6 +681,20 @@ def symptom_fields(c: _Collector, sym_a: list[Symptom], sym_b: list[Symptom]) ->
             c.fields.setdefault(stage, []).insert(0, fd)
 
 
+def shared_failure(sym_a: list[Symptom], sym_b: list[Symptom]) -> str | None:
+    """Both runs failed the same way (same run-error symptom: both raised, or both exited non-zero): what
+    they did is not a training run to compare past that point, whatever agreed before it.  None otherwise
+    (a failure in one run only is a divergence: `symptom_fields`)."""
+    keys_b = {s.key for s in sym_b if s.kind == "run_error"}
+    both = [s for s in sym_a if s.kind == "run_error" and s.key in keys_b]
+    if not both:
+        return None
+    other = next(s for s in sym_b if s.key == both[0].key)
+    return (f"both runs failed: A: {both[0].text}; B: {other.text}"
+            + (f" (at {both[0].location})" if both[0].location else "")
+            + ". Fix the command (see command.log in each trace) and trace again.")
+
+
 def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
                    progress: Callable[[str], None] | None = None, common_steps_only: bool = False) -> Report:
     """Compare trace B (under test) with trace A (trusted); a `Report` in the usual schema.
@@ -718,6 +736,13 @@ def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
         st = StageResult(name, "ok", fields)
         st.refresh_status()
         stages.append(st)
+    failed = shared_failure(sym_a, sym_b)
+    if failed:
+        run_stage = next((st for st in stages if st.stage == "run"), None)
+        if run_stage is None:
+            run_stage = StageResult("run", "ok", [])
+            stages.append(run_stage)
+        run_stage.status, run_stage.error = "error", failed
     report = Report(run_name="compare-traces", mode="trace", stages_requested=list(TRACE_STAGES), stages=stages,
                     config={"a": {"path": str(a.path), "command": a.command_line(), "program": a.program(),
                                   "exit_code": a.exit_code, "ranks": a.ranks,

@@ -86,6 +86,16 @@ def call_site(limit: int = 4) -> list[dict[str, Any]]:
     return out
 
 
+def forward_site(module: torch.nn.Module) -> dict[str, Any]:
+    """File, first line and name of the function that runs `module`'s forward: the instance's own
+    `forward` when a speed path patched it on the instance, else its class's."""
+    fn = getattr(module.forward, "__func__", module.forward)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return {"file": type(module).__module__, "line": 0, "function": f"{type(module).__name__}.forward"}
+    return {"file": os.path.abspath(code.co_filename), "line": code.co_firstlineno, "function": code.co_name}
+
+
 class _Meta(NamedTuple):
     """What `Recorder.keep_many` reads once from a tensor recorded under one key every step."""
 
@@ -311,15 +321,20 @@ class Recorder:
                 sub.register_forward_hook(self._layer_hook(name))
 
     def _layer_hook(self, name: str):
-        def hook(_module, _inputs, output):
+        site: list[dict[str, Any]] = []      # the module's forward (an instance-patched one included), found once
+
+        def hook(module, _inputs, output):
             if _is_compiling() or not self.active:
                 return
             with self.lock:
                 try:
                     out = output[0] if isinstance(output, (tuple, list)) else output
                     if isinstance(out, torch.Tensor):
+                        if not site:
+                            site.append(forward_site(module))
                         call = len(self.current["model_calls"])
                         self.current["layers"].append({"seq": self.next_seq(), "call": call, "module": name,
+                                                       "call_site": site,
                                                        "output": self.keep(f"layer.{call}.{name}", out)})
                 except Exception:   # noqa: BLE001
                     self._failed("layer hook")
@@ -655,6 +670,9 @@ def install() -> Recorder | None:
                 with rec.lock:
                     rec.close_pending()
             rec.maybe_kill()
+            if rec.layers:
+                with rec.lock:
+                    rec.learn_names(self)    # layer hooks in place before the first call, not after it
             rec.model_depth += 1
             try:
                 out = orig(self, *args, **kwargs)

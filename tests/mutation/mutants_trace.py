@@ -13,7 +13,9 @@ exactly once, replace, stage, mechanism, keywords, note), plus:
   folder (compare-traces) - check-resume and check-flags add their own flags;
 - expect_stage: the stage the report must name (dataset / collator / forward / loss / backward /
   step / log / run), or for check-flags the option that must be reported ignored;
-- gpu: True when the mutated code only runs on CUDA (kept out of the CPU score).
+- gpu: True when the mutated code only runs on CUDA (kept out of the CPU score);
+- trace_args: more `higgs-diff trace` options for both traces (`--layers` for faults inside a decoder
+  layer, as the docs recommend for them).
 
 Run with `python -m tests.mutation.run_trace`.
 """
@@ -222,10 +224,10 @@ MUTANTS: list[dict] = [
     dict(
         id="custom-speed-index-ffn-split-cached-by-shape",
         path="speed", file="custom_impl/dual_ffn.py",
-        find="        if self.split is None or self.split.mask is not mask:",
-        replace="        if self.split is None or self.split.mask.shape != mask.shape:",
+        find="        if self.split is None or self.split.mask is not mask or self.split.valid is not valid:",
+        replace="        if self.split is None or self.split.mask.shape != mask.shape or self.split.valid is not valid:",
         stage="forward", tool="compare-traces", command=CUSTOM + STEPS3 + ("--speed", "default,+index-ffn"),
-        expect_stage="forward",
+        expect_stage="forward", trace_args=("--layers",),
         mechanism="the text/audio token split is cached by mask SHAPE: a later batch with the same padded length "
                   "reuses the previous batch's split, so audio positions go through the text FFN and vice versa",
         keywords=("audio",),
@@ -238,7 +240,7 @@ MUTANTS: list[dict] = [
         find="    flat = hidden_states.reshape(-1, hidden_states.shape[-1])                       # (B*L, H)",
         replace="    flat = residual.reshape(-1, residual.shape[-1])                                 # (B*L, H)",
         stage="forward", tool="compare-traces", command=CUSTOM + STEPS3 + ("--speed", "default,+index-ffn"),
-        expect_stage="forward",
+        expect_stage="forward", trace_args=("--layers",),
         mechanism="the index-based dual FFN reads the layer INPUT (the pre-attention residual) instead of the "
                   "post-attention hidden state: upstream reassigns `residual = hidden_states` after attention, "
                   "the port forgot it, so the attention output is dropped from every layer",
@@ -258,6 +260,20 @@ MUTANTS: list[dict] = [
         keywords=("lora_b",),
         note="Written by the author of the switch, not blind (the rest of the suite was): the scaling that "
              "peft applies outside the adapter is easy to lose when the computation is rewritten.",
+    ),
+    dict(
+        id="custom-speed-unpad-ffn-last-real-row-skipped",
+        path="speed", file="custom_impl/dual_ffn.py",
+        find="        real = valid.reshape(-1).bool()                             # (B * L,)",
+        replace="        real = (valid.cumsum(-1) < valid.sum(-1, keepdim=True)).reshape(-1)   # (B * L,)",
+        stage="forward", tool="compare-traces",
+        command=CUSTOM + STEPS3 + ("--speed", "default,+index-ffn,+unpad-ffn"), expect_stage="forward",
+        trace_args=("--layers",),
+        mechanism="the padding-free dual FFN takes each row's last real position for padding (an off-by-one in "
+                  "the valid mask), so that position skips both FFNs: its hidden state, and every later "
+                  "position attending to it, is no longer upstream's",
+        keywords=("ffn",),
+        note="Written by the author of the switch, not blind. Only with +unpad-ffn (on on CUDA, off on CPU).",
     ),
     dict(
         id="custom-speed-fused-adamw-on-cpu-path",

@@ -68,10 +68,13 @@ def _higgs(tool: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "harness.cli", tool, *args]
 
 
-def _trace(root: Path, command: Sequence[str], out: Path, timeout: int) -> tuple[int | str, str]:
-    """Trace `command` (interpreter arguments) run in `root`, its run folder inside `root`."""
+def _trace(root: Path, command: Sequence[str], out: Path, timeout: int,
+           trace_args: Sequence[str] = ()) -> tuple[int | str, str]:
+    """Trace `command` (interpreter arguments) run in `root`, its run folder inside `root`; `trace_args`: more
+    `higgs-diff trace` options (e.g. --layers)."""
     cmd = [sys.executable, *command, "--output-dir", str(root / "runs" / "traced")]
-    return _run(_higgs("trace", "--quiet", "--steps", STEPS, "--out", str(out), "--", *cmd), root, timeout)
+    return _run(_higgs("trace", "--quiet", "--steps", STEPS, *trace_args, "--out", str(out), "--", *cmd), root,
+                timeout)
 
 
 class CleanTraces:
@@ -84,12 +87,12 @@ class CleanTraces:
         _copy_repo(self.root)
         self.traces: dict[tuple[str, ...], Path] = {}
 
-    def get(self, command: Sequence[str]) -> Path:
-        key = tuple(command)
+    def get(self, command: Sequence[str], trace_args: Sequence[str] = ()) -> Path:
+        key = (*command, "|", *trace_args)
         if key not in self.traces:
             out = self.work / "clean-traces" / f"t{len(self.traces):02d}"
             self.traces[key] = out
-            rc, tail = _trace(self.root, command, out, self.timeout)
+            rc, tail = _trace(self.root, command, out, self.timeout, trace_args)
             if rc != 0:
                 raise RuntimeError(f"clean trace of {' '.join(command)} failed (exit {rc}): {tail}")
         return self.traces[key]
@@ -131,8 +134,9 @@ def run_one(m: dict, clean: CleanTraces, work: Path, timeout: int, precision: st
         rep = Path(tmp) / "report"
         cmd = [sys.executable, *m["command"]]
         if m["tool"] == "compare-traces":
-            base = clean.get(m["command"])
-            rc, tail = _trace(root, m["command"], Path(tmp) / "trace", timeout)
+            trace_args = tuple(m.get("trace_args", ()))
+            base = clean.get(m["command"], trace_args)
+            rc, tail = _trace(root, m["command"], Path(tmp) / "trace", timeout, trace_args)
             row["trace_exit"] = rc
             row["exit"], row["tail"] = _run(_higgs("compare-traces", "--quiet", "--precision", precision,
                                                    "--out", str(rep), str(base),

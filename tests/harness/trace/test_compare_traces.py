@@ -219,3 +219,28 @@ def test_lower_precision_relation_needs_every_element_moved_by_rounding_sized_am
     b[:3] += 1e-3
     assert lower_precision(a, b) is None                                     # a few elements moved
     assert lower_precision(a, a) is None
+
+
+def test_two_runs_that_fail_the_same_way_are_an_error_not_a_pass(toy_trace, tmp_path):
+    """Both commands raised in step 2: what agreed before says nothing about the training run; the verdict
+    is "error" (exit 1, as for any verdict but pass), naming both failures."""
+    crashed = toy_trace("--bug", "crash")
+    code, report = run_cli(crashed, crashed, tmp_path / "cmp")
+    assert code == 1 and report["verdict"] == "error"
+    run = next(s for s in report["stages"] if s["stage"] == "run")
+    assert run["error"].startswith("both runs failed") and "simulated crash" in run["error"]
+
+
+def test_a_failure_in_one_run_only_is_still_a_divergence(toy_trace, tmp_path):
+    code, report = run_cli(toy_trace(), toy_trace("--bug", "crash"), tmp_path / "cmp")
+    assert code == 1 and report["verdict"] == "diverged"
+
+
+def test_layers_localise_a_divergence_to_the_layer_and_its_forward(toy_trace, tmp_path):
+    """--layers: the first divergence is the first layer whose output differs (in the first micro-batch of step
+    1, before the model's output shows it), located at that layer's forward."""
+    code, report = run_cli(toy_trace(layers=True), toy_trace("--bug", "layer-drift", layers=True), tmp_path / "cmp")
+    fd = report["first_divergence"]
+    assert code == 1 and fd["stage"] == "forward" and fd["field"] == "step1.mb0.layer.layer", fd
+    assert "decoder layer layer outputs differ" in fd["cause"]["mechanism"]
+    assert "toy_train.py" in fd["cause"]["mechanism"] and "in forward" in fd["cause"]["mechanism"]

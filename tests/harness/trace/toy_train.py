@@ -16,12 +16,24 @@ import torch.nn.functional as F
 
 BUGS = ("none", "detached", "unscored-audio", "summed-log", "ignore-wd", "forget-scheduler", "label-shift",
         "skip-batch-on-resume", "crash", "late-loss-scale", "forget-optimizer", "forget-rng", "log-last-micro-text",
-        "detached-text", "micro-order-reversed")
+        "detached-text", "micro-order-reversed", "layer-drift")
 
 
 class Out:
     def __init__(self, logits: torch.Tensor, audio_logits: torch.Tensor) -> None:
         self.logits, self.audio_logits = logits, audio_logits
+
+
+class ToyDecoderLayer(torch.nn.Module):
+    """A parameterless "decoder layer" (what `trace --layers` hooks): tanh, or with --bug layer-drift a
+    tanh nudged by 1e-2 (a speed path whose layer computes something slightly else)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drift = 0.0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(h) + self.drift
 
 
 class TwoHead(torch.nn.Module):
@@ -31,12 +43,13 @@ class TwoHead(torch.nn.Module):
         self.body = torch.nn.Linear(16, 16)
         self.text_head = torch.nn.Linear(16, 32)
         self.audio_head = torch.nn.Linear(16, 10)
+        self.layer = ToyDecoderLayer()
 
         self.bf16_head = False        # a "speed path": text logits come out rounded to bf16 (other rounding)
         self.dropout = 0.0            # dropout on the hidden state (the RNG a resume must restore)
 
     def forward(self, input_ids: torch.Tensor, audio_out_ids: torch.Tensor) -> Out:
-        h = torch.tanh(self.body(self.embed(input_ids)))            # (B, T, 16)
+        h = self.layer(self.body(self.embed(input_ids)))            # (B, T, 16)
         if self.dropout:
             h = F.dropout(h, self.dropout, training=True)
         logits = self.text_head(h)
@@ -71,6 +84,7 @@ def main() -> None:
     model = TwoHead()
     model.bf16_head = a.bf16_head
     model.dropout = a.dropout
+    model.layer.drift = 1e-2 if a.bug == "layer-drift" else 0.0
     wd = 0.0 if a.bug == "ignore-wd" else a.weight_decay
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / a.max_steps))
