@@ -320,9 +320,12 @@ def _compare_forward(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: st
     for k, (ma, mb) in enumerate(zip(sa.model_calls, sb.model_calls)):
         for key in [x for x in la if x[0] == k and x in lb]:
             what = "dual-FFN branch" if str(key[1]).rsplit(".", 1)[-1] in ("mlp", "audio_mlp") else "decoder layer"
+            site_b = lb[key].get("call_site")
+            caller = where(site_b[1:]) if isinstance(site_b, list) and len(site_b) > 1 else None
             c.tensors("forward", f"step{s}.mb{k}.layer.{key[1]}", sa, la[key].get("output"), sb, lb[key].get("output"),
-                      lb[key].get("call_site"), la[key].get("call_site"),
-                      words=f"{what} {key[1]} outputs differ: the runs part at this {what.split()[-1]}")
+                      site_b, la[key].get("call_site"),
+                      words=f"{what} {key[1]} outputs differ: the runs part at this {what.split()[-1]}"
+                            + (f" (B's layer forward that feeds it its rows: {caller})" if caller else ""))
         oa, ob = _flatten("", ma.get("outputs"), {}), _flatten("", mb.get("outputs"), {})
         for name in list(oa) + [n for n in ob if n not in oa]:
             c.tensors("forward", f"step{s}.mb{k}.out.{name}", sa, oa.get(name), sb, ob.get(name), mb.get("call_site"),

@@ -314,14 +314,18 @@ class Recorder:
             leaf = name.rsplit(".", 1)[-1]
             parent_is_layer = any(h in type(module.get_submodule(name.rsplit(".", 1)[0])).__name__
                                   for h in _LAYER_CLASS_HINTS) if "." in name else False
-            if any(h in cls for h in _LAYER_CLASS_HINTS) or (leaf in _BRANCH_NAMES and parent_is_layer):
+            branch = leaf in _BRANCH_NAMES and parent_is_layer
+            if any(h in cls for h in _LAYER_CLASS_HINTS) or branch:
                 if id(sub) in self.layer_hooks_on:
                     continue
                 self.layer_hooks_on.add(id(sub))
-                sub.register_forward_hook(self._layer_hook(name))
+                parent = module.get_submodule(name.rsplit(".", 1)[0]) if branch else None
+                sub.register_forward_hook(self._layer_hook(name, parent))
 
-    def _layer_hook(self, name: str):
-        site: list[dict[str, Any]] = []      # the module's forward (an instance-patched one included), found once
+    def _layer_hook(self, name: str, parent: torch.nn.Module | None = None):
+        # The module's forward (an instance-patched one included), then for a dual-FFN branch the layer's forward
+        # that chose its rows; found once.
+        site: list[dict[str, Any]] = []
 
         def hook(module, _inputs, output):
             if _is_compiling() or not self.active:
@@ -331,7 +335,8 @@ class Recorder:
                     out = output[0] if isinstance(output, (tuple, list)) else output
                     if isinstance(out, torch.Tensor):
                         if not site:
-                            site.append(forward_site(module))
+                            site.extend([forward_site(module)] + ([forward_site(parent)] if parent is not None
+                                                                  else []))
                         call = len(self.current["model_calls"])
                         self.current["layers"].append({"seq": self.next_seq(), "call": call, "module": name,
                                                        "call_site": site,

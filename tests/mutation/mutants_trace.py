@@ -272,7 +272,7 @@ MUTANTS: list[dict] = [
         mechanism="the padding-free dual FFN takes each row's last real position for padding (an off-by-one in "
                   "the valid mask), so that position skips both FFNs: its hidden state, and every later "
                   "position attending to it, is no longer upstream's",
-        keywords=("ffn",),
+        keywords=("padding",),
         note="Written by the author of the switch, not blind. Only with +unpad-ffn (on on CUDA, off on CPU).",
     ),
     dict(

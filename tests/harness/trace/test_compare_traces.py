@@ -237,10 +237,12 @@ def test_a_failure_in_one_run_only_is_still_a_divergence(toy_trace, tmp_path):
 
 
 def test_layers_localise_a_divergence_to_the_layer_and_its_forward(toy_trace, tmp_path):
-    """--layers: the first divergence is the first layer whose output differs (in the first micro-batch of step
-    1, before the model's output shows it), located at that layer's forward."""
+    """--layers: the first divergence is the first layer or branch whose output differs (in the first micro-batch
+    of step 1, before the model's output shows it), located at its forward and, for a dual-FFN branch, at the
+    layer forward that feeds it."""
     code, report = run_cli(toy_trace(layers=True), toy_trace("--bug", "layer-drift", layers=True), tmp_path / "cmp")
     fd = report["first_divergence"]
-    assert code == 1 and fd["stage"] == "forward" and fd["field"] == "step1.mb0.layer.layer", fd
-    assert "decoder layer layer outputs differ" in fd["cause"]["mechanism"]
-    assert "toy_train.py" in fd["cause"]["mechanism"] and "in forward" in fd["cause"]["mechanism"]
+    assert code == 1 and fd["stage"] == "forward" and fd["field"] == "step1.mb0.layer.layer.mlp", fd
+    mech = fd["cause"]["mechanism"]
+    assert mech.startswith("dual-FFN branch layer.mlp outputs differ")
+    assert "toy_train.py" in mech and "in forward" in mech and "layer forward that feeds it its rows" in mech

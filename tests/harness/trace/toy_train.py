@@ -24,16 +24,27 @@ class Out:
         self.logits, self.audio_logits = logits, audio_logits
 
 
-class ToyDecoderLayer(torch.nn.Module):
-    """A parameterless "decoder layer" (what `trace --layers` hooks): tanh, or with --bug layer-drift a
-    tanh nudged by 1e-2 (a speed path whose layer computes something slightly else)."""
+class ToyMLP(torch.nn.Module):
+    """The layer's parameterless "FFN branch": zero, or with --bug layer-drift 1e-2 everywhere."""
 
     def __init__(self) -> None:
         super().__init__()
         self.drift = 0.0
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(h) + self.drift
+        return torch.zeros_like(h) + self.drift
+
+
+class ToyDecoderLayer(torch.nn.Module):
+    """A parameterless "decoder layer" with an `mlp` branch (what `trace --layers` hooks): tanh plus the
+    branch (a speed path whose branch computes something slightly else, with --bug layer-drift)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = ToyMLP()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(h) + self.mlp(h)
 
 
 class TwoHead(torch.nn.Module):
@@ -84,7 +95,7 @@ def main() -> None:
     model = TwoHead()
     model.bf16_head = a.bf16_head
     model.dropout = a.dropout
-    model.layer.drift = 1e-2 if a.bug == "layer-drift" else 0.0
+    model.layer.mlp.drift = 1e-2 if a.bug == "layer-drift" else 0.0
     wd = 0.0 if a.bug == "ignore-wd" else a.weight_decay
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / a.max_steps))
