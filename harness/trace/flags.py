@@ -167,7 +167,7 @@ def check_flags(command: Sequence[str], options: Sequence[Option], work: Path, *
                           if f.unexpected and not f.field.startswith("symptom.")), None)
             unheard = [sm for sm in symptoms(variant) if sm.kind == "hyperparameter" and opt.name in sm.text]
             if unheard:
-                result = FlagResult(opt.name, v, "ignored", detail=unheard[0].text)
+                result = FlagResult(opt.name, v, "ignored", detail=f"{unheard[0].text}: {unheard[0].mechanism}")
                 break
             if moved is not None:
                 cause = moved.cause.get("mechanism") if isinstance(moved.cause, dict) else moved.cause

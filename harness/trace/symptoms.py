@@ -310,6 +310,7 @@ def hyperparameter_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
         asked = trace.argv_value(*flags)
         if asked is None:
             continue
+        flag = next((f for f in flags if trace.argv_value(f) is not None), flags[0])   # as the command spells it
         try:
             want = float(asked)
         except ValueError:
@@ -322,7 +323,7 @@ def hyperparameter_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
             ok = bool(have) and all(math.isclose(h, want, rel_tol=1e-6, abs_tol=1e-12) for h in have)
         if not ok:
             out.append(Symptom(
-                "hyperparameter", f"{words}: the command line asks {flags[0]} {asked}, the optimizer uses "
+                "hyperparameter", f"{words}: the command line asks {flag} {asked}, the optimizer uses "
                 f"{', '.join(f'{h:g}' for h in have) or 'none'}",
                 f"the option's value never reaches the optimizer's param groups ({key})", "step", key,
                 [steps[0].step], where((steps[0].optimizer or {}).get("call_site"))))

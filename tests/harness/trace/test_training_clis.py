@@ -143,4 +143,6 @@ def test_check_flags_names_an_ignored_option(tmp_path):
     results = {r["option"]: r for r in json.loads((tmp_path / "flags.json").read_text())}
     assert code == 1
     assert results["--weight-decay"]["verdict"] == "ignored"
+    detail = results["--weight-decay"]["detail"]          # the flag as given and the param-group key it misses
+    assert "asks --weight-decay" in detail and "never reaches the optimizer's param groups (weight_decay)" in detail
     assert results["--lr"]["verdict"] == "acts" and results["--lr"]["where"].startswith("step")
