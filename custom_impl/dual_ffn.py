@@ -69,14 +69,14 @@ class TokenSplit:
     def of(cls, mask: torch.Tensor, valid: torch.Tensor | None = None) -> "TokenSplit":
         """Split by `mask` (B, L) bool; with `valid` (B, L) (0/1 or bool, the merged attention
         mask), rows where it is 0 go to `pad_idx` whatever `mask` says."""
-        flat = mask.reshape(-1)                                     # (B * L,)
-        if valid is None:
-            return cls(mask=mask, text_idx=torch.nonzero(~flat).squeeze(1), audio_idx=torch.nonzero(flat).squeeze(1),
-                       pad_idx=flat.new_empty(0, dtype=torch.long))
-        real = valid.reshape(-1).bool()                             # (B * L,)
-        return cls(mask=mask, text_idx=torch.nonzero(~flat & real).squeeze(1),
-                   audio_idx=torch.nonzero(flat & real).squeeze(1), pad_idx=torch.nonzero(~real).squeeze(1),
-                   valid=valid)
+        audio = mask.reshape(-1)                                    # (B * L,)
+        text = ~audio
+        pad_idx = audio.new_empty(0, dtype=torch.long)
+        if valid is not None:
+            real = valid.reshape(-1).bool()                         # (B * L,)
+            text, audio, pad_idx = text & real, audio & real, torch.nonzero(~real).squeeze(1)
+        return cls(mask=mask, text_idx=torch.nonzero(text).squeeze(1), audio_idx=torch.nonzero(audio).squeeze(1),
+                   pad_idx=pad_idx, valid=valid)
 
 
 class SplitCache:
@@ -93,7 +93,7 @@ class SplitCache:
     def get(self, mask: torch.Tensor) -> TokenSplit:
         # Identity, not value: one forward passes the same mask object to all layers.  The cache
         # holds that object, so a later forward's mask cannot reuse its id.
-        valid = self.valid if self.valid is not None and tuple(self.valid.shape) == tuple(mask.shape) else None
+        valid = self.valid if self.valid is not None and self.valid.shape == mask.shape else None
         if self.split is None or self.split.mask is not mask or self.split.valid is not valid:
             self.split = TokenSplit.of(mask, valid)
         return self.split

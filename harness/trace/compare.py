@@ -37,6 +37,7 @@ from harness.engine.diff import FieldDiff, diff_scalars, diff_tensors
 from harness.explain.relations import infer
 from harness.report.model import Report, StageResult
 from harness.trace.load import StepTrace, Trace, number
+from harness.trace.recorder import BRANCH_NAMES
 from harness.trace.symptoms import (Symptom, is_run_summary, head_kind, kind_key, shape_numel, symptoms,
                                      where)
 from higgs_common.param_names import common_prefix_alignment
@@ -319,7 +320,7 @@ def _compare_forward(c: _Collector, s: int, sa: StepTrace, sb: StepTrace, pa: st
     lb = {(r.get("call"), r.get("module")): r for r in sb.records("layers")}
     for k, (ma, mb) in enumerate(zip(sa.model_calls, sb.model_calls)):
         for key in [x for x in la if x[0] == k and x in lb]:
-            what = "dual-FFN branch" if str(key[1]).rsplit(".", 1)[-1] in ("mlp", "audio_mlp") else "decoder layer"
+            what = "dual-FFN branch" if str(key[1]).rsplit(".", 1)[-1] in BRANCH_NAMES else "decoder layer"
             site_b = lb[key].get("call_site")
             caller = where(site_b[1:]) if isinstance(site_b, list) and len(site_b) > 1 else None
             c.tensors("forward", f"step{s}.mb{k}.layer.{key[1]}", sa, la[key].get("output"), sb, lb[key].get("output"),

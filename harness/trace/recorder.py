@@ -57,7 +57,7 @@ _THIS_FILE = os.path.abspath(__file__)
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _SKIP_DIRS = (_TORCH_DIR, os.path.dirname(_THIS_FILE))
 _LAYER_CLASS_HINTS = ("DecoderLayer",)
-_BRANCH_NAMES = ("mlp", "audio_mlp")
+BRANCH_NAMES = ("mlp", "audio_mlp")
 
 
 # Every hook asks this FIRST: torch.compile treats it as a constant True while tracing, so the rest of
@@ -314,7 +314,7 @@ class Recorder:
             leaf = name.rsplit(".", 1)[-1]
             parent_is_layer = any(h in type(module.get_submodule(name.rsplit(".", 1)[0])).__name__
                                   for h in _LAYER_CLASS_HINTS) if "." in name else False
-            branch = leaf in _BRANCH_NAMES and parent_is_layer
+            branch = leaf in BRANCH_NAMES and parent_is_layer
             if any(h in cls for h in _LAYER_CLASS_HINTS) or branch:
                 if id(sub) in self.layer_hooks_on:
                     continue

@@ -307,10 +307,9 @@ def hyperparameter_symptoms(trace: Trace, rank: int = 0) -> list[Symptom]:
         return out
     groups = steps[0].param_groups()
     for flags, key, words in ASKED_HYPERPARAMETERS:
-        asked = trace.argv_value(*flags)
-        if asked is None:
+        flag, asked = next(((f, v) for f in flags if (v := trace.argv_value(f)) is not None), (None, None))
+        if asked is None:      # `flag`: the option as the command spells it
             continue
-        flag = next((f for f in flags if trace.argv_value(f) is not None), flags[0])   # as the command spells it
         try:
             want = float(asked)
         except ValueError:

@@ -110,6 +110,25 @@ def test_compiled_layers_leave_losses_and_gradients_unchanged(ctx, batches):
 
 # ------------------------------------------------------------------------------ dual FFN
 
+def _upstream_layer(layer, x, attn_mask, mask, pos_emb):
+    """Upstream's dual-FFN layer on x (B, L, H) with audio mask `mask` (B, L): its (B, L, H) output."""
+    b, n = mask.shape
+    return dual_ffn.UPSTREAM_FORWARD(layer, x, attention_mask=attn_mask,
+                                     position_ids=torch.arange(n).unsqueeze(0).expand(b, n), audio_out_mask=mask,
+                                     cache_position=torch.arange(n), position_embeddings=pos_emb)[0]
+
+
+def _out_and_grads(layer, hidden, fn, rows=None):
+    """fn(x) on a fresh leaf copy of `hidden`; the output and the gradients (layer's trainable parameters,
+    then x) of the sum of squares of its `rows` (a (B, L) mask; None: every row)."""
+    x = hidden.clone().requires_grad_(True)
+    out = fn(x)
+    (out if rows is None else out[rows]).pow(2).sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters() if p.requires_grad] + [x.grad.clone()]
+    layer.zero_grad()
+    return out.detach(), grads
+
+
 @pytest.mark.parametrize("padded", [False, True])
 def test_index_dual_ffn_layer_equals_upstream_layer(ctx, padded):
     base = speedups.base_model(_model(ctx))
@@ -127,20 +146,10 @@ def test_index_dual_ffn_layer_equals_upstream_layer(ctx, padded):
         keep[0, 18:] = 0
         attn_mask = base._update_causal_mask(keep, hidden, torch.arange(n), None, False)
 
-    def run(fn):
-        x = hidden.clone().requires_grad_(True)
-        out = fn(x)
-        out.pow(2).sum().backward()
-        grads = [p.grad.clone() for p in layer.parameters() if p.requires_grad] + [x.grad.clone()]
-        layer.zero_grad()
-        return out.detach(), grads
-
-    up_out, up_grads = run(lambda x: dual_ffn.UPSTREAM_FORWARD(
-        layer, x, attention_mask=attn_mask, position_ids=position_ids, audio_out_mask=mask,
-        cache_position=torch.arange(n), position_embeddings=pos_emb)[0])
+    up_out, up_grads = _out_and_grads(layer, hidden, lambda x: _upstream_layer(layer, x, attn_mask, mask, pos_emb))
     split = dual_ffn.TokenSplit.of(mask)
-    ix_out, ix_grads = run(lambda x: dual_ffn.dual_ffn_core(layer, x, attn_mask, position_ids, torch.arange(n),
-                                                            pos_emb, mask, split.text_idx, split.audio_idx))
+    ix_out, ix_grads = _out_and_grads(layer, hidden, lambda x: dual_ffn.dual_ffn_core(
+        layer, x, attn_mask, position_ids, torch.arange(n), pos_emb, mask, split.text_idx, split.audio_idx))
     assert torch.equal(ix_out, up_out)                                          # bit-identical forward
     for a, c in zip(ix_grads, up_grads):
         torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
@@ -167,23 +176,14 @@ def test_unpadded_dual_ffn_layer_equals_upstream_at_real_rows(ctx, right_padded)
     attn_mask = base._update_causal_mask(keep, hidden, torch.arange(n), None, False)
     real = keep.bool()
 
-    def run(fn):
-        x = hidden.clone().requires_grad_(True)
-        out = fn(x)
-        out[real].pow(2).sum().backward()
-        grads = [p.grad.clone() for p in layer.parameters() if p.requires_grad] + [x.grad.clone()]
-        layer.zero_grad()
-        return out.detach(), grads
-
-    up_out, up_grads = run(lambda x: dual_ffn.UPSTREAM_FORWARD(
-        layer, x, attention_mask=attn_mask, position_ids=position_ids, audio_out_mask=mask,
-        cache_position=torch.arange(n), position_embeddings=pos_emb)[0])
+    up_out, up_grads = _out_and_grads(layer, hidden, lambda x: _upstream_layer(layer, x, attn_mask, mask, pos_emb),
+                                      rows=real)
     split = dual_ffn.TokenSplit.of(mask, keep)
     assert split.pad_idx.numel() == int((keep == 0).sum())
     assert split.text_idx.numel() + split.audio_idx.numel() + split.pad_idx.numel() == b * n
-    ix_out, ix_grads = run(lambda x: dual_ffn.dual_ffn_core(layer, x, attn_mask, position_ids, torch.arange(n),
-                                                            pos_emb, mask, split.text_idx, split.audio_idx,
-                                                            split.pad_idx))
+    ix_out, ix_grads = _out_and_grads(layer, hidden, lambda x: dual_ffn.dual_ffn_core(
+        layer, x, attn_mask, position_ids, torch.arange(n), pos_emb, mask, split.text_idx, split.audio_idx,
+        split.pad_idx), rows=real)
     torch.testing.assert_close(ix_out[real], up_out[real], rtol=1e-6, atol=1e-6)
     assert not torch.allclose(ix_out[~real], up_out[~real])                     # padding rows did skip the FFN
     for a, c in zip(ix_grads, up_grads):
