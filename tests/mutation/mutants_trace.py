@@ -264,8 +264,8 @@ MUTANTS: list[dict] = [
     dict(
         id="custom-speed-unpad-ffn-last-real-row-skipped",
         path="speed", file="custom_impl/dual_ffn.py",
-        find="        real = valid.reshape(-1).bool()                             # (B * L,)",
-        replace="        real = (valid.cumsum(-1) < valid.sum(-1, keepdim=True)).reshape(-1)   # (B * L,)",
+        find="            real = valid.reshape(-1).bool()                         # (B * L,)",
+        replace="            real = (valid.cumsum(-1) < valid.sum(-1, keepdim=True)).reshape(-1)   # (B * L,)",
         stage="forward", tool="compare-traces",
         command=CUSTOM + STEPS3 + ("--speed", "default,+index-ffn,+unpad-ffn"), expect_stage="forward",
         trace_args=("--layers",),
