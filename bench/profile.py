@@ -187,6 +187,8 @@ def profile_custom(ctx: Any, train: Any, batch: Any, speed: Any, *, warmup: int 
         return out
     finally:
         restore()
+        if model is not None:
+            speedups.release(model)
         del model, opt
         tb._free()
 

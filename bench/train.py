@@ -321,6 +321,8 @@ def run_custom(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence[Ba
         _record_failure(m, exc, device, "custom", config_name)
     finally:
         restore()
+        if model is not None:
+            speedups.release(model)   # the CUDA graphs' memory (cuda-graphs): the next row builds its own
         del model, opt
         _free()
     m.wall_s = time.perf_counter() - t_start

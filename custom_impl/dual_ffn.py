@@ -42,7 +42,7 @@ the core does not cover (cache, attention outputs, ...) goes to upstream's forwa
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -64,6 +64,11 @@ class TokenSplit:
     audio_idx: torch.Tensor     # (n_audio,) long, ascending
     pad_idx: torch.Tensor       # (n_pad,) long, ascending (empty without `valid`); n_text + n_audio + n_pad = B * L
     valid: torch.Tensor | None = None   # (B, L) the merged attention mask the split skipped padding by
+    graphed: bool = False               # the layers run this split's forward as CUDA graphs (`GraphPolicy`)
+
+    def shape_key(self) -> tuple[int, ...]:
+        """(B, L, n_text, n_audio, n_pad): every size the compiled core's graph depends on."""
+        return (*self.mask.shape, self.text_idx.numel(), self.audio_idx.numel(), self.pad_idx.numel())
 
     @classmethod
     def of(cls, mask: torch.Tensor, valid: torch.Tensor | None = None) -> "TokenSplit":
@@ -79,6 +84,30 @@ class TokenSplit:
                    pad_idx=pad_idx, valid=valid)
 
 
+@dataclass
+class GraphPolicy:
+    """Which batch shapes the dual-FFN layers replay as CUDA graphs (the `cuda-graphs` switch).
+
+    A CUDA graph is recorded for one set of sizes and only pays off when they recur: a shape is
+    graphed from the `after`-th forward that has it on (CUDA graph trees then warm it up once,
+    record it once and replay it from then on), and at most `max_shapes` shapes are (each holds its
+    recording).  Every other forward runs the same layers compiled without graphs, so training
+    whose batch shapes never repeat runs as it would without the switch.
+    """
+
+    after: int = 2
+    max_shapes: int = 8
+    seen: dict[tuple[int, ...], int] = field(default_factory=dict)   # shape key -> forwards seen
+    graphed: list[tuple[int, ...]] = field(default_factory=list)     # shape keys graphed, first qualified first
+
+    def admit(self, key: tuple[int, ...]) -> bool:
+        """Count one forward of shape `key`; whether its layers run as CUDA graphs."""
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if key not in self.graphed and self.seen[key] >= self.after and len(self.graphed) < self.max_shapes:
+            self.graphed.append(key)
+        return key in self.graphed
+
+
 class SplitCache:
     """The split of the mask the current forward passes to every layer (computed by the first).
 
@@ -86,9 +115,10 @@ class SplitCache:
     wrapper of the model's `_update_causal_mask` when padding rows are to skip the FFNs, else None.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, graphs: "GraphPolicy | None" = None) -> None:
         self.split: TokenSplit | None = None
         self.valid: torch.Tensor | None = None
+        self.graphs = graphs            # which splits the layers replay as CUDA graphs (None: none)
 
     def get(self, mask: torch.Tensor) -> TokenSplit:
         # Identity, not value: one forward passes the same mask object to all layers.  The cache
@@ -96,6 +126,7 @@ class SplitCache:
         valid = self.valid if self.valid is not None and self.valid.shape == mask.shape else None
         if self.split is None or self.split.mask is not mask or self.split.valid is not valid:
             self.split = TokenSplit.of(mask, valid)
+            self.split.graphed = self.graphs is not None and self.graphs.admit(self.split.shape_key())
         return self.split
 
 
@@ -169,15 +200,16 @@ def permute_rows(x: torch.Tensor, idx: torch.Tensor, inv: torch.Tensor) -> torch
     return _PermuteRows.apply(x, idx, inv)
 
 
-_COMPILED_CORE: Callable[..., torch.Tensor] | None = None
-
-
 def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
     """Dynamo's per-code-object recompile limit to at least `limit` (renamed in torch 2.6+)."""
     cfg = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(cfg, name) and getattr(cfg, name) < limit:
             setattr(cfg, name, limit)
+
+
+_COMPILED_CORE: Callable[..., torch.Tensor] | None = None
+_GRAPHED_CORE: Callable[..., torch.Tensor] | None = None
 
 
 def compiled_core() -> Callable[..., torch.Tensor]:
@@ -188,6 +220,44 @@ def compiled_core() -> Callable[..., torch.Tensor]:
         raise_recompile_limit()
         _COMPILED_CORE = torch.compile(dual_ffn_core)
     return _COMPILED_CORE
+
+
+def _graphed_dual_ffn_core(*args: Any) -> torch.Tensor:
+    """`dual_ffn_core` under its own code object, so its compiled graphs (with CUDA graphs) are
+    cached apart from `compiled_core`'s (dynamo caches compiled code per code object)."""
+    return dual_ffn_core(*args)
+
+
+def graphed_core() -> Callable[..., torch.Tensor]:
+    """`dual_ffn_core` under torch.compile's "reduce-overhead" mode, one per process: inductor's
+    CUDA graph trees (torch.compiler docs, "CUDAGraph Trees") record each layer's forward and
+    backward once per batch shape and replay them, one launch instead of hundreds; a no-op on the
+    CPU."""
+    global _GRAPHED_CORE
+    if _GRAPHED_CORE is None:
+        raise_recompile_limit()
+        _GRAPHED_CORE = torch.compile(_graphed_dual_ffn_core, mode="reduce-overhead")
+    return _GRAPHED_CORE
+
+
+def release_graphs() -> None:
+    """Free the memory CUDA graph trees hold for recorded graphs: call when a model that ran with
+    `cuda-graphs` is dropped and another is built in the same process.  The recordings keep their
+    pool (and the dropped model's static inputs) allocated for as long as the process runs, and a
+    shut-down tree cannot be replayed by the compiled code that recorded it, so this is
+    `torch.compiler.reset()`: it shuts the trees down and drops this process's compiled code, which
+    the next model compiles anew (inductor's on-disk cache makes that quicker than the first time).
+    Nothing to free, and nothing done, where CUDA never started."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.compiler.reset()
+
+
+def _begin_graph_step(module: torch.nn.Module, args: Any) -> None:
+    """Forward pre-hook of the model under `cuda_graphs`: each model forward starts a new CUDA graph
+    tree generation, so a replay may reuse the memory of the previous forward's graph outputs (all
+    consumed by then: its backward has run, or it ran under no_grad).  Nothing outside the layers
+    keeps a layer's output: the model's output is computed from them outside the graphs."""
+    torch.compiler.cudagraph_mark_step_begin()
 
 
 def eligible(layer: torch.nn.Module) -> bool:
@@ -222,8 +292,9 @@ def _index_forward(self: HiggsAudioDualFFNDecoderLayer, hidden_states: torch.Ten
     hidden_states = hidden_states.contiguous()      # a strided view would cost the compiled core a recompile
     if self.higgs_core is not dual_ffn_core:
         mark_dynamic_shapes(hidden_states, attention_mask, position_ids, cache_position, position_embeddings, split)
-    out = self.higgs_core(self, hidden_states, attention_mask, position_ids, cache_position, position_embeddings,
-                          split.mask, split.text_idx, split.audio_idx, split.pad_idx)
+    core = self.higgs_graphed_core if split.graphed and self.higgs_graphed_core is not None else self.higgs_core
+    out = core(self, hidden_states, attention_mask, position_ids, cache_position, position_embeddings,
+               split.mask, split.text_idx, split.audio_idx, split.pad_idx)
     return (out,)
 
 
@@ -254,26 +325,35 @@ def mark_dynamic_shapes(hidden_states: torch.Tensor, attention_mask: torch.Tenso
         mark(t, 1)
 
 
-def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool, unpad: bool = False) -> dict[str, int]:
+def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool, unpad: bool = False,
+            cuda_graphs: bool = False) -> dict[str, int]:
     """Patch the decoder layers of ONE HiggsAudioModel instance (`base`, unwrapped from peft/DDP).
 
     index_ffn: eligible dual-FFN layers run `dual_ffn_core` (compiled when `compile_layers`).
     unpad: with index_ffn, padding rows skip both FFNs (module docstring; `record_padding`).
     compile_layers: the other layers (or all, without index_ffn: then upstream's boolean-mask
     layer, whose graph breaks) are compiled whole with `nn.Module.compile`.
+    cuda_graphs: with index_ffn and compile_layers, the index-FFN layers replay recurring batch
+    shapes as CUDA graphs (`GraphPolicy`, `graphed_core`; a no-op on the CPU), and each forward of
+    `base` starts a new graph step.
     Returns counts of what was done, for logs and reports.
     """
-    cache = SplitCache()
+    graphs = GraphPolicy() if index_ffn and compile_layers and cuda_graphs else None
+    cache = SplitCache(graphs)
     done = {"index_ffn_layers": 0, "compiled_layers": 0, "layers": len(base.layers)}
     if index_ffn and unpad:
         record_padding(base, cache)
         done["unpad_ffn"] = 1
     if compile_layers:
         raise_recompile_limit()
+    if graphs is not None:
+        base.register_forward_pre_hook(_begin_graph_step)
+        done["cuda_graphs"] = 1
     for layer in base.layers:
         if index_ffn and eligible(layer):
             layer.higgs_split_cache = cache
             layer.higgs_core = compiled_core() if compile_layers else dual_ffn_core
+            layer.higgs_graphed_core = graphed_core() if graphs is not None else None
             layer.forward = types.MethodType(_index_forward, layer)
             done["index_ffn_layers"] += 1
             done["compiled_layers"] += int(compile_layers)

@@ -20,6 +20,7 @@ from, in order (later wins): the device defaults, the environment variable `HIGG
 | index-ffn         | dual-FFN split by precomputed indices (`dual_ffn`)              | on   | off |
 | unpad-ffn         | with index-ffn: padding rows skip both FFNs (`dual_ffn`)        | on   | off |
 | compile           | `torch.compile` of every decoder layer (`dual_ffn`)             | on   | off |
+| cuda-graphs       | with index-ffn, compile: recurring shapes as CUDA graphs (`dual_ffn`) | on | off |
 | causal-attn       | right-padded batches: SDPA `is_causal`, no mask (`attention`)   | on   | off |
 | fused-adamw       | `torch.optim.AdamW(fused=True)` (CUDA only)                     | on   | off |
 | tf32              | TF32 for fp32 matmuls (the fp32 LoRA adapters; changes numerics) | on   | off |
@@ -74,6 +75,7 @@ SWITCHES: dict[str, str] = {
     "index-ffn": "index_ffn",
     "unpad-ffn": "unpad_ffn",
     "compile": "compile_layers",
+    "cuda-graphs": "cuda_graphs",
     "causal-attn": "causal_attn",
     "fused-adamw": "fused_adamw",
     "tf32": "tf32",
@@ -101,6 +103,7 @@ class SpeedOptions:
     index_ffn: bool = False
     unpad_ffn: bool = False
     compile_layers: bool = False
+    cuda_graphs: bool = False
     causal_attn: bool = False
     fused_adamw: bool = False
     tf32: bool = False

@@ -22,7 +22,7 @@ from custom_impl import attention as _attention
 from custom_impl import dual_ffn as _dual_ffn
 from custom_impl import kernels as _kernels
 from custom_impl import lora_compute as _lora_compute
-from custom_impl.speed import SpeedOptions
+from custom_impl.speed import SpeedOptions, speed_of
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,11 +53,22 @@ def apply(model: torch.nn.Module, opts: SpeedOptions) -> dict[str, Any]:
             logger.warning(f"speed switch causal-attn not applied: {reason}")
     if opts.index_ffn or opts.compile_layers:
         done.update(_dual_ffn.install(base, index_ffn=opts.index_ffn, compile_layers=opts.compile_layers,
-                                      unpad=opts.unpad_ffn))
+                                      unpad=opts.unpad_ffn, cuda_graphs=opts.cuda_graphs))
+    if opts.cuda_graphs and not (opts.compile_layers and opts.index_ffn):
+        logger.warning("speed switch cuda-graphs has no effect without compile and index-ffn")
     if opts.unpad_ffn and not opts.index_ffn:
         logger.warning("speed switch unpad-ffn has no effect without index-ffn")
     model.higgs_speed = opts
     return done
+
+
+def release(model: torch.nn.Module) -> None:
+    """Give back what `apply` holds outside `model` once the caller drops it: the memory CUDA graph
+    trees keep for the layers' recorded graphs (`cuda-graphs`), which would otherwise stay allocated
+    for as long as the process runs.  Call it before building another model in the same process
+    (benchmarks, tests); a training run that ends with its process need not."""
+    if speed_of(model).cuda_graphs:
+        _dual_ffn.release_graphs()
 
 
 def enter_process_settings(opts: SpeedOptions) -> Callable[[], None]:

@@ -108,6 +108,40 @@ def test_compiled_layers_leave_losses_and_gradients_unchanged(ctx, batches):
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
+@pytest.mark.slow
+def test_cuda_graphs_route_recurring_shapes_through_the_graphed_core(ctx, batches):
+    """cuda-graphs (a no-op for the graphs themselves on the CPU): the first forward of a batch shape
+    runs the compiled core, the second and later ones the graphed core, with the same loss and
+    gradients as the layers uncompiled."""
+    opts = CPU_ALL.replace(compile_layers=True, cuda_graphs=True)
+    model = _model(ctx, opts)
+    cache = speedups.base_model(model).layers[0].higgs_split_cache
+    assert cache.graphs is not None
+    graphed, totals = [], []
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        objectives: list[torch.Tensor] = []
+        accumulate(model, batches[:1], ctx, objectives=objectives)
+        graphed.append(cache.split.graphed)
+        totals.append(torch.stack(objectives).sum())
+    assert graphed == [False, True]
+    _, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches[:1])
+    for total in totals:
+        torch.testing.assert_close(total, off_total, rtol=1e-5, atol=1e-6)
+    _assert_grads_close(_grads(model), off_grads, rtol=1e-3, atol=1e-6)
+    speedups.release(model)
+
+
+def test_graph_policy_graphs_a_shape_from_its_second_forward_and_at_most_max_shapes():
+    policy = dual_ffn.GraphPolicy(after=2, max_shapes=2)
+    a, b, c = (8, 328, 1, 2, 3), (8, 352, 1, 2, 3), (4, 100, 1, 2, 3)
+    assert [policy.admit(a), policy.admit(a), policy.admit(a)] == [False, True, True]
+    # c qualifies before b: it takes the second place and keeps it; b stays on the compiled core
+    assert [policy.admit(b), policy.admit(c), policy.admit(c), policy.admit(b), policy.admit(b)] == [
+        False, False, True, False, False]
+    assert policy.graphed == [a, c] and policy.admit(a) and policy.admit(c)
+
+
 # ------------------------------------------------------------------------------ dual FFN
 
 def _upstream_layer(layer, x, attn_mask, mask, pos_emb):
@@ -469,6 +503,46 @@ def test_cuda_defaults_keep_the_bf16_loss_and_gradients(assets, items):
         for name, g in off_grads.items():
             diff = float((on_grads[name].float() - g.float()).norm())
             assert diff <= 3e-2 * float(g.float().norm()) + 1e-6, (opts.describe(), name, diff)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_replay_the_compiled_layers_step_after_step(assets, items):
+    """cuda-graphs on top of the CUDA defaults: five optimizer steps on the same two micro-batches
+    (one warm-up, one recording, then replays of each layer's forward and backward graphs) give the
+    same objective at every step, and the same trained adapters, as the defaults without it.  Both
+    runs are bf16 with the same kernels; only the launches differ (graph replay instead of one by one),
+    so the two agree to bf16 noise of the trajectory (dropout 0: no random draws)."""
+    from harness.engine.common_config import common_train_config
+    from higgs_common.context import build_context
+
+    from custom_impl.collator import batch_to_device
+
+    ctx = build_context(assets.model, assets.audio_tokenizer, device="cuda")
+    train = common_train_config("cuda").replace(lora_dropout=0.0)
+    cuda_batches = [batch_to_device(S.collate(items[i:i + 4], ctx), ctx.device) for i in (0, 4)]
+    runs = {}
+    for graphs in (False, True):
+        opts = SpeedOptions.defaults("cuda").replace(cuda_graphs=graphs)
+        with speedups.process_settings(opts):
+            model = _model(ctx, opts, train)
+            optimizer, _ = S.make_optimizer(model, train)
+            totals = []
+            for _ in range(5):
+                objectives: list[torch.Tensor] = []
+                accumulate(model, cuda_batches, ctx, objectives=objectives)
+                totals.append(float(torch.stack(objectives).sum()))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            runs[graphs] = totals, {n: p.detach().float().clone() for n, p in model.named_parameters()
+                                    if p.requires_grad}
+            speedups.release(model)
+    (off_totals, off_weights), (on_totals, on_weights) = runs[False], runs[True]
+    torch.testing.assert_close(torch.tensor(on_totals), torch.tensor(off_totals), rtol=1e-2, atol=1e-3)
+    assert off_totals[-1] < off_totals[0]                          # it trained: the replays saw new weights
+    for name, w in off_weights.items():
+        diff = float((on_weights[name] - w).norm())
+        assert diff <= 3e-2 * float(w.norm()) + 1e-6, (name, diff)
 
 
 def test_process_settings_turn_tf32_on_and_off_and_restore():
