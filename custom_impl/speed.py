@@ -50,6 +50,14 @@ of the rows of a batch of 32 shipped samples), whose outputs nothing reads; real
 unchanged up to summation order; with LoRA dropout on, the text FFN's dropout masks are drawn over
 fewer rows (other draws of the same distribution).
 
+`cuda-graphs` acts only on `index-ffn`'s compiled layers: a batch shape seen in a second forward
+is replayed as CUDA graphs (torch.compile "reduce-overhead", one recording per shape, at most 8
+shapes; `dual_ffn.GraphPolicy`), every other forward runs the plain compiled layers.  Measured on an
+H200 (full checkpoint, batch 8, where the step was launch-bound): 83-88 ms a step against 156 ms
+without it, and three fresh models within 2.5% instead of 27.6% (reports/bench/speed-20261203T162956Z,
+speed-20261203T165529Z).  A process that builds another model after one that ran with it calls
+`speedups.release(model)` first (it frees the recordings).
+
 Every switch but `tf32` and `lora-bf16` leaves the loss unchanged up to floating-point summation order
 (tests/custom_impl/test_speed.py); the liger ones need the optional `liger-kernel` package
 (and triton, i.e. CUDA) and fail with a message naming it when it is missing.  None of them
