@@ -41,6 +41,7 @@ the core does not cover (cache, attention outputs, ...) goes to upstream's forwa
 
 from __future__ import annotations
 
+import functools
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -102,8 +103,10 @@ class GraphPolicy:
 
     def admit(self, key: tuple[int, ...]) -> bool:
         """Count one forward of shape `key`; whether its layers run as CUDA graphs."""
+        if len(self.graphed) >= self.max_shapes:     # full: nothing more to count
+            return key in self.graphed
         self.seen[key] = self.seen.get(key, 0) + 1
-        if key not in self.graphed and self.seen[key] >= self.after and len(self.graphed) < self.max_shapes:
+        if key not in self.graphed and self.seen[key] >= self.after:
             self.graphed.append(key)
         return key in self.graphed
 
@@ -240,16 +243,47 @@ def graphed_core() -> Callable[..., torch.Tensor]:
     return _GRAPHED_CORE
 
 
-def release_graphs() -> None:
-    """Free the memory CUDA graph trees hold for recorded graphs: call when a model that ran with
-    `cuda-graphs` is dropped and another is built in the same process.  The recordings keep their
-    pool (and the dropped model's static inputs) allocated for as long as the process runs, and a
-    shut-down tree cannot be replayed by the compiled code that recorded it, so this is
-    `torch.compiler.reset()`: it shuts the trees down and drops this process's compiled code, which
-    the next model compiles anew (inductor's on-disk cache makes that quicker than the first time).
-    Nothing to free, and nothing done, where CUDA never started."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.compiler.reset()
+def release_graphs(base: torch.nn.Module) -> bool:
+    """Free the memory CUDA graph trees hold for the recordings of `base` (a HiggsAudioModel that
+    `install` patched); call when that model is dropped and another is built in the same process.
+    The recordings keep their pool (and the dropped model's static inputs) allocated for as long as
+    the process runs, and a shut-down tree cannot be replayed by the compiled code that recorded
+    it, so this is `torch.compiler.reset()`: it shuts the trees down and drops this process's
+    compiled code, which the next model compiles anew (inductor's on-disk cache makes that quicker
+    than the first time).  Nothing is done when `base` never graphed a shape.  Returns whether it
+    reset."""
+    policy = getattr(base, "higgs_graph_policy", None)
+    if policy is None or not policy.graphed or not torch.cuda.is_initialized():
+        return False
+    torch.compiler.reset()
+    policy.graphed.clear()
+    policy.seen.clear()
+    return True
+
+
+def _grad_out_of_graph_memory(cache: SplitCache, grad: torch.Tensor) -> torch.Tensor | None:
+    """Tensor hook on each trainable parameter of a graphed layer (bound to the model's split
+    cache): a gradient that a replayed backward graph returned lives in the CUDA graph trees'
+    memory, and autograd would make it the parameter's `.grad` as it is (`AccumulateGrad` steals a
+    gradient nobody else holds, graph outputs included).  The next forward starts a new graph step,
+    whose replay may write over that memory: with gradient accumulation (several micro-batches per
+    optimizer step) the earlier micro-batches' gradients would be lost without an error.  So a copy
+    outside the graph memory is what `.grad` gets when the backward is a graphed forward's (the last
+    forward's split: each backward follows its own forward) or the gradient is a graph output."""
+    graphed = cache.split is not None and cache.split.graphed
+    return grad.clone() if graphed or torch._C._is_cached_tensor(grad) else None
+
+
+def _hook_grads_out_of_graph_memory(layer: torch.nn.Module) -> None:
+    """`_grad_out_of_graph_memory` on each trainable parameter of `layer`, once per set of
+    parameters (a deep copy of the model has new ones, without the hooks: it gets its own)."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+    marker = tuple(id(p) for p in params[:1])
+    if getattr(layer, "higgs_grad_hooks_for", None) == marker:
+        return
+    for param in params:
+        param.register_hook(functools.partial(_grad_out_of_graph_memory, layer.higgs_split_cache))
+    layer.higgs_grad_hooks_for = marker
 
 
 def _begin_graph_step(module: torch.nn.Module, args: Any) -> None:
@@ -292,7 +326,10 @@ def _index_forward(self: HiggsAudioDualFFNDecoderLayer, hidden_states: torch.Ten
     hidden_states = hidden_states.contiguous()      # a strided view would cost the compiled core a recompile
     if self.higgs_core is not dual_ffn_core:
         mark_dynamic_shapes(hidden_states, attention_mask, position_ids, cache_position, position_embeddings, split)
-    core = self.higgs_graphed_core if split.graphed and self.higgs_graphed_core is not None else self.higgs_core
+    graphed = split.graphed and self.higgs_graphed_core is not None
+    if graphed:
+        _hook_grads_out_of_graph_memory(self)
+    core = self.higgs_graphed_core if graphed else self.higgs_core
     out = core(self, hidden_states, attention_mask, position_ids, cache_position, position_embeddings,
                split.mask, split.text_idx, split.audio_idx, split.pad_idx)
     return (out,)
@@ -333,9 +370,14 @@ def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool, unp
     unpad: with index_ffn, padding rows skip both FFNs (module docstring; `record_padding`).
     compile_layers: the other layers (or all, without index_ffn: then upstream's boolean-mask
     layer, whose graph breaks) are compiled whole with `nn.Module.compile`.
-    cuda_graphs: with index_ffn and compile_layers, the index-FFN layers replay recurring batch
-    shapes as CUDA graphs (`GraphPolicy`, `graphed_core`; a no-op on the CPU), and each forward of
-    `base` starts a new graph step.
+    cuda_graphs: with index_ffn and compile_layers, the index-FFN layers replay recurring
+    batch shapes as CUDA graphs (`GraphPolicy`, `graphed_core`), each forward of `base` starts a
+    new graph step, and the layers' trainable parameters take their gradients out of the graphs'
+    memory (`_grad_out_of_graph_memory`, hooked at a layer's first graphed call).  Callers must
+    consume a forward's outputs (backward, or read them) before the next forward: its replay may
+    write over the previous one's layer outputs (upstream's `output_hidden_states` included).  On
+    the CPU the graphed core is the compiled one (no graphs); `speedups.apply` turns this on for
+    CUDA models only.
     Returns counts of what was done, for logs and reports.
     """
     graphs = GraphPolicy() if index_ffn and compile_layers and cuda_graphs else None
@@ -346,6 +388,7 @@ def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool, unp
         done["unpad_ffn"] = 1
     if compile_layers:
         raise_recompile_limit()
+    base.higgs_graph_policy = graphs
     if graphs is not None:
         base.register_forward_pre_hook(_begin_graph_step)
         done["cuda_graphs"] = 1

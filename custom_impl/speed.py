@@ -20,7 +20,7 @@ from, in order (later wins): the device defaults, the environment variable `HIGG
 | index-ffn         | dual-FFN split by precomputed indices (`dual_ffn`)              | on   | off |
 | unpad-ffn         | with index-ffn: padding rows skip both FFNs (`dual_ffn`)        | on   | off |
 | compile           | `torch.compile` of every decoder layer (`dual_ffn`)             | on   | off |
-| cuda-graphs       | with index-ffn, compile: recurring shapes as CUDA graphs (`dual_ffn`) | on | off |
+| cuda-graphs       | with index-ffn, compile: recurring shapes as CUDA graphs        | on   | off |
 | causal-attn       | right-padded batches: SDPA `is_causal`, no mask (`attention`)   | on   | off |
 | fused-adamw       | `torch.optim.AdamW(fused=True)` (CUDA only)                     | on   | off |
 | tf32              | TF32 for fp32 matmuls (the fp32 LoRA adapters; changes numerics) | on   | off |
@@ -50,13 +50,19 @@ of the rows of a batch of 32 shipped samples), whose outputs nothing reads; real
 unchanged up to summation order; with LoRA dropout on, the text FFN's dropout masks are drawn over
 fewer rows (other draws of the same distribution).
 
-`cuda-graphs` acts only on `index-ffn`'s compiled layers: a batch shape seen in a second forward
-is replayed as CUDA graphs (torch.compile "reduce-overhead", one recording per shape, at most 8
-shapes; `dual_ffn.GraphPolicy`), every other forward runs the plain compiled layers.  Measured on an
-H200 (full checkpoint, batch 8, where the step was launch-bound): 83-88 ms a step against 156 ms
-without it, and three fresh models within 2.5% instead of 27.6% (reports/bench/speed-20261203T162956Z,
-speed-20261203T165529Z).  A process that builds another model after one that ran with it calls
-`speedups.release(model)` first (it frees the recordings).
+`cuda-graphs` acts only on `index-ffn`'s compiled layers, on CUDA: a batch shape (B, L and the
+text, audio and padding row counts) seen again runs the layers through a second compiled core in
+torch.compile's "reduce-overhead" mode, whose CUDA graph trees warm up on the shape's second
+forward, record each layer's forward and backward on its third and replay them from its fourth (at
+most 8 shapes; `dual_ffn.GraphPolicy`); every other forward runs the plain compiled layers.  The
+gain needs shapes that recur exactly: fixed batches (the bench), or data of one padded length;
+shuffled batches of varying lengths rarely repeat a shape and run as without the switch.  Measured
+on an H200 (full checkpoint, fixed batch of 8, where the step was launch-bound, one micro-batch per
+step): 83-88 ms a step against 156 ms without it, and three fresh models within 2.5% instead of
+27.6% (reports/bench/speed-20261203T162956Z, speed-20261203T165529Z).  Gradients of graphed layers
+are copied out of the graphs' memory before they reach `.grad` (gradient accumulation).  A process
+that builds another model after one that graphed calls `speedups.release(model)` first: it frees
+the recordings and drops the process's compiled code (`torch.compiler.reset()`).
 
 Every switch but `tf32` and `lora-bf16` leaves the loss unchanged up to floating-point summation order
 (tests/custom_impl/test_speed.py); the liger ones need the optional `liger-kernel` package

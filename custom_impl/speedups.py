@@ -22,7 +22,7 @@ from custom_impl import attention as _attention
 from custom_impl import dual_ffn as _dual_ffn
 from custom_impl import kernels as _kernels
 from custom_impl import lora_compute as _lora_compute
-from custom_impl.speed import SpeedOptions, speed_of
+from custom_impl.speed import SpeedOptions
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,7 +53,8 @@ def apply(model: torch.nn.Module, opts: SpeedOptions) -> dict[str, Any]:
             logger.warning(f"speed switch causal-attn not applied: {reason}")
     if opts.index_ffn or opts.compile_layers:
         done.update(_dual_ffn.install(base, index_ffn=opts.index_ffn, compile_layers=opts.compile_layers,
-                                      unpad=opts.unpad_ffn, cuda_graphs=opts.cuda_graphs))
+                                      unpad=opts.unpad_ffn,
+                                      cuda_graphs=opts.cuda_graphs and any(p.is_cuda for p in base.parameters())))
     if opts.cuda_graphs and not (opts.compile_layers and opts.index_ffn):
         logger.warning("speed switch cuda-graphs has no effect without compile and index-ffn")
     if opts.unpad_ffn and not opts.index_ffn:
@@ -62,13 +63,13 @@ def apply(model: torch.nn.Module, opts: SpeedOptions) -> dict[str, Any]:
     return done
 
 
-def release(model: torch.nn.Module) -> None:
+def release(model: torch.nn.Module) -> bool:
     """Give back what `apply` holds outside `model` once the caller drops it: the memory CUDA graph
     trees keep for the layers' recorded graphs (`cuda-graphs`), which would otherwise stay allocated
-    for as long as the process runs.  Call it before building another model in the same process
-    (benchmarks, tests); a training run that ends with its process need not."""
-    if speed_of(model).cuda_graphs:
-        _dual_ffn.release_graphs()
+    for as long as the process runs (`dual_ffn.release_graphs`: this drops the process's compiled
+    code too).  Call it before building another model in the same process (benchmarks, tests); a
+    training run that ends with its process need not.  Returns whether anything was freed."""
+    return _dual_ffn.release_graphs(base_model(model))
 
 
 def enter_process_settings(opts: SpeedOptions) -> Callable[[], None]:

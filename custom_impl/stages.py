@@ -254,7 +254,7 @@ def _accumulation_run(rank: int, world_size: int, ctx: StageContext, train: Trai
     # The training loop's speed switches (device defaults, $HIGGS_CUSTOM_SPEED), compilation left
     # out (it changes no result and would cost every worker minutes) and tf32 too (a process-wide
     # setting that changes numerics: the check compares at fp32 rounding).
-    _speedups.apply(model, _speed.resolve(ctx.device).replace(compile_layers=False, tf32=False))
+    _speedups.apply(model, _speed.resolve(ctx.device).replace(compile_layers=False, cuda_graphs=False, tf32=False))
     if init_state:
         with torch.no_grad():
             for n, p in _model.trainable_named_parameters(model):

@@ -27,7 +27,7 @@ from custom_impl.speed import (ENV_VAR, SWITCHES, SpeedOptions, SpeedSpecError, 
 TRAIN = S.DEFAULT_TRAIN.replace(lora_dropout=0.0)
 # Every switch that runs on a CPU without optional packages (fused AdamW is CUDA-only here,
 # compile has its own slow test, tf32 changes numerics on purpose).
-CPU_ALL = SpeedOptions.all().replace(fused_adamw=False, compile_layers=False)
+CPU_ALL = SpeedOptions.all().replace(fused_adamw=False, compile_layers=False, cuda_graphs=False)
 
 
 def _model(ctx, opts: SpeedOptions | None = None, train=TRAIN):
@@ -110,11 +110,15 @@ def test_compiled_layers_leave_losses_and_gradients_unchanged(ctx, batches):
 
 @pytest.mark.slow
 def test_cuda_graphs_route_recurring_shapes_through_the_graphed_core(ctx, batches):
-    """cuda-graphs (a no-op for the graphs themselves on the CPU): the first forward of a batch shape
-    runs the compiled core, the second and later ones the graphed core, with the same loss and
-    gradients as the layers uncompiled."""
-    opts = CPU_ALL.replace(compile_layers=True, cuda_graphs=True)
-    model = _model(ctx, opts)
+    """cuda-graphs, installed on a CPU model (where the graphed core compiles without graphs; the
+    speed options turn it on for CUDA models only): the first forward of a batch shape runs the
+    compiled core, the second and later ones the graphed core, whose layers' trainable parameters
+    then copy their gradients (the copy CUDA needs), with the same loss and gradients as the layers
+    uncompiled."""
+    assert not speedups.base_model(_model(ctx, CPU_ALL.replace(compile_layers=True, cuda_graphs=True))
+                                   ).higgs_graph_policy                       # apply: CUDA models only
+    model = _model(ctx)
+    dual_ffn.install(speedups.base_model(model), index_ffn=True, compile_layers=True, unpad=True, cuda_graphs=True)
     cache = speedups.base_model(model).layers[0].higgs_split_cache
     assert cache.graphs is not None
     graphed, totals = [], []
@@ -125,6 +129,8 @@ def test_cuda_graphs_route_recurring_shapes_through_the_graphed_core(ctx, batche
         graphed.append(cache.split.graphed)
         totals.append(torch.stack(objectives).sum())
     assert graphed == [False, True]
+    hooked = [p for p in speedups.base_model(model).layers[0].parameters() if p.requires_grad]
+    assert hooked and all(p._backward_hooks for p in hooked)      # gradients copied out of graph memory
     _, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches[:1])
     for total in totals:
         torch.testing.assert_close(total, off_total, rtol=1e-5, atol=1e-6)
@@ -509,8 +515,10 @@ def test_cuda_defaults_keep_the_bf16_loss_and_gradients(assets, items):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graphs_replay_the_compiled_layers_step_after_step(assets, items):
     """cuda-graphs on top of the CUDA defaults: five optimizer steps on the same two micro-batches
-    (one warm-up, one recording, then replays of each layer's forward and backward graphs) give the
-    same objective at every step, and the same trained adapters, as the defaults without it.  Both
+    (gradient accumulation; per shape the plain compiled core, a warm-up, a recording, then replays of
+    each layer's forward and backward graphs) give the same objective at every step, and the same
+    trained adapters, as the defaults without it: the first micro-batch's gradients survive the
+    second one's replay.  Both
     runs are bf16 with the same kernels; only the launches differ (graph replay instead of one by one),
     so the two agree to bf16 noise of the trajectory (dropout 0: no random draws)."""
     from harness.engine.common_config import common_train_config
@@ -526,17 +534,21 @@ def test_cuda_graphs_replay_the_compiled_layers_step_after_step(assets, items):
         opts = SpeedOptions.defaults("cuda").replace(cuda_graphs=graphs)
         with speedups.process_settings(opts):
             model = _model(ctx, opts, train)
-            optimizer, _ = S.make_optimizer(model, train)
-            totals = []
-            for _ in range(5):
-                objectives: list[torch.Tensor] = []
-                accumulate(model, cuda_batches, ctx, objectives=objectives)
-                totals.append(float(torch.stack(objectives).sum()))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            runs[graphs] = totals, {n: p.detach().float().clone() for n, p in model.named_parameters()
-                                    if p.requires_grad}
-            speedups.release(model)
+            try:
+                optimizer, _ = S.make_optimizer(model, train)
+                totals = []
+                for _ in range(5):
+                    objectives: list[torch.Tensor] = []
+                    accumulate(model, cuda_batches, ctx, objectives=objectives)
+                    totals.append(float(torch.stack(objectives).sum()))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                policy = speedups.base_model(model).higgs_graph_policy
+                assert (policy is not None and len(policy.graphed) == 2) == graphs   # both micro-batches' shapes
+                runs[graphs] = totals, {n: p.detach().float().clone() for n, p in model.named_parameters()
+                                        if p.requires_grad}
+            finally:
+                speedups.release(model)
     (off_totals, off_weights), (on_totals, on_weights) = runs[False], runs[True]
     torch.testing.assert_close(torch.tensor(on_totals), torch.tensor(off_totals), rtol=1e-2, atol=1e-3)
     assert off_totals[-1] < off_totals[0]                          # it trained: the replays saw new weights
