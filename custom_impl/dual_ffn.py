@@ -122,6 +122,7 @@ class SplitCache:
         self.split: TokenSplit | None = None
         self.valid: torch.Tensor | None = None
         self.graphs = graphs            # which splits the layers replay as CUDA graphs (None: none)
+        self.keep_outputs = False       # this forward returns the layers' outputs: no graphs (`_begin_graph_step`)
 
     def get(self, mask: torch.Tensor) -> TokenSplit:
         # Identity, not value: one forward passes the same mask object to all layers.  The cache
@@ -129,7 +130,8 @@ class SplitCache:
         valid = self.valid if self.valid is not None and self.valid.shape == mask.shape else None
         if self.split is None or self.split.mask is not mask or self.split.valid is not valid:
             self.split = TokenSplit.of(mask, valid)
-            self.split.graphed = self.graphs is not None and self.graphs.admit(self.split.shape_key())
+            self.split.graphed = (self.graphs is not None and not self.keep_outputs
+                                  and self.graphs.admit(self.split.shape_key()))
         return self.split
 
 
@@ -286,11 +288,14 @@ def _hook_grads_out_of_graph_memory(layer: torch.nn.Module) -> None:
     layer.higgs_grad_hooks_for = marker
 
 
-def _begin_graph_step(module: torch.nn.Module, args: Any) -> None:
-    """Forward pre-hook of the model under `cuda_graphs`: each model forward starts a new CUDA graph
-    tree generation, so a replay may reuse the memory of the previous forward's graph outputs (all
-    consumed by then: its backward has run, or it ran under no_grad).  Nothing outside the layers
-    keeps a layer's output: the model's output is computed from them outside the graphs."""
+def _begin_graph_step(cache: SplitCache, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook of the model under `cuda_graphs` (bound to its split cache): each model
+    forward starts a new CUDA graph tree generation, so a replay may reuse the memory of the
+    previous forward's graph outputs (consumed by then: its backward has run, or it ran under
+    no_grad; the model's output is computed from the layers' outputs outside the graphs).  A forward
+    that hands the layers' outputs to its caller (`output_hidden_states=True`) runs the plain
+    compiled layers instead: those outputs must outlive the next forward."""
+    cache.keep_outputs = bool(kwargs.get("output_hidden_states"))
     torch.compiler.cudagraph_mark_step_begin()
 
 
@@ -375,7 +380,8 @@ def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool, unp
     new graph step, and the layers' trainable parameters take their gradients out of the graphs'
     memory (`_grad_out_of_graph_memory`, hooked at a layer's first graphed call).  Callers must
     consume a forward's outputs (backward, or read them) before the next forward: its replay may
-    write over the previous one's layer outputs (upstream's `output_hidden_states` included).  On
+    write over the previous one's layer outputs (a forward with `output_hidden_states=True` runs
+    without graphs).  On
     the CPU the graphed core is the compiled one (no graphs); `speedups.apply` turns this on for
     CUDA models only.
     Returns counts of what was done, for logs and reports.
@@ -390,7 +396,7 @@ def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool, unp
         raise_recompile_limit()
     base.higgs_graph_policy = graphs
     if graphs is not None:
-        base.register_forward_pre_hook(_begin_graph_step)
+        base.register_forward_pre_hook(functools.partial(_begin_graph_step, cache), with_kwargs=True)
         done["cuda_graphs"] = 1
     for layer in base.layers:
         if index_ffn and eligible(layer):

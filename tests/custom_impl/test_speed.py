@@ -20,7 +20,7 @@ from custom_impl.distributed import accumulate
 from custom_impl.fast_head import TextHeadInputs, gathered_text_terms
 from custom_impl.length_grouping import (batch_merged_lengths, grouped_batches, item_merged_length, padded_length,
                                          padding_efficiency)
-from custom_impl.model import forward
+from custom_impl.model import forward, model_inputs
 from custom_impl.speed import (ENV_VAR, SWITCHES, SpeedOptions, SpeedSpecError, apply_spec, flipped, resolve,
                                speed_of)
 
@@ -131,6 +131,10 @@ def test_cuda_graphs_route_recurring_shapes_through_the_graphed_core(ctx, batche
     assert graphed == [False, True]
     hooked = [p for p in speedups.base_model(model).layers[0].parameters() if p.requires_grad]
     assert hooked and all(p._backward_hooks for p in hooked)      # gradients copied out of graph memory
+    # a forward that returns the layers' outputs keeps them out of graph memory: no graphs for it
+    with torch.no_grad():
+        hidden = model(**model_inputs(batches[0]), output_hidden_states=True).hidden_states
+    assert hidden and not cache.split.graphed
     _, off_total, off_grads = _accumulate(ctx, SpeedOptions.none(), batches[:1])
     for total in totals:
         torch.testing.assert_close(total, off_total, rtol=1e-5, atol=1e-6)
