@@ -422,8 +422,9 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
 def repeat_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """For rows of one batch size measured several times (their `repeat` 1, 2, ...): per pipeline the
     tokens/s of each repeat, min / median / max and the spread (max - min) / median; and the
-    custom / reference (and custom / yardstick) ratio of each repeat with its min and max.  None when
-    no pipeline was measured more than once."""
+    custom / reference (and custom / yardstick) ratio of each repeat with its min, max and spread,
+    and which of the two pipelines' own spread is the larger (`follows`).  None when no pipeline was
+    measured more than once."""
     by_pipe: dict[str, dict[int, float]] = {}
     for r in rows:
         by_pipe.setdefault(r["pipeline"], {})[int(r.get("repeat") or 1)] = r["tokens_per_s"]
@@ -440,7 +441,12 @@ def repeat_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
             both = sorted(set(by_pipe["custom"]) & set(by_pipe[other]))
             ratios = [by_pipe["custom"][k] / by_pipe[other][k] for k in both]
             if ratios:
-                out[f"custom_over_{other}"] = {"per_repeat": ratios, "min": min(ratios), "max": max(ratios)}
+                med = statistics.median(ratios)
+                # The side whose own repeats moved more is what the ratio's range follows (a host-bound
+                # step drifts with the machine's load; a GPU-bound one does not).
+                follows = max(("custom", other), key=lambda p: out[p]["spread"] or 0.0)
+                out[f"custom_over_{other}"] = {"per_repeat": ratios, "min": min(ratios), "max": max(ratios),
+                                               "spread": (max(ratios) - min(ratios)) / med, "follows": follows}
     return out
 
 
@@ -508,8 +514,13 @@ def render_markdown(res: dict[str, Any]) -> str:
         for other in ("reference", "yardstick"):
             if f"custom_over_{other}" in sp:
                 v = sp[f"custom_over_{other}"]
-                lines.append(f"\ncustom / {other} per repeat: {', '.join(f'{x:.2f}x' for x in v['per_repeat'])} "
-                             f"(min {v['min']:.2f}x, max {v['max']:.2f}x)")
+                line = (f"\ncustom / {other} per repeat: {', '.join(f'{x:.2f}x' for x in v['per_repeat'])} "
+                        f"(min {v['min']:.2f}x, max {v['max']:.2f}x")
+                if v.get("spread") is not None:
+                    follows = v["follows"]
+                    line += (f"; spread {100 * v['spread']:.1f}%, following the {follows}, whose own repeats "
+                             f"spread {100 * (sp[follows]['spread'] or 0):.1f}%")
+                lines.append(line + ")")
         lines.append("")
     prof = res.get("profile")
     if prof:

@@ -91,6 +91,12 @@ def test_repeat_spread_reports_each_repeat_and_the_ratios():
     assert s["custom"]["spread"] == pytest.approx(90 / 300)
     assert s["custom_over_reference"]["per_repeat"] == pytest.approx([3.0, 3.0, 240 / 90])
     assert s["custom_over_yardstick"]["min"] == pytest.approx(1.2)
+    # the ratio's range: its spread, and which side's own repeats moved more
+    assert s["custom_over_reference"]["spread"] == pytest.approx((3.0 - 240 / 90) / 3.0)
+    assert s["custom_over_reference"]["follows"] == "custom"          # custom 30% > reference 20%
+    assert s["custom_over_yardstick"]["follows"] == "custom"          # the yardstick did not move
+    steady = [dict(r, tokens_per_s=300) if r["pipeline"] == "custom" else r for r in rows]
+    assert bench.repeat_spread(steady)["custom_over_reference"]["follows"] == "reference"
     assert bench.repeat_spread([dict(pipeline="custom", repeat=1, tokens_per_s=1.0)]) is None
 
 
