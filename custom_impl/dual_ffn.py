@@ -213,18 +213,21 @@ def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
             setattr(cfg, name, limit)
 
 
-_COMPILED_CORE: Callable[..., torch.Tensor] | None = None
-_GRAPHED_CORE: Callable[..., torch.Tensor] | None = None
+# function name -> that function under torch.compile (one per process: layers of the same structure
+# share its graphs, dynamo treating the layer's parameters as inputs).
+_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _compiled_once(fn: Callable[..., torch.Tensor], **options: Any) -> Callable[..., torch.Tensor]:
+    if fn.__name__ not in _COMPILED:
+        raise_recompile_limit()
+        _COMPILED[fn.__name__] = torch.compile(fn, **options)
+    return _COMPILED[fn.__name__]
 
 
 def compiled_core() -> Callable[..., torch.Tensor]:
-    """`dual_ffn_core` under torch.compile, one per process: layers of the same structure share
-    its graphs (dynamo treats the layer's parameters as inputs)."""
-    global _COMPILED_CORE
-    if _COMPILED_CORE is None:
-        raise_recompile_limit()
-        _COMPILED_CORE = torch.compile(dual_ffn_core)
-    return _COMPILED_CORE
+    """`dual_ffn_core` under torch.compile, one per process."""
+    return _compiled_once(dual_ffn_core)
 
 
 def _graphed_dual_ffn_core(*args: Any) -> torch.Tensor:
@@ -238,11 +241,7 @@ def graphed_core() -> Callable[..., torch.Tensor]:
     CUDA graph trees (torch.compiler docs, "CUDAGraph Trees") record each layer's forward and
     backward once per batch shape and replay them, one launch instead of hundreds; a no-op on the
     CPU."""
-    global _GRAPHED_CORE
-    if _GRAPHED_CORE is None:
-        raise_recompile_limit()
-        _GRAPHED_CORE = torch.compile(_graphed_dual_ffn_core, mode="reduce-overhead")
-    return _GRAPHED_CORE
+    return _compiled_once(_graphed_dual_ffn_core, mode="reduce-overhead")
 
 
 def release_graphs(base: torch.nn.Module) -> bool:
@@ -279,12 +278,12 @@ def _grad_out_of_graph_memory(cache: SplitCache, grad: torch.Tensor) -> torch.Te
 def _hook_grads_out_of_graph_memory(layer: torch.nn.Module) -> None:
     """`_grad_out_of_graph_memory` on each trainable parameter of `layer`, once per set of
     parameters (a deep copy of the model has new ones, without the hooks: it gets its own)."""
-    params = [p for p in layer.parameters() if p.requires_grad]
-    marker = tuple(id(p) for p in params[:1])
+    marker = id(next(layer.parameters(), None))
     if getattr(layer, "higgs_grad_hooks_for", None) == marker:
         return
-    for param in params:
-        param.register_hook(functools.partial(_grad_out_of_graph_memory, layer.higgs_split_cache))
+    for param in layer.parameters():
+        if param.requires_grad:
+            param.register_hook(functools.partial(_grad_out_of_graph_memory, layer.higgs_split_cache))
     layer.higgs_grad_hooks_for = marker
 
 
@@ -331,10 +330,9 @@ def _index_forward(self: HiggsAudioDualFFNDecoderLayer, hidden_states: torch.Ten
     hidden_states = hidden_states.contiguous()      # a strided view would cost the compiled core a recompile
     if self.higgs_core is not dual_ffn_core:
         mark_dynamic_shapes(hidden_states, attention_mask, position_ids, cache_position, position_embeddings, split)
-    graphed = split.graphed and self.higgs_graphed_core is not None
-    if graphed:
+    if split.graphed:               # only where `install` gave the layers a graphed core
         _hook_grads_out_of_graph_memory(self)
-    core = self.higgs_graphed_core if graphed else self.higgs_core
+    core = self.higgs_graphed_core if split.graphed else self.higgs_core
     out = core(self, hidden_states, attention_mask, position_ids, cache_position, position_embeddings,
                split.mask, split.text_idx, split.audio_idx, split.pad_idx)
     return (out,)
@@ -381,9 +379,8 @@ def install(base: torch.nn.Module, *, index_ffn: bool, compile_layers: bool, unp
     memory (`_grad_out_of_graph_memory`, hooked at a layer's first graphed call).  Callers must
     consume a forward's outputs (backward, or read them) before the next forward: its replay may
     write over the previous one's layer outputs (a forward with `output_hidden_states=True` runs
-    without graphs).  On
-    the CPU the graphed core is the compiled one (no graphs); `speedups.apply` turns this on for
-    CUDA models only.
+    without graphs).  On the CPU the graphed core is the compiled one (no graphs); `speedups.apply`
+    turns this on for CUDA models only.
     Returns counts of what was done, for logs and reports.
     """
     graphs = GraphPolicy() if index_ffn and compile_layers and cuda_graphs else None

@@ -54,7 +54,7 @@ def apply(model: torch.nn.Module, opts: SpeedOptions) -> dict[str, Any]:
     if opts.index_ffn or opts.compile_layers:
         done.update(_dual_ffn.install(base, index_ffn=opts.index_ffn, compile_layers=opts.compile_layers,
                                       unpad=opts.unpad_ffn,
-                                      cuda_graphs=opts.cuda_graphs and any(p.is_cuda for p in base.parameters())))
+                                      cuda_graphs=opts.cuda_graphs and next(base.parameters()).is_cuda))
     if opts.cuda_graphs and not (opts.compile_layers and opts.index_ffn):
         logger.warning("speed switch cuda-graphs has no effect without compile and index-ffn")
     if opts.unpad_ffn and not opts.index_ffn:
