@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from bench.host import correlation
 from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
 
 log = logging.getLogger("bench")
@@ -426,8 +427,10 @@ def repeat_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     and which of the two pipelines' own spread is the larger (`follows`).  None when no pipeline was
     measured more than once."""
     by_pipe: dict[str, dict[int, float]] = {}
+    rows_of: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
         by_pipe.setdefault(r["pipeline"], {})[int(r.get("repeat") or 1)] = r["tokens_per_s"]
+        rows_of.setdefault(r["pipeline"], {})[int(r.get("repeat") or 1)] = r
     if not any(len(v) > 1 for v in by_pipe.values()):
         return None
     out: dict[str, Any] = {}
@@ -435,7 +438,8 @@ def repeat_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         vals = [per[k] for k in sorted(per)]
         med = statistics.median(vals)
         out[pipe] = {"tokens_per_s": vals, "min": min(vals), "median": med, "max": max(vals),
-                     "spread": (max(vals) - min(vals)) / med if med else None}
+                     "spread": (max(vals) - min(vals)) / med if med else None} | host_context(
+                         [rows_of[pipe][k] for k in sorted(per)])
     for other in ("reference", "yardstick"):
         if "custom" in by_pipe and other in by_pipe:
             both = sorted(set(by_pipe["custom"]) & set(by_pipe[other]))
@@ -448,6 +452,20 @@ def repeat_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
                 out[f"custom_over_{other}"] = {"per_repeat": ratios, "min": min(ratios), "max": max(ratios),
                                                "spread": (max(ratios) - min(ratios)) / med, "follows": follows}
     return out
+
+
+def host_context(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the host was doing during a pipeline's repeats (`bench.host`): the median probe time per
+    repeat (microseconds per op; larger = a slower host), the median CPU steal share per repeat, and
+    Pearson's r between step time and probe time over all their timed steps (near 1: the step time
+    follows the host's speed, as a host-bound step does).  Empty where no step carried readings."""
+    op_us = [r.get("host_op_us_median") for r in rows]
+    if not any(v is not None for v in op_us):
+        return {}
+    steps = [t for r in rows for t in r.get("step_seconds") or []]
+    probes = [t for r in rows for t in r.get("host_op_us") or []]
+    return {"host_op_us": op_us, "host_steal": [r.get("host_steal_median") for r in rows],
+            "step_host_r": correlation(steps, probes) if len(steps) == len(probes) else None}
 
 
 def render_markdown(res: dict[str, Any]) -> str:
@@ -504,13 +522,26 @@ def render_markdown(res: dict[str, Any]) -> str:
     for key, sp in spreads.items():
         n_steps = res["settings"].get("repeat_steps") or res["settings"].get("steps")
         lines += [f"## Run-to-run spread at batch {key.removeprefix('repeats_b')} ({res['settings'].get('repeats')} "
-                  f"repeats, each a fresh model, median of {n_steps} timed steps)", "", "| pipeline | tokens/s per repeat | min | median | max | spread |",
-                  "|---|---|---|---|---|---|"]
+                  f"repeats, each a fresh model, median of {n_steps} timed steps)", "",
+                  "| pipeline | tokens/s per repeat | min | median | max | spread | host us/op per repeat | "
+                  "CPU steal per repeat | r(step, host) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        num = lambda v, fmt: "-" if v is None else fmt.format(v)  # noqa: E731
         for pipe in ("reference", "custom", "yardstick"):
             if pipe in sp:
                 v = sp[pipe]
                 lines.append(f"| {pipe} | {', '.join(f'{x:.0f}' for x in v['tokens_per_s'])} | {v['min']:.0f} | "
-                             f"{v['median']:.0f} | {v['max']:.0f} | {100 * (v['spread'] or 0):.1f}% |")
+                             f"{v['median']:.0f} | {v['max']:.0f} | {100 * (v['spread'] or 0):.1f}% | "
+                             f"{', '.join(num(x, '{:.2f}') for x in v.get('host_op_us') or []) or '-'} | "
+                             f"{', '.join(num(x and 100 * x, '{:.1f}%') for x in v.get('host_steal') or []) or '-'} | "
+                             f"{num(v.get('step_host_r'), '{:.2f}')} |")
+        if any(sp[p].get("host_op_us") for p in ("reference", "custom", "yardstick") if p in sp):
+            lines += ["", "host us/op: a fixed host-only workload (`bench.host.HostProbe`: in-place adds on "
+                          "one-element CPU tensors) timed before each step, the host's eager dispatch speed at "
+                          "that moment (larger = slower); CPU steal: the machine's CPU time the hypervisor gave "
+                          "to others during the steps; r: correlation of step time with the probe over the "
+                          "repeats' timed steps. A step that launches its kernels from Python follows the host "
+                          "(r well above 0); one replayed from CUDA graphs barely does."]
         for other in ("reference", "yardstick"):
             if f"custom_over_{other}" in sp:
                 v = sp[f"custom_over_{other}"]

@@ -49,6 +49,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from bench.host import HostProbe, cpu_steal, cpu_times
+
 log = logging.getLogger("bench")
 
 # bf16 dense tensor-core peaks from the vendors' datasheets (no sparsity), in FLOP/s.
@@ -104,6 +106,8 @@ class TrainMeasurement:
     counted_flops_per_step: float | None = None
     losses: list[float] = field(default_factory=list)
     wall_s: float | None = None  # model build + every step: what the measurement cost
+    host_op_us: list[float] = field(default_factory=list)          # per timed step: bench.host.HostProbe before it
+    host_steal: list[float | None] = field(default_factory=list)   # per timed step: CPU steal share during it
 
     @property
     def step_s(self) -> float | None:
@@ -134,6 +138,9 @@ class TrainMeasurement:
         out["counted_tflops"] = (self.counted_flops_per_step * n / seconds / 1e12
                                  if seconds and self.counted_flops_per_step else None)
         out["mfu"] = flops * n / seconds / peak if seconds and peak and flops else None
+        steal = [x for x in self.host_steal if x is not None]
+        out["host_op_us_median"] = statistics.median(self.host_op_us) if self.host_op_us else None
+        out["host_steal_median"] = statistics.median(steal) if steal else None
         return out
 
 
@@ -233,6 +240,38 @@ def frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
+class StepClock:
+    """Times each step between device syncs and takes the host's readings beside it (`bench.host`).
+
+    `begin()` probes the host's dispatch speed (outside the timed region), syncs and starts the
+    clock; `end()` syncs and, past the first `warmup` steps, appends the step's seconds, the probe
+    and the CPU steal share during the step to the measurement.
+    """
+
+    def __init__(self, device: torch.device, m: "TrainMeasurement", warmup: int) -> None:
+        self.device, self.m, self.warmup = device, m, warmup
+        self.probe = HostProbe()
+        self._n = 0
+        self._t0 = 0.0
+        self._op_us = 0.0
+        self._cpu: tuple[int, int] | None = None
+
+    def begin(self) -> None:
+        self._op_us = self.probe.op_us()
+        sync(self.device)
+        self._cpu = cpu_times()
+        self._t0 = time.perf_counter()
+
+    def end(self) -> None:
+        sync(self.device)
+        seconds = time.perf_counter() - self._t0
+        if self._n >= self.warmup:
+            self.m.step_seconds.append(seconds)
+            self.m.host_op_us.append(self._op_us)
+            self.m.host_steal.append(cpu_steal(self._cpu, cpu_times()))
+        self._n += 1
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -303,14 +342,12 @@ def run_custom(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence[Ba
             opt.zero_grad(set_to_none=True)
             return float(lbs[0].total.detach())
 
+        clock = StepClock(device, m, warmup)
         with frozen_heap():
             for i in range(warmup + steps):
-                sync(device)
-                t0 = time.perf_counter()
+                clock.begin()
                 loss = one_step(batches[i % len(batches)])
-                sync(device)
-                if i >= warmup:
-                    m.step_seconds.append(time.perf_counter() - t0)
+                clock.end()
                 m.losses.append(loss)
         m.peak_memory_gib = _peak(device)
         if count and not speed.compile_layers:   # the flop counter's dispatch mode and compiled graphs do not mix
@@ -334,34 +371,22 @@ def _record_failure(m: "TrainMeasurement", exc: Exception, device: Any, pipeline
     m.status = "oom" if _is_oom(exc) else "error"
     m.error = f"{type(exc).__name__}: {str(exc)[:300]}"
     m.peak_memory_gib = _peak(device)
-    m.step_seconds = []
+    m.step_seconds, m.host_op_us, m.host_steal = [], [], []
     log.warning("%s %s batch %d failed: %s", pipeline, config_name, m.batch_size, m.error)
 
 
-class _StepTimer:
-    """TrainerCallback timing on_step_begin -> on_step_end with device syncs."""
+def _step_timer(clock: StepClock) -> Any:
+    """A TrainerCallback running `clock` from on_step_begin to on_step_end."""
+    from transformers import TrainerCallback
 
-    def __init__(self, device: torch.device, warmup: int) -> None:
-        from transformers import TrainerCallback
+    class _StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            clock.begin()
 
-        self.device, self.warmup = device, warmup
-        self.seconds: list[float] = []
-        self._t0 = 0.0
-        self._n = 0
-        timer = self
+        def on_step_end(self, args, state, control, **kw):
+            clock.end()
 
-        class _CB(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
-                sync(timer.device)
-                timer._t0 = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                sync(timer.device)
-                if timer._n >= timer.warmup:
-                    timer.seconds.append(time.perf_counter() - timer._t0)
-                timer._n += 1
-
-        self.callback = _CB()
+    return _StepTimer()
 
 
 class _RepeatDataset(torch.utils.data.Dataset):
@@ -426,16 +451,15 @@ def run_reference(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence
         _reset_peak(device)
         model = rs.build_model(ctx, train)
         m.trainable_params, m.weights_dtype = _trainable(model), _weights_dtype(model)
-        timer = _StepTimer(device, warmup)
+        clock = StepClock(device, m, warmup)
         with tempfile.TemporaryDirectory(prefix="higgs-bench-ref-") as tmp:
             args = _training_args(tr, train, tmp, device, m.batch_size, warmup + steps)
             trainer = tr.HiggsAudioTrainer(model=model, args=args,
                                            train_dataset=_RepeatDataset(m.batch_size * (warmup + steps)),
                                            data_collator=_BatchCycle(ref_batches),
-                                           callbacks=[timer.callback])
+                                           callbacks=[_step_timer(clock)])
             with frozen_heap():
                 result = trainer.train()
-        m.step_seconds = timer.seconds
         m.losses = [float(result.training_loss)]
         m.peak_memory_gib = _peak(device)
         if count:

@@ -274,14 +274,12 @@ def run_yardstick(ctx: Any, train: Any, batches: Sequence[Any], shapes: Sequence
             opt.zero_grad(set_to_none=True)
             return float(loss.detach())
 
+        clock = tb.StepClock(device, m, warmup)
         with tb.frozen_heap():
             for i in range(warmup + steps):
-                tb.sync(device)
-                t0 = time.perf_counter()
+                clock.begin()
                 loss = one_step(ybatches[i % len(ybatches)])
-                tb.sync(device)
-                if i >= warmup:
-                    m.step_seconds.append(time.perf_counter() - t0)
+                clock.end()
                 m.losses.append(loss)
         m.peak_memory_gib = tb._peak(device)
         if count:

@@ -75,9 +75,11 @@ def test_run_yardstick_measures_like_the_pipelines(ctx, items):
                       warmup=1, count=True)
     assert m.status == "ok", m.error
     assert m.pipeline == "yardstick" and len(m.step_seconds) == 2 and len(m.losses) == 3
+    assert len(m.host_op_us) == len(m.host_steal) == 2 and all(x > 0 for x in m.host_op_us)   # beside each timed step
     assert m.counted_flops_per_step and m.counted_flops_per_step > 0
     row = m.to_json(peak=None)
     assert row["tokens_per_s"] > 0 and row["tokens_per_step"] == shapes[0].tokens
+    assert row["host_op_us_median"] > 0
 
 
 # ------------------------------------------------------------------------------ repeats
@@ -98,6 +100,28 @@ def test_repeat_spread_reports_each_repeat_and_the_ratios():
     steady = [dict(r, tokens_per_s=300) if r["pipeline"] == "custom" else r for r in rows]
     assert bench.repeat_spread(steady)["custom_over_reference"]["follows"] == "reference"
     assert bench.repeat_spread([dict(pipeline="custom", repeat=1, tokens_per_s=1.0)]) is None
+    assert "host_op_us" not in s["custom"]                            # rows without host readings
+
+
+def test_repeat_spread_relates_each_pipelines_steps_to_the_host():
+    """A host-bound pipeline's step times follow the probe (r near 1), a graphed one's do not."""
+    probes = [[1.0, 1.4, 1.1], [1.2, 1.0, 1.6], [1.1, 1.3, 1.0]]
+    rows = []
+    for k, p in enumerate(probes, 1):
+        rows.append(dict(pipeline="reference", repeat=k, tokens_per_s=100.0, host_op_us=p,
+                         step_seconds=[0.3 * x for x in p], host_op_us_median=sorted(p)[1],
+                         host_steal_median=0.01 * k))
+        rows.append(dict(pipeline="custom", repeat=k, tokens_per_s=500.0, host_op_us=p,
+                         step_seconds=[0.08, 0.08, 0.08], host_op_us_median=sorted(p)[1], host_steal_median=None))
+    s = bench.repeat_spread(rows)
+    assert s["reference"]["step_host_r"] == pytest.approx(1.0)
+    assert s["reference"]["host_op_us"] == [1.1, 1.2, 1.1] and s["reference"]["host_steal"] == [0.01, 0.02, 0.03]
+    assert s["custom"]["step_host_r"] is None                          # constant step time
+    text = bench.render_markdown({"device_info": {"name": "x", "device": "cpu", "torch": "t", "python": "p"},
+                                  "settings": {"model": "m", "model_parameters": 1, "steps": 3, "warmup": 1,
+                                               "repeats": 3}, "summary": {"repeats_b8": s}})
+    assert "| reference | 100, 100, 100 | 100 | 100 | 100 | 0.0% | 1.10, 1.20, 1.10 | 1.0%, 2.0%, 3.0% | 1.00 |" in text
+    assert "| custom | 500, 500, 500 | 500 | 500 | 500 | 0.0% | 1.10, 1.20, 1.10 | -, -, - | - |" in text
 
 
 def test_summary_uses_the_median_repeat_and_compares_the_yardstick():
