@@ -8,27 +8,32 @@ outside the timed region, so a report can show whether a pipeline's step time fo
 
 * `HostProbe.op_us()`: microseconds per operation of a fixed host-only workload (in-place adds on
   one-element CPU tensors: Python, the torch dispatcher and a trivial kernel, the path every eager
-  launch also takes).  Larger = a slower host at that moment.
-* `cpu_steal()`: the share of the machine's CPU time that the hypervisor gave to others
-  (/proc/stat's `steal` column, Linux only), over an interval.
+  launch also takes), read before and after each step.  Larger = a slower host at that moment.
+* `cpu_steal()`: the share of the machine's CPU time (all CPUs) that the hypervisor gave to others
+  (/proc/stat's `steal` column, Linux only), over an interval.  A neighbour loading the physical
+  core under one of the machine's CPUs slows that CPU without showing as steal: the probe sees it,
+  steal does not.
 
-`correlation(xs, ys)` (Pearson's r) relates per-step times to the probe.
+`host_context(rows)` relates a pipeline's per-step times to the probe over its repeats.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+
+log = logging.getLogger("bench")
 
 PROC_STAT = Path("/proc/stat")
 
 
 class HostProbe:
-    """Times `ops` in-place adds on one-element CPU tensors (about 1-3 ms on a current server).
+    """Times `ops` in-place adds on one-element CPU tensors (0.4-1 ms on a current server at 400).
 
     The workload is fixed, so its time per op is a reading of the host's speed at that moment:
     comparable between steps, rows and pipelines of one run, not between machines.
@@ -68,6 +73,38 @@ def cpu_steal(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
     if before is None or after is None or after[1] <= before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def centred(values: Sequence[float]) -> list[float]:
+    """`values` minus their median: a repeat's steps around its own level."""
+    if not values:
+        return []
+    mid = statistics.median(values)
+    return [v - mid for v in values]
+
+
+def host_context(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the host was doing during one pipeline's repeats (bench rows, `TrainMeasurement.to_json`):
+    the median probe per repeat (microseconds per op; larger = a slower host), the median CPU steal
+    share per repeat, and `step_host_r`: Pearson's r between step time and probe over the timed
+    steps, each repeat centred on its own medians first, so it says whether a step is slower when
+    the host is slower within a repeat (a host-bound step: r well above 0), not whether the levels of
+    a few repeats happen to line up.  Empty where no row carried readings."""
+    op_us = [r.get("host_op_us_median") for r in rows]
+    if not any(v is not None for v in op_us):
+        return {}
+    steps: list[float] = []
+    probes: list[float] = []
+    for r in rows:
+        s, h = list(r.get("step_seconds") or []), list(r.get("host_op_us") or [])
+        if len(s) != len(h):
+            log.warning("bench row %s #%s: %d step times but %d host readings; its steps are left out of r",
+                        r.get("pipeline"), r.get("repeat") or 1, len(s), len(h))
+            continue
+        steps += centred(s)
+        probes += centred(h)
+    return {"host_op_us": op_us, "host_steal": [r.get("host_steal_median") for r in rows],
+            "step_host_r": correlation(steps, probes)}
 
 
 def correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:

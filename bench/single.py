@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from bench.host import correlation
+from bench.host import host_context
 from higgs_common import DEFAULT_MANIFEST, REPO_ROOT
 
 log = logging.getLogger("bench")
@@ -454,18 +454,8 @@ def repeat_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
-def host_context(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """What the host was doing during a pipeline's repeats (`bench.host`): the median probe time per
-    repeat (microseconds per op; larger = a slower host), the median CPU steal share per repeat, and
-    Pearson's r between step time and probe time over all their timed steps (near 1: the step time
-    follows the host's speed, as a host-bound step does).  Empty where no step carried readings."""
-    op_us = [r.get("host_op_us_median") for r in rows]
-    if not any(v is not None for v in op_us):
-        return {}
-    steps = [t for r in rows for t in r.get("step_seconds") or []]
-    probes = [t for r in rows for t in r.get("host_op_us") or []]
-    return {"host_op_us": op_us, "host_steal": [r.get("host_steal_median") for r in rows],
-            "step_host_r": correlation(steps, probes) if len(steps) == len(probes) else None}
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 def render_markdown(res: dict[str, Any]) -> str:
@@ -526,22 +516,23 @@ def render_markdown(res: dict[str, Any]) -> str:
                   "| pipeline | tokens/s per repeat | min | median | max | spread | host us/op per repeat | "
                   "CPU steal per repeat | r(step, host) |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        num = lambda v, fmt: "-" if v is None else fmt.format(v)  # noqa: E731
         for pipe in ("reference", "custom", "yardstick"):
             if pipe in sp:
                 v = sp[pipe]
                 lines.append(f"| {pipe} | {', '.join(f'{x:.0f}' for x in v['tokens_per_s'])} | {v['min']:.0f} | "
                              f"{v['median']:.0f} | {v['max']:.0f} | {100 * (v['spread'] or 0):.1f}% | "
-                             f"{', '.join(num(x, '{:.2f}') for x in v.get('host_op_us') or []) or '-'} | "
-                             f"{', '.join(num(x and 100 * x, '{:.1f}%') for x in v.get('host_steal') or []) or '-'} | "
-                             f"{num(v.get('step_host_r'), '{:.2f}')} |")
+                             f"{', '.join(_num(x, '{:.2f}') for x in v.get('host_op_us') or []) or '-'} | "
+                             f"{', '.join(_num(x and 100 * x, '{:.1f}%') for x in v.get('host_steal') or []) or '-'} | "
+                             f"{_num(v.get('step_host_r'), '{:.2f}')} |")
         if any(sp[p].get("host_op_us") for p in ("reference", "custom", "yardstick") if p in sp):
             lines += ["", "host us/op: a fixed host-only workload (`bench.host.HostProbe`: in-place adds on "
                           "one-element CPU tensors) timed before each step, the host's eager dispatch speed at "
-                          "that moment (larger = slower); CPU steal: the machine's CPU time the hypervisor gave "
-                          "to others during the steps; r: correlation of step time with the probe over the "
-                          "repeats' timed steps. A step that launches its kernels from Python follows the host "
-                          "(r well above 0); one replayed from CUDA graphs barely does."]
+                          "that moment (larger = slower; the mean of a reading before and one after each step); CPU "
+                          "steal: the machine's CPU time the hypervisor gave to others during the steps (a "
+                          "neighbour on the same physical core slows a CPU without showing here); r: correlation "
+                          "of step time with the probe over the timed steps, each repeat centred on its own "
+                          "medians. A step that launches its kernels from Python follows the host within a "
+                          "repeat (r well above 0); one replayed from CUDA graphs barely does."]
         for other in ("reference", "yardstick"):
             if f"custom_over_{other}" in sp:
                 v = sp[f"custom_over_{other}"]

@@ -106,7 +106,7 @@ class TrainMeasurement:
     counted_flops_per_step: float | None = None
     losses: list[float] = field(default_factory=list)
     wall_s: float | None = None  # model build + every step: what the measurement cost
-    host_op_us: list[float] = field(default_factory=list)          # per timed step: bench.host.HostProbe before it
+    host_op_us: list[float] = field(default_factory=list)          # per timed step: bench.host.HostProbe around it
     host_steal: list[float | None] = field(default_factory=list)   # per timed step: CPU steal share during it
 
     @property
@@ -244,8 +244,8 @@ class StepClock:
     """Times each step between device syncs and takes the host's readings beside it (`bench.host`).
 
     `begin()` probes the host's dispatch speed (outside the timed region), syncs and starts the
-    clock; `end()` syncs and, past the first `warmup` steps, appends the step's seconds, the probe
-    and the CPU steal share during the step to the measurement.
+    clock; `end()` syncs, stops it, probes again and, past the first `warmup` steps, appends the
+    step's seconds, the mean of the two probes and the CPU steal share during the step.
     """
 
     def __init__(self, device: torch.device, m: "TrainMeasurement", warmup: int) -> None:
@@ -265,10 +265,11 @@ class StepClock:
     def end(self) -> None:
         sync(self.device)
         seconds = time.perf_counter() - self._t0
+        cpu = cpu_times()
         if self._n >= self.warmup:
             self.m.step_seconds.append(seconds)
-            self.m.host_op_us.append(self._op_us)
-            self.m.host_steal.append(cpu_steal(self._cpu, cpu_times()))
+            self.m.host_op_us.append((self._op_us + self.probe.op_us()) / 2)
+            self.m.host_steal.append(cpu_steal(self._cpu, cpu))
         self._n += 1
 
 

@@ -177,7 +177,7 @@ case "$suite" in
 speed)
     step "speed: full checkpoint into $FULL, then reference / custom / yardstick at batch 8, 32, 64, 3 repeats at 8, profile at 32"
     timeout -s KILL "$(left)" "$PYTHON" -m bench --build-full "$FULL" --sections train --configs lora-common \
-        --batch-sizes 8,32,64 --repeats 3 --repeat-steps 40 --yardstick --profile-batch 32 --profile-steps 3 --steps 8 --warmup 3 \
+        --batch-sizes 8,32,64 --repeats 3 --repeat-steps 40 --yardstick --profile-batch 32 --profile-steps 3 --steps 8 --warmup 5 \
         --no-flop-count --deadline-s "${BUDGET:-330}" --out "$RES" ${BENCH_ARGS:-}
     status=$?
     ;;

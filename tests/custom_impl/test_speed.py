@@ -531,8 +531,11 @@ def test_cuda_graphs_replay_the_compiled_layers_step_after_step(assets, items, m
     * once both shapes replay, the accumulated gradients of the two micro-batches equal those of
       the same model, on the same weights, running the same compiled layers without graphs: the
       first micro-batch's gradients survive the second one's replay into the same graph memory
-      (without the copy out of it, they become the second one's).  The same kernels on the same
-      weights, only the launches differ: one bf16 rounding (2^-8) of the gradient bounds the change.
+      (without the copy out of it, they become the second one's).  The same weights and the same
+      compiled graph, launched or replayed (the graphed core is a second compile of it, in
+      "reduce-overhead" mode, whose kernels may be chosen apart): each micro-batch's gradient leaves
+      the layers' bf16 matmuls rounded once, so the fp32 sum of the two may move by one bf16 rounding
+      (2^-8) of each, 2 x 2^-8 of the whole norm-wise.
       With the copy taken out (`grads-left-in-graph-memory`) the kept gradients must be lost, as
       CUDA graph trees' "overwritten by a subsequent run" error or as different values: the test can fail.
     """
@@ -571,7 +574,7 @@ def test_cuda_graphs_replay_the_compiled_layers_step_after_step(assets, items, m
         return replayed, _grads(model)
 
     runs, grads, overwritten = {}, None, None
-    for graphs in (False, True):
+    for graphs in ((False, True) if copy_grads else (True,)):
         opts = SpeedOptions.defaults("cuda").replace(cuda_graphs=graphs)
         with speedups.process_settings(opts):
             model = _model(ctx, opts, train)
@@ -595,7 +598,8 @@ def test_cuda_graphs_replay_the_compiled_layers_step_after_step(assets, items, m
         off = ([] if grads is None else
                [float((grads[0][n].float() - g.float()).norm()) / (float(g.float().norm()) + 1e-6)
                 for n, g in grads[1].items()])
-        assert overwritten is not None or max(off) > 2.0 ** -8, "the replay did not write over the kept gradients"
+        assert overwritten is not None or max(off, default=0.0) > 2 * 2.0 ** -8, \
+            "the replay did not write over the kept gradients"
         return
     replayed, launched = grads
     torch.testing.assert_close(torch.tensor(runs[True]), torch.tensor(runs[False]), rtol=1e-2, atol=1e-3)
@@ -603,7 +607,7 @@ def test_cuda_graphs_replay_the_compiled_layers_step_after_step(assets, items, m
     assert replayed.keys() == launched.keys() and replayed
     for name, g in launched.items():
         diff = float((replayed[name].float() - g.float()).norm())
-        assert diff <= 2.0 ** -8 * float(g.float().norm()) + 1e-6, (name, diff)
+        assert diff <= 2 * 2.0 ** -8 * float(g.float().norm()) + 1e-6, (name, diff)
 
 
 def test_process_settings_turn_tf32_on_and_off_and_restore():
