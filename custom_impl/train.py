@@ -82,7 +82,8 @@ from custom_impl.distributed import DistInfo, accumulate, setup, teardown, wrap
 from custom_impl.faults import check_faults, help_text
 from higgs_common import DEFAULT_MANIFEST
 from higgs_common.audit import audit_before_training
-from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, add_shared_train_args, run_cli, speech_options
+from higgs_common.train_cli import (RESUME_LATEST, add_reliability_args, add_shared_train_args,
+                                   check_shared_train_args, run_cli, speech_options)
 from higgs_common.checkpoints import (NoUsableCheckpointError, apply_learning_rate, check_resume_config, save_errors,
                                       write_config, write_integrity)
 from higgs_common.checkpoints import resolve_resume as resolve_checkpoint
@@ -117,7 +118,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                   "higgs_common.assets.copy_probe) (default: data/manifest.jsonl)",
         use_lora=True, lora_help="r, alpha and targets of custom_impl.stages.DEFAULT_TRAIN. --full-finetune: the "
                                  "tiny random model needs it to learn to copy its prompt, e.g. to reproduce "
-                                 "reference-audio-as-label's collapse")
+                                 "reference-audio-as-label's collapse",
+        lora_dropout=S.DEFAULT_TRAIN.lora_dropout)
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     add_reliability_args(p)
     p.add_argument("--fault", action="append", default=[], metavar="NAME", help="enable a named fault")
@@ -134,6 +136,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "shows audio 0.0 every step, as the original pipeline's logs did)")
     args = p.parse_args(argv)
     args.fault = sorted(check_faults(args.fault))
+    check_shared_train_args(p, args)
     try:
         _speed.resolve("cpu", args.speed)
     except _speed.SpeedSpecError as exc:
@@ -145,7 +148,7 @@ def train_config(args: argparse.Namespace, tiny: bool) -> TrainConfig:
     lr = args.learning_rate if args.learning_rate is not None else (TINY_DEFAULT_LR if tiny else S.DEFAULT_TRAIN.learning_rate)
     warmup = args.warmup_steps if args.warmup_steps is not None else min(100, args.max_steps // 10)
     return S.DEFAULT_TRAIN.replace(learning_rate=lr, warmup_steps=warmup, max_steps=args.max_steps,
-                                   seed=args.seed, use_lora=args.use_lora)
+                                   seed=args.seed, use_lora=args.use_lora, lora_dropout=args.lora_dropout)
 
 
 def resolve_data(data: Path | None, out_dir: Path, write: bool) -> Path:
@@ -308,7 +311,7 @@ def resolve_resume(resume: Path, out_dir: Path) -> Path:
 # Options that steer where and how often the run writes, not what it computes: not compared on resume.
 RUN_CONTROL_ARGS = frozenset({"resume", "resume_override_config", "output_dir", "save_every"})
 # Options whose effect is in TrainConfig (compared there, after defaults are resolved).
-TRAIN_ARGS = frozenset({"learning_rate", "warmup_steps", "max_steps", "seed", "use_lora"})
+TRAIN_ARGS = frozenset({"learning_rate", "warmup_steps", "max_steps", "seed", "use_lora", "lora_dropout"})
 
 
 def run_config(args: argparse.Namespace, train: TrainConfig, info: DistInfo) -> dict[str, Any]:

@@ -31,14 +31,14 @@ EXIT_OK, EXIT_SAVE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 def add_shared_train_args(p: argparse.ArgumentParser, *, learning_rate_help: str, warmup_help: str,
                           batch_size: int, max_steps: int | None, max_steps_help: str, seed: int,
                           output_dir: Path | None, output_dir_help: str, data_help: str, use_lora: bool,
-                          lora_help: str, grad_accum: int | None = None) -> None:
+                          lora_help: str, lora_dropout: float, grad_accum: int | None = None) -> None:
     """The options both training CLIs share, under one name each (the other spelling is an alias).
 
     Destinations: model_path, audio_tokenizer_path, data, learning_rate, batch_size, grad_accum (only
     when `grad_accum` is given: the reference recipe has no gradient accumulation), warmup_steps,
-    max_steps, seed, output_dir, use_lora.  Defaults and their meaning are each CLI's own, hence the
-    keyword arguments; `--use-lora` and `--full-finetune` set `use_lora` either way, the default being
-    `use_lora`.
+    max_steps, seed, output_dir, use_lora, lora_dropout.  Defaults and their meaning are each CLI's own,
+    hence the keyword arguments; `--use-lora` and `--full-finetune` set `use_lora` either way, the
+    default being `use_lora`.  `check_shared_train_args` refuses values out of range.
     """
     g = p.add_argument_group("training settings shared by both training CLIs")
     g.add_argument("--model-path", type=Path, default=None,
@@ -64,6 +64,15 @@ def add_shared_train_args(p: argparse.ArgumentParser, *, learning_rate_help: str
                       help="train LoRA adapters only" + (" (default)" if use_lora else "") + "; " + lora_help)
     lora.add_argument("--full-finetune", dest="use_lora", action="store_false",
                       help="train every weight" + ("" if use_lora else " (default)"))
+    g.add_argument("--lora-dropout", type=float, default=lora_dropout, metavar="P",
+                   help=f"dropout on the LoRA adapters' input (default: {lora_dropout}); 0 draws no random numbers, "
+                        "so two runs whose speed paths draw them differently compare (docs/tracing.md)")
+
+
+def check_shared_train_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`p.error` (exit 2, the option named) for a shared option out of its range."""
+    if not 0.0 <= args.lora_dropout < 1.0:
+        p.error(f"--lora-dropout {args.lora_dropout}: a dropout probability is in [0, 1)")
 
 
 def add_speech_args(p: argparse.ArgumentParser) -> None:

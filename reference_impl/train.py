@@ -56,7 +56,8 @@ from higgs_common.audit import audit_before_training
 from higgs_common.checkpoints import check_resume_config, save_errors
 from higgs_common.checkpoints import resolve_resume as resolve_checkpoint
 from higgs_common.manifest import MANIFEST_NAME
-from higgs_common.train_cli import RESUME_LATEST, add_reliability_args, add_shared_train_args, run_cli
+from higgs_common.train_cli import (RESUME_LATEST, add_reliability_args, add_shared_train_args,
+                                   check_shared_train_args, run_cli)
 from reference_impl.dataset import TASK_TYPES, ReferenceDataset
 
 logger = logging.getLogger("reference_impl.train")
@@ -117,7 +118,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         seed=c.seed, output_dir=DEFAULT_OUTPUT_DIR, output_dir_help=f"run folder (default: {DEFAULT_OUTPUT_DIR})",
         data_help="canonical manifest (*.jsonl) or a folder holding manifest.jsonl, converted into <output-dir>/data "
                   "(default: data/manifest.jsonl)",
-        use_lora=c.use_lora, lora_help=f"r {d.lora_r}, alpha {d.lora_alpha}, on the reference's target modules")
+        use_lora=c.use_lora, lora_help=f"r {d.lora_r}, alpha {d.lora_alpha}, on the reference's target modules",
+        lora_dropout=d.lora_dropout)
     p.add_argument("--data-dir", type=Path, default=None,
                    help="a reference metadata folder (metadata.json) used as is, instead of --data")
     p.add_argument("--task-type", choices=TASK_TYPES, default=c.task_type,
@@ -127,7 +129,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-steps", type=int, default=c.save_steps)
     p.add_argument("--lora-rank", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
     p.add_argument("--report-to", default=c.report_to, help="tensorboard | none")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-autocast", action="store_true",
@@ -139,6 +140,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--allow-missing-ref-audio", action="store_true",
                    help="QUIRK: a zero-shot sample without ref_audio_file silently trains as single-speaker")
     args = p.parse_args(argv)
+    check_shared_train_args(p, args)
     if args.data_dir is not None and args.data is not None:
         p.error("--data-dir and --data are alternatives: give one")
     return args

@@ -9,6 +9,8 @@ Per CLI, at the same batch size and --max-steps (so the same schedule):
    as untraced);
 2. its speed paths off (custom `--speed none`, reference `--no-autocast`), traced with tensors up to
    --max-numel for the first 3 steps: compare-traces --precision bf16 --common-steps against (1)'s trace.
+Both runs of a CLI train with LoRA dropout 0, so the comparison sees the paths' arithmetic, not the
+different dropout masks of paths that draw their random numbers differently.
 Writes OUT/trace_suite.md and OUT/trace_suite.json; reports of each comparison under OUT/.
 Exit 0 when both comparisons pass (with --overhead-only: when the timed runs exit 0).
 
@@ -82,9 +84,12 @@ def main() -> int:
     paths = ["--model-path", str(args.full / "model"), "--audio-tokenizer-path", str(args.full / "audio_tokenizer")]
     steps = ["--max-steps", str((3 if args.overhead_only else 2) * args.steps)]
     window = ["--start-step", str(args.steps + 1)] if args.overhead_only else []
+    # LoRA dropout 0 on both runs of each CLI: the speed paths draw their random numbers differently
+    # (torch.compile's kernels draw their own seeds), so with dropout on their masks differ and the
+    # comparison would measure dropout's noise, not the paths' arithmetic.
     clis = {"custom": ([py, "-m", "custom_impl.train", *paths, *steps, "--batch-size", str(args.batch_size),
-                        "--grad-accum", "1"], ["--speed", "none"]),
-            "reference": ([py, "-m", "reference_impl.train", *paths, *steps, "--use-lora",
+                        "--grad-accum", "1", "--lora-dropout", "0"], ["--speed", "none"]),
+            "reference": ([py, "-m", "reference_impl.train", *paths, *steps, "--use-lora", "--lora-dropout", "0",
                            "--per-device-train-batch-size", str(args.batch_size)], ["--no-autocast"])}
     if args.custom_only:
         del clis["reference"]

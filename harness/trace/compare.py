@@ -759,7 +759,53 @@ def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
                       [dict(s.to_json(), run="B", path=str(b.path)) for s in sym_b]
     if same:
         _name_a_precision_change(report, a, b)
+        _name_a_random_stream_change(report, a, b)
     return report
+
+
+# ------------------------------------------------------------------------------ random draws
+def random_streams_part(a: Trace, b: Trace, upto: int, rank: int = 0) -> tuple[int, list[str]] | None:
+    """(step, generators) for the first recorded step up to `upto` after whose forward and backward the
+    two runs' random-number generators stand apart (`recorder.rng_fingerprint`, read when the step's
+    gradients are complete), or None where they agree at every such step or a trace has no
+    fingerprints (an older trace)."""
+    steps_b = {st.step: st for st in b.rank_steps(rank)}
+    for sa in a.rank_steps(rank):
+        sb = steps_b.get(sa.step)
+        if sa.step > upto or sb is None:
+            continue
+        ra, rb = (sa.optimizer or {}).get("rng"), (sb.optimizer or {}).get("rng")
+        if not isinstance(ra, dict) or not isinstance(rb, dict):
+            continue
+        apart = sorted(k for k in set(ra) & set(rb) if ra[k] != rb[k])
+        if apart:
+            return sa.step, apart
+    return None
+
+
+def _name_a_random_stream_change(report: Report, a: Trace, b: Trace) -> None:
+    """When the runs' random draws had parted by the first divergence's step, say so first in its cause:
+    dropout masks (and any other random values) then differ between the runs, and so does everything
+    computed from them, by the size of that randomness rather than of rounding.  A speed path can do
+    this without changing any arithmetic (torch.compile's kernels draw their own seeds; a fused or
+    reordered op draws in another order), and so can a changed seed.  The divergence stays one: the
+    harness cannot tell the randomness apart from a fault that comes with it."""
+    import re
+
+    fd = report.first_divergence_field()
+    m = re.match(r"step(\d+)\.", fd.field) if fd is not None else None
+    if fd is None or m is None or not fd.cause:
+        return
+    parted = random_streams_part(a, b, int(m.group(1)))
+    if parted is None:
+        return
+    step, gens = parted
+    fd.cause["mechanism"] = (f"the runs drew different random numbers by step {step} (the state of the "
+                             f"{', '.join(gens)} random-number generator{'s' if len(gens) > 1 else ''} after its "
+                             "backward differs: another seed, or random ops such as dropout drawn in another order "
+                             "or by other kernels, e.g. torch.compile's); values computed from random draws "
+                             "(dropout masks) then differ by more than rounding: compare runs without dropout to "
+                             "see the arithmetic alone; " + fd.cause["mechanism"])
 
 
 # ------------------------------------------------------------------------------ precision

@@ -6,7 +6,9 @@ this file (by path, so nothing of the project lands on the traced program's impo
 patches a few public torch entry points, the way msprobe's dump mode does:
 
 - ``torch.optim.Optimizer``: global step pre/post hooks (``register_optimizer_step_pre_hook``):
-  every trainable gradient, param-group hyperparameters, parameters and AdamW state after the step;
+  every trainable gradient, param-group hyperparameters, parameters and AdamW state after the step,
+  and a fingerprint of torch's random-number generators when the gradients are complete
+  (`rng_fingerprint`: which random draws the step's forward and backward made);
 - ``torch.nn.Module.__call__``: the outermost call of a module that owns optimizer parameters is
   *the model call* (one per micro-batch): its tensor inputs (the batch) and outputs;
 - ``torch.nn.functional.cross_entropy`` (``nn.CrossEntropyLoss`` calls it): inputs' shape,
@@ -83,6 +85,22 @@ def call_site(limit: int = 4) -> list[dict[str, Any]]:
         if not fn.startswith(_SKIP_DIRS) and "<frozen" not in fn:
             out.append({"file": fn, "line": frame.f_lineno, "function": frame.f_code.co_name})
         frame = frame.f_back
+    return out
+
+
+def rng_fingerprint() -> dict[str, str]:
+    """Where torch's random-number generators stand now, as short strings equal exactly when the states
+    are: the CPU generator's state digest and, on each CUDA device once CUDA is initialised, its default
+    generator's seed and Philox offset (the offset advances with every random kernel: dropout masks,
+    `torch.rand*`, the seeds torch.compile's generated kernels draw).  Two runs that start from the
+    same seed and draw the same random numbers in the same order agree on every entry."""
+    out = {"cpu": hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, gen in enumerate(torch.cuda.default_generators):
+            try:
+                out[f"cuda:{i}"] = f"{gen.initial_seed()}:{gen.get_offset()}"
+            except RuntimeError:   # a generator without a readable offset: its full state's digest
+                out[f"cuda:{i}"] = hashlib.sha1(gen.get_state().numpy().tobytes()).hexdigest()[:16]
     return out
 
 
@@ -526,7 +544,8 @@ class Recorder:
                     if name is not None:
                         grads[name] = desc
                 self.current["optimizer"] = {"seq": self.next_seq(), "class": type(opt).__name__,
-                                             "call_site": call_site(), "param_groups": groups, "grads": grads}
+                                             "call_site": call_site(), "param_groups": groups, "grads": grads,
+                                             "rng": rng_fingerprint()}
             except Exception:   # noqa: BLE001
                 self._failed("optimizer pre-step")
 

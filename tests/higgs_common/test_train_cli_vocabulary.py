@@ -14,7 +14,8 @@ SHARED = [("--learning-rate", "--lr", "0.01", "learning_rate"),
           ("--batch-size", "--per-device-train-batch-size", "3", "batch_size"),
           ("--warmup-steps", None, "5", "warmup_steps"),
           ("--max-steps", None, "7", "max_steps"),
-          ("--seed", None, "11", "seed")]
+          ("--seed", None, "11", "seed"),
+          ("--lora-dropout", None, "0.0", "lora_dropout")]
 
 
 @pytest.mark.parametrize("cli", sorted(CLIS))
@@ -34,6 +35,13 @@ def test_lora_switches_are_one_setting(cli):
     assert parse(["--full-finetune"]).use_lora is False
     with pytest.raises(SystemExit):
         parse(["--use-lora", "--full-finetune"])
+
+
+@pytest.mark.parametrize("cli", sorted(CLIS))
+def test_a_dropout_outside_zero_to_one_is_refused_naming_the_option(cli, capsys):
+    with pytest.raises(SystemExit) as exc:
+        CLIS[cli](["--lora-dropout", "1.5"])
+    assert exc.value.code == 2 and "--lora-dropout 1.5" in capsys.readouterr().err
 
 
 def test_defaults_are_each_pipelines_own():

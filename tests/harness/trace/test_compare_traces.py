@@ -246,3 +246,40 @@ def test_layers_localise_a_divergence_to_the_layer_and_its_forward(toy_trace, tm
     mech = fd["cause"]["mechanism"]
     assert mech.startswith("dual-FFN branch layer.mlp outputs differ")
     assert "toy_train.py" in mech and "in forward" in mech and "layer forward that feeds it its rows" in mech
+
+
+# ------------------------------------------------------------------ random draws
+def test_a_path_that_moves_the_random_draws_is_named_in_the_cause(toy_trace, tmp_path):
+    """With dropout on, a run that draws one extra random seed per step (as torch.compile's kernels do)
+    computes the same arithmetic on other dropout masks: the divergence stays one, and its cause says
+    the random draws parted, at which step and in which generator.  Without dropout the same extra
+    draw changes no value (pass), and a divergence whose runs drew alike gets no such words."""
+    plain, drawn = toy_trace("--dropout", "0.3", steps=2), toy_trace("--dropout", "0.3", "--own-seed-draw", steps=2)
+    code, report = run_cli(plain, drawn, tmp_path / "dropout")
+    assert code == 1
+    assert "drew different random numbers by step 1" in report["first_divergence"]["cause"]["mechanism"]
+    assert "cpu random-number generator" in report["first_divergence"]["cause"]["mechanism"]
+    assert run_cli(toy_trace(steps=2), toy_trace("--own-seed-draw", steps=2), tmp_path / "no-dropout")[0] == 0
+    code, report = run_cli(toy_trace(steps=2), toy_trace("--bug", "label-shift", steps=2), tmp_path / "bug")
+    assert code == 1 and "random numbers" not in report["first_divergence"]["cause"]["mechanism"]
+
+
+def test_random_streams_part_reads_the_fingerprints_of_each_step():
+    from harness.trace.compare import random_streams_part
+
+    class _St:
+        def __init__(self, step, rng):
+            self.step, self.optimizer = step, ({"rng": rng} if rng is not None else None)
+
+    class _Tr:
+        def __init__(self, *steps):
+            self.steps = list(steps)
+
+        def rank_steps(self, rank):
+            return self.steps
+
+    a = _Tr(_St(1, {"cpu": "x", "cuda:0": "0:4"}), _St(2, {"cpu": "y", "cuda:0": "0:8"}))
+    b = _Tr(_St(1, {"cpu": "x", "cuda:0": "0:4"}), _St(2, {"cpu": "y", "cuda:0": "0:12"}))
+    assert random_streams_part(a, b, upto=2) == (2, ["cuda:0"])
+    assert random_streams_part(a, b, upto=1) is None                  # apart only after the divergence
+    assert random_streams_part(a, _Tr(_St(1, None), _St(2, None)), upto=2) is None   # an older trace

@@ -90,6 +90,9 @@ def main() -> None:
     p.add_argument("--bf16-head", action="store_true", help="text logits rounded to bf16 (a speed path with other rounding)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on the hidden state (default: 0.0)")
     p.add_argument("--autocast", action="store_true", help="forward under CPU bf16 autocast (another precision)")
+    p.add_argument("--own-seed-draw", action="store_true",
+                   help="draw one random seed per step before the forward, as torch.compile's kernels draw theirs "
+                        "(a speed path that changes no arithmetic but moves every later random draw)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     model = TwoHead()
@@ -119,6 +122,8 @@ def main() -> None:
         if a.bug != "summed-log":
             running = 0.0
         texts = []
+        if a.own_seed_draw:
+            torch.randint(0, 2**31 - 1, (1,))
         for micro in range(a.grad_accum):
             b = batch(step, a.grad_accum - 1 - micro if a.bug == "micro-order-reversed" else micro, a.batch_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast):
