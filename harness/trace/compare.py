@@ -37,7 +37,7 @@ from harness.engine.diff import FieldDiff, diff_scalars, diff_tensors
 from harness.explain.relations import infer
 from harness.report.model import Report, StageResult
 from harness.trace.load import StepTrace, Trace, number
-from harness.trace.recorder import BRANCH_NAMES
+from harness.trace.recorder import BRANCH_NAMES, UNREADABLE
 from harness.trace.symptoms import (Symptom, is_run_summary, head_kind, kind_key, shape_numel, symptoms,
                                      where)
 from higgs_common.param_names import common_prefix_alignment
@@ -764,48 +764,69 @@ def compare_traces(a: Trace, b: Trace, *, tolerance: Tolerance | None = None,
 
 
 # ------------------------------------------------------------------------------ random draws
-def random_streams_part(a: Trace, b: Trace, upto: int, rank: int = 0) -> tuple[int, list[str]] | None:
-    """(step, generators) for the first recorded step up to `upto` after whose forward and backward the
-    two runs' random-number generators stand apart (`recorder.rng_fingerprint`, read when the step's
-    gradients are complete), or None where they agree at every such step or a trace has no
-    fingerprints (an older trace)."""
-    steps_b = {st.step: st for st in b.rank_steps(rank)}
-    for sa in a.rank_steps(rank):
-        sb = steps_b.get(sa.step)
-        if sa.step > upto or sb is None:
+RANDOM_STAGES = ("forward", "loss", "backward", "step", "log")   # where values are computed from random draws
+_GENERATOR_WORDS = {"cpu": "the CPU generator (host-side draws: a DataLoader's or sampler's seeds, CPU dropout)",
+                    "cuda": "the GPU's generator (dropout masks and other random kernels; torch.compile's "
+                            "kernels draw their own seeds)"}
+
+
+def random_streams_part(a: Trace, b: Trace, upto: int) -> tuple[int, int, list[str]] | None:
+    """(step, rank, generators) for the first recorded step up to `upto`, on any rank both runs have,
+    after whose forward and backward the two runs' random-number generators stand apart
+    (`recorder.rng_fingerprint`, read when the step's gradients are complete), or None where they agree
+    at every such step, a trace has no fingerprints (an older trace) or an entry was unreadable."""
+    for rank in [r for r in a.ranks if r in b.ranks] or [0]:
+        steps_b = {st.step: st for st in b.rank_steps(rank)}
+        for sa in a.rank_steps(rank):
+            sb = steps_b.get(sa.step)
+            if sa.step > upto or sb is None:
+                continue
+            ra, rb = (sa.optimizer or {}).get("rng"), (sb.optimizer or {}).get("rng")
+            if not isinstance(ra, dict) or not isinstance(rb, dict):
+                continue
+            apart = sorted(k for k in set(ra) & set(rb)
+                           if ra[k] != rb[k] and UNREADABLE not in (ra[k], rb[k]))
+            if apart:
+                return sa.step, rank, apart
+    return None
+
+
+def _first_value_divergence(report: Report) -> FieldDiff | None:
+    """The first unexplained value mismatch (not a shape, dtype, missing field or count) in a stage
+    whose values can come from random draws."""
+    for st in report.stages:
+        if st.stage not in RANDOM_STAGES:
             continue
-        ra, rb = (sa.optimizer or {}).get("rng"), (sb.optimizer or {}).get("rng")
-        if not isinstance(ra, dict) or not isinstance(rb, dict):
-            continue
-        apart = sorted(k for k in set(ra) & set(rb) if ra[k] != rb[k])
-        if apart:
-            return sa.step, apart
+        for fd in st.fields:
+            if fd.diverged and not fd.expected and fd.status in ("mismatch", "nonfinite"):
+                return fd
     return None
 
 
 def _name_a_random_stream_change(report: Report, a: Trace, b: Trace) -> None:
-    """When the runs' random draws had parted by the first divergence's step, say so first in its cause:
-    dropout masks (and any other random values) then differ between the runs, and so does everything
-    computed from them, by the size of that randomness rather than of rounding.  A speed path can do
-    this without changing any arithmetic (torch.compile's kernels draw their own seeds; a fused or
-    reordered op draws in another order), and so can a changed seed.  The divergence stays one: the
-    harness cannot tell the randomness apart from a fault that comes with it."""
+    """When the runs' random draws had parted by the step of the first value mismatch in the forward,
+    loss, backward, step or log stages, say so first in that field's cause: dropout masks (and any
+    other random values) then differ between the runs, and so does everything computed from them, by
+    the size of that randomness rather than of rounding.  A speed path can do this without changing
+    any arithmetic (torch.compile's kernels draw their own seeds; a fused or reordered op draws in
+    another order), and so can a changed seed.  The divergence stays one: the harness cannot tell the
+    randomness apart from a fault that comes with it.  Data and collator divergences, and shape or
+    count differences, are left alone: there the draws differ because the work does."""
     import re
 
-    fd = report.first_divergence_field()
+    fd = _first_value_divergence(report)
     m = re.match(r"step(\d+)\.", fd.field) if fd is not None else None
     if fd is None or m is None or not fd.cause:
         return
     parted = random_streams_part(a, b, int(m.group(1)))
     if parted is None:
         return
-    step, gens = parted
-    fd.cause["mechanism"] = (f"the runs drew different random numbers by step {step} (the state of the "
-                             f"{', '.join(gens)} random-number generator{'s' if len(gens) > 1 else ''} after its "
-                             "backward differs: another seed, or random ops such as dropout drawn in another order "
-                             "or by other kernels, e.g. torch.compile's); values computed from random draws "
-                             "(dropout masks) then differ by more than rounding: compare runs without dropout to "
-                             "see the arithmetic alone; " + fd.cause["mechanism"])
+    step, rank, gens = parted
+    words = "; ".join(dict.fromkeys(_GENERATOR_WORDS[g.split(":")[0]] for g in gens if g.split(":")[0] in _GENERATOR_WORDS))
+    fd.cause["mechanism"] = (f"the runs drew different random numbers by step {step} (rank {rank}: the state of "
+                             f"{', '.join(gens)} after its backward differs; {words}): values computed from "
+                             "random draws then differ by more than rounding; compare runs without dropout "
+                             "(--lora-dropout 0) to see the arithmetic alone; " + fd.cause["mechanism"])
 
 
 # ------------------------------------------------------------------------------ precision

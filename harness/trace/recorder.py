@@ -88,19 +88,35 @@ def call_site(limit: int = 4) -> list[dict[str, Any]]:
     return out
 
 
+UNREADABLE = "unreadable"
+
+
 def rng_fingerprint() -> dict[str, str]:
     """Where torch's random-number generators stand now, as short strings equal exactly when the states
     are: the CPU generator's state digest and, on each CUDA device once CUDA is initialised, its default
     generator's seed and Philox offset (the offset advances with every random kernel: dropout masks,
     `torch.rand*`, the seeds torch.compile's generated kernels draw).  Two runs that start from the
-    same seed and draw the same random numbers in the same order agree on every entry."""
-    out = {"cpu": hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, gen in enumerate(torch.cuda.default_generators):
+    same seed and draw the same random numbers in the same order agree on every entry.
+    An entry that cannot be read (an older torch, a CUDA graph capture in progress) is "unreadable",
+    which compares equal to nothing; this function never raises.
+    """
+    out: dict[str, str] = {}
+    try:
+        out["cpu"] = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16]
+    except Exception:   # noqa: BLE001  (a fingerprint is evidence, never a reason to lose the step)
+        out["cpu"] = UNREADABLE
+    try:
+        gens = torch.cuda.default_generators if torch.cuda.is_available() and torch.cuda.is_initialized() else ()
+    except Exception:   # noqa: BLE001
+        gens = ()
+    for i, gen in enumerate(gens):
+        try:
+            out[f"cuda:{i}"] = f"{gen.initial_seed()}:{gen.get_offset()}"
+        except Exception:   # noqa: BLE001  (no readable offset: the full state's digest, else unreadable)
             try:
-                out[f"cuda:{i}"] = f"{gen.initial_seed()}:{gen.get_offset()}"
-            except RuntimeError:   # a generator without a readable offset: its full state's digest
                 out[f"cuda:{i}"] = hashlib.sha1(gen.get_state().numpy().tobytes()).hexdigest()[:16]
+            except Exception:   # noqa: BLE001
+                out[f"cuda:{i}"] = UNREADABLE
     return out
 
 

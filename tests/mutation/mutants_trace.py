@@ -88,8 +88,8 @@ MUTANTS: list[dict] = [
     dict(
         id="custom-cli-full-finetune-flag-ignored",
         path="cli", file="custom_impl/train.py",
-        find="                                   seed=args.seed, use_lora=args.use_lora)",
-        replace="                                   seed=args.seed)",
+        find="                                   seed=args.seed, use_lora=args.use_lora, lora_dropout=args.lora_dropout)",
+        replace="                                   seed=args.seed, lora_dropout=args.lora_dropout)",
         stage="forward", tool="check-flags", only="full-finetune", command=CUSTOM + ("--max-steps", "2"),
         expect_stage="full-finetune",
         mechanism="--full-finetune is parsed but never handed to the TrainConfig: the run keeps the default "

@@ -257,11 +257,17 @@ def test_a_path_that_moves_the_random_draws_is_named_in_the_cause(toy_trace, tmp
     plain, drawn = toy_trace("--dropout", "0.3", steps=2), toy_trace("--dropout", "0.3", "--own-seed-draw", steps=2)
     code, report = run_cli(plain, drawn, tmp_path / "dropout")
     assert code == 1
-    assert "drew different random numbers by step 1" in report["first_divergence"]["cause"]["mechanism"]
-    assert "cpu random-number generator" in report["first_divergence"]["cause"]["mechanism"]
+    assert "drew different random numbers by step 1 (rank 0: the state of cpu" in \
+        report["first_divergence"]["cause"]["mechanism"]
+    assert "host-side draws" in report["first_divergence"]["cause"]["mechanism"]
     assert run_cli(toy_trace(steps=2), toy_trace("--own-seed-draw", steps=2), tmp_path / "no-dropout")[0] == 0
     code, report = run_cli(toy_trace(steps=2), toy_trace("--bug", "label-shift", steps=2), tmp_path / "bug")
     assert code == 1 and "random numbers" not in report["first_divergence"]["cause"]["mechanism"]
+    # a data-order fault whose run also draws otherwise: the data is the cause, no words on randomness
+    code, report = run_cli(plain, toy_trace("--dropout", "0.3", "--own-seed-draw", "--bug", "micro-order-reversed",
+                                            steps=2), tmp_path / "order")
+    assert code == 1 and report["first_divergence"]["stage"] in ("dataset", "collator")
+    assert "random numbers" not in json.dumps(report["first_divergence"])
 
 
 def test_random_streams_part_reads_the_fingerprints_of_each_step():
@@ -272,6 +278,8 @@ def test_random_streams_part_reads_the_fingerprints_of_each_step():
             self.step, self.optimizer = step, ({"rng": rng} if rng is not None else None)
 
     class _Tr:
+        ranks = [0]
+
         def __init__(self, *steps):
             self.steps = list(steps)
 
@@ -280,6 +288,8 @@ def test_random_streams_part_reads_the_fingerprints_of_each_step():
 
     a = _Tr(_St(1, {"cpu": "x", "cuda:0": "0:4"}), _St(2, {"cpu": "y", "cuda:0": "0:8"}))
     b = _Tr(_St(1, {"cpu": "x", "cuda:0": "0:4"}), _St(2, {"cpu": "y", "cuda:0": "0:12"}))
-    assert random_streams_part(a, b, upto=2) == (2, ["cuda:0"])
+    assert random_streams_part(a, b, upto=2) == (2, 0, ["cuda:0"])
     assert random_streams_part(a, b, upto=1) is None                  # apart only after the divergence
     assert random_streams_part(a, _Tr(_St(1, None), _St(2, None)), upto=2) is None   # an older trace
+    c = _Tr(_St(1, {"cpu": "x", "cuda:0": "0:4"}), _St(2, {"cpu": "y", "cuda:0": "unreadable"}))
+    assert random_streams_part(a, c, upto=2) is None                  # an unreadable entry proves nothing

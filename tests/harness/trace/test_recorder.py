@@ -104,3 +104,19 @@ def test_a_window_later_in_the_run_is_recorded_as_those_steps_of_the_whole_run(t
     assert any(k.startswith("param_before.") for k in first.tensors())     # weights entering the window
     report = compare_traces(whole, window, common_steps_only=True)
     assert report.verdict == "pass", report.first_divergence
+
+
+def test_rng_fingerprint_follows_the_generator_and_never_raises(monkeypatch):
+    from harness.trace.recorder import UNREADABLE, rng_fingerprint
+
+    torch.manual_seed(5)
+    first = rng_fingerprint()
+    torch.manual_seed(5)
+    assert rng_fingerprint() == first                      # the same state, the same fingerprint
+    torch.rand(3)
+    assert rng_fingerprint()["cpu"] != first["cpu"]        # a draw moves it
+
+    def broken():
+        raise RuntimeError("state not readable now")
+    monkeypatch.setattr(torch, "get_rng_state", broken)
+    assert rng_fingerprint()["cpu"] == UNREADABLE
