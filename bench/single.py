@@ -426,11 +426,10 @@ def repeat_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     custom / reference (and custom / yardstick) ratio of each repeat with its min, max and spread,
     and which of the two pipelines' own spread is the larger (`follows`).  None when no pipeline was
     measured more than once."""
-    by_pipe: dict[str, dict[int, float]] = {}
-    rows_of: dict[str, dict[int, dict[str, Any]]] = {}
+    rows_of: dict[str, dict[int, dict[str, Any]]] = {}          # pipeline -> repeat -> row
     for r in rows:
-        by_pipe.setdefault(r["pipeline"], {})[int(r.get("repeat") or 1)] = r["tokens_per_s"]
         rows_of.setdefault(r["pipeline"], {})[int(r.get("repeat") or 1)] = r
+    by_pipe = {pipe: {k: r["tokens_per_s"] for k, r in per.items()} for pipe, per in rows_of.items()}
     if not any(len(v) > 1 for v in by_pipe.values()):
         return None
     out: dict[str, Any] = {}

@@ -28,6 +28,7 @@ run that the other does not have is a divergence of its stage.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -791,6 +792,12 @@ def random_streams_part(a: Trace, b: Trace, upto: int) -> tuple[int, int, list[s
     return None
 
 
+def _explainable_step(fd: FieldDiff | None) -> int | None:
+    """The step of a diverged field named `step<N>.…` that has a cause to open with more words."""
+    m = re.match(r"step(\d+)\.", fd.field) if fd is not None and fd.cause else None
+    return int(m.group(1)) if m else None
+
+
 def _first_value_divergence(report: Report) -> FieldDiff | None:
     """The first unexplained value mismatch (not a shape, dtype, missing field or count) in a stage
     whose values can come from random draws."""
@@ -812,17 +819,14 @@ def _name_a_random_stream_change(report: Report, a: Trace, b: Trace) -> None:
     another order), and so can a changed seed.  The divergence stays one: the harness cannot tell the
     randomness apart from a fault that comes with it.  Data and collator divergences, and shape or
     count differences, are left alone: there the draws differ because the work does."""
-    import re
-
     fd = _first_value_divergence(report)
-    m = re.match(r"step(\d+)\.", fd.field) if fd is not None else None
-    if fd is None or m is None or not fd.cause:
-        return
-    parted = random_streams_part(a, b, int(m.group(1)))
+    upto = _explainable_step(fd)
+    parted = random_streams_part(a, b, upto) if upto is not None else None
     if parted is None:
         return
     step, rank, gens = parted
-    words = "; ".join(dict.fromkeys(_GENERATOR_WORDS[g.split(":")[0]] for g in gens if g.split(":")[0] in _GENERATOR_WORDS))
+    kinds = dict.fromkeys(g.split(":")[0] for g in gens)       # "cpu", "cuda", in order, once each
+    words = "; ".join(_GENERATOR_WORDS[k] for k in kinds if k in _GENERATOR_WORDS)
     fd.cause["mechanism"] = (f"the runs drew different random numbers by step {step} (rank {rank}: the state of "
                              f"{', '.join(gens)} after its backward differs; {words}): values computed from "
                              "random draws then differ by more than rounding; compare runs without dropout "
@@ -860,13 +864,10 @@ def dtype_changes(sa: StepTrace, sb: StepTrace) -> list[tuple[str, str, str]]:
 def _name_a_precision_change(report: Report, a: Trace, b: Trace) -> None:
     """When the first divergence's step holds tensors at another precision in B (autocast turned on, bf16
     weights, a cast), say so first in its cause: the relation and location stay in the rest of it."""
-    import re
-
     fd = report.first_divergence_field()
-    m = re.match(r"step(\d+)\.", fd.field) if fd is not None else None
-    if fd is None or m is None or not fd.cause:
+    s = _explainable_step(fd)
+    if s is None:
         return
-    s = int(m.group(1))
     sa = next((st for st in a.rank_steps(0) if st.step == s), None)
     sb = next((st for st in b.rank_steps(0) if st.step == s), None)
     changes = dtype_changes(sa, sb) if sa is not None and sb is not None else []
